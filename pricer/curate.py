@@ -1,0 +1,286 @@
+"""Curation: raw category files -> accounted, deduplicated, split Parquet files, cached.
+
+Memory stays flat however large the category: lines stream in chunks to worker processes
+(a bounded number in flight), kept rows stream to a staging Parquet file, and only small
+arrays (price, category, hash per kept row) and the set of product keys stay in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pricer import raw
+from pricer.accounting import Accounting
+from pricer.records import ChunkResult, curate_chunk
+from pricer.rules import CurationRules
+from pricer.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample, key_hash
+
+DUPLICATE = "duplicate"
+NOT_SAMPLED = "not_sampled"
+SURPLUS = "surplus"
+
+# Bump when curation's output changes, so old caches are not reused.
+FORMAT_VERSION = 1
+
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("price", pa.float64()),
+        ("text", pa.string()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+    ]
+)
+
+
+class CurationError(ValueError):
+    """Curation cannot produce the splits asked for; the message says why."""
+
+
+@dataclass
+class CurationSpec:
+    """Everything that determines the curated splits; its hash names the cache folder."""
+
+    source: str
+    categories: list[str]
+    rules: CurationRules
+    tokenizer: str
+    train_size: int | None
+    val_size: int
+    test_size: int
+    seed: int
+    balance: bool = False
+    balance_cap: int = 1200
+    balance_below: float = 240.0
+    balance_weights: dict[str, float] | None = None
+
+    def fingerprint(self) -> str:
+        data = {
+            "version": FORMAT_VERSION,
+            "source": self.source,
+            "categories": self.categories,
+            "rules": self.rules.as_dict(),
+            "tokenizer": self.tokenizer,
+            "sizes": [self.train_size, self.val_size, self.test_size],
+            "seed": self.seed,
+            "balance": [self.balance, self.balance_cap, self.balance_below, self.balance_weights]
+            if self.balance
+            else False,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def sizes(self) -> dict[str, int | None]:
+        return {"train": self.train_size, "validation": self.val_size, "test": self.test_size}
+
+
+@dataclass
+class Curated:
+    folder: Path
+    accounting: Accounting
+    cached: bool
+
+    def split_file(self, split: str) -> Path:
+        return split_file(self.folder, split)
+
+
+def split_file(folder: Path, split: str) -> Path:
+    """The Hub's layout for a split, so `load_dataset(folder)` reads the splits back."""
+    return folder / "data" / f"{split}-00000-of-00001.parquet"
+
+
+def _chunks(lines: Iterator[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for item in lines:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pool(num_proc: int):
+    # fork, where there is one: workers start instantly and need no importable __main__ (spawn
+    # re-runs the caller's script). They never touch torch, only json and the fast tokenizer.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return context.Pool(num_proc)
+
+
+def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_size: int):
+    """(category, ChunkResult, lines read) in file order, from `num_proc` processes."""
+    files = raw.check_files(spec.source, spec.categories)
+    pool = _pool(num_proc) if num_proc > 1 else None
+    in_flight: deque = deque()
+    try:
+        for category, path in zip(spec.categories, files):
+            for index, chunk in enumerate(_chunks(raw.read_lines(path), chunk_size)):
+                if index == 0:
+                    raw.check_schema(path, chunk)
+                args = (path, category, chunk, spec.rules, tokenizer_source)
+                if pool is None:
+                    yield category, curate_chunk(*args), len(chunk)
+                    continue
+                in_flight.append((category, pool.apply_async(curate_chunk, args), len(chunk)))
+                # A bounded queue keeps memory flat: reading never runs far ahead of the workers.
+                while len(in_flight) > 2 * num_proc:
+                    category_done, pending, n = in_flight.popleft()
+                    yield category_done, pending.get(), n
+        while in_flight:
+            category_done, pending, n = in_flight.popleft()
+            yield category_done, pending.get(), n
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def curate(
+    spec: CurationSpec,
+    tokenizer_source: str,
+    cache_dir: Path,
+    num_proc: int = 1,
+    chunk_size: int = 2000,
+) -> Curated:
+    """Curate the splits `spec` describes, or reuse them from the cache."""
+    folder = Path(cache_dir).expanduser() / spec.fingerprint()
+    if (folder / "accounting.json").is_file():
+        return Curated(folder, Accounting.load(folder / "accounting.json"), cached=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "data").mkdir(parents=True)
+    try:
+        accounting = _curate_into(spec, tokenizer_source, tmp, num_proc, chunk_size)
+        if folder.exists():  # another process finished the same curation first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Curated(folder, accounting, cached=False)
+
+
+def _curate_into(
+    spec: CurationSpec, tokenizer_source: str, out: Path, num_proc: int, chunk_size: int
+) -> Accounting:
+    accounting = Accounting()
+    seen: set[str] = set()
+    prices: list[np.ndarray] = []
+    categories: list[np.ndarray] = []
+    hashes: list[np.ndarray] = []
+    staging = out / "staging.parquet"
+    with pq.ParquetWriter(staging, SCHEMA) as writer:
+        for category, result, n_lines in _results(spec, tokenizer_source, num_proc, chunk_size):
+            accounting.read += n_lines
+            accounting.read_by_category[category] += n_lines
+            rows = _account(result, accounting, seen)
+            if not rows:
+                continue
+            writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+            prices.append(np.array([r["price"] for r in rows]))
+            categories.append(np.full(len(rows), spec.categories.index(category), dtype=np.int16))
+            hashes.append(np.array([key_hash(spec.seed, r["key"]) for r in rows], dtype=np.uint64))
+    if not prices:
+        raise CurationError(
+            f"no items left after curation of {', '.join(spec.categories)} from {spec.source}: "
+            f"read {accounting.read}, dropped {dict(accounting.dropped)}"
+        )
+    price = np.concatenate(prices)
+    accounting.usable = len(price)
+    category = np.concatenate(categories)
+    hash_ = np.concatenate(hashes)
+
+    eligible = np.ones(len(price), dtype=bool)
+    if spec.balance:
+        weights = np.array([(spec.balance_weights or {}).get(c, 1.0) for c in spec.categories])
+        eligible = balanced_sample(price, category, weights, spec.balance_cap, spec.balance_below, spec.seed)
+        accounting.drop(NOT_SAMPLED, count=int((~eligible).sum()))
+    _check_sizes(spec, int(eligible.sum()))
+    assignment = assign_splits(hash_, eligible, spec.sizes)
+    accounting.drop(SURPLUS, count=int((eligible & (assignment == UNASSIGNED)).sum()))
+
+    _write_splits(staging, assignment, out)
+    staging.unlink()
+    for index, name in enumerate(SPLITS):
+        accounting.splits[name] = int((assignment == index).sum())
+    accounting.kept = int((assignment != UNASSIGNED).sum())
+    for index, name in enumerate(spec.categories):
+        accounting.kept_by_category[name] = int(((assignment != UNASSIGNED) & (category == index)).sum())
+    accounting.check()
+    accounting.save(out / "accounting.json")
+    (out / "curation.json").write_text(
+        json.dumps(
+            {
+                "source": spec.source,
+                "categories": spec.categories,
+                "rules": spec.rules.as_dict(),
+                "tokenizer": spec.tokenizer,
+                "sizes": spec.sizes,
+                "seed": spec.seed,
+                "balance": spec.balance,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return accounting
+
+
+def _account(result: ChunkResult, accounting: Accounting, seen: set[str]) -> list[dict]:
+    for reason, where in result.drops:
+        accounting.drop(reason, where)
+    rows = []
+    for row in result.rows:
+        if row["key"] in seen:
+            accounting.drop(DUPLICATE, f"{row['category']}: {row['key']} ({row['title'][:60]})")
+            continue
+        seen.add(row["key"])
+        rows.append(row)
+    return rows
+
+
+def _check_sizes(spec: CurationSpec, available: int) -> None:
+    wanted = spec.val_size + spec.test_size + (spec.train_size or 0)
+    needed = wanted if spec.train_size is not None else wanted + 1
+    if available < needed:
+        raise CurationError(
+            f"only {available} items are left after curation, but the splits ask for "
+            f"train {spec.train_size if spec.train_size is not None else 'the rest'}, "
+            f"validation {spec.val_size}, test {spec.test_size}: lower data.train_size, "
+            f"data.val_size or data.test_size, or add categories"
+        )
+
+
+def _write_splits(staging: Path, assignment: np.ndarray, out: Path) -> None:
+    writers = {
+        index: pq.ParquetWriter(split_file(out, name), SCHEMA)
+        for index, name in enumerate(SPLITS)
+        if (assignment == index).any()
+    }
+    try:
+        offset = 0
+        for batch in pq.ParquetFile(staging).iter_batches(batch_size=10_000):
+            table = pa.Table.from_batches([batch], schema=SCHEMA)
+            part = assignment[offset : offset + len(table)]
+            offset += len(table)
+            for index, writer in writers.items():
+                mask = part == index
+                if mask.any():
+                    writer.write_table(table.filter(pa.array(mask)))
+    finally:
+        for writer in writers.values():
+            writer.close()

@@ -1,0 +1,34 @@
+"""The one prompt format pricer trains, tests and serves with.
+
+Kept in one place so that training, evaluation and the Space can never drift apart: the
+course's "The Price is Right" format, a question, the product text, and "Price is $" with the
+whole-dollar price as the completion.
+"""
+
+from __future__ import annotations
+
+QUESTION = "How much does this cost to the nearest dollar?"
+PREFIX = "Price is $"
+
+
+def make_prompt(text: str) -> str:
+    """The prompt for a product text, ending right where the price begins."""
+    return f"{QUESTION}\n\n{text}\n\n{PREFIX}"
+
+
+def make_completion(price: float) -> str:
+    """The completion the model learns: the price rounded to whole dollars, as "123.00"."""
+    return f"{round(price)}.00"
+
+
+def title_from_prompt(prompt: str) -> str:
+    """The product title in a prompt: the first line of the text after the question.
+
+    Curated datasets in the course's formats have no title column; their text starts with the
+    title line, after the question where there is one.
+    """
+    for line in prompt.splitlines():
+        line = line.strip()
+        if line and line != QUESTION and not line.startswith(PREFIX):
+            return line
+    return ""

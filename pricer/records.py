@@ -1,0 +1,113 @@
+"""Turning a chunk of raw JSONL lines into curated rows; runs in worker processes.
+
+Import-light on purpose (no torch, no Lightning): curation workers start fast, and a chunk is
+tokenized as one batch with the fast tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from pricer.prompt import make_completion, make_prompt
+from pricer.rules import (
+    MISSING_FIELDS,
+    OUT_OF_RANGE,
+    REQUIRED_FIELDS,
+    TOO_FEW_TOKENS,
+    CurationRules,
+    candidate_text,
+    normalise_title,
+    parse_price,
+)
+
+BAD_JSON = "bad_json"
+
+
+@dataclass
+class ChunkResult:
+    """What a chunk gave: kept rows and (reason, where) for every dropped line."""
+
+    rows: list[dict] = field(default_factory=list)
+    drops: list[tuple[str, str]] = field(default_factory=list)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(source: str):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def product_key(record: dict) -> str:
+    """One product's identity: its parent_asin, or its normalised title where that is missing."""
+    asin = record.get("parent_asin")
+    if isinstance(asin, str) and asin.strip():
+        return asin.strip()
+    return "title:" + normalise_title(str(record.get("title") or ""))
+
+
+def curate_chunk(
+    path: str,
+    category: str,
+    lines: list[tuple[int, bytes]],
+    rules: CurationRules,
+    tokenizer_source: str,
+) -> ChunkResult:
+    """Apply the rules to a chunk of lines of one category file."""
+    result = ChunkResult()
+    pending: list[tuple[dict, float, str, str]] = []
+    for number, line in lines:
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            result.drops.append((BAD_JSON, f"{where}: {error}"))
+            continue
+        if not isinstance(record, dict):
+            result.drops.append((BAD_JSON, f"{where}: not a JSON object"))
+            continue
+        missing = [k for k in REQUIRED_FIELDS if k not in record]
+        title = record.get("title")
+        if not missing and not (isinstance(title, str) and title.strip()):
+            missing = ["title (empty)"]
+        if missing:
+            result.drops.append((MISSING_FIELDS, f"{where}: no {', '.join(missing)}"))
+            continue
+        price, reason = parse_price(record["price"])
+        if reason is not None:
+            result.drops.append((reason, f"{where}: price {record['price']!r}"))
+            continue
+        if not rules.min_price <= price <= rules.max_price:
+            result.drops.append((OUT_OF_RANGE, f"{where}: price {price}"))
+            continue
+        text, reason = candidate_text(record, rules)
+        if reason is not None:
+            result.drops.append((reason, where))
+            continue
+        pending.append((record, price, text, where))
+    if not pending:
+        return result
+    tokenizer = _tokenizer(tokenizer_source)
+    encoded = tokenizer([text for _, _, text, _ in pending], add_special_tokens=False)["input_ids"]
+    long_enough = [(p, ids) for p, ids in zip(pending, encoded) if len(ids) > rules.min_tokens]
+    for (_, _, _, where), ids in zip(pending, encoded):
+        if len(ids) <= rules.min_tokens:
+            result.drops.append((TOO_FEW_TOKENS, f"{where}: {len(ids)} tokens"))
+    texts = tokenizer.batch_decode([ids[: rules.max_tokens] for _, ids in long_enough])
+    for ((record, price, _, _), _), text in zip(long_enough, texts):
+        result.rows.append(
+            {
+                "key": product_key(record),
+                "title": record["title"].strip(),
+                "category": category,
+                "price": price,
+                "text": text,
+                "prompt": make_prompt(text),
+                "completion": make_completion(price),
+            }
+        )
+    return result
