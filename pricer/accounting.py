@@ -77,7 +77,11 @@ class Accounting:
 
     def table(self) -> str:
         """The accounting as a Markdown table, as printed after curation and shown in cards."""
-        rows = [("read", self.read), ("usable (passed every rule)", self.usable), ("kept in splits", self.kept)]
+        rows = [
+            ("read", self.read),
+            ("usable (passed every rule)", self.usable),
+            ("kept in splits", self.kept),
+        ]
         rows += [(f"dropped: {reason}", n) for reason, n in sorted(self.dropped.items())]
         rows += [(f"split: {name}", n) for name, n in self.splits.items()]
         width = max(len(name) for name, _ in rows)

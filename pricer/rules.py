@@ -67,7 +67,7 @@ class CurationRules:
             raise ValueError(
                 f"curation rules: need 0 <= min_price <= max_price, got {self.min_price} and {self.max_price}"
             )
-        if not 0 < self.max_tokens or self.min_tokens >= self.max_tokens:
+        if not self.max_tokens > 0 or self.min_tokens >= self.max_tokens:
             raise ValueError(
                 f"curation rules: need min_tokens < max_tokens, got {self.min_tokens} and {self.max_tokens}"
             )
@@ -111,9 +111,7 @@ def scrub(text: str, part_number_length: int = 7) -> str:
     text = _PUNCTUATION.sub(" ", text).strip()
     text = text.replace(" ,", ",").replace(",,,", ",").replace(",,", ",")
     words = text.split(" ")
-    return " ".join(
-        w for w in words if len(w) < part_number_length or not any(c.isdigit() for c in w)
-    )
+    return " ".join(w for w in words if len(w) < part_number_length or not any(c.isdigit() for c in w))
 
 
 def _lines(value: object) -> list[str]:

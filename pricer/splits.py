@@ -45,9 +45,7 @@ def balanced_sample(
     return keep
 
 
-def assign_splits(
-    hashes: np.ndarray, eligible: np.ndarray, sizes: dict[str, int | None]
-) -> np.ndarray:
+def assign_splits(hashes: np.ndarray, eligible: np.ndarray, sizes: dict[str, int | None]) -> np.ndarray:
     """Each eligible row's split index into SPLITS, or UNASSIGNED.
 
     Rows are taken in hash order: test first, then validation, then train (None: all the rest),

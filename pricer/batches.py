@@ -1,0 +1,46 @@
+"""Tokenized training batches: the loss falls on the completion (the price) alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def tokenize_examples(batch: dict, tokenizer) -> dict:
+    """Prompt and completion tokenized apart and joined, labels masked to the completion.
+
+    Tokenizing the prompt alone is what inference does, so training sees the same prompt
+    tokens; the completion is added without special tokens.
+    """
+    prompts = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
+    completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+    input_ids, labels = [], []
+    for prompt, completion in zip(prompts, completions):
+        input_ids.append(prompt + completion)
+        labels.append([IGNORE_INDEX] * len(prompt) + completion)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+@dataclass
+class PadCollator:
+    """Pads a batch to its own longest sequence (dynamic padding), on the right."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(examples), length), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(example["input_ids"])
+            labels[row, :n] = torch.as_tensor(example["labels"])
+            attention[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if "price" in examples[0]:
+            batch["price"] = torch.tensor([float(e["price"]) for e in examples])
+        return batch

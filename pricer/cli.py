@@ -1,0 +1,54 @@
+"""`python -m pricer`: LightningCLI with fit/validate/test/predict, plus `curate`."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from pricer.curate import CurationError
+from pricer.data import PriceDataModule
+from pricer.model import PriceModel
+from pricer.raw import SourceError
+
+
+class PricerTrainer(L.Trainer):
+    """Lightning's Trainer, plus the `curate` subcommand."""
+
+    def curate(self, model: L.LightningModule, datamodule: PriceDataModule) -> None:
+        """Curate the data alone: read the raw metadata, apply the rules, write the cached splits.
+
+        Accepts the same config as `fit`; only the `data` section (and the base model, for its
+        tokenizer) matters. Users curate once and train many times.
+        """
+        curated = datamodule.curate()
+        state = "reused from the cache" if curated.cached else "written"
+        print(f"curated splits {state}: {curated.folder}")
+        print(curated.accounting.table())
+
+
+class PricerCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The base model is named once; the tokenizer of the token rules follows it.
+        parser.link_arguments("model.base_model", "data.tokenizer")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "curate": {"model", "datamodule"}}
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        PricerCLI(
+            PriceModel,
+            PriceDataModule,
+            trainer_class=PricerTrainer,
+            seed_everything_default=42,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except (SourceError, CurationError, FileNotFoundError) as error:
+        # Bad input is the user's to fix: say what and where, without a traceback.
+        print(f"pricer: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,106 @@
+"""Already curated datasets: pricer's own, or the course's published formats.
+
+A curated source is used as it is: its own splits, whole, its own prompts. Three layouts are
+recognised by their columns:
+- pricer's: `title`, `category`, `price`, `text`, `prompt`, `completion`;
+- `text` + `price` (as ed-donner/lite-data; the test text ends in "Price is $");
+- `prompt` + `completion` (as ed-donner/items_prompts_lite).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pricer import hub
+from pricer.prompt import PREFIX, QUESTION, make_completion, make_prompt, title_from_prompt
+from pricer.raw import SourceError
+from pricer.rules import normalise_title, parse_price
+
+COLUMNS = ("key", "title", "category", "price", "text", "prompt", "completion")
+_SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
+
+
+def load_curated(source: str):
+    """A curated source as a DatasetDict in pricer's columns; stops on what it cannot read."""
+    from datasets import DatasetDict, load_dataset
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        loaded = load_dataset(str(path))
+    elif path.suffix in (".parquet", ".jsonl", ".json", ".csv") and path.is_file():
+        kind = {".jsonl": "json"}.get(path.suffix, path.suffix[1:])
+        loaded = load_dataset(kind, data_files={"test": str(path)})
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        loaded = hub.load_hub_dataset(source)
+    else:
+        raise SourceError(
+            f"data.source {source!r} is neither a raw Amazon Reviews 2023 folder "
+            "(raw/meta_categories/meta_<Category>.jsonl), nor a curated dataset folder or file, "
+            "nor a Hub repo id (owner/name)"
+        )
+    return DatasetDict(
+        {_SPLIT_NAMES.get(name, name): _normalise(split, source, name) for name, split in loaded.items()}
+    )
+
+
+def _text_between(prompt: str) -> str:
+    body = prompt.split(PREFIX)[0]
+    body = body.removeprefix(QUESTION)
+    return body.strip()
+
+
+def _normalise(split, source: str, name: str):
+    columns = set(split.column_names)
+    where = f"{source} (split {name})"
+
+    def price_of(value, index):
+        price, reason = parse_price(value)
+        if reason is not None:
+            raise SourceError(f"{where}, row {index}: {reason.replace('_', ' ')}: {value!r}")
+        return price
+
+    if {"prompt", "completion", "price", "title"} <= columns:
+        convert = None
+    elif {"text", "price"} <= columns:
+
+        def convert(row, index):
+            price = price_of(row["price"], index)
+            text = row["text"]
+            prompt = text[: text.index(PREFIX) + len(PREFIX)] if PREFIX in text else make_prompt(text)
+            return {"prompt": prompt, "completion": make_completion(price), "price": price}
+
+    elif {"prompt", "completion"} <= columns:
+
+        def convert(row, index):
+            completion = str(row["completion"]).strip()
+            price = price_of(completion, index)
+            prompt = row["prompt"]
+            if not prompt.rstrip().endswith(PREFIX.strip()):
+                raise SourceError(f"{where}, row {index}: the prompt does not end in {PREFIX!r}")
+            return {"prompt": prompt, "completion": completion, "price": price}
+
+    else:
+        raise SourceError(
+            f"{where}: unknown columns {sorted(columns)}; expected pricer's "
+            "(title, price, prompt, completion), text + price, or prompt + completion"
+        )
+    if convert is not None:
+        split = split.map(convert, with_indices=True)
+    else:
+        for index, value in enumerate(split["price"]):
+            price_of(value, index)
+
+    def complete(row):
+        title = row.get("title") or title_from_prompt(row["prompt"])
+        return {
+            "title": title,
+            "category": row.get("category") or "",
+            "text": row.get("text")
+            if "prompt" in columns and row.get("text")
+            else _text_between(row["prompt"]),
+            "key": row.get("key") or "title:" + normalise_title(title),
+            "price": float(row["price"]),
+        }
+
+    split = split.map(complete)
+    return split.select_columns(list(COLUMNS))

@@ -1,0 +1,192 @@
+"""The LightningDataModule: curated, category-filtered splits as tokenized batches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from pricer.base_model import load_tokenizer, pricer_cache, tokenizer_source
+from pricer.batches import PadCollator, tokenize_examples
+from pricer.categories import CATEGORIES, Category
+from pricer.curate import Curated, CurationSpec, curate, split_file
+from pricer.curated import load_curated
+from pricer.raw import RAW_URL, is_raw_source
+from pricer.rules import CurationRules
+from pricer.splits import SPLITS
+
+
+class PriceDataModule(L.LightningDataModule):
+    """Curated product splits for price prediction, from raw Amazon metadata or a curated dataset.
+
+    Args:
+        source: Raw Amazon Reviews 2023 metadata (`hf://datasets/McAuley-Lab/Amazon-Reviews-2023`
+            or a local folder holding `raw/meta_categories/meta_<Category>.jsonl`), or an already
+            curated dataset (a Hub repo id, a local folder or file), used as it is.
+        categories: Product categories to curate from a raw source; each item keeps its own.
+        tokenizer: The tokenizer for the token rules and batches; follows `model.base_model`.
+        train_size: Training items (null: every usable item not in validation or test).
+        val_size: Validation items.
+        test_size: Test items; taken first, so the train size never changes the test split.
+        seed: Seed of the split shuffle (and of balanced sampling).
+        rules: The curation rules (the course's by default).
+        balance: Balanced sampling over price: cap each whole-dollar bucket below
+            `balance_below` at `balance_cap` items (the course's full-data rule).
+        balance_cap: Items per whole-dollar bucket at most.
+        balance_below: Buckets from this price up are kept whole.
+        balance_weights: Sampling weight per category inside a full bucket (default 1).
+        cache_dir: Where curated splits are cached (default `$HF_HOME/pricer/datasets`).
+        num_proc: Processes for curation (default: the machine's cores, at most 8).
+        batch_size: Items per training batch.
+        eval_batch_size: Items per validation and test batch (default: batch_size).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        source: str = RAW_URL,
+        categories: list[Category] | None = None,
+        tokenizer: str | None = None,
+        train_size: int | None = 25_000,
+        val_size: int = 500,
+        test_size: int = 2_000,
+        seed: int = 42,
+        rules: CurationRules | None = None,
+        balance: bool = False,
+        balance_cap: int = 1200,
+        balance_below: float = 240.0,
+        balance_weights: dict[str, float] | None = None,
+        cache_dir: str | None = None,
+        num_proc: int | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        categories = list(categories or ["Appliances"])
+        unknown = [c for c in categories if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"data.categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
+        for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+            if size is not None and size < 0:
+                raise ValueError(f"data.{name} must be 0 or more, got {size}")
+        self.source = source
+        self.categories = categories
+        self.tokenizer_name = tokenizer
+        self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
+        self.seed = seed
+        self.rules = rules or CurationRules()
+        self.balance = balance
+        self.balance_cap, self.balance_below = balance_cap, balance_below
+        self.balance_weights = balance_weights
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else pricer_cache() / "datasets"
+        self.num_proc = num_proc or min(8, os.cpu_count() or 1)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.datasets: dict = {}
+        self.curated: Curated | None = None
+        self._tokenizer = None
+
+    @property
+    def is_raw(self) -> bool:
+        return is_raw_source(self.source)
+
+    def _require_tokenizer(self) -> str:
+        if not self.tokenizer_name:
+            raise ValueError("data.tokenizer is not set (it follows model.base_model in the CLI)")
+        return self.tokenizer_name
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._require_tokenizer())
+        return self._tokenizer
+
+    def spec(self) -> CurationSpec:
+        return CurationSpec(
+            source=self.source,
+            categories=self.categories,
+            rules=self.rules,
+            tokenizer=self._require_tokenizer(),
+            train_size=self.train_size,
+            val_size=self.val_size,
+            test_size=self.test_size,
+            seed=self.seed,
+            balance=self.balance,
+            balance_cap=self.balance_cap,
+            balance_below=self.balance_below,
+            balance_weights=self.balance_weights,
+        )
+
+    def curate(self) -> Curated:
+        """Curate the raw source into cached splits (a second call reuses the cache)."""
+        if not self.is_raw:
+            raise ValueError(f"data.source {self.source!r} is already curated: there is nothing to curate")
+        spec = self.spec()
+        self.curated = curate(spec, tokenizer_source(spec.tokenizer), self.cache_dir, num_proc=self.num_proc)
+        return self.curated
+
+    def prepare_data(self) -> None:
+        if self.is_raw:
+            curated = self.curate()
+            state = "reused from the cache" if curated.cached else "curated"
+            print(f"data: {state} in {curated.folder}\n{curated.accounting.table()}")
+        else:
+            load_curated(self.source)  # downloads once, on one process
+
+    def load_splits(self):
+        """The curated splits as a DatasetDict (untokenized)."""
+        from datasets import DatasetDict, load_dataset
+
+        if not self.is_raw:
+            return load_curated(self.source)
+        curated = self.curated or self.curate()
+        files = {
+            s: str(split_file(curated.folder, s)) for s in SPLITS if split_file(curated.folder, s).is_file()
+        }
+        return DatasetDict(load_dataset("parquet", data_files=files))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        tokenizer = self.tokenizer
+        for name, split in self.load_splits().items():
+            self.datasets[name] = split.map(
+                tokenize_examples,
+                batched=True,
+                fn_kwargs={"tokenizer": tokenizer},
+                remove_columns=[c for c in split.column_names if c != "price"],
+                desc=f"tokenizing {name}",
+            )
+
+    def _split(self, name: str):
+        if name not in self.datasets:
+            raise ValueError(
+                f"data.source {self.source!r} has no {name!r} split (it has: {', '.join(self.datasets) or 'none'})"
+            )
+        return self.datasets[name]
+
+    def _loader(self, name: str, shuffle: bool, batch_size: int) -> StatefulDataLoader:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return StatefulDataLoader(
+            self._split(name),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=PadCollator(self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        return self._loader("validation", shuffle=False, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)

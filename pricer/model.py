@@ -1,0 +1,128 @@
+"""The LightningModule: a base LLM in 4-bit with LoRA adapters, trained on the price."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from pricer.base_model import model_source
+from pricer.quantization import (
+    ComputeDtype,
+    Quantization,
+    bnb_config,
+    check_bitsandbytes,
+    lora_config,
+    resolve_dtype,
+)
+
+
+class PriceModel(L.LightningModule):
+    """A 4-bit LoRA language model that reads a product's text and writes its price.
+
+    The model is built in `configure_model()`, never in `__init__`, so printing or checking a
+    config stays instant and offline.
+
+    Args:
+        base_model: The base LLM: a Hub id, a local folder, or a local `.gguf` file (converted
+            once into a cached Hugging Face folder).
+        quantization: Load the base in 4-bit (NF4, QLoRA), 8-bit, or full precision (none).
+        quant_type: 4-bit data type: nf4 (QLoRA's) or fp4.
+        double_quant: Quantize the 4-bit scales too (saves about 0.4 bits per weight).
+        compute_dtype: dtype of the 4-bit matmuls; auto: fp16 on a T4, bf16 on Ampere and later,
+            fp32 on the CPU.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA input.
+        lora_target_modules: Modules that get LoRA adapters.
+        learning_rate: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: Fraction of the optimizer steps spent warming up.
+        gradient_checkpointing: Recompute activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        base_model: str = "meta-llama/Llama-3.1-8B",
+        quantization: Quantization = "4bit",
+        quant_type: str = "nf4",
+        double_quant: bool = True,
+        compute_dtype: ComputeDtype = "auto",
+        lora_r: int = 32,
+        lora_alpha: int = 64,
+        lora_dropout: float = 0.1,
+        lora_target_modules: list[str] | None = None,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.001,
+        warmup_ratio: float = 0.03,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"model.quant_type must be nf4 or fp4, got {quant_type!r}")
+        if lora_r <= 0:
+            raise ValueError(f"model.lora_r must be positive, got {lora_r}")
+        if not 0 <= lora_dropout < 1:
+            raise ValueError(f"model.lora_dropout must be in [0, 1), got {lora_dropout}")
+        self.save_hyperparameters()
+        self.lora_target_modules = list(lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
+        self.model = None
+
+    @property
+    def target_device(self) -> torch.device:
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM
+
+        hp = self.hparams
+        device = self.target_device
+        check_bitsandbytes(hp.quantization, device)
+        dtype = resolve_dtype(hp.compute_dtype, device)
+        base = AutoModelForCausalLM.from_pretrained(
+            model_source(hp.base_model),
+            quantization_config=bnb_config(hp.quantization, hp.quant_type, hp.double_quant, dtype),
+            dtype=dtype,
+            device_map={"": device},
+        )
+        base.config.use_cache = False
+        if hp.quantization != "none":
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
+        elif hp.gradient_checkpointing:
+            base.gradient_checkpointing_enable()
+        self.model = get_peft_model(
+            base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
+        )
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def configure_optimizers(self):
+        from transformers import get_cosine_schedule_with_warmup
+
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.target_device.type == "cuda" and hp.quantization != "none":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.PagedAdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(total * hp.warmup_ratio), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
