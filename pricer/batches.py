@@ -18,7 +18,7 @@ def tokenize_examples(batch: dict, tokenizer) -> dict:
     prompts = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
     completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
     input_ids, labels = [], []
-    for prompt, completion in zip(prompts, completions):
+    for prompt, completion in zip(prompts, completions, strict=True):
         input_ids.append(prompt + completion)
         labels.append([IGNORE_INDEX] * len(prompt) + completion)
     return {"input_ids": input_ids, "labels": labels}

@@ -128,7 +128,7 @@ def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_siz
     pool = _pool(num_proc) if num_proc > 1 else None
     in_flight: deque = deque()
     try:
-        for category, path in zip(spec.categories, files):
+        for category, path in zip(spec.categories, files, strict=True):
             for index, chunk in enumerate(_chunks(raw.read_lines(path), chunk_size)):
                 if index == 0:
                     raw.check_schema(path, chunk)

@@ -60,7 +60,7 @@ def check_files(source: str, categories: list[str]) -> list[str]:
 
 def read_lines(path: str) -> Iterator[tuple[int, bytes]]:
     """(line number, raw bytes) for every non-blank line, streamed from disk or the Hub."""
-    handle = hub.hub_open(path) if path.startswith("hf://") else open(path, "rb")
+    handle = hub.hub_open(path) if path.startswith("hf://") else open(path, "rb")  # noqa: SIM115
     with handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():

@@ -93,12 +93,12 @@ def curate_chunk(
         return result
     tokenizer = _tokenizer(tokenizer_source)
     encoded = tokenizer([text for _, _, text, _ in pending], add_special_tokens=False)["input_ids"]
-    long_enough = [(p, ids) for p, ids in zip(pending, encoded) if len(ids) > rules.min_tokens]
-    for (_, _, _, where), ids in zip(pending, encoded):
+    long_enough = [(p, ids) for p, ids in zip(pending, encoded, strict=True) if len(ids) > rules.min_tokens]
+    for (_, _, _, where), ids in zip(pending, encoded, strict=True):
         if len(ids) <= rules.min_tokens:
             result.drops.append((TOO_FEW_TOKENS, f"{where}: {len(ids)} tokens"))
     texts = tokenizer.batch_decode([ids[: rules.max_tokens] for _, ids in long_enough])
-    for ((record, price, _, _), _), text in zip(long_enough, texts):
+    for ((record, price, _, _), _), text in zip(long_enough, texts, strict=True):
         result.rows.append(
             {
                 "key": product_key(record),
