@@ -38,16 +38,22 @@ class PricerCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "curate": {"model", "datamodule"}}
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
+    """The CLI as `python -m pricer` builds it (tests parse configs through this same call)."""
+    return PricerCLI(
+        PriceModel,
+        PriceDataModule,
+        trainer_class=PricerTrainer,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     try:
-        PricerCLI(
-            PriceModel,
-            PriceDataModule,
-            trainer_class=PricerTrainer,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        build_cli(args)
     except (SourceError, CurationError, FileNotFoundError) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"pricer: error: {error}", file=sys.stderr)

@@ -1,0 +1,46 @@
+"""`python -m pricer curate` on the real sample and on the wrong kind of file."""
+
+import pytest
+
+from pricer.cli import main
+from tests.conftest import REPO, SAMPLE_2018, write_raw
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def curate_args(gguf, source, cache):
+    return [
+        "curate",
+        "--config",
+        SMOKE,
+        "--model.base_model",
+        str(gguf),
+        "--data.source",
+        str(source),
+        "--data.categories",
+        "[Appliances, Musical_Instruments]",
+        "--data.cache_dir",
+        str(cache),
+    ]
+
+
+def test_curate_the_real_sample_then_hit_the_cache(gguf, sample, tmp_path, capsys):
+    main(curate_args(gguf, sample, tmp_path))
+    out = capsys.readouterr().out
+    assert "curated splits written" in out
+    assert "| read                       |     2,206 |" in out
+    assert "| split: train               |       300 |" in out
+    main(curate_args(gguf, sample, tmp_path))
+    assert "reused from the cache" in capsys.readouterr().out
+
+
+def test_curate_stops_on_the_2018_file(gguf, tmp_path, capsys):
+    if not SAMPLE_2018.is_file():
+        pytest.skip("the 2018 sample is not here")
+    write_raw(tmp_path, "Appliances", SAMPLE_2018.read_text().splitlines())
+    with pytest.raises(SystemExit) as stop:
+        main(curate_args(gguf, tmp_path, tmp_path / "cache") + ["--data.categories", "[Appliances]"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "pricer: error:" in err and "is not Amazon Reviews 2023 metadata" in err
+    assert "Traceback" not in err

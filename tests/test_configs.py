@@ -1,0 +1,69 @@
+"""Every config in configs/ parses through the real LightningCLI, offline and instantly."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pricer.cli import build_cli
+from pricer.data import PriceDataModule
+from pricer.model import PriceModel
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"appliances.yaml", "smoke.yaml"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_and_builds_nothing_heavy(config):
+    cli = build_cli(["--config", str(config)], run=False)
+    assert isinstance(cli.model, PriceModel) and cli.model.model is None  # built in configure_model
+    assert isinstance(cli.datamodule, PriceDataModule)
+    # the tokenizer of the token rules follows the base model
+    assert cli.datamodule.tokenizer_name == cli.model.hparams.base_model
+
+
+def test_appliances_is_the_course_job():
+    cli = build_cli(["--config", str(CONFIGS[0].parent / "appliances.yaml")], run=False)
+    hp, dm = cli.model.hparams, cli.datamodule
+    assert hp.base_model == "meta-llama/Llama-3.1-8B" and hp.quantization == "4bit"
+    assert (hp.lora_r, hp.lora_alpha, hp.lora_dropout) == (32, 64, 0.1)
+    assert dm.source == "hf://datasets/McAuley-Lab/Amazon-Reviews-2023" and dm.categories == ["Appliances"]
+    assert (dm.train_size, dm.test_size, dm.seed) == (25_000, 2_000, 42) and 0 < dm.val_size <= 1000
+
+
+def test_dotted_overrides_and_several_configs(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("data:\n  test_size: 7\n")
+    config = CONFIGS[0].parent / "smoke.yaml"
+    cli = build_cli(["--config", str(config), "--config", str(extra), "--model.lora_r", "8"], run=False)
+    assert cli.datamodule.test_size == 7 and cli.model.hparams.lora_r == 8
+    assert cli.datamodule.train_size == 300
+
+
+def test_print_config_shows_the_whole_job_offline():
+    config = CONFIGS[0].parent / "appliances.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "pricer", "fit", "--config", str(config), "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for expected in (
+        "base_model: meta-llama/Llama-3.1-8B",
+        "train_size: 25000",
+        "min_tokens: 150",
+        "lora_r: 32",
+    ):
+        assert expected in out
+
+
+def test_a_bad_category_is_refused_with_the_choices():
+    with pytest.raises(SystemExit):
+        build_cli(
+            ["--config", str(CONFIGS[0].parent / "smoke.yaml"), "--data.categories", "[Softwar]"], run=False
+        )

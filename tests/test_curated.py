@@ -1,0 +1,46 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pricer.curated import load_curated
+from pricer.raw import SourceError
+
+TEXT = "How much does this cost to the nearest dollar?\n\nAcme Kettle 1.7L\nA fast kettle.\n\nPrice is $"
+
+
+def write(folder, split, rows):
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / f"{split}-00000-of-00001.parquet")
+
+
+def test_course_text_and_price_format(tmp_path):
+    write(tmp_path, "train", [{"text": TEXT + "25.00", "price": 24.99}])
+    write(tmp_path, "test", [{"text": TEXT, "price": 30.0}])
+    data = load_curated(str(tmp_path))
+    train, test = data["train"][0], data["test"][0]
+    assert train["prompt"] == TEXT and train["completion"] == "25.00" and train["price"] == 24.99
+    assert test["prompt"] == TEXT and test["completion"] == "30.00"
+    assert test["title"] == "Acme Kettle 1.7L" and test["text"] == "Acme Kettle 1.7L\nA fast kettle."
+
+
+def test_prompt_completion_format_without_title_column(tmp_path):
+    write(tmp_path, "test", [{"prompt": TEXT, "completion": "42.00"}])
+    row = load_curated(str(tmp_path))["test"][0]
+    assert row["price"] == 42.0 and row["title"] == "Acme Kettle 1.7L" and row["category"] == ""
+
+
+def test_a_bad_price_names_split_and_row(tmp_path):
+    write(tmp_path, "test", [{"text": TEXT, "price": 3.0}, {"text": TEXT, "price": None}])
+    with pytest.raises(SourceError, match=r"split test\), row 1: no price"):
+        load_curated(str(tmp_path))
+
+
+def test_unknown_columns_are_named(tmp_path):
+    write(tmp_path, "test", [{"name": "x", "cost": 3.0}])
+    with pytest.raises(SourceError, match=r"unknown columns \['cost', 'name'\]"):
+        load_curated(str(tmp_path))
+
+
+def test_a_path_that_is_nothing_is_explained(tmp_path):
+    with pytest.raises(SourceError, match="neither a raw Amazon Reviews 2023 folder"):
+        load_curated(str(tmp_path / "missing" / "folder"))

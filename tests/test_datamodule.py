@@ -1,0 +1,60 @@
+import torch
+
+from pricer.batches import IGNORE_INDEX
+from pricer.data import PriceDataModule
+
+
+def make(raw_items, tokenizer, **kwargs):
+    options = dict(
+        source=str(raw_items),
+        categories=["Appliances", "Software"],
+        tokenizer=tokenizer,
+        train_size=40,
+        val_size=5,
+        test_size=10,
+        cache_dir=str(raw_items / "cache"),
+        num_proc=1,
+        batch_size=4,
+    )
+    options.update(kwargs)
+    return PriceDataModule(**options)
+
+
+def test_batches_mask_everything_but_the_completion(raw_items, byte_tokenizer):
+    dm = make(raw_items, byte_tokenizer)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["input_ids"].shape[0] == 4
+    tokenizer = dm.tokenizer
+    for row in range(4):
+        labels = batch["labels"][row]
+        target = labels[labels != IGNORE_INDEX]
+        completion = tokenizer.decode(target)
+        assert completion == f"{round(float(batch['price'][row]))}.00"
+        # the completion follows "Price is $" directly
+        end = int(batch["attention_mask"][row].sum())
+        prompt = tokenizer.decode(batch["input_ids"][row][: end - len(target)])
+        assert prompt.endswith("\n\nPrice is $")
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+
+
+def test_shuffle_is_seeded(raw_items, byte_tokenizer):
+    first = make(raw_items, byte_tokenizer)
+    first.prepare_data()
+    first.setup("fit")
+    second = make(raw_items, byte_tokenizer)
+    second.setup("fit")
+    a = [b["price"] for b in first.train_dataloader()]
+    b = [b["price"] for b in second.train_dataloader()]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len(a) == 10
+
+
+def test_a_curated_source_is_used_whole(raw_items, byte_tokenizer):
+    dm = make(raw_items, byte_tokenizer)
+    folder = dm.curate().folder
+    curated = make(raw_items, byte_tokenizer, source=str(folder), train_size=1, test_size=1)
+    curated.setup("test")
+    assert len(curated.datasets["test"]) == 10 and len(curated.datasets["train"]) == 40

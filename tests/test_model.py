@@ -1,0 +1,108 @@
+"""The 4-bit LoRA model on the CPU: a tiny random Llama, and the real SmolLM2 from its GGUF."""
+
+import lightning as L
+import pytest
+import torch
+
+from pricer.data import PriceDataModule
+from pricer.model import PriceModel
+
+
+def lora_and_base(module):
+    """LoRA weights, and the base weights as the layers apply them.
+
+    bitsandbytes repacks a 4-bit weight for its CPU kernel on the first training forward, so
+    the packed bytes change while the weight does not: a 4-bit layer is compared through what
+    it computes on the identity matrix.
+    """
+    import bitsandbytes as bnb
+
+    lora = {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" in n}
+    base = {
+        n: p.detach().clone()
+        for n, p in module.named_parameters()
+        if "lora_" not in n and p.dtype.is_floating_point
+    }
+    with torch.no_grad():
+        for name, layer in module.named_modules():
+            if isinstance(layer, bnb.nn.Linear4bit):
+                base[name] = layer(torch.eye(layer.in_features)).clone()
+    return lora, base
+
+
+def test_tiny_llama_loads_in_4bit_with_only_lora_trainable(tiny_llama):
+    import bitsandbytes as bnb
+
+    model = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16)
+    model.configure_model()
+    q_proj = model.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
+    assert q_proj.base_layer.weight.quant_state.quant_type == "nf4"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".")[-4] for n in trainable} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_full_precision_is_a_switch(tiny_llama):
+    model = PriceModel(base_model=tiny_llama, quantization="none")
+    model.configure_model()
+    q_proj = model.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer) is torch.nn.Linear
+
+
+def test_a_few_steps_move_lora_weights_only(tiny_llama, raw_items):
+    dm = PriceDataModule(
+        source=str(raw_items),
+        tokenizer=tiny_llama,
+        train_size=16,
+        val_size=4,
+        test_size=4,
+        cache_dir=str(raw_items / "cache"),
+        num_proc=1,
+        batch_size=4,
+    )
+    model = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, learning_rate=1e-2, warmup_ratio=0)
+    model.configure_model()
+    lora_before, base_before = lora_and_base(model)
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    lora_after, base_after = lora_and_base(model)
+    assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
+    moved = [n for n in base_before if not torch.equal(base_before[n], base_after[n])]
+    assert not moved, moved[:5]
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def test_eight_bit_on_the_cpu_is_refused_before_loading(tiny_llama):
+    model = PriceModel(base_model=tiny_llama, quantization="8bit")
+    with pytest.raises(RuntimeError, match="8bit does not run on the CPU"):
+        model.configure_model()
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_in_4bit_with_lora(gguf):
+    import bitsandbytes as bnb
+
+    from pricer.base_model import load_tokenizer
+
+    model = PriceModel(base_model=str(gguf))
+    model.configure_model()
+    layers = model.model.base_model.model.model.layers
+    assert len(layers) == 30
+    assert isinstance(layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)
+    tokenizer = load_tokenizer(str(gguf))
+    batch = tokenizer(
+        ["How much does this cost to the nearest dollar?\n\nA kettle\n\nPrice is $"], return_tensors="pt"
+    )
+    logits = model(batch["input_ids"], batch["attention_mask"]).logits
+    # a real pretrained model: after "$" a digit is among its likeliest next tokens
+    top = tokenizer.convert_ids_to_tokens(logits[0, -1].topk(5).indices)
+    assert any(t.strip().isdigit() for t in top), top

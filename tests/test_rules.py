@@ -1,0 +1,72 @@
+import math
+
+import pytest
+
+from pricer.rules import (
+    BAD_PRICE,
+    NO_PRICE,
+    TOO_SHORT,
+    CurationRules,
+    candidate_text,
+    normalise_title,
+    parse_price,
+    raw_contents,
+    scrub,
+)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (12, (12.0, None)),
+        (12.5, (12.5, None)),
+        ("$1,299.99", (1299.99, None)),
+        (" 7.00 ", (7.0, None)),
+        (None, (None, NO_PRICE)),
+        ("None", (None, NO_PRICE)),
+        ("", (None, NO_PRICE)),
+        ("$10.99 - $20.99", (None, BAD_PRICE)),
+        ("from $5", (None, BAD_PRICE)),
+        (True, (None, BAD_PRICE)),
+        ([3], (None, BAD_PRICE)),
+        (math.inf, (None, BAD_PRICE)),
+    ],
+)
+def test_parse_price(value, expected):
+    assert parse_price(value) == expected
+
+
+def test_scrub_collapses_punctuation_and_drops_part_numbers():
+    text = 'Fits {"W10153412" models}: [quiet]   "2-pack" 1234567 and AB12 ok'
+    assert scrub(text) == "Fits models quiet 2-pack and AB12 ok"
+
+
+def test_details_object_and_old_json_string_give_the_same_text():
+    rules = CurationRules()
+    details = {"Brand": "GE", "Item Weight": "1.5 pounds", "Best Sellers Rank": {"Appliances": 2346}}
+    as_object = {"description": ["d"], "features": ["f"], "details": details}
+    as_string = {"description": ["d"], "features": ["f"], "details": __import__("json").dumps(details)}
+    text = raw_contents(as_object, rules)
+    assert text == raw_contents(as_string, rules)
+    assert "Brand GE" in text and "Item Weight 1.5 pounds" in text
+    assert "Best Sellers" not in text  # boilerplate key dropped
+
+
+def test_candidate_text_needs_more_than_min_chars():
+    rules = CurationRules(min_chars=300)
+    short = {"title": "T", "description": ["x" * 299], "features": [], "details": {}}
+    assert candidate_text(short, rules) == (None, TOO_SHORT)
+    enough = {"title": "Title 1234567", "description": ["x" * 300], "features": [], "details": {}}
+    text, reason = candidate_text(enough, rules)
+    assert reason is None and text.startswith("Title\n")
+
+
+def test_rules_reject_inconsistent_bounds():
+    with pytest.raises(ValueError, match="min_tokens < max_tokens"):
+        CurationRules(min_tokens=200, max_tokens=160)
+    with pytest.raises(ValueError, match="min_price <= max_price"):
+        CurationRules(min_price=10, max_price=1)
+
+
+def test_normalise_title():
+    assert normalise_title("  The GE Fridge, 2-Pack! ") == "the ge fridge 2 pack"
