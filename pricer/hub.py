@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import BinaryIO
 
 
-def _fs():
-    from huggingface_hub import HfFileSystem
+class HubOfflineError(ConnectionError):
+    """The Hub is needed but HF_HUB_OFFLINE is set."""
 
+
+def _fs():
+    from huggingface_hub import HfFileSystem, constants
+
+    if constants.HF_HUB_OFFLINE:
+        # HfFileSystem answers "does not exist" when offline; say what is really wrong.
+        raise HubOfflineError("HF_HUB_OFFLINE is set")
     return HfFileSystem()
 
 

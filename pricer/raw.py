@@ -46,8 +46,17 @@ def category_file(source: str, category: str) -> str:
 def check_files(source: str, categories: list[str]) -> list[str]:
     """The files of the categories asked for; stops naming every missing one."""
     files = [category_file(source, c) for c in categories]
-    exists = hub.hub_exists if files and files[0].startswith("hf://") else lambda f: Path(f).is_file()
-    missing = [f for f in files if not exists(f)]
+    if files and files[0].startswith("hf://"):
+        try:
+            missing = [f for f in files if not hub.hub_exists(f)]
+        except Exception as error:  # offline, no network, or the Hub refused
+            raise SourceError(
+                f"cannot reach the Hub to read {files[0]}: {type(error).__name__}: {error}. "
+                "Without the Hub, point data.source at a local folder with the same layout "
+                "(raw/meta_categories/meta_<Category>.jsonl)"
+            ) from error
+    else:
+        missing = [f for f in files if not Path(f).is_file()]
     if missing:
         listing = ""
         if not source.startswith("hf://") and source != RAW_REPO:
