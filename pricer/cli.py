@@ -10,7 +10,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
+from pricer.quantization import default_precision
 from pricer.raw import SourceError
+from pricer.run_folder import RunFolderError, place_run
 
 
 class PricerTrainer(L.Trainer):
@@ -32,6 +34,23 @@ class PricerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The base model is named once; the tokenizer of the token rules follows it.
         parser.link_arguments("model.base_model", "data.tokenizer")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Name of the run folder under trainer.default_root_dir (default: a timestamp).",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand in (None, "curate"):
+            return
+        config = self.config[self.subcommand]
+        self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))
+        if "ckpt_path" in config:
+            config.ckpt_path = ckpt_path
+        if config.trainer.precision is None:
+            config.trainer.precision = default_precision(config.trainer.accelerator)
+        print(f"run folder: {self.run_dir} (precision {config.trainer.precision})")
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -54,7 +73,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
 def main(args: list[str] | None = None) -> None:
     try:
         build_cli(args)
-    except (SourceError, CurationError, FileNotFoundError) as error:
+    except (SourceError, CurationError, RunFolderError, FileNotFoundError) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"pricer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

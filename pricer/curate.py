@@ -273,7 +273,11 @@ def _write_splits(staging: Path, assignment: np.ndarray, out: Path) -> None:
     }
     try:
         offset = 0
-        for batch in pq.ParquetFile(staging).iter_batches(batch_size=10_000):
+        # No pre-buffering and no reader threads: otherwise pyarrow reads ahead through the whole
+        # file and the peak memory grows with the category (measured: 450 MiB against 210 MiB
+        # reading 300k rows).
+        staged = pq.ParquetFile(staging, pre_buffer=False)
+        for batch in staged.iter_batches(batch_size=10_000, use_threads=False):
             table = pa.Table.from_batches([batch], schema=SCHEMA)
             part = assignment[offset : offset + len(table)]
             offset += len(table)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 
+from pricer import rng
 from pricer.base_model import model_source
 from pricer.quantization import (
     ComputeDtype,
@@ -68,6 +70,8 @@ class PriceModel(L.LightningModule):
         self.save_hyperparameters()
         self.lora_target_modules = list(lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
         self.model = None
+        # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
+        self.strict_loading = False
 
     @property
     def target_device(self) -> torch.device:
@@ -104,6 +108,13 @@ class PriceModel(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        if not torch.isfinite(loss):
+            # Stop before the optimizer spreads NaN into the adapter: the last checkpoint stays good.
+            raise FloatingPointError(
+                f"loss is {loss.item()} at global step {self.global_step} (batch {batch_idx} of "
+                f"epoch {self.current_epoch}); the last good checkpoint is kept. Lower "
+                "model.learning_rate or check the precision."
+            )
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
@@ -111,6 +122,36 @@ class PriceModel(L.LightningModule):
         loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         self.log("val_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
+
+    def trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The base model is never written: an 8B job's checkpoint is megabytes, not gigabytes.
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["pricer_rng"] = rng.capture()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = set(checkpoint["state_dict"])
+        expected = self.trainable_names()
+        if saved != expected:
+            raise ValueError(
+                "checkpoint does not match this model's LoRA adapter: "
+                f"{len(saved - expected)} unexpected and {len(expected - saved)} missing weights "
+                f"(e.g. {sorted(saved ^ expected)[:3]}); check model.lora_* and model.base_model"
+            )
+        if "pricer_rng" in checkpoint:
+            rng.restore(checkpoint["pricer_rng"])
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.default_root_dir:
+            self.save_adapter(Path(self.trainer.default_root_dir) / "adapter")
+
+    def save_adapter(self, folder: Path) -> Path:
+        """The adapter alone, loadable with `PeftModel.from_pretrained(base, folder)`."""
+        self.model.save_pretrained(folder)
+        return folder
 
     def configure_optimizers(self):
         from transformers import get_cosine_schedule_with_warmup

@@ -20,6 +20,15 @@ def resolve_dtype(name: ComputeDtype, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def default_precision(accelerator: str | None) -> str:
+    """Lightning precision for the device: 16-mixed on a T4 (no bf16), bf16-mixed on Ampere and
+    later, 32-true on the CPU. Set trainer.precision to override (bf16 on a CPU is fair when
+    accuracy holds)."""
+    if accelerator in ("cpu",) or not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
 def check_bitsandbytes(quantization: Quantization, device: torch.device) -> None:
     """Stop before any work when quantization is asked where bitsandbytes cannot run it."""
     if quantization == "none":

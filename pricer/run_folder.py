@@ -1,0 +1,90 @@
+"""One run, one folder: `<trainer.default_root_dir>/<run name>` holds everything a run writes.
+
+The resolved `config.yaml`, `checkpoints/`, the final `adapter/` and the W&B offline run all
+land there: the logger's and the checkpoint callback's folders are derived from it here, before
+anything is instantiated, so nothing lands elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from jsonargparse import Namespace
+
+LAST = "last.ckpt"
+
+
+class RunFolderError(ValueError):
+    """A run folder or checkpoint asked for does not exist; the message says where it looked."""
+
+
+def timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / LAST
+
+
+def latest_run(root: Path) -> Path | None:
+    """The most recently written run under root that has a last checkpoint."""
+    runs = [p.parent.parent for p in root.glob(f"*/checkpoints/{LAST}")]
+    return max(runs, key=lambda p: last_checkpoint(p).stat().st_mtime) if runs else None
+
+
+def _entries(value) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _is(entry, name: str) -> bool:
+    return isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith(name)
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless an API key is present (or WANDB_MODE says otherwise)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "disabled", "dryrun")
+    return not os.environ.get("WANDB_API_KEY")
+
+
+def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) -> tuple[Path, str | None]:
+    """Point the trainer, its loggers and checkpoint callbacks at the run folder.
+
+    `ckpt_path: last` resumes the named run's last checkpoint (without a name, the latest run
+    under the root that has one); when there is none it is an error, never a fresh start.
+    Returns the run folder and the checkpoint path to use.
+    """
+    trainer = config.trainer
+    root = Path(trainer.default_root_dir or "runs")
+    if ckpt_path == "last" and run_name is None:
+        latest = latest_run(root)
+        if latest is None:
+            raise RunFolderError(
+                f"--ckpt_path last: no run under {root} has a checkpoint ({root}/*/checkpoints/{LAST})"
+            )
+        run_name = latest.name
+    run_dir = root / (run_name or timestamp())
+    if ckpt_path == "last":
+        last = last_checkpoint(run_dir)
+        if not last.is_file():
+            raise RunFolderError(f"--ckpt_path last: run {run_dir} has no checkpoint ({last} does not exist)")
+        ckpt_path = str(last)
+    trainer.default_root_dir = str(run_dir)
+    for logger in _entries(trainer.logger):
+        if _is(logger, "WandbLogger"):
+            logger.init_args.save_dir = str(run_dir)
+            logger.init_args.name = run_dir.name
+            logger.init_args.offline = wandb_offline()
+        elif _is(logger, "CSVLogger") or _is(logger, "TensorBoardLogger"):
+            logger.init_args.save_dir = str(run_dir)
+            logger.init_args.name = "logs"
+            logger.init_args.version = ""
+    for callback in _entries(trainer.callbacks):
+        if _is(callback, "ModelCheckpoint"):
+            callback.init_args.dirpath = str(run_dir / "checkpoints")
+    return run_dir, ckpt_path
