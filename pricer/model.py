@@ -123,6 +123,17 @@ class PriceModel(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
+    def on_train_start(self) -> None:
+        # Lightning restores the data loader's place in the epoch in setup_data(), but
+        # configure_optimizers already ran setup_data() (through estimated_stepping_batches) and
+        # made the epoch's iterator before the checkpoint's loop state was read: a resumed run
+        # would start its epoch over from the first batch. Apply the saved place now and make
+        # the iterator again. tests/test_training.py checks the resumed losses match.
+        loop = self.trainer.fit_loop
+        if loop.restarting and loop._combined_loader_states_to_load:
+            loop._load_combined_loader_states()
+            iter(loop._data_fetcher)
+
     def trainable_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
 

@@ -35,7 +35,13 @@ def restore(state: dict) -> None:
     random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
     has_gauss, gauss = state["numpy_gauss"]
     np.random.set_state(
-        (state["numpy_kind"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], int(has_gauss), gauss)
+        (
+            state["numpy_kind"],
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            int(has_gauss),
+            gauss,
+        )
     )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
