@@ -1,0 +1,70 @@
+"""`python -m pricer fit` end to end on a tiny model: one run, one folder; resuming; secrets."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pricer.cli import main
+from tests.conftest import REPO
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+SECRET = "hf_pricerTestSecretToken0123456789"
+
+
+@pytest.fixture
+def fit_args(tiny_llama, raw_items, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  max_epochs: 1\n"
+        "  limit_val_batches: 1\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n"
+    )
+    return [
+        "--config", SMOKE,
+        "--config", str(overlay),
+        "--model.base_model", tiny_llama,
+        "--model.lora_r", "8",
+        "--data.source", str(raw_items),
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+
+
+def test_fit_writes_one_run_folder(fit_args, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    main(["fit", *fit_args, "--run_name", "first"])
+    run = tmp_path / "runs" / "first"
+    assert "run folder: " + str(run) in capsys.readouterr().out
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["first"]
+    assert not (Path.cwd() / "lightning_logs").exists()
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_resume_last_continues_the_named_run(fit_args, tmp_path):
+    main(["fit", *fit_args, "--run_name", "r", "--trainer.max_steps", "2"])
+    last = tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    main(["fit", *fit_args, "--run_name", "r", "--ckpt_path", "last"])
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # 16 items in batches of 4
+
+
+def test_resume_last_without_a_checkpoint_is_an_error(fit_args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *fit_args, "--ckpt_path", "last"])
+    assert stop.value.code == 2
+    assert "no run under" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", *fit_args, "--run_name", "new", "--ckpt_path", "last"])
+    assert "runs/new has no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "new").exists()  # nothing started
