@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +17,7 @@ from pricer.quantization import (
     lora_config,
     resolve_dtype,
 )
+from pricer.schedule import cosine_with_warmup
 
 
 class PriceModel(L.LightningModule):
@@ -165,8 +165,6 @@ class PriceModel(L.LightningModule):
         return folder
 
     def configure_optimizers(self):
-        from transformers import get_cosine_schedule_with_warmup
-
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         if self.target_device.type == "cuda" and hp.quantization != "none":
@@ -175,6 +173,7 @@ class PriceModel(L.LightningModule):
             optimizer = bnb.optim.PagedAdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(total * hp.warmup_ratio), total)
+        # Optimizer steps = items / effective batch, known once fit starts (see schedule.py).
+        factor = cosine_with_warmup(hp.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -75,8 +75,10 @@ def test_a_few_steps_move_lora_weights_only(tiny_llama, raw_items):
     )
     trainer.fit(model, datamodule=dm)
     lora_after, base_after = lora_and_base(model)
-    assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
-    moved = [n for n in base_before if not torch.equal(base_before[n], base_after[n])]
+    assert max(float((lora_before[n] - lora_after[n]).abs().max()) for n in lora_before) > 1e-2
+    # The repacked CPU kernel rounds differently (by up to 2**-12 here), far below what 4 steps
+    # at lr 1e-2 do to a trained weight.
+    moved = [n for n in base_before if not torch.allclose(base_before[n], base_after[n], rtol=0, atol=1e-3)]
     assert not moved, moved[:5]
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
 
