@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
-from pricer.quantization import default_precision
+from pricer.quantization import QuantizationUnavailable, default_precision
 from pricer.raw import SourceError
 from pricer.run_folder import RunFolderError, place_run
 
@@ -28,6 +30,15 @@ class PricerTrainer(L.Trainer):
         state = "reused from the cache" if curated.cached else "written"
         print(f"curated splits {state}: {curated.folder}")
         print(curated.accounting.table())
+
+
+class LoggedConfig(SaveConfigCallback):
+    """Saves the resolved config.yaml in the run folder and logs it to the loggers (W&B)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
 
 
 class PricerCLI(LightningCLI):
@@ -52,6 +63,18 @@ class PricerCLI(LightningCLI):
             config.trainer.precision = default_precision(config.trainer.accelerator)
         print(f"run folder: {self.run_dir} (precision {config.trainer.precision})")
 
+    def _finish_loggers(self) -> None:
+        # One command, one W&B run: finish it so the offline files are complete when we return.
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.finish()
+
+    def after_fit(self) -> None:
+        self._finish_loggers()
+
+    def after_validate(self) -> None:
+        self._finish_loggers()
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "curate": {"model", "datamodule"}}
@@ -63,6 +86,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
         PriceModel,
         PriceDataModule,
         trainer_class=PricerTrainer,
+        save_config_callback=LoggedConfig,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args,
@@ -73,7 +97,14 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
 def main(args: list[str] | None = None) -> None:
     try:
         build_cli(args)
-    except (SourceError, CurationError, RunFolderError, FileNotFoundError) as error:
+    except (
+        SourceError,
+        CurationError,
+        RunFolderError,
+        QuantizationUnavailable,
+        FileNotFoundError,
+        PermissionError,
+    ) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"pricer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -37,3 +37,29 @@ def load_hub_dataset(repo_id: str, revision: str | None = None):
     from datasets import load_dataset
 
     return load_dataset(repo_id, revision=revision)
+
+
+def explain_load_error(name: str, error: Exception) -> Exception | None:
+    """A message a user can act on when the Hub refuses or cannot serve a base model."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        return PermissionError(
+            f"base model {name} is gated on the Hugging Face Hub: accept its licence at "
+            f"https://huggingface.co/{name} and log in (`hf auth login`) or set HF_TOKEN"
+        )
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return FileNotFoundError(
+            f"base model {name}: no such model on the Hub, nor a local folder or .gguf file by that name "
+            "(a private model needs `hf auth login` or HF_TOKEN)"
+        )
+    if constants.HF_HUB_OFFLINE and any(isinstance(e, (LocalEntryNotFoundError, OSError)) for e in chain):
+        return FileNotFoundError(
+            f"base model {name} is not in the local cache and HF_HUB_OFFLINE is set: download it "
+            "once online, or point model.base_model at a local folder or .gguf file"
+        )
+    return None

@@ -9,6 +9,7 @@ import torch
 
 from pricer import rng
 from pricer.base_model import model_source
+from pricer.hub import explain_load_error
 from pricer.quantization import (
     ComputeDtype,
     Quantization,
@@ -88,12 +89,18 @@ class PriceModel(L.LightningModule):
         device = self.target_device
         check_bitsandbytes(hp.quantization, device)
         dtype = resolve_dtype(hp.compute_dtype, device)
-        base = AutoModelForCausalLM.from_pretrained(
-            model_source(hp.base_model),
-            quantization_config=bnb_config(hp.quantization, hp.quant_type, hp.double_quant, dtype),
-            dtype=dtype,
-            device_map={"": device},
-        )
+        try:
+            base = AutoModelForCausalLM.from_pretrained(
+                model_source(hp.base_model),
+                quantization_config=bnb_config(hp.quantization, hp.quant_type, hp.double_quant, dtype),
+                dtype=dtype,
+                device_map={"": device},
+            )
+        except (OSError, ValueError) as error:
+            explained = explain_load_error(hp.base_model, error)
+            if explained is None:
+                raise
+            raise explained from error
         base.config.use_cache = False
         if hp.quantization != "none":
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)

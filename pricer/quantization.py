@@ -20,6 +20,10 @@ def resolve_dtype(name: ComputeDtype, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class QuantizationUnavailable(RuntimeError):
+    """The quantization asked for cannot run here."""
+
+
 def default_precision(accelerator: str | None) -> str:
     """Lightning precision for the device: 16-mixed on a T4 (no bf16), bf16-mixed on Ampere and
     later, 32-true on the CPU. Set trainer.precision to override (bf16 on a CPU is fair when
@@ -36,12 +40,12 @@ def check_bitsandbytes(quantization: Quantization, device: torch.device) -> None
     try:
         import bitsandbytes  # noqa: F401
     except Exception as error:  # an ImportError, or a broken native library
-        raise RuntimeError(
+        raise QuantizationUnavailable(
             f"model.quantization={quantization} needs bitsandbytes, which cannot be loaded here "
             f"({error}); install bitsandbytes>=0.46 or set model.quantization=none"
         ) from error
     if quantization == "8bit" and device.type == "cpu":
-        raise RuntimeError(
+        raise QuantizationUnavailable(
             "model.quantization=8bit does not run on the CPU; use 4bit (bitsandbytes>=0.46 runs "
             "NF4 on the CPU) or none"
         )

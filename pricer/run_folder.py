@@ -14,6 +14,9 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 LAST = "last.ckpt"
+# Lightning's DDP launcher starts the other processes by running the same command again: they
+# must land in the run folder rank 0 named, not in one named by their own clock.
+RUN_NAME_ENV = "PRICER_RUN_NAME"
 
 
 class RunFolderError(ValueError):
@@ -68,7 +71,12 @@ def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) ->
                 f"--ckpt_path last: no run under {root} has a checkpoint ({root}/*/checkpoints/{LAST})"
             )
         run_name = latest.name
-    run_dir = root / (run_name or timestamp())
+    if run_name is None:
+        launched = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+        run_name = os.environ.get(RUN_NAME_ENV) if launched else None
+        run_name = run_name or timestamp()
+    os.environ[RUN_NAME_ENV] = run_name
+    run_dir = root / run_name
     if ckpt_path == "last":
         last = last_checkpoint(run_dir)
         if not last.is_file():

@@ -108,3 +108,26 @@ def test_smollm2_from_gguf_in_4bit_with_lora(gguf):
     # a real pretrained model: after "$" a digit is among its likeliest next tokens
     top = tokenizer.convert_ids_to_tokens(logits[0, -1].topk(5).indices)
     assert any(t.strip().isdigit() for t in top), top
+
+
+def test_a_model_missing_offline_says_what_to_do(tmp_path):
+    model = PriceModel(base_model="meta-llama/Llama-3.1-8B")
+    with pytest.raises(FileNotFoundError, match="not in the local cache and HF_HUB_OFFLINE is set"):
+        model.configure_model()
+
+
+def test_a_gated_model_names_itself_and_how_to_log_in(monkeypatch):
+    """The Hub's answer for a gated repo without a token is the only double here."""
+    import httpx
+    from huggingface_hub.errors import GatedRepoError
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/x"))
+        raise OSError("You are trying to access a gated repo.") from GatedRepoError(
+            "gated", response=response
+        )
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    with pytest.raises(PermissionError, match=r"meta-llama/Llama-3.1-8B is gated.*hf auth login.*HF_TOKEN"):
+        PriceModel(base_model="meta-llama/Llama-3.1-8B").configure_model()
