@@ -163,3 +163,26 @@ def test_a_nan_loss_stops_naming_the_step(tiny_llama, raw_items, tmp_path):
     good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert good["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_smollm2_fine_tunes_on_real_items(gguf, sample, tmp_path):
+    """The real path: SmolLM2-135M from its GGUF, in 4-bit with LoRA, on real Appliances items."""
+    dm = PriceDataModule(
+        source=str(sample),
+        tokenizer=str(gguf),
+        train_size=48,
+        val_size=8,
+        test_size=8,
+        cache_dir=str(tmp_path / "cache"),
+        num_proc=1,
+        batch_size=4,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    module = PriceModel(base_model=str(gguf), learning_rate=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
+    module.configure_model()
+    before = price_loss(module, dm)
+    trainer(tmp_path, []).fit(module, datamodule=dm)  # one epoch: 12 steps
+    after = price_loss(module, dm)
+    assert after < before * 0.8, (before, after)

@@ -1,0 +1,44 @@
+"""How good the prices are: the course's measures and a few more, from two arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# The course's "green": off by less than $40, or by less than 20% of the price.
+HIT_DOLLARS = 40.0
+HIT_RATIO = 0.2
+
+
+def hits(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    error = np.abs(predicted - truth)
+    return (error < HIT_DOLLARS) | (error < HIT_RATIO * truth)
+
+
+def price_metrics(truth, predicted) -> dict:
+    """n, mae, rmsle, hit_rate, smape (%), median_ae and a 95% interval for the MAE.
+
+    The interval is the normal approximation, MAE +- 1.96 s / sqrt(n) with s the standard
+    deviation of the absolute errors: with thousands of test items the MAE's sampling
+    distribution is close to normal, and it is exact to recompute.
+    """
+    truth = np.asarray(truth, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if truth.shape != predicted.shape or truth.ndim != 1 or len(truth) == 0:
+        raise ValueError(f"need two equal, non-empty 1-D arrays, got {truth.shape} and {predicted.shape}")
+    error = np.abs(predicted - truth)
+    n = len(truth)
+    mae = float(error.mean())
+    half = 1.96 * float(error.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    denominator = np.abs(truth) + np.abs(predicted)
+    smape = np.where(denominator > 0, 2 * error / np.where(denominator > 0, denominator, 1), 0.0)
+    return {
+        "n": n,
+        "mae": mae,
+        "rmsle": float(np.sqrt(np.mean((np.log1p(np.maximum(predicted, 0)) - np.log1p(truth)) ** 2))),
+        "hit_rate": float(hits(truth, predicted).mean()),
+        "smape": float(100 * smape.mean()),
+        "median_ae": float(np.median(error)),
+        "mae_ci95": [mae - half, mae + half],
+    }

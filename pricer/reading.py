@@ -1,0 +1,174 @@
+"""Reading a price as a distribution, not a regex over three sampled tokens.
+
+Two tokenizer kinds:
+- whole numbers: every number 0-999 is one token (Llama 3). One forward pass over the prompt;
+  the logits at the "$" position are the whole distribution over whole-dollar prices.
+- digits: numbers split into digit tokens (SmolLM2). A batched, pruned search extends digit
+  prefixes with the KV cache, one digit per pass; a prefix ends when the model writes anything
+  but a digit (the decimal point). Prefixes below `min_mass`, or beyond the `beam` likeliest of
+  an item, are dropped and their mass is counted in `left_out`.
+
+Either way every input gets a distribution, so every input gets a number: no parse failures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+Point = Literal["median", "mean"]
+
+
+@dataclass
+class PriceDistribution:
+    """Probabilities of whole-dollar prices; `left_out` is the mass the reading did not place
+    (non-number tokens, numbers over `max_digits`, pruned prefixes)."""
+
+    prices: np.ndarray
+    probs: np.ndarray
+    left_out: float
+
+    @property
+    def normalised(self) -> np.ndarray:
+        total = self.probs.sum()
+        return self.probs / total if total > 0 else np.full(len(self.probs), 1 / len(self.probs))
+
+    def quantile(self, q: float) -> float:
+        """The smallest price whose cumulative probability reaches q."""
+        cumulative = np.cumsum(self.normalised)
+        index = int(np.searchsorted(cumulative, q - 1e-12, side="left"))
+        return float(self.prices[min(index, len(self.prices) - 1)])
+
+    @property
+    def median(self) -> float:
+        return self.quantile(0.5)
+
+    @property
+    def mean(self) -> float:
+        return float((self.prices * self.normalised).sum())
+
+    def point(self, kind: Point = "median") -> float:
+        return self.median if kind == "median" else self.mean
+
+    def interval(self, coverage: float = 0.8) -> tuple[float, float]:
+        tail = (1 - coverage) / 2
+        return self.quantile(tail), self.quantile(1 - tail)
+
+
+def _single_token(tokenizer, text: str) -> int | None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+class PriceReader:
+    """Reads price distributions from a causal LM after prompts ending in "Price is $".
+
+    Args:
+        tokenizer: The base model's tokenizer (decides the kind of reading).
+        max_digits: Longest whole-dollar price read (3: up to $999, the curation's range).
+        beam: Digit prefixes kept per item at each step.
+        min_mass: Prefixes less likely than this are dropped (their mass is reported).
+    """
+
+    def __init__(self, tokenizer, max_digits: int = 3, beam: int = 32, min_mass: float = 1e-4) -> None:
+        self.tokenizer = tokenizer
+        self.max_digits = max_digits
+        self.beam = beam
+        self.min_mass = min_mass
+        largest = 10**max_digits
+        whole = [_single_token(tokenizer, str(v)) for v in range(largest)]
+        if all(t is not None for t in whole) and len(set(whole)) == largest:
+            self.kind = "whole"
+            self.number_ids = torch.tensor(whole)
+        else:
+            digits = [_single_token(tokenizer, str(d)) for d in range(10)]
+            if any(t is None for t in digits):
+                raise ValueError(
+                    "the tokenizer writes neither whole numbers 0-999 nor single digits as one token"
+                )
+            self.kind = "digits"
+            self.digit_ids = torch.tensor(digits)
+
+    @torch.no_grad()
+    def read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
+        """Distributions for a batch of left-padded prompts."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=self.kind == "digits",
+        )
+        probs = out.logits[:, -1].float().softmax(-1)
+        if self.kind == "whole":
+            return self._whole(probs)
+        return self._digits(model, probs, out.past_key_values, attention_mask)
+
+    def _whole(self, probs: torch.Tensor) -> list[PriceDistribution]:
+        prices = np.arange(len(self.number_ids), dtype=np.float64)
+        numbers = probs[:, self.number_ids.to(probs.device)].cpu().double().numpy()
+        return [PriceDistribution(prices, row, float(max(0.0, 1 - row.sum()))) for row in numbers]
+
+    def _digits(self, model, probs, cache, attention_mask) -> list[PriceDistribution]:
+        batch = probs.shape[0]
+        digit_ids = self.digit_ids.to(probs.device)
+        finished: list[dict[int, float]] = [{} for _ in range(batch)]
+        left_out = (1 - probs[:, digit_ids].sum(-1)).double().cpu().numpy()  # no number at all
+        first = probs[:, digit_ids].double().cpu().numpy()
+        # live prefixes: (item, value, mass, cache row)
+        live = [(i, d, first[i, d], i) for i in range(batch) for d in range(10)]
+        live = self._prune(live, left_out)
+        mask = attention_mask
+        for depth in range(1, self.max_digits + 1):
+            if not live:
+                break
+            rows = torch.tensor([row for *_, row in live], device=probs.device)
+            cache.batch_select_indices(rows)
+            mask = torch.cat([mask[rows], torch.ones_like(mask[rows][:, :1])], dim=1)
+            tokens = digit_ids[torch.tensor([value % 10 for _, value, _, _ in live], device=probs.device)]
+            out = model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=(mask.sum(-1, keepdim=True) - 1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            step = out.logits[:, -1].float().softmax(-1)[:, digit_ids].double().cpu().numpy()
+            children = []
+            for row, (item, value, mass, _) in enumerate(live):
+                p_digits = step[row]
+                p_end = max(0.0, 1.0 - float(p_digits.sum()))
+                if mass * p_end > 0:
+                    finished[item][value] = finished[item].get(value, 0.0) + mass * p_end
+                if depth == self.max_digits or value == 0:
+                    left_out[item] += mass * (1 - p_end)  # over max_digits, or a leading zero
+                    continue
+                children += [(item, value * 10 + d, mass * p_digits[d], row) for d in range(10)]
+            live = self._prune(children, left_out)
+        result = []
+        for item in range(batch):
+            prices = np.array(sorted(finished[item]), dtype=np.float64)
+            if len(prices) == 0:  # every prefix pruned: still a number, the likeliest first digit
+                prices, masses = np.array([float(first[item].argmax())]), np.array([0.0])
+            else:
+                masses = np.array([finished[item][int(p)] for p in prices])
+            result.append(PriceDistribution(prices, masses, float(left_out[item])))
+        return result
+
+    def _prune(self, prefixes: list, left_out: np.ndarray) -> list:
+        by_item: dict[int, list] = {}
+        for prefix in prefixes:
+            by_item.setdefault(prefix[0], []).append(prefix)
+        kept = []
+        for item, group in by_item.items():
+            group.sort(key=lambda p: -p[2])
+            for rank, prefix in enumerate(group):
+                if rank < self.beam and prefix[2] > 0 and prefix[2] >= self.min_mass:
+                    kept.append(prefix)
+                else:
+                    left_out[item] += prefix[2]
+        return kept

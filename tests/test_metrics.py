@@ -1,0 +1,31 @@
+import math
+
+import pytest
+
+from pricer.metrics import price_metrics
+
+
+def test_metrics_against_hand_computed_values():
+    truth = [100.0, 50.0, 10.0, 200.0]
+    predicted = [90.0, 95.0, 10.0, 150.0]
+    m = price_metrics(truth, predicted)
+    errors = [10.0, 45.0, 0.0, 50.0]
+    assert m["n"] == 4
+    assert m["mae"] == pytest.approx(26.25)
+    assert m["median_ae"] == pytest.approx(27.5)
+    # green: 10 < 40 yes; 45 >= 40 and 45 >= 0.2*50 no; 0 yes; 50 >= 40 and 50 >= 40 (20% of 200) no
+    assert m["hit_rate"] == pytest.approx(0.5)
+    logs = [math.log1p(p) - math.log1p(t) for p, t in zip(predicted, truth, strict=True)]
+    assert m["rmsle"] == pytest.approx(math.sqrt(sum(x * x for x in logs) / 4))
+    smape = [2 * e / (abs(p) + abs(t)) for e, p, t in zip(errors, predicted, truth, strict=True)]
+    assert m["smape"] == pytest.approx(100 * sum(smape) / 4)
+    mean = 26.25
+    sd = math.sqrt(sum((e - mean) ** 2 for e in errors) / 3)
+    assert m["mae_ci95"] == pytest.approx([mean - 1.96 * sd / 2, mean + 1.96 * sd / 2])
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        price_metrics([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        price_metrics([], [])

@@ -1,0 +1,163 @@
+"""The price reader on both tokenizer kinds, with tiny models whose logits the tests set."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from pricer.reading import PriceReader
+
+NEG = -1e9
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor
+    past_key_values: object = None
+
+
+class History:
+    """A stand-in KV cache: the tokens each row has seen."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def batch_select_indices(self, indices):
+        self.tokens = self.tokens[indices]
+
+
+class TableModel(torch.nn.Module):
+    """Next-token probabilities looked up from what follows the last "$" (and the row's marker)."""
+
+    def __init__(self, tokenizer, tables):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.tables = tables  # {marker: {prefix: {next text: prob}}}
+        self.vocab = len(tokenizer)
+        self.calls = 0
+
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False
+    ):
+        self.calls += 1
+        history = input_ids if past_key_values is None else torch.cat([past_key_values.tokens, input_ids], 1)
+        logits = torch.full((len(history), input_ids.shape[1], self.vocab), NEG)
+        for row, tokens in enumerate(history):
+            text = self.tokenizer.decode([t for t in tokens.tolist() if t != self.tokenizer.pad_token_id])
+            marker, _, prefix = text.replace(" ", "").rpartition("$")
+            for nxt, p in self.tables[marker[-1]].get(prefix, {".": 1.0}).items():
+                logits[row, -1, self.tokenizer.encode(nxt, add_special_tokens=False)[0]] = torch.tensor(
+                    p
+                ).log()
+        return Output(logits, History(history) if use_cache else None)
+
+
+def left_padded(tokenizer, texts):
+    tokenizer.padding_side = "left"
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+@pytest.fixture
+def digit_tokenizer(byte_tokenizer):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(byte_tokenizer)
+
+
+@pytest.fixture
+def whole_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {str(i): i for i in range(1000)}
+    for word in ("<pad>", "<unk>", "$", "A", "B", "."):
+        vocab[word] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="$", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>")
+
+
+def test_whole_number_tokens_give_the_distribution_in_one_pass(whole_tokenizer):
+    reader = PriceReader(whole_tokenizer)
+    assert reader.kind == "whole"
+    model = TableModel(
+        whole_tokenizer, {"A": {"": {"10": 0.2, "20": 0.3, "30": 0.4, "$": 0.1}}, "B": {"": {"999": 1.0}}}
+    )
+    batch = left_padded(whole_tokenizer, ["A$", "B$"])
+    first, second = reader.read(model, batch["input_ids"], batch["attention_mask"])
+    assert model.calls == 1
+    assert first.probs[[10, 20, 30]] == pytest.approx([0.2, 0.3, 0.4])
+    assert first.probs.sum() == pytest.approx(0.9) and first.left_out == pytest.approx(0.1)
+    assert first.median == 20 and first.interval(0.8) == (10, 30)
+    assert first.mean == pytest.approx((10 * 2 + 20 * 3 + 30 * 4) / 9)
+    assert second.median == 999 and second.mean == pytest.approx(999)
+
+
+TABLES = {
+    "A": {"": {"1": 0.6, "2": 0.4}, "1": {"5": 0.5, ".": 0.5}, "15": {".": 1.0}, "2": {".": 0.9, "0": 0.1}},
+    "B": {"": {"9": 1.0}, "9": {"9": 1.0}, "99": {"9": 0.5, ".": 0.5}, "999": {"9": 0.25, ".": 0.75}},
+}
+
+
+def test_digit_search_reads_a_batch_with_the_kv_cache(digit_tokenizer):
+    reader = PriceReader(digit_tokenizer, min_mass=0.0)
+    assert reader.kind == "digits"
+    model = TableModel(digit_tokenizer, TABLES)
+    batch = left_padded(digit_tokenizer, ["xxA$", "B$"])
+    a, b = reader.read(model, batch["input_ids"], batch["attention_mask"])
+    assert model.calls == 4  # the prompt, then one pass per digit
+    assert dict(zip(a.prices.tolist(), a.probs.tolist(), strict=True)) == pytest.approx(
+        {1: 0.3, 2: 0.36, 15: 0.3, 20: 0.04}
+    )
+    assert a.left_out == pytest.approx(0.0)
+    assert a.median == 2 and a.interval(0.8) == (1, 15)
+    assert a.mean == pytest.approx(1 * 0.3 + 2 * 0.36 + 15 * 0.3 + 20 * 0.04)
+    # $99 then "." half the time; $999 ends three times in four, and $9999 is over the range
+    assert dict(zip(b.prices.tolist(), b.probs.tolist(), strict=True)) == pytest.approx({99: 0.5, 999: 0.375})
+    assert b.left_out == pytest.approx(0.125)
+
+
+def test_pruning_keeps_the_mass_it_claims(digit_tokenizer):
+    reader = PriceReader(digit_tokenizer, min_mass=0.35)
+    (a,) = reader.read(TableModel(digit_tokenizer, TABLES), *left_padded(digit_tokenizer, ["A$"]).values())
+    assert dict(zip(a.prices.tolist(), a.probs.tolist(), strict=True)) == pytest.approx({1: 0.3, 2: 0.36})
+    assert a.left_out == pytest.approx(0.34)  # $15 (0.3) and $20 (0.04) pruned
+    assert a.probs.sum() + a.left_out == pytest.approx(1.0)
+
+
+def test_every_input_gets_a_number(digit_tokenizer):
+    tables = {"C": {"": {"x": 1.0}}}  # the model never writes a digit
+    (c,) = PriceReader(digit_tokenizer).read(
+        TableModel(digit_tokenizer, tables), *left_padded(digit_tokenizer, ["C$"]).values()
+    )
+    assert c.left_out == pytest.approx(1.0)
+    assert isinstance(c.median, float) and isinstance(c.mean, float)
+
+
+def test_the_kv_cache_search_matches_full_forward_passes_on_a_real_llama(tiny_llama):
+    """On a real (random) Llama, with left padding, each price's mass is the product of the
+    probabilities that full, uncached forward passes give."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    reader = PriceReader(tokenizer, max_digits=2, beam=100, min_mass=0.0)
+    prompts = ["A longer product text. Price is $", "Short. Price is $"]
+    distributions = reader.read(model, *left_padded(tokenizer, prompts).values())
+    digits = [tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(10)]
+
+    def next_probs(text):
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+        with torch.no_grad():
+            return model(ids).logits[0, -1].softmax(-1)
+
+    for prompt, dist in zip(prompts, distributions, strict=True):
+        assert dist.probs.sum() + dist.left_out == pytest.approx(1.0, abs=1e-6)
+        for price in (7, 42):
+            text, mass = prompt, 1.0
+            for ch in str(price):
+                mass *= float(next_probs(text)[digits[int(ch)]])
+                text += ch
+            mass *= 1 - float(next_probs(text)[digits].sum())
+            got = dict(zip(dist.prices.tolist(), dist.probs.tolist(), strict=True)).get(price, 0.0)
+            assert got == pytest.approx(mass, rel=1e-4, abs=1e-9), (prompt, price)
