@@ -26,9 +26,11 @@ def tokenize_examples(batch: dict, tokenizer) -> dict:
 
 @dataclass
 class PadCollator:
-    """Pads a batch to its own longest sequence (dynamic padding), on the right."""
+    """Pads a batch to its own longest sequence (dynamic padding), on the right; with
+    `prompts`, also the prompts alone, on the left, for reading prices."""
 
     pad_token_id: int
+    prompts: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(e["input_ids"]) for e in examples)
@@ -43,4 +45,23 @@ class PadCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if "price" in examples[0]:
             batch["price"] = torch.tensor([float(e["price"]) for e in examples])
+        for key in ("title", "category"):
+            if key in examples[0]:
+                batch[key] = [e[key] for e in examples]
+        if self.prompts:
+            batch.update(self._prompts(examples))
         return batch
+
+    def _prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """The prompts alone, padded on the left so every row ends at "Price is $"."""
+        prompts = [
+            [t for t, label in zip(e["input_ids"], e["labels"], strict=True) if label == IGNORE_INDEX]
+            for e in examples
+        ]
+        length = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, length - len(prompt) :] = torch.as_tensor(prompt)
+            mask[row, length - len(prompt) :] = 1
+        return {"prompt_ids": ids, "prompt_mask": mask}

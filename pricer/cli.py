@@ -70,6 +70,17 @@ class PricerCLI(LightningCLI):
                 logger.experiment.finish()
 
     def after_fit(self) -> None:
+        # As the course did: train, then measure on the test split, in the same run folder.
+        if self.trainer.world_size > 1:
+            # A distributed sampler pads and shards the test split; measure on one device.
+            print(
+                f"test: run `python -m pricer test --model.adapter {self.run_dir / 'adapter'}` on one device"
+            )
+        elif "test" in self.datamodule.datasets:
+            self.trainer.test(self.model, datamodule=self.datamodule)
+        self._finish_loggers()
+
+    def after_test(self) -> None:
         self._finish_loggers()
 
     def after_validate(self) -> None:

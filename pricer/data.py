@@ -158,7 +158,7 @@ class PriceDataModule(L.LightningDataModule):
                 tokenize_examples,
                 batched=True,
                 fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=[c for c in split.column_names if c != "price"],
+                remove_columns=[c for c in split.column_names if c not in ("price", "title", "category")],
                 desc=f"tokenizing {name}",
             )
 
@@ -169,7 +169,7 @@ class PriceDataModule(L.LightningDataModule):
             )
         return self.datasets[name]
 
-    def _loader(self, name: str, shuffle: bool, batch_size: int) -> StatefulDataLoader:
+    def _loader(self, name: str, shuffle: bool, batch_size: int, prompts: bool = True) -> StatefulDataLoader:
         import torch
 
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
@@ -178,15 +178,25 @@ class PriceDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator,
-            collate_fn=PadCollator(self.tokenizer.pad_token_id),
+            collate_fn=PadCollator(self.tokenizer.pad_token_id, prompts=prompts),
             num_workers=self.num_workers,
         )
 
     def train_dataloader(self) -> StatefulDataLoader:
-        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+        return self._loader("train", shuffle=True, batch_size=self.batch_size, prompts=False)
 
     def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("validation", shuffle=False, batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+    def train_prices_and_texts(self) -> tuple[list[float], list[str]] | None:
+        """The train split's prices and texts, for the baselines; None when there is none."""
+        splits = self.load_splits()
+        if "train" not in splits or len(splits["train"]) == 0:
+            return None
+        return list(splits["train"]["price"]), list(splits["train"]["text"])
+
+    def test_texts(self) -> list[str]:
+        return list(self.load_splits()["test"]["text"])

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from pricer import rng
-from pricer.base_model import model_source
+from pricer.base_model import load_tokenizer, model_source
 from pricer.hub import explain_load_error
 from pricer.quantization import (
     ComputeDtype,
@@ -18,6 +18,7 @@ from pricer.quantization import (
     lora_config,
     resolve_dtype,
 )
+from pricer.reading import Point, PriceReader
 from pricer.schedule import cosine_with_warmup
 
 
@@ -43,6 +44,12 @@ class PriceModel(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_ratio: Fraction of the optimizer steps spent warming up.
         gradient_checkpointing: Recompute activations in backward to save memory.
+        adapter: A trained adapter folder to load instead of a new LoRA (for test and predict).
+        point: The price read from the distribution: median (minimises absolute error) or mean.
+        interval_coverage: Probability inside the reported interval (0.8: the 10th to 90th
+            percentile).
+        read_beam: Digit prefixes kept per item when numbers split into digits.
+        read_min_mass: Digit prefixes less likely than this are dropped (their mass reported).
     """
 
     def __init__(
@@ -60,6 +67,11 @@ class PriceModel(L.LightningModule):
         weight_decay: float = 0.001,
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = False,
+        adapter: str | None = None,
+        point: Point = "median",
+        interval_coverage: float = 0.8,
+        read_beam: int = 32,
+        read_min_mass: float = 1e-4,
     ) -> None:
         super().__init__()
         if quant_type not in ("nf4", "fp4"):
@@ -71,6 +83,8 @@ class PriceModel(L.LightningModule):
         self.save_hyperparameters()
         self.lora_target_modules = list(lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
         self.model = None
+        self._reader: PriceReader | None = None
+        self.test_rows: list[dict] = []
         # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
         self.strict_loading = False
 
@@ -106,9 +120,29 @@ class PriceModel(L.LightningModule):
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
         elif hp.gradient_checkpointing:
             base.gradient_checkpointing_enable()
-        self.model = get_peft_model(
-            base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
-        )
+        if hp.adapter:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(base, hp.adapter, is_trainable=True)
+        else:
+            self.model = get_peft_model(
+                base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
+            )
+
+    @property
+    def reader(self) -> PriceReader:
+        if self._reader is None:
+            hp = self.hparams
+            self._reader = PriceReader(
+                load_tokenizer(hp.base_model), beam=hp.read_beam, min_mass=hp.read_min_mass
+            )
+        return self._reader
+
+    def read_prices(self, batch: dict) -> list[tuple[float, float, float]]:
+        """(predicted, low, high) for each prompt of a batch, from its price distribution."""
+        hp = self.hparams
+        distributions = self.reader.read(self.model, batch["prompt_ids"], batch["prompt_mask"])
+        return [(d.point(hp.point), *d.interval(hp.interval_coverage)) for d in distributions]
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
@@ -126,9 +160,28 @@ class PriceModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        size = len(batch["input_ids"])
         loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-        self.log("val_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("val_loss", loss, prog_bar=True, batch_size=size)
+        predicted = torch.tensor([p for p, _, _ in self.read_prices(batch)], device=batch["price"].device)
+        self.log("val_mae", (predicted - batch["price"]).abs().mean(), prog_bar=True, batch_size=size)
         return loss
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        for i, (predicted, low, high) in enumerate(self.read_prices(batch)):
+            self.test_rows.append(
+                {
+                    "title": batch["title"][i],
+                    "category": batch["category"][i],
+                    "price": float(batch["price"][i]),
+                    "predicted": predicted,
+                    "low": low,
+                    "high": high,
+                }
+            )
 
     def on_train_start(self) -> None:
         # Lightning restores the data loader's place in the epoch in setup_data(), but

@@ -22,6 +22,7 @@ def fit_args(tiny_llama, raw_items, tmp_path):
         "  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
+        "    - class_path: pricer.report.PriceReport\n"
         "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n"
     )
     return [
@@ -70,3 +71,23 @@ def test_resume_last_without_a_checkpoint_is_an_error(fit_args, tmp_path, capsys
         main(["fit", *fit_args, "--run_name", "new", "--ckpt_path", "last"])
     assert "runs/new has no checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "new").exists()  # nothing started
+
+
+def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_path):
+    import csv
+    import json
+
+    main(["fit", *fit_args, "--run_name", "trained"])
+    run = tmp_path / "runs" / "trained"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"n", "mae", "rmsle", "hit_rate", "smape", "median_ae", "mae_ci95", "baselines"} <= set(metrics)
+    assert metrics["n"] == 4 and metrics["mae_ci95"][0] <= metrics["mae"] <= metrics["mae_ci95"][1]
+    assert set(metrics["baselines"]) == {"train_mean", "train_median", "tfidf_linear_log_price"}
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert len(rows) == 4 and set(rows[0]) == {"title", "category", "price", "predicted", "low", "high"}
+    assert all(float(r["low"]) <= float(r["predicted"]) <= float(r["high"]) for r in rows)
+    assert (run / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+    main(["test", *fit_args, "--run_name", "retest", "--model.adapter", str(run / "adapter")])
+    again = json.loads((tmp_path / "runs" / "retest" / "metrics.json").read_text())
+    assert again == metrics

@@ -1,0 +1,110 @@
+"""The test report: metrics.json, predictions.csv and scatter.png in the run folder, and W&B."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+from pricer.baselines import baseline_predictions
+from pricer.metrics import price_metrics
+
+COLUMNS = ("title", "category", "price", "predicted", "low", "high")
+
+
+def write_predictions(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+
+
+def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> None:
+    """Truth against prediction, coloured as the course did: green within $40 or 20%, orange
+    within $80 or 40%, red beyond; y = x for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    error = np.abs(predicted - truth)
+    colours = np.where(
+        (error < 40) | (error < 0.2 * truth),
+        "green",
+        np.where((error < 80) | (error < 0.4 * truth), "orange", "red"),
+    )
+    top = max(float(truth.max()), float(predicted.max()), 1.0) * 1.05
+    figure, axes = plt.subplots(figsize=(7, 7))
+    axes.scatter(truth, predicted, s=8, c=colours, alpha=0.7)
+    axes.plot([0, top], [0, top], color="steelblue", linewidth=1)
+    axes.set(xlim=(0, top), ylim=(0, top), xlabel="true price ($)", ylabel="predicted price ($)")
+    axes.set_title(
+        f"MAE ${metrics['mae']:,.2f}  RMSLE {metrics['rmsle']:.2f}  hits {100 * metrics['hit_rate']:.1f}%"
+        f"  (n={metrics['n']})",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+class PriceReport(Callback):
+    """After a test pass: metrics beside the baselines, predictions and a chart, in the run folder.
+
+    Writes `metrics.json` (n, mae, rmsle, hit_rate, smape, median_ae, mae_ci95, baselines),
+    `predictions.csv` and `scatter.png` into `trainer.default_root_dir`, and logs the metrics,
+    the chart and a predictions table to W&B.
+    """
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = pl_module.test_rows
+        if not trainer.is_global_zero or not rows:
+            return
+        folder = Path(trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        truth = np.array([r["price"] for r in rows])
+        predicted = np.array([r["predicted"] for r in rows])
+        metrics = price_metrics(truth, predicted)
+        metrics["baselines"] = self._baselines(trainer, truth)
+        metrics["read"] = {"point": pl_module.hparams.point, "interval": pl_module.hparams.interval_coverage}
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_predictions(rows, folder / "predictions.csv")
+        scatter(truth, predicted, metrics, folder / "scatter.png")
+        print(self.summary(metrics))
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"test_{k}": metrics[k] for k in ("mae", "rmsle", "hit_rate", "smape", "median_ae")}
+            )
+            if isinstance(logger, WandbLogger):
+                logger.log_image("test_scatter", [str(folder / "scatter.png")])
+                logger.log_table(
+                    "test_predictions", columns=list(COLUMNS), data=[[r[c] for c in COLUMNS] for r in rows]
+                )
+
+    @staticmethod
+    def _baselines(trainer: L.Trainer, truth: np.ndarray) -> dict:
+        datamodule = trainer.datamodule
+        train = datamodule.train_prices_and_texts() if datamodule is not None else None
+        if train is None:
+            return {"skipped": "the data source has no train split to fit the baselines on"}
+        predictions = baseline_predictions(*train, datamodule.test_texts())
+        return {name: price_metrics(truth, values) for name, values in predictions.items()}
+
+    @staticmethod
+    def summary(metrics: dict) -> str:
+        lines = ["| model | MAE | 95% CI | RMSLE | hits |", "|---|---:|---:|---:|---:|"]
+        named = {
+            "fine-tuned": metrics,
+            **{k: v for k, v in metrics["baselines"].items() if isinstance(v, dict)},
+        }
+        for name, m in named.items():
+            low, high = m["mae_ci95"]
+            lines.append(
+                f"| {name} | ${m['mae']:.2f} | ${low:.2f}-{high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
+            )
+        return "\n".join(lines)
