@@ -71,6 +71,15 @@ def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) ->
                 f"--ckpt_path last: no run under {root} has a checkpoint ({root}/*/checkpoints/{LAST})"
             )
         run_name = latest.name
+    if (
+        run_name is None
+        and ckpt_path not in (None, "last", "best")
+        and Path(ckpt_path).parent.name == "checkpoints"
+    ):
+        # `test --ckpt_path runs/x/checkpoints/last.ckpt` reports into runs/x, beside the training
+        run_dir = Path(ckpt_path).parent.parent
+        root, run_name = run_dir.parent, run_dir.name
+        trainer.default_root_dir = str(root)
     if run_name is None:
         launched = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
         run_name = os.environ.get(RUN_NAME_ENV) if launched else None

@@ -61,6 +61,13 @@ def test_resume_last_continues_the_named_run(fit_args, tmp_path):
     main(["fit", *fit_args, "--run_name", "r", "--ckpt_path", "last"])
     assert torch.load(last, weights_only=True)["global_step"] == 4  # 16 items in batches of 4
 
+    # test from a checkpoint reports into that checkpoint's run folder
+    metrics = tmp_path / "runs" / "r" / "metrics.json"
+    metrics.unlink()
+    main(["test", *fit_args, "--ckpt_path", str(last)])
+    assert metrics.is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]
+
 
 def test_resume_last_without_a_checkpoint_is_an_error(fit_args, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -91,3 +98,25 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     main(["test", *fit_args, "--run_name", "retest", "--model.adapter", str(run / "adapter")])
     again = json.loads((tmp_path / "runs" / "retest" / "metrics.json").read_text())
     assert again == metrics
+
+
+def test_test_alone_scores_every_row_of_a_course_format_test_only_dataset(fit_args, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "lite"
+    (folder / "data").mkdir(parents=True)
+    rows = [
+        {
+            "text": f"How much does this cost to the nearest dollar?\n\nGadget {i}\nA gadget.\n\nPrice is $",
+            "price": 10.0 + i,
+        }
+        for i in range(5)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "test-00000-of-00001.parquet")
+    main(["test", *fit_args, "--data.source", str(folder), "--run_name", "lite"])
+    metrics = json.loads((tmp_path / "runs" / "lite" / "metrics.json").read_text())
+    assert metrics["n"] == 5
+    assert "skipped" in metrics["baselines"]
