@@ -143,3 +143,21 @@ def raw_items(tmp_path) -> Path:
     write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(60)])
     write_raw(tmp_path, "Software", [record(f"Editor edition {i}", 5.0 + i) for i in range(20)])
     return tmp_path
+
+
+def small_datamodule(source, tokenizer, cache, **overrides):
+    """A DataModule at test scale: 32 train, 4 validation, 4 test items, batches of 4, in-process."""
+    from pricer.data import PriceDataModule
+
+    options = dict(
+        source=str(source),
+        tokenizer=str(tokenizer),
+        train_size=32,
+        val_size=4,
+        test_size=4,
+        cache_dir=str(cache),
+        num_proc=1,
+        batch_size=4,
+    )
+    options.update(overrides)
+    return PriceDataModule(**options)

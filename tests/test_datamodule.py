@@ -1,23 +1,13 @@
 import torch
 
 from pricer.batches import IGNORE_INDEX
-from pricer.data import PriceDataModule
+from tests.conftest import small_datamodule
 
 
 def make(raw_items, tokenizer, **kwargs):
-    options = dict(
-        source=str(raw_items),
-        categories=["Appliances", "Software"],
-        tokenizer=tokenizer,
-        train_size=40,
-        val_size=5,
-        test_size=10,
-        cache_dir=str(raw_items / "cache"),
-        num_proc=1,
-        batch_size=4,
-    )
+    options = dict(categories=["Appliances", "Software"], train_size=40, val_size=5, test_size=10)
     options.update(kwargs)
-    return PriceDataModule(**options)
+    return small_datamodule(raw_items, tokenizer, raw_items / "cache", **options)
 
 
 def test_batches_mask_everything_but_the_completion(raw_items, byte_tokenizer):
@@ -55,6 +45,6 @@ def test_shuffle_is_seeded(raw_items, byte_tokenizer):
 def test_a_curated_source_is_used_whole(raw_items, byte_tokenizer):
     dm = make(raw_items, byte_tokenizer)
     folder = dm.curate().folder
-    curated = make(raw_items, byte_tokenizer, source=str(folder), train_size=1, test_size=1)
+    curated = small_datamodule(folder, byte_tokenizer, raw_items / "cache", train_size=1, test_size=1)
     curated.setup("test")
     assert len(curated.datasets["test"]) == 10 and len(curated.datasets["train"]) == 40

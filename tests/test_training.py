@@ -7,8 +7,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from pricer.data import PriceDataModule
 from pricer.model import PriceModel
+from tests.conftest import small_datamodule
 
 
 class Losses(Callback):
@@ -35,16 +35,7 @@ class Kill(Callback):
 
 
 def datamodule(raw_items, tokenizer):
-    return PriceDataModule(
-        source=str(raw_items),
-        tokenizer=tokenizer,
-        train_size=32,
-        val_size=4,
-        test_size=4,
-        cache_dir=str(raw_items / "cache"),
-        num_proc=1,
-        batch_size=4,
-    )
+    return small_datamodule(raw_items, tokenizer, raw_items / "cache")
 
 
 def trainer(root, callbacks, every=None, **kwargs):
@@ -168,16 +159,7 @@ def test_a_nan_loss_stops_naming_the_step(tiny_llama, raw_items, tmp_path):
 @pytest.mark.slow
 def test_smollm2_fine_tunes_on_real_items(gguf, sample, tmp_path):
     """The real path: SmolLM2-135M from its GGUF, in 4-bit with LoRA, on real Appliances items."""
-    dm = PriceDataModule(
-        source=str(sample),
-        tokenizer=str(gguf),
-        train_size=48,
-        val_size=8,
-        test_size=8,
-        cache_dir=str(tmp_path / "cache"),
-        num_proc=1,
-        batch_size=4,
-    )
+    dm = small_datamodule(sample, gguf, tmp_path / "cache", train_size=48, val_size=8, test_size=8)
     dm.prepare_data()
     dm.setup("fit")
     module = PriceModel(base_model=str(gguf), learning_rate=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
