@@ -58,6 +58,19 @@ class PriceDistribution:
         return self.quantile(tail), self.quantile(1 - tail)
 
 
+def _cache_argument(model) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _single_token(tokenizer, text: str) -> int | None:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids[0] if len(ids) == 1 else None
@@ -105,7 +118,7 @@ class PriceReader:
         probs = out.logits[:, -1].float().softmax(-1)
         if self.kind == "whole":
             return self._whole(probs)
-        return self._digits(model, probs, out.past_key_values, attention_mask)
+        return self._digits(model, probs, _returned_cache(out), attention_mask)
 
     def _whole(self, probs: torch.Tensor) -> list[PriceDistribution]:
         prices = np.arange(len(self.number_ids), dtype=np.float64)
@@ -133,10 +146,10 @@ class PriceReader:
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=(mask.sum(-1, keepdim=True) - 1),
-                past_key_values=cache,
                 use_cache=True,
+                **{_cache_argument(model): cache},
             )
-            cache = out.past_key_values
+            cache = _returned_cache(out)
             step = out.logits[:, -1].float().softmax(-1)[:, digit_ids].double().cpu().numpy()
             children = []
             for row, (item, value, mass, _) in enumerate(live):
