@@ -9,10 +9,11 @@ import lightning as L
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from pricer.base_model import load_tokenizer, pricer_cache, tokenizer_source
-from pricer.batches import PadCollator, tokenize_examples
+from pricer.batches import IGNORE_INDEX, PadCollator, tokenize_examples
 from pricer.categories import CATEGORIES, Category
 from pricer.curate import Curated, CurationSpec, curate, split_file
 from pricer.curated import load_curated
+from pricer.products import load_products
 from pricer.raw import RAW_URL, is_raw_source
 from pricer.rules import CurationRules
 from pricer.splits import SPLITS
@@ -42,6 +43,8 @@ class PriceDataModule(L.LightningDataModule):
         batch_size: Items per training batch.
         eval_batch_size: Items per validation and test batch (default: batch_size).
         num_workers: DataLoader worker processes.
+        predict_source: Products to price with `predict`: a JSONL file of product texts (raw
+            records, `text` or `prompt` per line) or a curated dataset; default: the test split.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class PriceDataModule(L.LightningDataModule):
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        predict_source: str | None = None,
     ) -> None:
         super().__init__()
         categories = list(categories or ["Appliances"])
@@ -86,6 +90,7 @@ class PriceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.predict_source = predict_source
         self.datasets: dict = {}
         self.curated: Curated | None = None
         self._tokenizer = None
@@ -190,6 +195,31 @@ class PriceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+    def predict_dataloader(self) -> StatefulDataLoader:
+        if "predict" not in self.datasets:
+            self.datasets["predict"] = self._predict_items()
+        return self._loader("predict", shuffle=False, batch_size=self.eval_batch_size)
+
+    def _predict_items(self):
+        from datasets import Dataset
+
+        source = self.predict_source
+        if source is None:
+            return self._split("test").remove_columns([])
+        if Path(source).suffix in (".jsonl", ".json") and Path(source).is_file():
+            items = load_products(source, self.rules, self.tokenizer)
+        else:
+            splits = load_curated(source)
+            split = splits["test"] if "test" in splits else next(iter(splits.values()))
+            items = [{"title": r["title"], "prompt": r["prompt"]} for r in split]
+        prompts = self.tokenizer([i["prompt"] for i in items], add_special_tokens=True)["input_ids"]
+        return Dataset.from_list(
+            [
+                {"title": i["title"], "category": "", "input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)}
+                for i, ids in zip(items, prompts, strict=True)
+            ]
+        )
 
     def train_prices_and_texts(self) -> tuple[list[float], list[str]] | None:
         """The train split's prices and texts, for the baselines; None when there is none."""

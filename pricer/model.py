@@ -194,6 +194,12 @@ class PriceModel(L.LightningModule):
             loop._load_combined_loader_states()
             iter(loop._data_fetcher)
 
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        return [
+            {"title": batch["title"][i], "predicted": predicted, "low": low, "high": high}
+            for i, (predicted, low, high) in enumerate(self.read_prices(batch))
+        ]
+
     def trainable_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
 

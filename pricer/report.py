@@ -15,13 +15,14 @@ from pricer.baselines import baseline_predictions
 from pricer.metrics import price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high")
+PREDICT_COLUMNS = ("title", "predicted", "low", "high")
 
 
-def write_predictions(rows: list[dict], path: Path) -> None:
+def write_predictions(rows: list[dict], path: Path, columns=COLUMNS) -> None:
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+        writer.writerows({k: row[k] for k in columns} for row in rows)
 
 
 def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> None:
@@ -54,12 +55,26 @@ def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path)
 
 
 class PriceReport(Callback):
-    """After a test pass: metrics beside the baselines, predictions and a chart, in the run folder.
+    """After a test pass: metrics beside the baselines, predictions and a chart, in the run folder;
+    after `predict`, `predict.csv` (title, predicted, low, high).
 
     Writes `metrics.json` (n, mae, rmsle, hit_rate, smape, median_ae, mae_ci95, baselines),
     `predictions.csv` and `scatter.png` into `trainer.default_root_dir`, and logs the metrics,
     the chart and a predictions table to W&B.
     """
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.predicted: list[dict] = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.predicted.extend(outputs)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.predicted:
+            folder = Path(trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_predictions(self.predicted, folder / "predict.csv", PREDICT_COLUMNS)
+            print(f"predictions for {len(self.predicted)} products: {folder / 'predict.csv'}")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = pl_module.test_rows

@@ -120,3 +120,30 @@ def test_test_alone_scores_every_row_of_a_course_format_test_only_dataset(fit_ar
     metrics = json.loads((tmp_path / "runs" / "lite" / "metrics.json").read_text())
     assert metrics["n"] == 5
     assert "skipped" in metrics["baselines"]
+
+
+def test_predict_prices_a_jsonl_of_three_products(fit_args, tmp_path, capsys):
+    import csv
+    import json
+
+    products = tmp_path / "products.jsonl"
+    lines = [
+        {
+            "title": "Acme Kettle",
+            "description": ["A 1.7 litre kettle with auto shut-off."],
+            "features": [],
+            "details": {},
+        },
+        {"text": "Deluxe Fridge\nA large fridge with an ice maker."},
+        {"prompt": "How much does this cost to the nearest dollar?\n\nTiny Fan\nA desk fan.\n\nPrice is $"},
+    ]
+    products.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    main(["predict", *fit_args, "--data.predict_source", str(products), "--run_name", "p"])
+    rows = list(csv.DictReader((tmp_path / "runs" / "p" / "predict.csv").open()))
+    assert [r["title"] for r in rows] == ["Acme Kettle", "Deluxe Fridge", "Tiny Fan"]
+    assert all(0 <= float(r["low"]) <= float(r["predicted"]) <= float(r["high"]) <= 999 for r in rows)
+
+    products.write_text(json.dumps(lines[0]) + "\n{broken\n")
+    with pytest.raises(SystemExit):
+        main(["predict", *fit_args, "--data.predict_source", str(products), "--run_name", "q"])
+    assert "products.jsonl:2:" in capsys.readouterr().err

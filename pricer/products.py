@@ -1,0 +1,58 @@
+"""Products to price: a JSONL of product texts (or a curated dataset) turned into prompts.
+
+A line is a raw-metadata-like record (`title`, and `description`, `features`, `details`), or
+`{"text": ...}`, or `{"prompt": ...}` ending in "Price is $". Its text goes through the same
+scrubbing and the same token cut as training, and the same prompt. Unlike curation nothing is
+dropped: every product gets a price, and a line that cannot be read stops with its line number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pricer.prompt import PREFIX, make_prompt, title_from_prompt
+from pricer.raw import SourceError
+from pricer.rules import CurationRules, raw_contents, scrub
+
+
+def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, str]:
+    """(title, prompt) for one product, built as training built its prompts."""
+    if "prompt" in record:
+        prompt = str(record["prompt"])
+        if not prompt.rstrip().endswith(PREFIX.strip()):
+            raise ValueError(f"the prompt does not end in {PREFIX!r}")
+        return str(record.get("title") or title_from_prompt(prompt)), prompt
+    title = str(record.get("title") or "").strip()
+    if "text" in record:
+        text = str(record["text"])
+    else:
+        contents = raw_contents(record, rules)[: rules.max_chars]
+        text = f"{scrub(title, rules.part_number_length)}\n{scrub(contents, rules.part_number_length)}"
+    if not text.strip():
+        raise ValueError("no title, text or description to price")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: rules.max_tokens]
+    text = tokenizer.decode(ids)
+    return title or text.splitlines()[0], make_prompt(text)
+
+
+def load_products(path: str, rules: CurationRules, tokenizer) -> list[dict]:
+    """[{title, prompt}] for every product of a JSONL file, in order."""
+    products = []
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SourceError(f"data.predict_source: {file} does not exist")
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            title, prompt = product_prompt(record, rules, tokenizer)
+        except (json.JSONDecodeError, ValueError) as error:
+            raise SourceError(f"{file}:{number}: {error}") from error
+        products.append({"title": title, "prompt": prompt})
+    if not products:
+        raise SourceError(f"data.predict_source: {file} holds no products")
+    return products
