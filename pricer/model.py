@@ -183,6 +183,20 @@ class PriceModel(L.LightningModule):
                 }
             )
 
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # The final step is always checkpointed as last.ckpt, so `test --ckpt_path last` measures
+        # what fit measured (periodic checkpoints alone would leave it up to N steps behind).
+        # Saved here, mid-loop like ModelCheckpoint's own saves, so it is also a resume point.
+        trainer = self.trainer
+        callback = trainer.checkpoint_callback
+        if callback is None or callback.dirpath is None:
+            return
+        by_steps = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        by_epochs = last_batch and trainer.current_epoch + 1 >= (trainer.max_epochs or 1)
+        if by_steps or by_epochs:
+            trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+
     def on_train_start(self) -> None:
         # Lightning restores the data loader's place in the epoch in setup_data(), but
         # configure_optimizers already ran setup_data() (through estimated_stepping_batches) and

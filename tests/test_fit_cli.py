@@ -98,6 +98,9 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     main(["test", *fit_args, "--run_name", "retest", "--model.adapter", str(run / "adapter")])
     again = json.loads((tmp_path / "runs" / "retest" / "metrics.json").read_text())
     assert again == metrics
+    (run / "metrics.json").unlink()
+    main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert json.loads((run / "metrics.json").read_text()) == metrics
 
 
 def test_test_alone_scores_every_row_of_a_course_format_test_only_dataset(fit_args, tmp_path):
