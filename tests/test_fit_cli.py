@@ -46,7 +46,9 @@ def test_fit_writes_one_run_folder(fit_args, tmp_path, monkeypatch, capsys):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     wandb_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(wandb_runs) == 1
-    assert b"cache_dir" in wandb_runs[0].read_bytes()  # the resolved config went to W&B
+    logged = wandb_runs[0].read_bytes()
+    assert b"cache_dir" in logged  # the resolved config went to W&B
+    assert b"test_mae" in logged and b"test_scatter" in logged and b"test_predictions" in logged
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["first"]
     assert not (Path.cwd() / "lightning_logs").exists()
     for path in run.rglob("*"):
