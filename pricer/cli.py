@@ -86,6 +86,9 @@ class PricerCLI(LightningCLI):
     def after_validate(self) -> None:
         self._finish_loggers()
 
+    def after_predict(self) -> None:
+        self._finish_loggers()
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "curate": {"model", "datamodule"}}

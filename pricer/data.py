@@ -206,7 +206,7 @@ class PriceDataModule(L.LightningDataModule):
 
         source = self.predict_source
         if source is None:
-            return self._split("test").remove_columns([])
+            return self._split("test")
         if Path(source).suffix in (".jsonl", ".json") and Path(source).is_file():
             items = load_products(source, self.rules, self.tokenizer)
         else:
