@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import BinaryIO
 
 
@@ -63,3 +64,42 @@ def explain_load_error(name: str, error: Exception) -> Exception | None:
             "once online, or point model.base_model at a local folder or .gguf file"
         )
     return None
+
+
+class HubPublishError(RuntimeError):
+    """A push cannot start or did not finish; the message says why and how to retry."""
+
+
+def check_repo_id(repo_id: str, option: str) -> None:
+    """A malformed repo id stops before any work."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubPublishError(f"{option}: {repo_id!r} is not a Hub repo id (owner/name): {error}") from None
+    if repo_id.count("/") != 1:
+        raise HubPublishError(f"{option}: {repo_id!r} is not a Hub repo id: it needs an owner, as owner/name")
+
+
+def upload_folder(folder: Path, repo_id: str, repo_type: str, message: str, private: bool, api=None) -> None:
+    """The staged folder as one commit; the token comes from the login or HF_TOKEN, never from
+    pricer's config, and is never printed."""
+    from huggingface_hub import HfApi, get_token
+
+    api = api or HfApi()
+    if api.token is None and get_token() is None:
+        raise HubPublishError(
+            f"no Hugging Face token to push {repo_id}: log in with `hf auth login` or set HF_TOKEN"
+        )
+    retry = f"hf upload {repo_id} {folder} . --repo-type {repo_type} --commit-message {message!r}"
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, commit_message=message
+        )
+    except Exception as error:  # network, permissions: the staged folder stays as it is
+        raise HubPublishError(
+            f"pushing {folder} to {repo_id} failed ({type(error).__name__}: {error}). The staged folder is "
+            f"intact; retry with:\n  {retry}"
+        ) from error

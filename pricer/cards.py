@@ -1,0 +1,162 @@
+"""Dataset and model cards, rendered from the Jinja templates in `cards/` with huggingface_hub's
+card classes (front matter from DatasetCardData / ModelCardData / EvalResult)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+RAW_REPO = "McAuley-Lab/Amazon-Reviews-2023"
+CITATION_ARXIV = "arXiv:2403.03952"
+
+
+def template(name: str, folder: str | None = None) -> Path:
+    """A card template: from `folder` if given, else the one shipped in the wheel, else the
+    repository's `cards/`."""
+    candidates = [Path(folder) / name] if folder else []
+    package = Path(__file__).resolve().parent
+    candidates += [package / "cards" / name, package.parent / "cards" / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"card template {name} not found in {', '.join(map(str, candidates))}")
+
+
+def price_histogram(prices, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    axes.hist(np.asarray(prices, dtype=float), bins=50, color="steelblue")
+    axes.set(xlabel="price ($)", ylabel="items", title=title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def size_category(n: int) -> str:
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def dataset_card(
+    repo_id: str, curation: dict, accounting, splits: dict[str, int], template_dir: str | None = None
+):
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        language="en",
+        license="other",
+        license_name="none-assigned-research-use",
+        pretty_name=f"pricer: {', '.join(curation['categories'])} prices",
+        task_categories=["text-generation"],
+        size_categories=size_category(sum(splits.values())),
+        source_datasets=[RAW_REPO],
+        tags=["pricer", "price-prediction", "amazon-reviews-2023"],
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits if splits[s] > 0],
+            }
+        ],
+    )
+    return DatasetCard.from_template(
+        data,
+        template_path=str(template("dataset_card.md", template_dir)),
+        pretty_name=data.pretty_name,
+        repo_id=repo_id,
+        categories=curation["categories"],
+        source=curation["source"],
+        tokenizer=curation["tokenizer"],
+        rules={k: v for k, v in curation["rules"].items()},
+        accounting_table=accounting.table(),
+        splits=splits,
+        seed=curation["seed"],
+    )
+
+
+def model_card(
+    repo_id: str,
+    base_model: str,
+    dataset_repo: str | None,
+    categories: list[str],
+    hyperparameters: dict,
+    metrics: dict | None,
+    license: str | None,
+    training_time: str,
+    hardware: str,
+    price_range: tuple[float, float],
+    template_dir: str | None = None,
+):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    results = []
+    if metrics:
+        for key in ("mae", "rmsle", "hit_rate", "smape", "median_ae"):
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name="price prediction",
+                    dataset_type=dataset_repo or "pricer-curated",
+                    dataset_name=f"{', '.join(categories)} test split",
+                    dataset_split="test",
+                    metric_type=key,
+                    metric_name=key,
+                    metric_value=metrics[key],
+                )
+            )
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        datasets=[dataset_repo] if dataset_repo else None,
+        pipeline_tag="text-generation",
+        tags=["pricer", "lora", "qlora", "price-prediction"],
+        license=license,
+        model_name=repo_id,
+        eval_results=results or None,
+    )
+    return ModelCard.from_template(
+        data,
+        template_path=str(template("model_card.md", template_dir)),
+        model_name=repo_id,
+        repo_id=repo_id,
+        base_model=base_model,
+        categories=categories,
+        metrics=metrics,
+        results_table=_results_table(metrics) if metrics else "",
+        read_note=_read_note(metrics) if metrics else "",
+        hyperparameters=hyperparameters,
+        training_time=training_time,
+        hardware=hardware,
+        min_price=price_range[0],
+        max_price=price_range[1],
+    )
+
+
+def _read_note(metrics: dict) -> str:
+    read = metrics.get("read", {})
+    return f"the {read.get('point', 'median')} of the price distribution the adapter reads"
+
+
+def _results_table(metrics: dict) -> str:
+    rows = ["| model | MAE | 95% CI of the MAE | RMSLE | hits |", "|---|---:|---:|---:|---:|"]
+    named = {
+        "this adapter": metrics,
+        **{k: v for k, v in metrics.get("baselines", {}).items() if isinstance(v, dict)},
+    }
+    for name, m in named.items():
+        low, high = m["mae_ci95"]
+        rows.append(
+            f"| {name} | ${m['mae']:.2f} | ${low:.2f} to ${high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,170 @@
+"""Publishing a run: stage the exact Hub repo folders in the run folder, then push each as one
+commit. Staging always happens; uploading only when asked."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from pricer import hub
+from pricer.cards import dataset_card, model_card, price_histogram
+from pricer.curate import split_file
+from pricer.splits import SPLITS
+
+
+def _hardware(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"{trainer.world_size} x {torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class HubPublisher(Callback):
+    """Stage the curated dataset and the adapter as Hub repo folders in the run folder
+    (`hub/dataset/`, `hub/model/`), with generated cards, and push them when asked.
+
+    The model folder is staged at the end of fit and again after test, to carry the metrics.
+
+    Args:
+        model_repo: Hub id for the adapter (owner/name); null stages under a placeholder name.
+        dataset_repo: Hub id for the curated dataset (only for raw sources, which pricer curated).
+        private: Create the repos private.
+        upload: Push the staged folders (needs a login or HF_TOKEN); false stages only.
+        base_model_id: The Hub model the base came from, for the card, when model.base_model is
+            a local folder or .gguf file.
+        license: The adapter's licence for the card (the base model's), e.g. llama3.1.
+        card_templates: A folder with dataset_card.md / model_card.md to use instead of pricer's.
+    """
+
+    def __init__(
+        self,
+        model_repo: str | None = None,
+        dataset_repo: str | None = None,
+        private: bool = True,
+        upload: bool = False,
+        base_model_id: str | None = None,
+        license: str | None = None,
+        card_templates: str | None = None,
+    ) -> None:
+        for option, repo in (("model_repo", model_repo), ("dataset_repo", dataset_repo)):
+            if repo is not None:
+                hub.check_repo_id(repo, f"HubPublisher.{option}")
+        if upload and not (model_repo or dataset_repo):
+            raise hub.HubPublishError("HubPublisher.upload is true but no model_repo or dataset_repo is set")
+        self.model_repo, self.dataset_repo = model_repo, dataset_repo
+        self.private, self.upload = private, upload
+        self.base_model_id, self.license = base_model_id, license
+        self.card_templates = card_templates
+        self.started = time.monotonic()
+        self.fit_seconds: float | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.upload:  # a push that cannot happen fails before any work
+            from huggingface_hub import get_token
+
+            if get_token() is None:
+                raise hub.HubPublishError(
+                    "HubPublisher.upload needs a token: `hf auth login` or set HF_TOKEN"
+                )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_seconds = time.monotonic() - self.started
+        if not trainer.is_global_zero:
+            return
+        self.stage_dataset(trainer)
+        self.stage_model(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.stage_model(trainer, pl_module)
+
+    @property
+    def model_name(self) -> str:
+        return self.model_repo or "your-name/pricer-adapter"
+
+    def stage_dataset(self, trainer: L.Trainer) -> Path | None:
+        datamodule = trainer.datamodule
+        curated = getattr(datamodule, "curated", None)
+        if curated is None:
+            return None  # a curated source is already published somewhere
+        folder = Path(trainer.default_root_dir) / "hub" / "dataset"
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "data").mkdir(parents=True)
+        splits = {}
+        for split in SPLITS:
+            source = split_file(curated.folder, split)
+            if source.is_file():
+                shutil.copy2(source, folder / "data" / source.name)
+                splits[split] = curated.accounting.splits.get(split, 0)
+        curation = json.loads((curated.folder / "curation.json").read_text())
+        prices = datamodule.load_splits()["train"]["price"] if "train" in splits else []
+        price_histogram(prices, folder / "price_histogram.png", "training prices")
+        repo = self.dataset_repo or "your-name/pricer-dataset"
+        dataset_card(repo, curation, curated.accounting, splits, self.card_templates).save(
+            folder / "README.md"
+        )
+        if self.upload and self.dataset_repo:
+            hub.upload_folder(folder, self.dataset_repo, "dataset", self._message(trainer), self.private)
+        return folder
+
+    def stage_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        run = Path(trainer.default_root_dir)
+        folder = run / "hub" / "model"
+        shutil.rmtree(folder, ignore_errors=True)
+        pl_module.save_adapter(folder)  # peft rewrites README.md here: the card comes after
+        metrics_file = run / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        if metrics and (run / "scatter.png").is_file():
+            shutil.copy2(run / "scatter.png", folder / "scatter.png")
+        hp = dict(pl_module.hparams)
+        datamodule = trainer.datamodule
+        rules = getattr(datamodule, "rules", None)
+        card = model_card(
+            repo_id=self.model_name,
+            base_model=self.base_model_id or hp["base_model"],
+            dataset_repo=self.dataset_repo,
+            categories=list(getattr(datamodule, "categories", [])),
+            hyperparameters={
+                **{
+                    k: hp[k]
+                    for k in (
+                        "quantization",
+                        "lora_r",
+                        "lora_alpha",
+                        "lora_dropout",
+                        "learning_rate",
+                        "weight_decay",
+                        "warmup_ratio",
+                    )
+                },
+                "lora_target_modules": pl_module.lora_target_modules,
+                "epochs": trainer.max_epochs,
+                "precision": str(trainer.precision),
+                "batch_size": getattr(datamodule, "batch_size", None),
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            },
+            metrics=metrics,
+            license=self.license,
+            training_time=f"{(self.fit_seconds or time.monotonic() - self.started) / 60:.1f} minutes",
+            hardware=_hardware(trainer),
+            price_range=(rules.min_price, rules.max_price) if rules else (0.5, 999.49),
+            template_dir=self.card_templates,
+        )
+        card.save(folder / "README.md")
+        if self.upload and self.model_repo:
+            hub.upload_folder(folder, self.model_repo, "model", self._message(trainer), self.private)
+        return folder
+
+    @staticmethod
+    def _message(trainer: L.Trainer) -> str:
+        return f"pricer run {Path(trainer.default_root_dir).name}"
