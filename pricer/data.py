@@ -13,6 +13,7 @@ from pricer.batches import IGNORE_INDEX, PadCollator, tokenize_examples
 from pricer.categories import CATEGORIES, Category
 from pricer.curate import Curated, CurationSpec, curate, split_file
 from pricer.curated import load_curated
+from pricer.hub import check_repo_id
 from pricer.products import load_products
 from pricer.raw import RAW_URL, is_raw_source
 from pricer.rules import CurationRules
@@ -43,6 +44,10 @@ class PriceDataModule(L.LightningDataModule):
         batch_size: Items per training batch.
         eval_batch_size: Items per validation and test batch (default: batch_size).
         num_workers: DataLoader worker processes.
+        hub_repo: Hub id (owner/name) to publish the curated splits to, with their card.
+        hub_private: Create that dataset repo private.
+        hub_upload: Push the staged dataset folder at the end of fit (staging always happens
+            when a HubPublisher callback is configured).
         predict_source: Products to price with `predict`: a JSONL file of product texts (raw
             records, `text` or `prompt` per line) or a curated dataset; default: the test split.
     """
@@ -67,6 +72,9 @@ class PriceDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         predict_source: str | None = None,
+        hub_repo: str | None = None,
+        hub_private: bool = True,
+        hub_upload: bool = False,
     ) -> None:
         super().__init__()
         categories = list(categories or ["Appliances"])
@@ -91,6 +99,11 @@ class PriceDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.predict_source = predict_source
+        if hub_repo is not None:
+            check_repo_id(hub_repo, "data.hub_repo")
+        if hub_upload and hub_repo is None:
+            raise ValueError("data.hub_upload is true but data.hub_repo is not set")
+        self.hub_repo, self.hub_private, self.hub_upload = hub_repo, hub_private, hub_upload
         self.datasets: dict = {}
         self.curated: Curated | None = None
         self._tokenizer = None

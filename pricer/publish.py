@@ -31,12 +31,13 @@ class HubPublisher(Callback):
     (`hub/dataset/`, `hub/model/`), with generated cards, and push them when asked.
 
     The model folder is staged at the end of fit and again after test, to carry the metrics.
+    The dataset's repo and whether to push it are DataModule options (`data.hub_repo`,
+    `data.hub_private`, `data.hub_upload`); it is staged only when pricer curated it.
 
     Args:
         model_repo: Hub id for the adapter (owner/name); null stages under a placeholder name.
-        dataset_repo: Hub id for the curated dataset (only for raw sources, which pricer curated).
-        private: Create the repos private.
-        upload: Push the staged folders (needs a login or HF_TOKEN); false stages only.
+        private: Create the model repo private.
+        upload: Push the staged model folder (needs a login or HF_TOKEN); false stages only.
         base_model_id: The Hub model the base came from, for the card, when model.base_model is
             a local folder or .gguf file.
         license: The adapter's licence for the card (the base model's), e.g. llama3.1.
@@ -46,19 +47,17 @@ class HubPublisher(Callback):
     def __init__(
         self,
         model_repo: str | None = None,
-        dataset_repo: str | None = None,
         private: bool = True,
         upload: bool = False,
         base_model_id: str | None = None,
         license: str | None = None,
         card_templates: str | None = None,
     ) -> None:
-        for option, repo in (("model_repo", model_repo), ("dataset_repo", dataset_repo)):
-            if repo is not None:
-                hub.check_repo_id(repo, f"HubPublisher.{option}")
-        if upload and not (model_repo or dataset_repo):
-            raise hub.HubPublishError("HubPublisher.upload is true but no model_repo or dataset_repo is set")
-        self.model_repo, self.dataset_repo = model_repo, dataset_repo
+        if model_repo is not None:
+            hub.check_repo_id(model_repo, "HubPublisher.model_repo")
+        if upload and not model_repo:
+            raise hub.HubPublishError("HubPublisher.upload is true but model_repo is not set")
+        self.model_repo = model_repo
         self.private, self.upload = private, upload
         self.base_model_id, self.license = base_model_id, license
         self.card_templates = card_templates
@@ -66,7 +65,8 @@ class HubPublisher(Callback):
         self.fit_seconds: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.upload:  # a push that cannot happen fails before any work
+        if self.upload or getattr(trainer.datamodule, "hub_upload", False):
+            # a push that cannot happen fails before any work
             from huggingface_hub import get_token
 
             if get_token() is None:
@@ -109,12 +109,12 @@ class HubPublisher(Callback):
         curation = json.loads((curated.folder / "curation.json").read_text())
         prices = datamodule.load_splits()["train"]["price"] if "train" in splits else []
         price_histogram(prices, folder / "price_histogram.png", "training prices")
-        repo = self.dataset_repo or "your-name/pricer-dataset"
+        repo = datamodule.hub_repo or "your-name/pricer-dataset"
         dataset_card(repo, curation, curated.accounting, splits, self.card_templates).save(
             folder / "README.md"
         )
-        if self.upload and self.dataset_repo:
-            hub.upload_folder(folder, self.dataset_repo, "dataset", self._message(trainer), self.private)
+        if datamodule.hub_upload:
+            hub.upload_folder(folder, repo, "dataset", self._message(trainer), datamodule.hub_private)
         return folder
 
     def stage_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
@@ -132,7 +132,7 @@ class HubPublisher(Callback):
         card = model_card(
             repo_id=self.model_name,
             base_model=self.base_model_id or hp["base_model"],
-            dataset_repo=self.dataset_repo,
+            dataset_repo=getattr(datamodule, "hub_repo", None),
             categories=list(getattr(datamodule, "categories", [])),
             hyperparameters={
                 **{

@@ -20,7 +20,8 @@ def published(fit_args, tmp_path, monkeypatch):  # noqa: F811
         "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
         "    - class_path: pricer.report.PriceReport\n"
         "    - class_path: pricer.publish.HubPublisher\n"
-        "      init_args: {model_repo: me/pricer-tiny, dataset_repo: me/pricer-data, base_model_id: me/tiny-llama}\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+        "data:\n  hub_repo: me/pricer-data\n"
     )
     monkeypatch.setenv("HF_TOKEN", SECRET)
     main(["fit", *fit_args, "--config", str(overlay), "--run_name", "pub"])
