@@ -122,3 +122,8 @@ def main(args: list[str] | None = None) -> None:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"pricer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        # A command that failed midway must not leave its W&B run open for the next one.
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=1)

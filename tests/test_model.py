@@ -111,3 +111,36 @@ def test_a_gated_model_names_itself_and_how_to_log_in(monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     with pytest.raises(PermissionError, match=r"meta-llama/Llama-3.1-8B is gated.*hf auth login.*HF_TOKEN"):
         PriceModel(base_model="meta-llama/Llama-3.1-8B").configure_model()
+
+
+def test_4bit_lora_gradients_match_the_dequantized_model(tiny_llama):
+    """bitsandbytes warns that its CPU 4-bit kernel has no registered autograd kernel; check the
+    LoRA gradients (which flow back through every 4-bit layer) against a full-precision copy of
+    the same, dequantized weights."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    four = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    full = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization="none")
+    for m in (four, full):
+        m.configure_model()
+        m.train()
+    ids = torch.randint(0, 200, (2, 12))
+    four(ids, labels=ids).loss.backward()  # the first training forward repacks the CPU weights
+    four.zero_grad()
+    layers = dict(four.named_modules())
+    lora = dict(four.named_parameters())
+    with torch.no_grad():
+        for name, module in full.named_modules():
+            if isinstance(layers.get(name), bnb.nn.Linear4bit):
+                module.weight.copy_(layers[name](torch.eye(module.in_features)).T)
+        for name, p in full.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+                lora[name].copy_(p)
+    four(ids, labels=ids).loss.backward()
+    full(ids, labels=ids).loss.backward()
+    reference = dict(full.named_parameters())
+    for name, p in four.named_parameters():
+        if "lora_" in name:
+            assert torch.allclose(p.grad, reference[name].grad, atol=1e-5), name
