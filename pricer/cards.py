@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pricer.metrics import metrics_table
+
 RAW_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 CITATION_ARXIV = "arXiv:2403.03952"
 
@@ -133,7 +135,7 @@ def model_card(
         base_model=base_model,
         categories=categories,
         metrics=metrics,
-        results_table=_results_table(metrics) if metrics else "",
+        results_table=metrics_table(metrics, "this adapter") if metrics else "",
         read_note=_read_note(metrics) if metrics else "",
         hyperparameters=hyperparameters,
         training_time=training_time,
@@ -146,17 +148,3 @@ def model_card(
 def _read_note(metrics: dict) -> str:
     read = metrics.get("read", {})
     return f"the {read.get('point', 'median')} of the price distribution the adapter reads"
-
-
-def _results_table(metrics: dict) -> str:
-    rows = ["| model | MAE | 95% CI of the MAE | RMSLE | hits |", "|---|---:|---:|---:|---:|"]
-    named = {
-        "this adapter": metrics,
-        **{k: v for k, v in metrics.get("baselines", {}).items() if isinstance(v, dict)},
-    }
-    for name, m in named.items():
-        low, high = m["mae_ci95"]
-        rows.append(
-            f"| {name} | ${m['mae']:.2f} | ${low:.2f} to ${high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
-        )
-    return "\n".join(rows)

@@ -42,3 +42,16 @@ def price_metrics(truth, predicted) -> dict:
         "median_ae": float(np.median(error)),
         "mae_ci95": [mae - half, mae + half],
     }
+
+
+def metrics_table(metrics: dict, name: str = "fine-tuned") -> str:
+    """The model's metrics beside its baselines, as a Markdown table (printed and in cards)."""
+    rows = ["| model | MAE | 95% CI of the MAE | RMSLE | hits |", "|---|---:|---:|---:|---:|"]
+    baselines = metrics.get("baselines", {})
+    named = {name: metrics, **{k: v for k, v in baselines.items() if isinstance(v, dict)}}
+    for label, m in named.items():
+        low, high = m["mae_ci95"]
+        rows.append(
+            f"| {label} | ${m['mae']:.2f} | ${low:.2f} to ${high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
+        )
+    return "\n".join(rows)

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from pricer.baselines import baseline_predictions
-from pricer.metrics import price_metrics
+from pricer.metrics import metrics_table, price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")
@@ -90,7 +90,7 @@ class PriceReport(Callback):
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_predictions(rows, folder / "predictions.csv")
         scatter(truth, predicted, metrics, folder / "scatter.png")
-        print(self.summary(metrics))
+        print(metrics_table(metrics))
         for logger in trainer.loggers:
             logger.log_metrics(
                 {f"test_{k}": metrics[k] for k in ("mae", "rmsle", "hit_rate", "smape", "median_ae")}
@@ -109,17 +109,3 @@ class PriceReport(Callback):
             return {"skipped": "the data source has no train split to fit the baselines on"}
         predictions = baseline_predictions(*train, datamodule.test_texts())
         return {name: price_metrics(truth, values) for name, values in predictions.items()}
-
-    @staticmethod
-    def summary(metrics: dict) -> str:
-        lines = ["| model | MAE | 95% CI | RMSLE | hits |", "|---|---:|---:|---:|---:|"]
-        named = {
-            "fine-tuned": metrics,
-            **{k: v for k, v in metrics["baselines"].items() if isinstance(v, dict)},
-        }
-        for name, m in named.items():
-            low, high = m["mae_ci95"]
-            lines.append(
-                f"| {name} | ${m['mae']:.2f} | ${low:.2f}-{high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
-            )
-        return "\n".join(lines)
