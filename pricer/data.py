@@ -106,6 +106,7 @@ class PriceDataModule(L.LightningDataModule):
         self.hub_repo, self.hub_private, self.hub_upload = hub_repo, hub_private, hub_upload
         self.datasets: dict = {}
         self.curated: Curated | None = None
+        self._splits = None
         self._tokenizer = None
 
     @property
@@ -156,16 +157,22 @@ class PriceDataModule(L.LightningDataModule):
             load_curated(self.source)  # downloads once, on one process
 
     def load_splits(self):
-        """The curated splits as a DatasetDict (untokenized)."""
+        """The curated splits as a DatasetDict (untokenized), loaded once and kept: setup,
+        the baselines and the Hub staging all read them."""
         from datasets import DatasetDict, load_dataset
 
-        if not self.is_raw:
-            return load_curated(self.source)
-        curated = self.curated or self.curate()
-        files = {
-            s: str(split_file(curated.folder, s)) for s in SPLITS if split_file(curated.folder, s).is_file()
-        }
-        return DatasetDict(load_dataset("parquet", data_files=files))
+        if self._splits is None:
+            if not self.is_raw:
+                self._splits = load_curated(self.source)
+            else:
+                curated = self.curated or self.curate()
+                files = {
+                    s: str(split_file(curated.folder, s))
+                    for s in SPLITS
+                    if split_file(curated.folder, s).is_file()
+                }
+                self._splits = DatasetDict(load_dataset("parquet", data_files=files))
+        return self._splits
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
