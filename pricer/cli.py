@@ -1,14 +1,18 @@
-"""`python -m pricer`: LightningCLI with fit/validate/test/predict, plus `curate`."""
+"""`python -m pricer`: LightningCLI with fit/validate/test/predict, plus `curate` and `deploy`."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from pricer import hub
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
@@ -18,7 +22,7 @@ from pricer.run_folder import RunFolderError, place_run
 
 
 class PricerTrainer(L.Trainer):
-    """Lightning's Trainer, plus the `curate` subcommand."""
+    """Lightning's Trainer, plus the `curate` and `deploy` subcommands."""
 
     def curate(self, model: L.LightningModule, datamodule: PriceDataModule) -> None:
         """Curate the data alone: read the raw metadata, apply the rules, write the cached splits.
@@ -30,6 +34,75 @@ class PricerTrainer(L.Trainer):
         state = "reused from the cache" if curated.cached else "written"
         print(f"curated splits {state}: {curated.folder}")
         print(curated.accounting.table())
+
+    def deploy(
+        self,
+        model: L.LightningModule,
+        datamodule: PriceDataModule,
+        space_repo: str | None = None,
+        upload: bool = False,
+        private: bool = False,
+        hardware: str = "t4-small",
+        examples: int = 6,
+    ) -> Path:
+        """Stage the Gradio Space for a trained run in `<run>/hub/space/` and push it when asked.
+
+        Takes the run's config (and `--run_name`): the Space serves the published adapter
+        (HubPublisher.model_repo) on its base model, names the dataset (data.hub_repo), quotes the
+        run's test metrics and offers test-split products as examples.
+
+        Args:
+            space_repo: The Space's Hub id (owner/name).
+            upload: Push the staged folder as one commit (needs a login or HF_TOKEN).
+            private: Create the Space private.
+            hardware: The hardware the card suggests (an 8B base in 4-bit needs a GPU: t4-small).
+            examples: How many test-split products to offer as one-click examples.
+        """
+        from pricer.publish import HubPublisher
+        from pricer.space import SpaceSettings, examples_from_rows, stage_space
+
+        if space_repo is not None:
+            hub.check_repo_id(space_repo, "deploy --space_repo")
+        if upload and not space_repo:
+            raise hub.HubPublishError("deploy --upload needs --space_repo owner/name")
+        run = Path(self.default_root_dir)
+        if not (run / "adapter" / "adapter_config.json").is_file():
+            raise RunFolderError(
+                f"deploy: {run} holds no trained adapter; name a trained run with --run_name"
+            )
+        publisher = next((c for c in self.callbacks if isinstance(c, HubPublisher)), None)
+        adapter = publisher.model_repo if publisher else None
+        base = (publisher.base_model_id if publisher else None) or model.hparams.base_model
+        if upload and not adapter:
+            raise hub.HubPublishError(
+                "deploy --upload: the Space needs the adapter on the Hub; set HubPublisher.model_repo and publish it"
+            )
+        if upload and (Path(base).expanduser().exists() or base.lower().endswith(".gguf")):
+            raise hub.HubPublishError(
+                f"deploy --upload: the base model {base!r} is a local file; set HubPublisher.base_model_id to its Hub id"
+            )
+        splits = datamodule.load_splits()
+        test = splits["test"].select(range(min(examples, len(splits["test"])))) if "test" in splits else []
+        metrics = run / "metrics.json"
+        dataset = datamodule.hub_repo or (None if datamodule.is_raw else datamodule.source)
+        settings = SpaceSettings(
+            base_model=base,
+            adapter=adapter,
+            dataset=dataset,
+            categories=list(datamodule.categories),
+            train_items=len(splits["train"]) if "train" in splits else None,
+            metrics=json.loads(metrics.read_text()) if metrics.is_file() else None,
+            rules=asdict(datamodule.rules),
+            examples=examples_from_rows(list(test)),
+        )
+        folder = stage_space(run / "hub" / "space", settings, hardware)
+        print(f"Space staged: {folder}")
+        if settings.metrics is None:
+            print(f"deploy: {metrics} is missing; the Space will not quote accuracy (run `test` first)")
+        if upload:
+            hub.upload_folder(folder, space_repo, "space", f"pricer Space for {run.name}", private)
+            print(f"Space pushed: https://huggingface.co/spaces/{space_repo}")
+        return folder
 
 
 class LoggedConfig(SaveConfigCallback):
@@ -55,6 +128,8 @@ class PricerCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand in (None, "curate"):
             return
+        if self.subcommand == "deploy" and self.config.deploy.get("run_name") is None:
+            raise RunFolderError("deploy: name the trained run to deploy with --run_name")
         config = self.config[self.subcommand]
         self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))
         if "ckpt_path" in config:
@@ -91,7 +166,11 @@ class PricerCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "curate": {"model", "datamodule"}}
+        return {
+            **LightningCLI.subcommands(),
+            "curate": {"model", "datamodule"},
+            "deploy": {"model", "datamodule"},
+        }
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
@@ -118,6 +197,7 @@ def main(args: list[str] | None = None) -> None:
         QuantizationUnavailable,
         FileNotFoundError,
         PermissionError,
+        hub.HubPublishError,
     ) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"pricer: error: {error}", file=sys.stderr)

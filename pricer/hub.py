@@ -94,7 +94,8 @@ def upload_folder(folder: Path, repo_id: str, repo_type: str, message: str, priv
         )
     retry = f"hf upload {repo_id} {folder} . --repo-type {repo_type} --commit-message {message!r}"
     try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        create = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **create)
         api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, commit_message=message
         )

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from pricer.baselines import BASELINE_NAMES
+
 # The course's "green": off by less than $40, or by less than 20% of the price.
 HIT_DOLLARS = 40.0
 HIT_RATIO = 0.2
@@ -52,6 +54,6 @@ def metrics_table(metrics: dict, name: str = "fine-tuned") -> str:
     for label, m in named.items():
         low, high = m["mae_ci95"]
         rows.append(
-            f"| {label} | ${m['mae']:.2f} | ${low:.2f} to ${high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
+            f"| {BASELINE_NAMES.get(label, label)} | ${m['mae']:.2f} | ${low:.2f} to ${high:.2f} | {m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% |"
         )
     return "\n".join(rows)

@@ -91,7 +91,12 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"n", "mae", "rmsle", "hit_rate", "smape", "median_ae", "mae_ci95", "baselines"} <= set(metrics)
     assert metrics["n"] == 4 and metrics["mae_ci95"][0] <= metrics["mae"] <= metrics["mae_ci95"][1]
-    assert set(metrics["baselines"]) == {"train_mean", "train_median", "tfidf_linear_log_price"}
+    assert set(metrics["baselines"]) == {
+        "train_mean",
+        "train_median",
+        "tfidf_linear_log_price",
+        "random_forest_bow_log_price",
+    }
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     assert len(rows) == 4 and set(rows[0]) == {"title", "category", "price", "predicted", "low", "high"}
     assert all(float(r["low"]) <= float(r["predicted"]) <= float(r["high"]) for r in rows)

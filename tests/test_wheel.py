@@ -1,4 +1,4 @@
-"""An installed, non-editable pricer finds its card templates and configs inside the wheel."""
+"""An installed, non-editable pricer finds its card templates, configs and Space app inside the wheel."""
 
 import subprocess
 import sys
@@ -24,7 +24,9 @@ def test_the_wheel_ships_the_card_templates(tmp_path):
     )
     code = (
         "import pricer.cards as c; "
-        "print(c.template('dataset_card.md')); print(c.template('model_card.md')); print(c.__file__)"
+        "print(c.template('dataset_card.md')); print(c.template('model_card.md')); print(c.__file__); "
+        "import pricer.space as s; print(s.app_folder()); "
+        f"print(s.stage_space(__import__('pathlib').Path({str(tmp_path / 'space')!r}), s.SpaceSettings('me/base')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -34,5 +36,11 @@ def test_the_wheel_ships_the_card_templates(tmp_path):
         cwd=tmp_path,
         env={"PYTHONPATH": str(site)},
     ).stdout.split()
-    assert all(line.startswith(str(site)) for line in out), out
+    assert all(line.startswith(str(site)) for line in out[:-1]), out
     assert (site / "pricer" / "configs" / "smoke.yaml").is_file()
+    assert out[-2] == str(site / "pricer" / "space_app")
+    staged = tmp_path / "space"
+    assert (staged / "app.py").read_bytes() == (REPO / "space" / "app.py").read_bytes()
+    # the Space gets the package's modules, not the folders the wheel adds inside it
+    copied = sorted(p.name for p in (staged / "pricer").iterdir())
+    assert copied == sorted(p.name for p in (REPO / "pricer").glob("*.py"))

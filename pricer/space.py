@@ -1,0 +1,153 @@
+"""The Space's settings: which model it serves, what it says about it, and its examples.
+
+`space/pricer_space.json` carries the defaults; `python -m pricer deploy` writes the published
+ids, the run's metrics, the curation rules and test-split examples into the staged copy. The
+environment overrides the models: `PRICER_BASE_MODEL` and `PRICER_ADAPTER`. A local adapter
+folder inside a run folder also brings that run's metrics and test examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pricer.baselines import BASELINE_NAMES
+
+SETTINGS_FILE = "pricer_space.json"
+
+
+@dataclass
+class SpaceSettings:
+    """What the Space serves and shows."""
+
+    base_model: str
+    adapter: str | None = None
+    dataset: str | None = None
+    categories: list[str] = field(default_factory=list)
+    train_items: int | None = None
+    metrics: dict | None = None
+    rules: dict | None = None
+    examples: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, folder: Path, environ: dict | None = None) -> SpaceSettings:
+        environ = os.environ if environ is None else environ
+        path = folder / SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: cannot read the Space settings: {error}") from error
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        settings = cls(**data)
+        settings.base_model = environ.get("PRICER_BASE_MODEL") or settings.base_model
+        settings.adapter = environ.get("PRICER_ADAPTER") or settings.adapter
+        if settings.adapter and Path(settings.adapter).expanduser().is_dir():
+            settings._read_run_folder(Path(settings.adapter).expanduser().resolve().parent)
+        return settings
+
+    def _read_run_folder(self, run: Path) -> None:
+        """A local adapter in a run folder: that run's metrics and test examples, if there."""
+        metrics = run / "metrics.json"
+        if metrics.is_file():
+            self.metrics = json.loads(metrics.read_text(encoding="utf-8"))
+        test = run / "hub" / "dataset" / "data" / "test-00000-of-00001.parquet"
+        if test.is_file():
+            import pyarrow.parquet as pq
+
+            self.examples = examples_from_rows(pq.read_table(test).slice(0, 6).to_pylist())
+        train = test.with_name("train-00000-of-00001.parquet")
+        if train.is_file():
+            import pyarrow.parquet as pq
+
+            self.train_items = pq.read_metadata(train).num_rows
+        config = run / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+            self.categories = list(data.get("categories") or self.categories)
+            self.rules = data.get("rules") or self.rules
+
+    def about(self) -> str:
+        """A short note on what the model learnt from and how accurate it is."""
+        what = ", ".join(c.replace("_", " ") for c in self.categories) or "Amazon products"
+        lines = [f"Base model **{_shown(self.base_model)}** with a LoRA adapter **{_shown(self.adapter)}**."]
+        trained = f"{self.train_items:,} " if self.train_items else ""
+        source = f" ([dataset](https://huggingface.co/datasets/{self.dataset}))" if self.dataset else ""
+        lines.append(f"Trained to price {trained}{what} products{source} from their text.")
+        if self.metrics and "mae" in self.metrics:
+            m = self.metrics
+            low, high = m.get("mae_ci95", [m["mae"], m["mae"]])
+            lines.append(
+                f"On {m['n']:,} held-out test products its prices were off by **${m['mae']:,.2f}** on "
+                f"average (95% interval ${low:,.2f}-{high:,.2f}); {m['hit_rate']:.0%} were within $40 "
+                "or 20% of the real price."
+            )
+            baselines = {
+                k: v for k, v in (m.get("baselines") or {}).items() if isinstance(v, dict) and "mae" in v
+            }
+            if baselines:
+                name, best = min(baselines.items(), key=lambda kv: kv[1]["mae"])
+                label = BASELINE_NAMES.get(name, name)
+                lines[-1] += f" The best simple baseline ({label}) was off by ${best['mae']:,.2f}."
+        return "\n\n".join(lines)
+
+
+def _shown(model: str | None) -> str:
+    """A Hub id as it is; a local file or folder by its name (its path means nothing to a visitor)."""
+    if not model:
+        return "(none)"
+    path = Path(model).expanduser()
+    return path.name if path.exists() else model
+
+
+def examples_from_rows(rows: list[dict]) -> list[dict]:
+    """Examples for the Space from curated rows: title and description (the text's other lines)."""
+    examples = []
+    for row in rows:
+        title = row.get("title") or ""
+        text = row.get("text") or ""
+        description = text.split("\n", 1)[1] if text.startswith(title) and "\n" in text else text
+        examples.append({"title": title, "description": description.strip(), "price": row.get("price")})
+    return examples
+
+
+def app_folder() -> Path:
+    """The Space's source: `space/` in a checkout, `pricer/space_app` in an installed wheel."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "space_app", package.parent / "space"):
+        if (candidate / "app.py").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"the Space's app.py is neither in {package / 'space_app'} nor {package.parent / 'space'}"
+    )
+
+
+APP_FILES = ("app.py", "requirements.txt", "README.md")
+# Folders a wheel adds inside the package; the Space needs the Python modules only.
+NOT_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "cards", "configs", "space_app")
+
+
+def stage_space(folder: Path, settings: SpaceSettings, hardware: str = "t4-small") -> Path:
+    """The exact Space repo: app, requirements, a card naming the models and dataset, the
+    settings, and a copy of the pricer package so the Space builds prompts with this code."""
+    from huggingface_hub import SpaceCard
+
+    source = app_folder()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in APP_FILES:
+        shutil.copy2(source / name, folder / name)
+    shutil.copytree(Path(__file__).resolve().parent, folder / "pricer", ignore=NOT_CODE)
+    (folder / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
+    card = SpaceCard.load(folder / "README.md")
+    card.data.models = [m for m in (settings.base_model, settings.adapter) if m]
+    card.data.datasets = [settings.dataset] if settings.dataset else []
+    card.data.suggested_hardware = hardware
+    card.save(folder / "README.md")
+    return folder

@@ -1,0 +1,91 @@
+"""pricer's Space: type a product's title and description, get its price and how sure it is.
+
+Run locally with a trained run's adapter:
+    PRICER_BASE_MODEL=<base> PRICER_ADAPTER=runs/<run>/adapter python space/app.py
+The model is loaded once at start; Gradio serves on its usual port (or GRADIO_SERVER_PORT).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from pricer.rules import CurationRules
+from pricer.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
+from pricer.space import SpaceSettings
+
+HERE = Path(__file__).resolve().parent
+CONCURRENCY = int(os.environ.get("PRICER_CONCURRENCY", "1"))  # requests priced at once
+QUEUE_SIZE = int(os.environ.get("PRICER_QUEUE_SIZE", "32"))  # waiting requests before "busy"
+
+EMPTY_CHART = {"price range": [], "probability": []}
+
+
+def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
+    coverage = pricer.coverage
+
+    def price(title: str, description: str, features: str, details: str):
+        try:
+            quote = pricer.quote(title, description, features, details)
+        except ProductError as error:
+            return f"⚠️ {error}", "", gr.update(value=None)
+        return (
+            f"## ${quote.price:,.0f}",
+            interval_text(quote, coverage),
+            gr.update(value=bins_frame(quote)),
+        )
+
+    with gr.Blocks(title="pricer: what does it cost?") as demo:
+        gr.Markdown("# What does it cost?\nDescribe a product and a fine-tuned LLM prices it.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                title = gr.Textbox(label="Title", placeholder="e.g. Stainless steel electric kettle, 1.7 L")
+                description = gr.Textbox(label="Description", lines=5, placeholder="What it is, what it does")
+                with gr.Accordion("Features and details (optional)", open=False):
+                    features = gr.Textbox(label="Features", lines=3, placeholder="One per line")
+                    details = gr.Textbox(
+                        label="Details", lines=3, placeholder="Brand: Acme\nWeight: 2 pounds"
+                    )
+                button = gr.Button("Price it", variant="primary", elem_id="price-button")
+            with gr.Column(scale=2):
+                predicted = gr.Markdown(elem_id="predicted-price")
+                interval = gr.Markdown(elem_id="price-interval")
+                chart = gr.BarPlot(
+                    value=None,
+                    x="price range",
+                    y="probability",
+                    sort=bin_labels(),
+                    title="How likely each price range is",
+                    height=260,
+                    elem_id="price-chart",
+                )
+        if settings.examples:
+            gr.Examples(
+                examples=[[e["title"], e["description"], "", ""] for e in settings.examples],
+                inputs=[title, description, features, details],
+                label="Try a product from the test split",
+                example_labels=[e["title"][:60] for e in settings.examples],
+                fn=price,
+                outputs=[predicted, interval, chart],
+                run_on_click=True,
+                cache_examples=False,
+            )
+        gr.Markdown(settings.about(), elem_id="about-model")
+        inputs = [title, description, features, details]
+        outputs = [predicted, interval, chart]
+        button.click(price, inputs, outputs, api_name="price", concurrency_limit=CONCURRENCY)
+        description.submit(price, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
+    return demo.queue(max_size=QUEUE_SIZE)
+
+
+def main() -> None:
+    settings = SpaceSettings.load(HERE)
+    rules = CurationRules(**settings.rules) if settings.rules else None
+    pricer = Pricer(settings.base_model, settings.adapter, rules=rules)
+    build_demo(settings, pricer).launch()  # honours GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The Space: input checks, staging with `deploy`, and the staged app served and called through
+gradio_client, with a tiny model and with SmolLM2. The browser test is in test_space_browser.py."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from pricer.cli import main
+from pricer.serving import MAX_CHARS, ProductError, product_record
+from tests.conftest import REPO, record, write_raw
+from tests.space_server import serve
+from tests.test_fit_cli import SECRET, SMOKE
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama):
+    """A fit run of the tiny model that publishes to me/pricer-tiny; returns (args, run folder)."""
+    root = tmp_path_factory.mktemp("space-run")
+    write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = root / "overlay.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  max_epochs: 1\n"
+        "  limit_val_batches: 1\n"
+        "  callbacks:\n"
+        "    - class_path: pricer.report.PriceReport\n"
+        "    - class_path: pricer.publish.HubPublisher\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  hub_repo: me/pricer-data\n"
+    )
+    args = [
+        "--config", SMOKE,
+        "--config", str(overlay),
+        "--model.base_model", tiny_llama,
+        "--model.lora_r", "8",
+        "--data.source", str(root),
+        "--data.cache_dir", str(root / "cache"),
+        "--trainer.default_root_dir", str(root / "runs"),
+    ]  # fmt: skip
+    main(["fit", *args, "--run_name", "space"])
+    return args, root / "runs" / "space"
+
+
+@pytest.fixture(scope="module")
+def staged(trained):
+    args, run = trained
+    main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space"])
+    return run / "hub" / "space"
+
+
+def front_matter(path: Path) -> dict:
+    from huggingface_hub import SpaceCard
+
+    return SpaceCard.load(path).data.to_dict()
+
+
+def test_the_space_card_names_what_the_hub_needs():
+    meta = front_matter(REPO / "space" / "README.md")
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    assert meta["suggested_hardware"] == "t4-small" and meta["short_description"]
+    assert "models" in meta and "datasets" in meta
+    # The Space runs the gradio the tests ran: the pin, the card and the installed one agree.
+    import gradio
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["space"] == [f"gradio=={meta['sdk_version']}"]
+    assert gradio.__version__ == meta["sdk_version"]
+
+
+def test_space_requirements_ask_for_the_versions_pricer_needs():
+    def specs(lines):
+        out = {}
+        for line in lines:
+            line = line.split("#")[0].strip()
+            if line:
+                name = re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
+                out[name] = line[len(name) :]
+        return out
+
+    space = specs((REPO / "space" / "requirements.txt").read_text().splitlines())
+    project = specs(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    shared = set(space) & set(project)
+    assert {"torch", "transformers", "peft", "bitsandbytes", "accelerate"} <= shared
+    assert {name: space[name] for name in shared} == {name: project[name] for name in shared}
+    assert "lightning" not in space  # serving imports no Lightning
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (("", ""), "Please enter a product title or description"),
+        (("   ", "\n\t"), "Please enter a product title or description"),
+        (("Kettle", "x" * (MAX_CHARS + 1)), f"The description is {MAX_CHARS + 1:,} characters long"),
+        (("Kettle\x00", "A kettle"), r"The title contains characters that cannot be read \(U\+0000\)"),
+        (
+            ("Kettle", "A kettle \ue000"),
+            r"The description contains characters that cannot be read \(U\+E000\)",
+        ),
+        (("!!!", "?? --"), "has no letters or digits"),
+    ],
+)
+def test_bad_input_gets_a_message_naming_the_field(fields, message):
+    with pytest.raises(ProductError, match=message):
+        product_record(*fields)
+
+
+def test_a_typed_product_becomes_a_raw_record():
+    got = product_record(" Kettle ", "A kettle.", "Auto shut-off\n\nCordless", "Brand: Acme\nWeight: 1 kg")
+    assert got == {
+        "title": "Kettle",
+        "description": ["A kettle."],
+        "features": ["Auto shut-off", "Cordless"],
+        "details": {"Brand": "Acme", "Weight": "1 kg"},
+    }
+
+
+def test_deploy_stages_the_space_repo(staged, trained):
+    _, run = trained
+    assert sorted(p.name for p in staged.iterdir()) == [
+        "README.md",
+        "app.py",
+        "pricer",
+        "pricer_space.json",
+        "requirements.txt",
+    ]
+    meta = front_matter(staged / "README.md")
+    assert meta["models"] == ["me/tiny-llama", "me/pricer-tiny"]
+    assert meta["datasets"] == ["me/pricer-data"]
+    settings = json.loads((staged / "pricer_space.json").read_text())
+    assert settings["metrics"] == json.loads((run / "metrics.json").read_text())
+    assert settings["train_items"] == 16 and settings["categories"] == ["Appliances"]
+    test_titles = [r["title"] for r in csv.DictReader((run / "predictions.csv").open())]
+    assert [e["title"] for e in settings["examples"]] == test_titles
+    assert all(e["description"] and not e["description"].startswith(e["title"]) for e in settings["examples"])
+    assert settings["rules"]["max_tokens"] == 160
+    for path in staged.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_the_staged_package_is_this_package_byte_for_byte(staged):
+    package = REPO / "pricer"
+    mine = {p.relative_to(package): p.read_bytes() for p in package.rglob("*.py")}
+    copied = {
+        p.relative_to(staged / "pricer"): p.read_bytes()
+        for p in (staged / "pricer").rglob("*")
+        if p.is_file()
+    }
+    assert copied == mine
+
+
+def test_deploy_pushes_one_commit_to_a_gradio_space(trained, monkeypatch):
+    import huggingface_hub
+
+    from tests.test_publish import RecordingApi
+
+    apis = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: apis.append(RecordingApi()) or apis[-1])
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    args, run = trained
+    main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space", "--upload", "true"])
+    (api,) = apis
+    assert api.calls[0] == (
+        "create_repo",
+        "me/pricer-space",
+        {"repo_type": "space", "private": False, "exist_ok": True, "space_sdk": "gradio"},
+    )
+    (commit,) = [c for c in api.calls if c[0] == "upload_folder"]
+    assert commit[2]["folder_path"] == str(run / "hub" / "space") and commit[2]["repo_type"] == "space"
+
+
+def test_deploy_needs_a_trained_run(trained, capsys):
+    args, _ = trained
+    with pytest.raises(SystemExit):
+        main(["deploy", *args])
+    assert "deploy: name the trained run to deploy with --run_name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["deploy", *args, "--run_name", "never-trained"])
+    assert "holds no trained adapter" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["deploy", *args, "--run_name", "space", "--space_repo", "not a repo"])
+    assert "deploy --space_repo: 'not a repo' is not a Hub repo id" in capsys.readouterr().err
+
+
+PRICE = re.compile(r"^## \$([\d,]+)$")
+INTERVAL = re.compile(r"^80% likely between \$([\d,]+) and \$([\d,]+)$")
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def check_quote(result) -> float:
+    predicted, interval, chart = result
+    price = number(PRICE.match(predicted).group(1))
+    low, high = (number(x) for x in INTERVAL.match(interval).groups())
+    assert low <= price <= high
+    probabilities = [row[1] for row in chart["value"]["data"]]
+    assert len(probabilities) == 7 and sum(probabilities) == pytest.approx(1, abs=1e-3)
+    return price
+
+
+def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, trained, tiny_llama, tmp_path):
+    from gradio_client import Client
+
+    _, run = trained
+    env = {"PRICER_BASE_MODEL": tiny_llama, "PRICER_ADAPTER": str(run / "adapter")}
+    with serve(staged / "app.py", env, tmp_path / "app.log") as url:
+        client = Client(url, verbose=False)
+        price = check_quote(client.predict("Acme kettle", "A 1.7 litre kettle.", "", "", api_name="/price"))
+        again = check_quote(client.predict("Acme kettle", "A 1.7 litre kettle.", "", "", api_name="/price"))
+        assert price == again  # the same product, the same price
+        predicted, interval, _ = client.predict("", "  ", "", "", api_name="/price")
+        assert predicted == "⚠️ Please enter a product title or description to price." and interval == ""
+        predicted, _, _ = client.predict("Kettle", "x" * (MAX_CHARS + 5), "", "", api_name="/price")
+        assert "please keep it under 5,000" in predicted
+    assert "Traceback" not in (tmp_path / "app.log").read_text()
+
+
+def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path):
+    """The Space's prompt and reading are predict's: the same products, the same prices."""
+    from pricer.serving import Pricer
+
+    args, run = trained
+    products = [
+        {"title": "Acme Kettle", "description": ["A 1.7 litre kettle with auto shut-off."], "features": [], "details": {}},
+        {"title": "Deluxe Fridge", "description": ["A large fridge."], "features": ["Ice maker"], "details": {"Brand": "Acme"}},
+    ]  # fmt: skip
+    source = tmp_path / "products.jsonl"
+    source.write_text("".join(json.dumps(p) + "\n" for p in products))
+    main(
+        [
+            "predict", *args, "--run_name", "predicted", "--model.quantization", "none",
+            "--model.adapter", str(run / "adapter"), "--data.predict_source", str(source),
+        ]
+    )  # fmt: skip
+    rows = list(csv.DictReader((run.parent / "predicted" / "predict.csv").open()))
+    pricer = Pricer(tiny_llama, str(run / "adapter"), device="cpu")
+    for product, row in zip(products, rows, strict=True):
+        details = "\n".join(f"{k}: {v}" for k, v in product["details"].items())
+        quote = pricer.quote(
+            product["title"], product["description"][0], "\n".join(product["features"]), details
+        )
+        assert (quote.price, quote.low, quote.high) == (
+            float(row["predicted"]),
+            float(row["low"]),
+            float(row["high"]),
+        )
+
+
+@pytest.mark.slow
+def test_the_app_serves_smollm2(gguf, tmp_path):
+    from gradio_client import Client
+
+    env = {"PRICER_BASE_MODEL": str(gguf), "PRICER_ADAPTER": ""}
+    with serve(REPO / "space" / "app.py", env, tmp_path / "app.log") as url:
+        price = check_quote(
+            Client(url, verbose=False).predict(
+                "Stainless steel electric kettle, 1.7 litre",
+                "Cordless kettle with a 1500 W element, auto shut-off and boil-dry protection.",
+                "",
+                "",
+                api_name="/price",
+            )
+        )
+        assert 0 <= price <= 999

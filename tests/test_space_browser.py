@@ -1,0 +1,80 @@
+"""The staged Space in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Types a product, presses the button, sees a price and its interval; clicks an example; sees the
+empty-input message. Saves a screenshot to `artifacts/` (or $PRICER_ARTIFACTS).
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.space_server import serve
+from tests.test_space import staged, trained  # noqa: F401  (fixtures)
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+ARTIFACTS = Path(os.environ.get("PRICER_ARTIFACTS", REPO / "artifacts"))
+expect = None  # playwright's, set when the browser starts
+PRICE = re.compile(r"^\s*\$[\d,]+\s*$")
+INTERVAL = re.compile(r"^\s*80% likely between \$[\d,]+ and \$[\d,]+\s*$")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    global expect
+    expect = sync_api.expect
+    if not CHROMIUM.is_file():
+        message = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("PRICER_REQUIRE_BROWSER"):
+            pytest.fail(message)  # CI installs it: a skip there would hide a broken Space
+        pytest.skip(message)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+def price_it(page, title: str, description: str) -> None:
+    """Type a product and press the button."""
+    page.get_by_role("textbox", name="Title").fill(title)
+    page.get_by_role("textbox", name="Description").fill(description)
+    page.locator("#price-button").click()
+
+
+def test_a_person_prices_a_product_in_the_browser(browser, staged, trained, tiny_llama, tmp_path):  # noqa: F811
+    _, run = trained
+    env = {"PRICER_BASE_MODEL": tiny_llama, "PRICER_ADAPTER": str(run / "adapter")}
+    with serve(staged / "app.py", env, tmp_path / "app.log") as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url)
+        assert "held-out test products" in page.locator("#about-model").inner_text()
+
+        price, interval = page.locator("#predicted-price"), page.locator("#price-interval")
+        price_it(page, "Acme kettle", "A stainless steel kettle, 1.7 litres, auto shut-off.")
+        expect(price).to_have_text(PRICE, timeout=60_000)  # a pending output also shows a timer
+        expect(interval).to_have_text(INTERVAL)
+        page.locator("#price-chart").get_by_text("How likely each price range is").wait_for()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+
+        price_it(page, "", "")
+        expect(price).to_have_text("⚠️ Please enter a product title or description to price.", timeout=60_000)
+        expect(interval).to_have_text("")
+
+        # one click on an example from the test split fills the form and prices it
+        page.get_by_text(re.compile(r"^Fridge model \d+$")).first.click()
+        expect(page.get_by_role("textbox", name="Title")).to_have_value(re.compile(r"^Fridge model \d+$"))
+        expect(price).to_have_text(PRICE, timeout=60_000)
+        expect(interval).to_have_text(INTERVAL)
+        page.close()
+    assert "Traceback" not in (tmp_path / "app.log").read_text()
