@@ -154,7 +154,7 @@ def curate(
     tokenizer_source: str,
     cache_dir: Path,
     num_proc: int = 1,
-    chunk_size: int = 2000,
+    chunk_size: int = 500,
 ) -> Curated:
     """Curate the splits `spec` describes, or reuse them from the cache."""
     folder = Path(cache_dir).expanduser() / spec.fingerprint()

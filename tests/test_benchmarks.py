@@ -1,0 +1,52 @@
+"""The curation speed benchmark, at CI scale: a tiny raw folder, the byte tokenizer, one repeat."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from tests.conftest import REPO, record, write_raw
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("curation_speed", REPO / "benchmarks" / "curation_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curation_speed_on_a_tiny_folder(tmp_path: Path, byte_tokenizer: str, capsys) -> None:
+    source = tmp_path / "source"
+    write_raw(
+        source,
+        "Appliances",
+        [record(f"Fridge model {i}", 10.0 + i) for i in range(9)]
+        + [record("No price", None), record("Too dear", 2000.0), record("Too short", 20.0, words=10)],
+    )
+    write_raw(
+        source,
+        "Software",
+        [record(f"Editor edition {i}", 5.0 + i) for i in range(7)] + [record("Cheap", 0.1)],
+    )
+    out = tmp_path / "results.json"
+
+    code = _benchmark().main(
+        ["--sample", str(source), "--gguf", byte_tokenizer, "--repeats", "1", "--json", str(out)]
+    )
+
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "| pipeline | processes | median items/s | ratio to course | median wall s |" in printed
+    assert "| pricer curate | 2 |" in printed
+    assert "Kept sets agree" in printed
+    results = json.loads(out.read_text())
+    assert results["items_read"] == results["pricer_read"] == 20
+    assert results["kept_sets_agree"] is True
+    assert results["course_kept"] == results["pricer_usable"] == results["same_text"] == 16
+    assert [(r["pipeline"], r["processes"]) for r in results["rows"]] == [
+        ("course Item loop", 1),
+        ("pricer curate", 1),
+        ("pricer curate", 2),
+    ]
+    assert all(r["ratio_to_course"] > 0 and r["items_per_s"] > 0 for r in results["rows"])
