@@ -5,7 +5,8 @@ Two tokenizer kinds:
   the logits at the "$" position are the whole distribution over whole-dollar prices.
 - digits: numbers split into digit tokens (SmolLM2). A batched, pruned search extends digit
   prefixes with the KV cache, one digit per pass; a prefix ends when the model writes anything
-  but a digit (the decimal point). Prefixes below `min_mass`, or beyond the `beam` likeliest of
+  but a digit (the decimal point). The prefixes of a prompt share its row as a tree (a 4D
+  attention mask), so the prompt's cache is never copied per prefix. Prefixes below `min_mass`, or beyond the `beam` likeliest of
   an item, are dropped and their mass is counted in `left_out`.
 
 Either way every input gets a distribution, so every input gets a number: no parse failures.
@@ -58,12 +59,16 @@ class PriceDistribution:
         return self.quantile(tail), self.quantile(1 - tail)
 
 
-def _cache_argument(model) -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40)."""
+def _takes(model, argument: str) -> bool:
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return argument in inspect.signature(base.forward).parameters
+
+
+def _cache_argument(model) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40)."""
+    return "cache" if _takes(model, "cache") else "past_key_values"
 
 
 def _returned_cache(out):
@@ -109,11 +114,15 @@ class PriceReader:
     def read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
         """Distributions for a batch of left-padded prompts."""
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits: the LM head over every prompt position would be a fifth
+        # of the pass on a small model (SmolLM2's 49k vocabulary), all of it thrown away.
+        keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
             use_cache=self.kind == "digits",
+            **keep,
         )
         probs = out.logits[:, -1].float().softmax(-1)
         if self.kind == "whole":
@@ -126,41 +135,62 @@ class PriceReader:
         return [PriceDistribution(prices, row, float(max(0.0, 1 - row.sum()))) for row in numbers]
 
     def _digits(self, model, probs, cache, attention_mask) -> list[PriceDistribution]:
-        batch = probs.shape[0]
-        digit_ids = self.digit_ids.to(probs.device)
+        """The pruned digit search as a tree: each row's live prefixes are appended to that row
+        (one new position per prefix and depth) and a 4D mask lets each see only its prompt and
+        its own earlier digits. The prompt's KV cache is never copied per prefix."""
+        batch, device = probs.shape[0], probs.device
+        digit_ids = self.digit_ids.to(device)
         finished: list[dict[int, float]] = [{} for _ in range(batch)]
         left_out = (1 - probs[:, digit_ids].sum(-1)).double().cpu().numpy()  # no number at all
         first = probs[:, digit_ids].double().cpu().numpy()
-        # live prefixes: (item, value, mass, cache row)
-        live = [(i, d, first[i, d], i) for i in range(batch) for d in range(10)]
-        live = self._prune(live, left_out)
-        mask = attention_mask
+        # live prefixes: (item, value, mass, cache positions of the prefix's digits fed so far)
+        live = self._prune([(i, d, first[i, d], ()) for i in range(batch) for d in range(10)], left_out)
+        prompt = attention_mask.bool()
+        next_position = attention_mask.long().sum(-1)  # the first digit follows the prompt's tokens
+        dtype = model.get_input_embeddings().weight.dtype
+        seen = prompt.shape[1]  # cache length so far
         for depth in range(1, self.max_digits + 1):
             if not live:
                 break
-            rows = torch.tensor([row for *_, row in live], device=probs.device)
-            cache.batch_select_indices(rows)
-            mask = torch.cat([mask[rows], torch.ones_like(mask[rows][:, :1])], dim=1)
-            tokens = digit_ids[torch.tensor([value % 10 for _, value, _, _ in live], device=probs.device)]
+            slots: list[int] = []
+            count = [0] * batch
+            for item, *_ in live:
+                slots.append(count[item])
+                count[item] += 1
+            width = max(count)
+            tokens = torch.full((batch, width), int(digit_ids[0]), dtype=torch.long, device=device)
+            visible = torch.zeros((batch, width, seen + width), dtype=torch.bool, device=device)
+            visible[:, :, :seen] = prompt[:, None, :]
+            visible[:, torch.arange(width), seen + torch.arange(width)] = True  # itself (padding too)
+            for (item, value, _, path), slot in zip(live, slots, strict=True):
+                tokens[item, slot] = digit_ids[value % 10]
+                if path:
+                    visible[item, slot, list(path)] = True
+            mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+            mask.masked_fill_(~visible, torch.finfo(dtype).min)
+            positions = (next_position + depth - 1)[:, None].expand(batch, width)
             out = model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=(mask.sum(-1, keepdim=True) - 1),
+                input_ids=tokens,
+                attention_mask=mask[:, None],
+                position_ids=positions,
                 use_cache=True,
                 **{_cache_argument(model): cache},
             )
             cache = _returned_cache(out)
-            step = out.logits[:, -1].float().softmax(-1)[:, digit_ids].double().cpu().numpy()
+            step = out.logits.float().softmax(-1)[..., digit_ids].double().cpu().numpy()
             children = []
-            for row, (item, value, mass, _) in enumerate(live):
-                p_digits = step[row]
+            for (item, value, mass, path), slot in zip(live, slots, strict=True):
+                p_digits = step[item, slot]
                 p_end = max(0.0, 1.0 - float(p_digits.sum()))
                 if mass * p_end > 0:
                     finished[item][value] = finished[item].get(value, 0.0) + mass * p_end
                 if depth == self.max_digits or value == 0:
                     left_out[item] += mass * (1 - p_end)  # over max_digits, or a leading zero
                     continue
-                children += [(item, value * 10 + d, mass * p_digits[d], row) for d in range(10)]
+                node = (*path, seen + slot)
+                children += [(item, value * 10 + d, mass * p_digits[d], node) for d in range(10)]
+            seen += width
+            prompt = torch.cat([prompt, torch.zeros((batch, width), dtype=torch.bool, device=device)], dim=1)
             live = self._prune(children, left_out)
         result = []
         for item in range(batch):

@@ -50,3 +50,42 @@ def test_curation_speed_on_a_tiny_folder(tmp_path: Path, byte_tokenizer: str, ca
         ("pricer curate", 2),
     ]
     assert all(r["ratio_to_course"] > 0 and r["items_per_s"] > 0 for r in results["rows"])
+
+
+def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny_llama: str, capsys) -> None:
+    """pricer's Lightning step and TRL's SFTTrainer, tiny model, three steps each: the same
+    batches and the same initial LoRA, so the per-step losses agree."""
+    import pytest
+
+    pytest.importorskip("trl")
+    from benchmarks.training_speed import main
+
+    source = tmp_path / "source"
+    write_raw(source, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(30)])
+    out = tmp_path / "training.json"
+    report = main(
+        ["--sample", str(source), "--gguf", tiny_llama, "--steps", "3", "--batch-size", "2", "--skip", "1"]
+        + ["--repeats", "1", "--lora-r", "4", "--peak-gflops", "100", "--json", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "| course: TRL SFTTrainer, completion-only loss |" in printed and "| pricer: Lightning |" in printed
+    assert len(report["pricer"]["losses"]) == len(report["trl"]["losses"]) == 3
+    assert report["loss_mean_relative_difference"] < 0.02
+    assert report["pricer"]["samples_per_s"] > 0 and report["trl"]["samples_per_s"] > 0
+    assert json.loads(out.read_text())["speedup"] == report["speedup"]
+
+
+def test_eval_speed_scores_both_readers_on_the_same_items(tmp_path: Path, tiny_llama: str, capsys) -> None:
+    from benchmarks.eval_speed import main
+
+    source = tmp_path / "source"
+    write_raw(source, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(30)])
+    report = main(
+        ["--sample", str(source), "--gguf", tiny_llama, "--items", "6", "--batch-size", "4", "--repeats", "1"]
+        + ["--quantization", "none", "--pricer-dtype", "bf16", "--peak-gflops", "100"]
+    )
+    printed = capsys.readouterr().out
+    assert "| pricer: batched price reader | bf16 |" in printed
+    assert report["items"] == 6
+    for side in ("course", "pricer"):
+        assert report[side]["items_per_s"] > 0 and report[side]["mae"] >= 0

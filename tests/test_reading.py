@@ -36,19 +36,28 @@ class TableModel(torch.nn.Module):
         self.vocab = len(tokenizer)
         self.calls = 0
 
+    def get_input_embeddings(self):
+        return torch.nn.Embedding(1, 1)  # the reader takes its mask dtype from here
+
     def forward(
         self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False
     ):
         self.calls += 1
         history = input_ids if past_key_values is None else torch.cat([past_key_values.tokens, input_ids], 1)
-        logits = torch.full((len(history), input_ids.shape[1], self.vocab), NEG)
+        width = input_ids.shape[1]
+        logits = torch.full((len(history), width, self.vocab), NEG)
+        tree = attention_mask is not None and attention_mask.dim() == 4
         for row, tokens in enumerate(history):
-            text = self.tokenizer.decode([t for t in tokens.tolist() if t != self.tokenizer.pad_token_id])
-            marker, _, prefix = text.replace(" ", "").rpartition("$")
-            for nxt, p in self.tables[marker[-1]].get(prefix, {".": 1.0}).items():
-                logits[row, -1, self.tokenizer.encode(nxt, add_special_tokens=False)[0]] = torch.tensor(
-                    p
-                ).log()
+            # a 4D mask says which tokens each new position sees; otherwise only the last one is read
+            for q in range(width) if tree else [width - 1]:
+                seen = tokens[attention_mask[row, 0, q] == 0] if tree else tokens
+                text = self.tokenizer.decode([t for t in seen.tolist() if t != self.tokenizer.pad_token_id])
+                marker, _, prefix = text.replace(" ", "").rpartition("$")
+                if tree and not marker:
+                    continue  # a padding position: it sees only itself
+                for nxt, p in self.tables[marker[-1]].get(prefix, {".": 1.0}).items():
+                    token = self.tokenizer.encode(nxt, add_special_tokens=False)[0]
+                    logits[row, q, token] = torch.tensor(p).log()
         return Output(logits, History(history) if use_cache else None)
 
 
@@ -141,7 +150,7 @@ def test_the_kv_cache_search_matches_full_forward_passes_on_a_real_llama(tiny_ll
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    reader = PriceReader(tokenizer, max_digits=2, beam=100, min_mass=0.0)
+    reader = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0)
     prompts = ["A longer product text. Price is $", "Short. Price is $"]
     distributions = reader.read(model, *left_padded(tokenizer, prompts).values())
     digits = [tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(10)]
@@ -153,7 +162,7 @@ def test_the_kv_cache_search_matches_full_forward_passes_on_a_real_llama(tiny_ll
 
     for prompt, dist in zip(prompts, distributions, strict=True):
         assert dist.probs.sum() + dist.left_out == pytest.approx(1.0, abs=1e-6)
-        for price in (7, 42):
+        for price in (7, 42, 305):
             text, mass = prompt, 1.0
             for ch in str(price):
                 mass *= float(next_probs(text)[digits[int(ch)]])
