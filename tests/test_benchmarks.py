@@ -68,7 +68,9 @@ def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny
         + ["--repeats", "1", "--lora-r", "4", "--peak-gflops", "100", "--json", str(out)]
     )
     printed = capsys.readouterr().out
-    assert "| course: TRL SFTTrainer, completion-only loss |" in printed and "| pricer: Lightning |" in printed
+    assert (
+        "| course: TRL SFTTrainer, completion-only loss |" in printed and "| pricer: Lightning |" in printed
+    )
     assert len(report["pricer"]["losses"]) == len(report["trl"]["losses"]) == 3
     assert report["loss_mean_relative_difference"] < 0.02
     assert report["pricer"]["samples_per_s"] > 0 and report["trl"]["samples_per_s"] > 0
