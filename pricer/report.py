@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from pricer.baselines import baseline_predictions
-from pricer.metrics import metrics_table, price_metrics
+from pricer.metrics import mae_gap, metrics_table, price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")
@@ -85,7 +85,7 @@ class PriceReport(Callback):
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)
-        metrics["baselines"] = self._baselines(trainer, truth)
+        metrics["baselines"] = self._baselines(trainer, truth, predicted)
         metrics["read"] = {"point": pl_module.hparams.point, "interval": pl_module.hparams.interval_coverage}
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_predictions(rows, folder / "predictions.csv")
@@ -102,10 +102,15 @@ class PriceReport(Callback):
                 )
 
     @staticmethod
-    def _baselines(trainer: L.Trainer, truth: np.ndarray) -> dict:
+    def _baselines(trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray) -> dict:
+        """Each baseline's metrics, and the model's MAE minus the baseline's (paired, with its
+        95% interval: below zero throughout means the model is better beyond the noise)."""
         datamodule = trainer.datamodule
         train = datamodule.train_prices_and_texts() if datamodule is not None else None
         if train is None:
             return {"skipped": "the data source has no train split to fit the baselines on"}
         predictions = baseline_predictions(*train, datamodule.test_texts())
-        return {name: price_metrics(truth, values) for name, values in predictions.items()}
+        return {
+            name: {**price_metrics(truth, values), **mae_gap(truth, predicted, values)}
+            for name, values in predictions.items()
+        }

@@ -29,3 +29,23 @@ def test_bad_shapes_are_refused():
         price_metrics([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="equal, non-empty"):
         price_metrics([], [])
+
+
+def test_the_mae_gap_interval_is_paired():
+    """Two models that differ by $1 on every item: their MAE intervals overlap, but the paired
+    gap is exactly -1 with no spread; a coin-flip gap has an interval around zero."""
+    import numpy as np
+
+    from pricer.metrics import mae_gap, price_metrics
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(10, 500, 300)
+    noise = rng.normal(0, 60, 300)
+    worse = truth + np.abs(noise) + 1
+    better = truth + np.abs(noise)
+    a, b = price_metrics(truth, better), price_metrics(truth, worse)
+    assert a["mae_ci95"][1] > b["mae_ci95"][0]  # the unpaired intervals overlap
+    gap = mae_gap(truth, better, worse)
+    assert gap["mae_gap"] == pytest.approx(-1) and gap["mae_gap_ci95"] == pytest.approx([-1, -1])
+    flip = mae_gap(truth, truth + noise, truth - noise[::-1])
+    assert flip["mae_gap_ci95"][0] < 0 < flip["mae_gap_ci95"][1]
