@@ -91,3 +91,33 @@ def test_eval_speed_scores_both_readers_on_the_same_items(tmp_path: Path, tiny_l
     assert report["items"] == 6
     for side in ("course", "pricer"):
         assert report[side]["items_per_s"] > 0 and report[side]["mae"] >= 0
+
+
+def test_accuracy_table_ranks_models_and_shows_the_paired_gap(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+
+    from benchmarks.accuracy_table import main
+    from pricer.metrics import mae_gap, price_metrics
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(10, 400, 200)
+    tuned, untrained, median = truth + rng.normal(0, 20, 200), truth * 0.2, np.full(200, np.median(truth))
+    metrics = price_metrics(truth, tuned)
+    metrics["baselines"] = {"train_median": {**price_metrics(truth, median), **mae_gap(truth, tuned, median)}}
+    metrics["read"] = {"point": "median"}
+    for name, m in (("tuned", metrics), ("untrained", price_metrics(truth, untrained))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    text = main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
+    names = [
+        line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "$" in line
+    ]
+    assert names == ["fine-tuned (this run)", "training median", "same model before fine-tuning"]
+    gap = metrics["baselines"]["train_median"]
+    assert f"${gap['mae_gap']:+.2f} (${gap['mae_gap_ci95'][0]:+.2f}" in text and gap["mae_gap_ci95"][1] < 0
+    (tmp_path / "untrained" / "metrics.json").write_text(
+        json.dumps(price_metrics(truth[:50], untrained[:50]))
+    )
+    with pytest.raises(SystemExit, match="different splits"):
+        main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])

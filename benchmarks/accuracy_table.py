@@ -1,0 +1,63 @@
+"""The accuracy table of issue 8: a fine-tuned run against the same model before fine-tuning and
+the classical baselines, all on the same test split, from the runs' metrics.json files.
+
+    python -m pricer fit  --config configs/sample.yaml --model.base_model $GGUF --data.source $SAMPLE --run_name tuned
+    python -m pricer test --config configs/sample.yaml --model.base_model $GGUF --data.source $SAMPLE --run_name untrained
+    python benchmarks/accuracy_table.py runs/sample/tuned runs/sample/untrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pricer.baselines import BASELINE_NAMES
+
+
+def load(run: Path) -> dict:
+    path = run / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: run `test` (or `fit`) for {run} first")
+    return json.loads(path.read_text())
+
+
+def table(tuned: dict, untrained: dict | None) -> str:
+    """One row per model, best MAE first; the gap column is the fine-tuned model's MAE minus the
+    row's, with its paired 95% interval (below zero throughout: better beyond the noise)."""
+    rows = [("fine-tuned (this run)", tuned, None)]
+    if untrained is not None:
+        if untrained["n"] != tuned["n"]:
+            raise SystemExit(f"the runs tested different splits ({tuned['n']} and {untrained['n']} items)")
+        rows.append(("same model before fine-tuning", untrained, None))
+    for name, metrics in tuned.get("baselines", {}).items():
+        if isinstance(metrics, dict):
+            rows.append((BASELINE_NAMES.get(name, name), metrics, metrics.get("mae_gap_ci95")))
+    lines = [
+        f"Test split: {tuned['n']} items; read-out {tuned.get('read', {}).get('point', '?')}.",
+        "",
+        "| model | MAE | 95% CI of the MAE | RMSLE | hit rate | fine-tuned minus this (paired 95% CI) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m, gap in sorted(rows, key=lambda row: row[1]["mae"]):
+        low, high = m["mae_ci95"]
+        shown = f"${m['mae_gap']:+.2f} (${gap[0]:+.2f} to ${gap[1]:+.2f})" if gap else ""
+        lines.append(
+            f"| {name} | ${m['mae']:.2f} | ${low:.2f}-{high:.2f} | {m['rmsle']:.3f} | "
+            f"{100 * m['hit_rate']:.1f}% | {shown} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tuned", type=Path, help="the fine-tuned run folder")
+    parser.add_argument("untrained", type=Path, nargs="?", help="a `test` run of the base model, untrained")
+    args = parser.parse_args(argv)
+    text = table(load(args.tuned), load(args.untrained) if args.untrained else None)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
