@@ -52,18 +52,16 @@ class SpaceSettings:
 
     def _read_run_folder(self, run: Path) -> None:
         """A local adapter in a run folder: that run's metrics and test examples, if there."""
+        import pyarrow.parquet as pq
+
         metrics = run / "metrics.json"
         if metrics.is_file():
             self.metrics = json.loads(metrics.read_text(encoding="utf-8"))
         test = run / "hub" / "dataset" / "data" / "test-00000-of-00001.parquet"
         if test.is_file():
-            import pyarrow.parquet as pq
-
             self.examples = examples_from_rows(pq.read_table(test).slice(0, 6).to_pylist())
         train = test.with_name("train-00000-of-00001.parquet")
         if train.is_file():
-            import pyarrow.parquet as pq
-
             self.train_items = pq.read_metadata(train).num_rows
         config = run / "config.yaml"
         if config.is_file():
