@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from pricer.baselines import BASELINE_NAMES
+from pricer.metrics import mae_gap
 
 
 def load(run: Path) -> dict:
@@ -22,14 +23,30 @@ def load(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def table(tuned: dict, untrained: dict | None) -> str:
+def paired_gap(tuned: Path, untrained: Path) -> dict | None:
+    """The fine-tuned MAE minus the untrained one, paired item by item through both runs'
+    predictions.csv (None when either run has none). The rows must be the same items in the
+    same order: anything else is a different split and an error."""
+    import pandas as pd
+
+    paths = [run / "predictions.csv" for run in (tuned, untrained)]
+    if not all(path.is_file() for path in paths):
+        return None
+    a, b = (pd.read_csv(path) for path in paths)
+    if len(a) != len(b) or not (a["title"].equals(b["title"]) and (a["price"] == b["price"]).all()):
+        raise SystemExit(f"{paths[0]} and {paths[1]} are not the same test items in the same order")
+    return mae_gap(a["price"].to_numpy(), a["predicted"].to_numpy(), b["predicted"].to_numpy())
+
+
+def table(tuned: dict, untrained: dict | None, untrained_gap: dict | None = None) -> str:
     """One row per model, best MAE first; the gap column is the fine-tuned model's MAE minus the
     row's, with its paired 95% interval (below zero throughout: better beyond the noise)."""
     rows = [("fine-tuned (this run)", tuned, None)]
     if untrained is not None:
         if untrained["n"] != tuned["n"]:
             raise SystemExit(f"the runs tested different splits ({tuned['n']} and {untrained['n']} items)")
-        rows.append(("same model before fine-tuning", untrained, None))
+        gap = untrained_gap["mae_gap_ci95"] if untrained_gap else None
+        rows.append(("same model before fine-tuning", {**untrained, **(untrained_gap or {})}, gap))
     for name, metrics in tuned.get("baselines", {}).items():
         if isinstance(metrics, dict):
             rows.append((BASELINE_NAMES.get(name, name), metrics, metrics.get("mae_gap_ci95")))
@@ -54,7 +71,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("tuned", type=Path, help="the fine-tuned run folder")
     parser.add_argument("untrained", type=Path, nargs="?", help="a `test` run of the base model, untrained")
     args = parser.parse_args(argv)
-    text = table(load(args.tuned), load(args.untrained) if args.untrained else None)
+    untrained = load(args.untrained) if args.untrained else None
+    gap = paired_gap(args.tuned, args.untrained) if args.untrained else None
+    text = table(load(args.tuned), untrained, gap)
     print(text)
     return text
 

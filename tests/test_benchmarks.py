@@ -116,6 +116,24 @@ def test_accuracy_table_ranks_models_and_shows_the_paired_gap(tmp_path: Path) ->
     assert names == ["fine-tuned (this run)", "training median", "same model before fine-tuning"]
     gap = metrics["baselines"]["train_median"]
     assert f"${gap['mae_gap']:+.2f} (${gap['mae_gap_ci95'][0]:+.2f}" in text and gap["mae_gap_ci95"][1] < 0
+    # With both runs' predictions, the untrained row gets its paired gap too.
+    import pandas as pd
+
+    titles = [f"item {i}" for i in range(200)]
+    for name, predicted in (("tuned", tuned), ("untrained", untrained)):
+        frame = pd.DataFrame({"title": titles, "price": truth, "predicted": predicted})
+        frame.to_csv(tmp_path / name / "predictions.csv", index=False)
+    text = main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
+    row = next(line for line in text.splitlines() if line.startswith("| same model before"))
+    untrained_gap = mae_gap(truth, tuned, untrained)
+    assert row.endswith(
+        f"${untrained_gap['mae_gap']:+.2f} (${untrained_gap['mae_gap_ci95'][0]:+.2f} to "
+        f"${untrained_gap['mae_gap_ci95'][1]:+.2f}) |"
+    )
+    frame.iloc[::-1].to_csv(tmp_path / "untrained" / "predictions.csv", index=False)
+    with pytest.raises(SystemExit, match="not the same test items"):
+        main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
+    (tmp_path / "untrained" / "predictions.csv").unlink()
     (tmp_path / "untrained" / "metrics.json").write_text(
         json.dumps(price_metrics(truth[:50], untrained[:50]))
     )
