@@ -144,3 +144,29 @@ def test_4bit_lora_gradients_match_the_dequantized_model(tiny_llama):
     for name, p in four.named_parameters():
         if "lora_" in name:
             assert torch.allclose(p.grad, reference[name].grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("point", ["median", "mean"])
+def test_validation_logs_every_read_out_and_val_mae_is_the_chosen_one(tiny_llama, raw_items, tmp_path, point):
+    from tests.test_training import datamodule, model, trainer
+
+    module = model(tiny_llama, point=point)
+    data = datamodule(raw_items, tiny_llama)
+    logged = trainer(tmp_path, [], limit_val_batches=1.0).validate(module, datamodule=data)[0]
+    # The same reading, done by hand over the validation split.
+    errors = {"median": [], "mean": []}
+    module.eval()
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            for d, truth in zip(
+                module.reader.read(module.model, batch["prompt_ids"], batch["prompt_mask"]),
+                batch["price"],
+                strict=True,
+            ):
+                for kind in errors:
+                    errors[kind].append(abs(d.point(kind) - float(truth)))
+    expected = {kind: sum(e) / len(e) for kind, e in errors.items()}
+    assert abs(expected["median"] - expected["mean"]) > 0.01  # the two read-outs differ here
+    for kind in errors:
+        assert logged[f"val_mae_{kind}"] == pytest.approx(expected[kind], rel=1e-5)
+    assert logged["val_mae"] == logged[f"val_mae_{point}"]
