@@ -94,6 +94,9 @@ class PricerTrainer(L.Trainer):
             metrics=json.loads(metrics.read_text()) if metrics.is_file() else None,
             rules=asdict(datamodule.rules),
             examples=examples_from_rows(list(test)),
+            quantization=model.hparams.quantization,
+            point=model.hparams.point,
+            coverage=model.hparams.interval_coverage,
         )
         folder = stage_space(run / "hub" / "space", settings, hardware)
         print(f"Space staged: {folder}")

@@ -2,19 +2,21 @@
 
 The prompt is built by `products.product_prompt`, the code `predict` uses, with the curation's
 scrubbing and token cut; the price is read by the same `PriceReader` as evaluation. Nothing here
-imports Lightning, so a Space needs only torch, transformers, peft (and bitsandbytes on a GPU).
+imports Lightning, so a Space needs only torch, transformers, peft and bitsandbytes.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 
 from pricer.base_model import load_tokenizer, model_source
 from pricer.products import product_prompt
+from pricer.quantization import Quantization, bnb_config, check_bitsandbytes, resolve_dtype
 from pricer.reading import PriceDistribution, PriceReader
 from pricer.rules import CurationRules
 
@@ -98,8 +100,11 @@ class Pricer:
     Args:
         base_model: A Hub id, a local folder or a local `.gguf` file, as in training.
         adapter: A Hub id or a local adapter folder; None prices with the bare base model.
-        device: Where to run; 4-bit NF4 on CUDA, full precision on the CPU.
-        point: median or mean of the distribution.
+        device: Where to run (CUDA when there is one).
+        quantization: The base as the adapter was trained and measured on: 4-bit NF4 (on the
+            CPU too, through bitsandbytes), 8-bit (CUDA only) or full precision (none). A 4-bit-trained adapter
+            read on a full-precision base prices worse (issue 8 measured +$5 MAE).
+        point: median or mean of the distribution, as the run measured it.
         coverage: Probability inside the reported interval.
         rules: The curation rules training used (scrubbing, token cut); the course's by default.
     """
@@ -109,6 +114,7 @@ class Pricer:
         base_model: str,
         adapter: str | None,
         device: str | None = None,
+        quantization: str = "4bit",
         point: str = "median",
         coverage: float = 0.8,
         rules: CurationRules | None = None,
@@ -120,16 +126,16 @@ class Pricer:
         self.rules = rules or CurationRules()
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
+        if quantization not in get_args(Quantization):
+            raise ValueError(
+                f"Pricer: quantization must be one of {get_args(Quantization)}, got {quantization!r}"
+            )
+        check_bitsandbytes(quantization, self.device)
         kwargs: dict = {"dtype": torch.float32, "device_map": {"": self.device}}
-        if self.device.type == "cuda":
-            from pricer.quantization import bnb_config, resolve_dtype
-
+        if quantization != "none":
             dtype = resolve_dtype("auto", self.device)
-            kwargs = {
-                "dtype": dtype,
-                "device_map": {"": self.device},
-                "quantization_config": bnb_config("4bit", "nf4", True, dtype),
-            }
+            kwargs["dtype"] = dtype
+            kwargs["quantization_config"] = bnb_config(quantization, "nf4", True, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_source(base_model), **kwargs)
         if adapter:
             from peft import PeftModel

@@ -31,6 +31,10 @@ class SpaceSettings:
     metrics: dict | None = None
     rules: dict | None = None
     examples: list[dict] = field(default_factory=list)
+    # How the run read its prices: the Space serves what the quoted metrics measured.
+    quantization: str = "4bit"
+    point: str = "median"
+    coverage: float = 0.8
 
     @classmethod
     def load(cls, folder: Path, environ: dict | None = None) -> SpaceSettings:
@@ -67,9 +71,13 @@ class SpaceSettings:
         if config.is_file():
             import yaml
 
-            data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+            resolved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+            data, model = resolved.get("data") or {}, resolved.get("model") or {}
             self.categories = list(data.get("categories") or self.categories)
             self.rules = data.get("rules") or self.rules
+            self.quantization = model.get("quantization") or self.quantization
+            self.point = model.get("point") or self.point
+            self.coverage = model.get("interval_coverage") or self.coverage
 
     def about(self) -> str:
         """A short note on what the model learnt from and how accurate it is."""

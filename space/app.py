@@ -83,7 +83,14 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
 def main() -> None:
     settings = SpaceSettings.load(HERE)
     rules = CurationRules(**settings.rules) if settings.rules else None
-    pricer = Pricer(settings.base_model, settings.adapter, rules=rules)
+    pricer = Pricer(
+        settings.base_model,
+        settings.adapter,
+        quantization=settings.quantization,
+        point=settings.point,
+        coverage=settings.coverage,
+        rules=rules,
+    )
     build_demo(settings, pricer).launch()  # honours GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
 
 

@@ -137,6 +137,12 @@ def test_deploy_stages_the_space_repo(staged, trained):
     assert [e["title"] for e in settings["examples"]] == test_titles
     assert all(e["description"] and not e["description"].startswith(e["title"]) for e in settings["examples"])
     assert settings["rules"]["max_tokens"] == 160
+    # The Space reads prices as the run measured them (the config deploy was given).
+    import yaml
+
+    model = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    read = (settings["quantization"], settings["point"], settings["coverage"])
+    assert read == (model["quantization"], model["point"], model["interval_coverage"])
     for path in staged.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
@@ -221,8 +227,30 @@ def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, traine
     assert "Traceback" not in (tmp_path / "app.log").read_text()
 
 
-def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path):
-    """The Space's prompt and reading are predict's: the same products, the same prices."""
+def test_a_local_run_brings_how_it_read_prices(tmp_path):
+    """PRICER_ADAPTER=<run>/adapter: the Space serves the run's quantization and read-out."""
+    from pricer.space import SpaceSettings
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        "model:\n  quantization: none\n  point: mean\n  interval_coverage: 0.9\n"
+        "data:\n  categories: [Software]\n"
+    )
+    defaults = tmp_path / "space"
+    defaults.mkdir()
+    (defaults / "pricer_space.json").write_text(json.dumps({"base_model": "me/base"}))
+    settings = SpaceSettings.load(defaults, {"PRICER_ADAPTER": str(run / "adapter")})
+    assert (settings.quantization, settings.point, settings.coverage) == ("none", "mean", 0.9)
+    assert settings.categories == ["Software"]
+    plain = SpaceSettings.load(defaults, {})
+    assert (plain.quantization, plain.point, plain.coverage) == ("4bit", "median", 0.8)
+
+
+@pytest.mark.parametrize("quantization, point", [("none", "median"), ("4bit", "mean")])
+def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantization, point):
+    """The Space's prompt and reading are predict's: the same products, the same prices, with
+    the base quantized or not and either read-out."""
     from pricer.serving import Pricer
 
     args, run = trained
@@ -234,22 +262,24 @@ def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path):
     source.write_text("".join(json.dumps(p) + "\n" for p in products))
     main(
         [
-            "predict", *args, "--run_name", "predicted", "--model.quantization", "none",
-            "--model.adapter", str(run / "adapter"), "--data.predict_source", str(source),
+            "predict", *args, "--run_name", f"predicted-{quantization}", "--model.quantization",
+            quantization, "--model.point", point, "--model.adapter", str(run / "adapter"),
+            "--data.predict_source", str(source),
         ]
     )  # fmt: skip
-    rows = list(csv.DictReader((run.parent / "predicted" / "predict.csv").open()))
-    pricer = Pricer(tiny_llama, str(run / "adapter"), device="cpu")
+    rows = list(csv.DictReader((run.parent / f"predicted-{quantization}" / "predict.csv").open()))
+    pricer = Pricer(tiny_llama, str(run / "adapter"), device="cpu", quantization=quantization, point=point)
     for product, row in zip(products, rows, strict=True):
         details = "\n".join(f"{k}: {v}" for k, v in product["details"].items())
         quote = pricer.quote(
             product["title"], product["description"][0], "\n".join(product["features"]), details
         )
-        assert (quote.price, quote.low, quote.high) == (
-            float(row["predicted"]),
-            float(row["low"]),
-            float(row["high"]),
-        )
+        # Quantiles are whole dollars and match exactly; a mean sums probabilities that one
+        # prompt alone and a padded batch round differently in the last bits.
+        assert (quote.low, quote.high) == (float(row["low"]), float(row["high"]))
+        assert quote.price == pytest.approx(float(row["predicted"]), rel=1e-6, abs=0)
+        if point == "median":
+            assert quote.price == float(row["predicted"])
 
 
 @pytest.mark.slow
