@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from pricer.baselines import BASELINE_NAMES
-from pricer.metrics import mae_gap
+from pricer.metrics import gap_text, mae_gap
 
 
 def load(run: Path) -> dict:
@@ -41,27 +41,25 @@ def paired_gap(tuned: Path, untrained: Path) -> dict | None:
 def table(tuned: dict, untrained: dict | None, untrained_gap: dict | None = None) -> str:
     """One row per model, best MAE first; the gap column is the fine-tuned model's MAE minus the
     row's, with its paired 95% interval (below zero throughout: better beyond the noise)."""
-    rows = [("fine-tuned (this run)", tuned, None)]
+    rows = [("fine-tuned (this run)", tuned)]
     if untrained is not None:
         if untrained["n"] != tuned["n"]:
             raise SystemExit(f"the runs tested different splits ({tuned['n']} and {untrained['n']} items)")
-        gap = untrained_gap["mae_gap_ci95"] if untrained_gap else None
-        rows.append(("same model before fine-tuning", {**untrained, **(untrained_gap or {})}, gap))
+        rows.append(("same model before fine-tuning", {**untrained, **(untrained_gap or {})}))
     for name, metrics in tuned.get("baselines", {}).items():
         if isinstance(metrics, dict):
-            rows.append((BASELINE_NAMES.get(name, name), metrics, metrics.get("mae_gap_ci95")))
+            rows.append((BASELINE_NAMES.get(name, name), metrics))
     lines = [
         f"Test split: {tuned['n']} items; read-out {tuned.get('read', {}).get('point', '?')}.",
         "",
         "| model | MAE | 95% CI of the MAE | RMSLE | hit rate | fine-tuned minus this (paired 95% CI) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m, gap in sorted(rows, key=lambda row: row[1]["mae"]):
+    for name, m in sorted(rows, key=lambda row: row[1]["mae"]):
         low, high = m["mae_ci95"]
-        shown = f"${m['mae_gap']:+.2f} (${gap[0]:+.2f} to ${gap[1]:+.2f})" if gap else ""
         lines.append(
             f"| {name} | ${m['mae']:.2f} | ${low:.2f}-{high:.2f} | {m['rmsle']:.3f} | "
-            f"{100 * m['hit_rate']:.1f}% | {shown} |"
+            f"{100 * m['hit_rate']:.1f}% | {gap_text(m)} |"
         )
     return "\n".join(lines)
 

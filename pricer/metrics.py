@@ -62,6 +62,14 @@ def mae_gap(truth, model, baseline, samples: int = 10_000, seed: int = 0) -> dic
     return {"mae_gap": float(gaps.mean()), "mae_gap_ci95": [float(low), float(high)]}
 
 
+def gap_text(metrics: dict) -> str:
+    """`mae_gap` with its paired interval, as the tables show it ("" when there is none)."""
+    if "mae_gap" not in metrics:
+        return ""
+    low, high = metrics["mae_gap_ci95"]
+    return f"${metrics['mae_gap']:+.2f} (${low:+.2f} to ${high:+.2f})"
+
+
 def metrics_table(metrics: dict, name: str = "fine-tuned") -> str:
     """The model's metrics beside its baselines, as a Markdown table (printed and in cards);
     the last column is the model's MAE minus each baseline's, with its paired 95% interval."""
@@ -73,12 +81,8 @@ def metrics_table(metrics: dict, name: str = "fine-tuned") -> str:
     named = {name: metrics, **{k: v for k, v in baselines.items() if isinstance(v, dict)}}
     for label, m in named.items():
         low, high = m["mae_ci95"]
-        gap = ""
-        if "mae_gap" in m:
-            gap_low, gap_high = m["mae_gap_ci95"]
-            gap = f"${m['mae_gap']:+.2f} (${gap_low:+.2f} to ${gap_high:+.2f})"
         rows.append(
             f"| {BASELINE_NAMES.get(label, label)} | ${m['mae']:.2f} | ${low:.2f} to ${high:.2f} | "
-            f"{m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% | {gap} |"
+            f"{m['rmsle']:.3f} | {100 * m['hit_rate']:.1f}% | {gap_text(m)} |"
         )
     return "\n".join(rows)
