@@ -17,7 +17,7 @@ import torch
 from pricer.base_model import load_tokenizer, model_source
 from pricer.products import product_prompt
 from pricer.quantization import Quantization, bnb_config, check_bitsandbytes, resolve_dtype
-from pricer.reading import PriceDistribution, PriceReader
+from pricer.reading import Point, PriceDistribution, PriceReader
 from pricer.rules import CurationRules
 
 MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
@@ -102,8 +102,8 @@ class Pricer:
         adapter: A Hub id or a local adapter folder; None prices with the bare base model.
         device: Where to run (CUDA when there is one).
         quantization: The base as the adapter was trained and measured on: 4-bit NF4 (on the
-            CPU too, through bitsandbytes), 8-bit (CUDA only) or full precision (none). A 4-bit-trained adapter
-            read on a full-precision base prices worse (issue 8 measured +$5 MAE).
+            CPU too, through bitsandbytes), 8-bit (CUDA only) or full precision (none). An
+            adapter trained on a 4-bit base prices worse on a full-precision one (issue 8).
         point: median or mean of the distribution, as the run measured it.
         coverage: Probability inside the reported interval.
         rules: The curation rules training used (scrubbing, token cut); the course's by default.
@@ -114,23 +114,28 @@ class Pricer:
         base_model: str,
         adapter: str | None,
         device: str | None = None,
-        quantization: str = "4bit",
-        point: str = "median",
+        quantization: Quantization = "4bit",
+        point: Point = "median",
         coverage: float = 0.8,
         rules: CurationRules | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
+        # The settings come from a JSON file: check them before anything loads.
+        for name, value, allowed in (
+            ("quantization", quantization, get_args(Quantization)),
+            ("point", point, get_args(Point)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"Pricer: {name} must be one of {allowed}, got {value!r}")
+        if not 0 < coverage < 1:
+            raise ValueError(f"Pricer: coverage must be between 0 and 1, got {coverage!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        check_bitsandbytes(quantization, self.device)
         self.point, self.coverage = point, coverage
         self.rules = rules or CurationRules()
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
-        if quantization not in get_args(Quantization):
-            raise ValueError(
-                f"Pricer: quantization must be one of {get_args(Quantization)}, got {quantization!r}"
-            )
-        check_bitsandbytes(quantization, self.device)
         kwargs: dict = {"dtype": torch.float32, "device_map": {"": self.device}}
         if quantization != "none":
             dtype = resolve_dtype("auto", self.device)

@@ -247,6 +247,22 @@ def test_a_local_run_brings_how_it_read_prices(tmp_path):
     assert (plain.quantization, plain.point, plain.coverage) == ("4bit", "median", 0.8)
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"quantization": "3bit"}, r"quantization must be one of \('4bit', '8bit', 'none'\), got '3bit'"),
+        ({"point": "average"}, r"point must be one of \('median', 'mean'\), got 'average'"),
+        ({"coverage": 80}, "coverage must be between 0 and 1, got 80"),
+    ],
+)
+def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message):
+    from pricer.serving import Pricer
+
+    # The base model does not exist: the setting is refused before any loading is tried.
+    with pytest.raises(ValueError, match=message):
+        Pricer("/nonexistent/base", None, device="cpu", **setting)
+
+
 @pytest.mark.parametrize("quantization, point", [("none", "median"), ("4bit", "mean")])
 def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantization, point):
     """The Space's prompt and reading are predict's: the same products, the same prices, with
