@@ -16,7 +16,8 @@ from pricer import hub
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
-from pricer.quantization import QuantizationUnavailable, default_precision
+from pricer.precision import default_precision, emulated_bf16_warning
+from pricer.quantization import QuantizationUnavailable
 from pricer.raw import SourceError
 from pricer.run_folder import RunFolderError, place_run
 
@@ -139,6 +140,9 @@ class PricerCLI(LightningCLI):
             config.ckpt_path = ckpt_path
         if config.trainer.precision is None:
             config.trainer.precision = default_precision(config.trainer.accelerator)
+        warning = emulated_bf16_warning(config.trainer.precision, config.trainer.accelerator)
+        if warning:
+            print(f"pricer: warning: {warning}", file=sys.stderr)
         print(f"run folder: {self.run_dir} (precision {config.trainer.precision})")
 
     def _finish_loggers(self) -> None:

@@ -11,14 +11,8 @@ import torch
 from pricer import rng
 from pricer.base_model import load_tokenizer, model_source
 from pricer.hub import explain_load_error
-from pricer.quantization import (
-    ComputeDtype,
-    Quantization,
-    bnb_config,
-    check_bitsandbytes,
-    lora_config,
-    resolve_dtype,
-)
+from pricer.precision import ComputeDtype, resolve_dtype
+from pricer.quantization import Quantization, bnb_config, check_bitsandbytes, lora_config
 from pricer.reading import Point, PriceReader
 from pricer.schedule import cosine_with_warmup
 

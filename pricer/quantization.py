@@ -7,30 +7,10 @@ from typing import Literal
 import torch
 
 Quantization = Literal["4bit", "8bit", "none"]
-ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def resolve_dtype(name: ComputeDtype, device: torch.device) -> torch.dtype:
-    """The compute dtype for a device: fp16 on a GPU without bf16 (the T4), bf16 on Ampere and
-    later, fp32 on the CPU."""
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 class QuantizationUnavailable(RuntimeError):
     """The quantization asked for cannot run here."""
-
-
-def default_precision(accelerator: str | None) -> str:
-    """Lightning precision for the device: 16-mixed on a T4 (no bf16), bf16-mixed on Ampere and
-    later, 32-true on the CPU. Set trainer.precision to override (bf16 on a CPU is fair when
-    accuracy holds)."""
-    if accelerator in ("cpu",) or not torch.cuda.is_available():
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def check_bitsandbytes(quantization: Quantization, device: torch.device) -> None:

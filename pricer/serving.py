@@ -16,7 +16,8 @@ import torch
 
 from pricer.base_model import load_tokenizer, model_source
 from pricer.products import product_prompt
-from pricer.quantization import Quantization, bnb_config, check_bitsandbytes, resolve_dtype
+from pricer.precision import resolve_dtype
+from pricer.quantization import Quantization, bnb_config, check_bitsandbytes
 from pricer.reading import Point, PriceDistribution, PriceReader
 from pricer.rules import CurationRules
 
@@ -136,11 +137,12 @@ class Pricer:
         self.rules = rules or CurationRules()
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
-        kwargs: dict = {"dtype": torch.float32, "device_map": {"": self.device}}
+        # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
+        # on, fp32 on the CPU.
+        self.dtype = resolve_dtype("auto", self.device)
+        kwargs: dict = {"dtype": self.dtype, "device_map": {"": self.device}}
         if quantization != "none":
-            dtype = resolve_dtype("auto", self.device)
-            kwargs["dtype"] = dtype
-            kwargs["quantization_config"] = bnb_config(quantization, "nf4", True, dtype)
+            kwargs["quantization_config"] = bnb_config(quantization, "nf4", True, self.dtype)
         model = AutoModelForCausalLM.from_pretrained(model_source(base_model), **kwargs)
         if adapter:
             from peft import PeftModel

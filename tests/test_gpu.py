@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pricer.batch_size import FitBatchSize, apply_memory_budget
-from pricer.quantization import default_precision, resolve_dtype
+from pricer.precision import default_precision, resolve_dtype
 from tests.test_training import datamodule, model, trainer
 
 pytestmark = pytest.mark.gpu

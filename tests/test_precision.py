@@ -1,0 +1,105 @@
+"""Precision per device, decided by compute capability, tested by simulating the card.
+
+torch answers `is_bf16_supported() == True` on a T4 because bf16 can be emulated there; each
+simulated card below says so too, as the real ones do, so only the compute capability can tell
+a T4 (fp16 tensor cores only) from an Ampere card.
+"""
+
+import pytest
+import torch
+
+from pricer.precision import default_precision, emulated_bf16_warning, resolve_dtype
+
+CARDS = {
+    "Tesla V100": ((7, 0), "16-mixed", torch.float16),
+    "Tesla T4": ((7, 5), "16-mixed", torch.float16),
+    "NVIDIA A100": ((8, 0), "bf16-mixed", torch.bfloat16),
+    "NVIDIA A10G": ((8, 6), "bf16-mixed", torch.bfloat16),
+    "NVIDIA L4": ((8, 9), "bf16-mixed", torch.bfloat16),
+    "NVIDIA H100": ((9, 0), "bf16-mixed", torch.bfloat16),
+}
+
+
+@pytest.fixture
+def card(monkeypatch):
+    """Make torch report a CUDA card of the given name and compute capability."""
+    import bitsandbytes  # noqa: F401  (imported on the real CPU, before CUDA is simulated)
+    import peft  # noqa: F401
+
+    def simulate(name: str) -> None:
+        capability = CARDS[name][0]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+
+    return simulate
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_training_precision_and_compute_dtype_follow_the_compute_capability(card, name):
+    card(name)
+    _, precision, dtype = CARDS[name]
+    assert default_precision("auto") == precision
+    assert default_precision("gpu") == precision
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == dtype
+    assert resolve_dtype("auto", torch.device("cuda")) == dtype
+
+
+def test_the_cpu_is_fp32_and_named_dtypes_are_kept(card):
+    assert default_precision("cpu") == "32-true"
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    card("Tesla T4")
+    assert default_precision("cpu") == "32-true"  # a GPU machine told to train on its CPU
+    assert resolve_dtype("bfloat16", torch.device("cuda", 0)) == torch.bfloat16
+
+
+def test_bf16_forced_on_a_t4_is_warned_about_and_not_on_an_a100(card):
+    card("Tesla T4")
+    warning = emulated_bf16_warning("bf16-mixed", "auto")
+    assert "Tesla T4" in warning and "7.5" in warning and "16-mixed" in warning
+    assert emulated_bf16_warning("16-mixed", "auto") is None
+    card("NVIDIA A100")
+    assert emulated_bf16_warning("bf16-mixed", "auto") is None
+
+
+class LoadRecorder:
+    """Stands in for `from_pretrained` on a card that is not there: records what the model
+    would be loaded with, then loads the tiny model on the CPU in full precision."""
+
+    def __init__(self, original):
+        self.original = original
+        self.kwargs: dict = {}
+
+    def __call__(self, source, **kwargs):
+        self.kwargs = kwargs
+        return self.original(source, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["Tesla T4", "NVIDIA L4"])
+@pytest.mark.parametrize("quantization", ["4bit", "none"])
+def test_training_and_serving_load_the_base_in_the_cards_dtype(card, monkeypatch, tiny_llama, name, quantization):
+    from transformers import AutoModelForCausalLM
+
+    from pricer.model import PriceModel
+    from pricer.serving import Pricer
+
+    recorder = LoadRecorder(AutoModelForCausalLM.from_pretrained)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorder)
+    card(name)
+    expected = CARDS[name][2]
+
+    monkeypatch.setattr(PriceModel, "target_device", property(lambda self: torch.device("cuda", 0)))
+    PriceModel(base_model=tiny_llama, quantization=quantization).configure_model()
+    trained = dict(recorder.kwargs)
+
+    Pricer(tiny_llama, adapter=None, device="cuda", quantization=quantization)
+    served = dict(recorder.kwargs)
+
+    for kwargs in (trained, served):
+        assert kwargs["dtype"] == expected
+        if quantization == "4bit":
+            assert kwargs["quantization_config"].bnb_4bit_compute_dtype == expected
+        else:
+            assert kwargs.get("quantization_config") is None
