@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from pricer.base_model import load_tokenizer, model_source
-from pricer.products import product_prompt
 from pricer.precision import resolve_dtype
+from pricer.products import product_prompt
 from pricer.quantization import Quantization, bnb_config, check_bitsandbytes
 from pricer.reading import Point, PriceDistribution, PriceReader
 from pricer.rules import CurationRules

@@ -79,7 +79,9 @@ class LoadRecorder:
 
 @pytest.mark.parametrize("name", ["Tesla T4", "NVIDIA L4"])
 @pytest.mark.parametrize("quantization", ["4bit", "none"])
-def test_training_and_serving_load_the_base_in_the_cards_dtype(card, monkeypatch, tiny_llama, name, quantization):
+def test_training_and_serving_load_the_base_in_the_cards_dtype(
+    card, monkeypatch, tiny_llama, name, quantization
+):
     from transformers import AutoModelForCausalLM
 
     from pricer.model import PriceModel
