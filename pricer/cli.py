@@ -22,6 +22,26 @@ from pricer.raw import SourceError
 from pricer.run_folder import RunFolderError, place_run
 
 
+class OptionError(ValueError):
+    """An option pricer does not take as given; the message names it and what to set instead."""
+
+
+def check_trainer_options(trainer: dict) -> None:
+    """pricer runs each optimizer step itself (so a pass that runs out of memory can be
+    retried smaller), which Lightning's own clipping and accumulation cannot be combined with."""
+    if trainer.get("gradient_clip_val"):
+        raise OptionError(
+            f"trainer.gradient_clip_val={trainer['gradient_clip_val']}: pricer clips in its own "
+            "optimizer step; set model.max_grad_norm instead (the course's 0.3 is the default)"
+        )
+    if (trainer.get("accumulate_grad_batches") or 1) != 1:
+        raise OptionError(
+            f"trainer.accumulate_grad_batches={trainer['accumulate_grad_batches']}: pricer accumulates "
+            "inside each optimizer step; set data.batch_size (items a step) and model.micro_batch_size "
+            "(items a pass), or FitBatchSize.effective_batch_size"
+        )
+
+
 class PricerTrainer(L.Trainer):
     """Lightning's Trainer, plus the `curate` and `deploy` subcommands."""
 
@@ -135,6 +155,7 @@ class PricerCLI(LightningCLI):
         if self.subcommand == "deploy" and self.config.deploy.get("run_name") is None:
             raise RunFolderError("deploy: name the trained run to deploy with --run_name")
         config = self.config[self.subcommand]
+        check_trainer_options(config.trainer)
         self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))
         if "ckpt_path" in config:
             config.ckpt_path = ckpt_path
@@ -201,6 +222,7 @@ def main(args: list[str] | None = None) -> None:
         SourceError,
         CurationError,
         RunFolderError,
+        OptionError,
         QuantizationUnavailable,
         FileNotFoundError,
         PermissionError,

@@ -41,7 +41,9 @@ class PriceDataModule(L.LightningDataModule):
         balance_weights: Sampling weight per category inside a full bucket (default 1).
         cache_dir: Where curated splits are cached (default `$HF_HOME/pricer/datasets`).
         num_proc: Processes for curation (default: the machine's cores, at most 8).
-        batch_size: Items per training batch.
+        batch_size: Items per optimizer step on each process (one training batch), taken in
+            passes of `model.micro_batch_size`; `FitBatchSize` sets it from its
+            `effective_batch_size`.
         eval_batch_size: Items per validation and test batch (default: batch_size).
         num_workers: DataLoader worker processes.
         hub_repo: Hub id (owner/name) to publish the curated splits to, with their card.
@@ -206,6 +208,14 @@ class PriceDataModule(L.LightningDataModule):
             collate_fn=PadCollator(self.tokenizer.pad_token_id, prompts=prompts),
             num_workers=self.num_workers,
         )
+
+    def trial_batch(self, size: int) -> dict:
+        """`size` copies of the longest training item, collated as training batches are: the
+        batch of that size that needs the most memory, for the batch size search."""
+        train = self._split("train")
+        lengths = [len(ids) for ids in train["input_ids"]]
+        longest = train[max(range(len(lengths)), key=lengths.__getitem__)]
+        return PadCollator(self.tokenizer.pad_token_id)([longest] * size)
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", shuffle=True, batch_size=self.batch_size, prompts=False)

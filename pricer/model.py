@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import warnings
 from pathlib import Path
 from typing import get_args
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from pricer import rng
 from pricer.base_model import load_tokenizer, model_source
+from pricer.batch_size import smaller_micro_batch
+from pricer.batches import IGNORE_INDEX
 from pricer.hub import explain_load_error
 from pricer.precision import ComputeDtype, resolve_dtype
 from pricer.quantization import Quantization, bnb_config, check_bitsandbytes, lora_config
 from pricer.reading import Point, PriceReader
 from pricer.schedule import cosine_with_warmup
+
+# Lightning 2.6 warns that a checkpoint saved under manual optimization holds the weights after
+# the step. That is what pricer wants: the weights, optimizer and loop progress of the same step,
+# so a resumed run continues exactly (tests/test_training.py).
+warnings.filterwarnings(
+    "ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning
+)
 
 
 class PriceModel(L.LightningModule):
@@ -39,6 +52,15 @@ class PriceModel(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_ratio: Fraction of the optimizer steps spent warming up.
         gradient_checkpointing: Recompute activations in backward to save memory.
+        max_grad_norm: Clip the gradients' norm to this before each optimizer step (the course's
+            0.3); null or 0 leaves them unclipped.
+        micro_batch_size: Items per forward and backward pass; the gradients of a step's
+            `data.batch_size` items are accumulated over passes of this many. Null: the whole
+            batch in one pass, or what `FitBatchSize` finds. A pass that runs out of GPU memory
+            is retried with half as many (same items, same step).
+        completion_logits: Compute the LM head only where the loss is (the price tokens), not at
+            every position: the same loss and gradients, less memory and time. False computes
+            the full logits, as transformers does.
         adapter: A trained adapter folder to load instead of a new LoRA (for test and predict).
         point: The price read from the distribution: median (minimises absolute error) or mean.
         interval_coverage: Probability inside the reported interval (0.8: the 10th to 90th
@@ -62,6 +84,9 @@ class PriceModel(L.LightningModule):
         weight_decay: float = 0.001,
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = False,
+        max_grad_norm: float | None = 0.3,
+        micro_batch_size: int | None = None,
+        completion_logits: bool = True,
         adapter: str | None = None,
         point: Point = "median",
         interval_coverage: float = 0.8,
@@ -75,7 +100,15 @@ class PriceModel(L.LightningModule):
             raise ValueError(f"model.lora_r must be positive, got {lora_r}")
         if not 0 <= lora_dropout < 1:
             raise ValueError(f"model.lora_dropout must be in [0, 1), got {lora_dropout}")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"model.micro_batch_size must be positive or null, got {micro_batch_size}")
         self.save_hyperparameters()
+        # Each training step is one optimizer step over its batch, accumulated here in passes of
+        # micro_batch_size items: a pass that runs out of memory can then be retried smaller
+        # without skipping or repeating an item (Lightning's own accumulation cannot).
+        self.automatic_optimization = False
+        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size_restored = False
         self.lora_target_modules = list(lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
         self.model = None
         self._reader: PriceReader | None = None
@@ -142,21 +175,127 @@ class PriceModel(L.LightningModule):
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
+    def completion_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed cross-entropy of the completion tokens, and how many there are.
+
+        Only the price tokens carry loss, so the LM head runs at their positions alone (as TRL
+        does): the decoder's hidden states, then the head on the few rows that predict a label.
+        Llama 3's 128k-token head at every one of ~180 positions would cost about 0.26 GiB a
+        sample in fp16 and fp32 copies, which decides the T4's batch; here it is a few rows.
+        """
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        count = keep.sum()
+        if not self.hparams.completion_logits or not _plain_lm_head(self.model):
+            logits = self(input_ids, attention_mask).logits[:, :-1][keep]
+        else:
+            base = self.model.get_base_model()
+            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), count
+
+    def accumulate_gradients(self, batch: dict, micro_batch_size: int | None = None, recover: bool = True):
+        """Forward and backward over a step's items in passes of `micro_batch_size`; returns the
+        step's loss (mean over its completion tokens, so the pass size does not change it).
+
+        A pass that runs out of GPU memory drops the step's partial gradients and the step
+        starts again with half as many items a pass (the largest that divides the batch), so no
+        item is skipped or seen twice; the smaller size is kept for the rest of the run and in
+        checkpoints. `recover=False` lets the error through (the batch size search).
+        """
+        items = len(batch["input_ids"])
+        targets = max(1, int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
+        while True:
+            micro = min(micro_batch_size or self.micro_batch_size or items, items)
+            try:
+                return self._passes(batch, micro, targets)
+            except torch.cuda.OutOfMemoryError as error:
+                self._drop_gradients()
+                smaller = smaller_micro_batch(items, micro)
+                if not recover:
+                    raise
+                if smaller is None:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"out of GPU memory at global step {self.global_step} with one item a pass: "
+                        "nothing smaller to try; lower data.rules.max_tokens, turn on "
+                        "model.gradient_checkpointing or use a larger GPU"
+                    ) from error
+                print(
+                    f"out of GPU memory at global step {self.global_step} with {micro} items a pass: "
+                    f"repeating the step with {smaller} a pass ({items // smaller} passes, the same "
+                    f"{items} items)",
+                    flush=True,
+                )
+                micro_batch_size = None
+                self.micro_batch_size = smaller
+
+    def _passes(self, batch: dict, micro: int, targets: int) -> torch.Tensor:
+        items = len(batch["input_ids"])
+        total = torch.zeros((), device=batch["input_ids"].device)
+        starts = range(0, items, micro)
+        for index, start in enumerate(starts):
+            part = {k: batch[k][start : start + micro] for k in ("input_ids", "attention_mask", "labels")}
+            length = int(part["attention_mask"].sum(-1).max())  # padded on the right: trim
+            part = {k: v[:, :length] for k, v in part.items()}
+            loss_sum, _ = self.completion_loss(**part)
+            # Gradients are synchronised across processes once, on the step's last pass.
+            last = index == len(starts) - 1
+            sync = contextlib.nullcontext() if last or self._trainer is None else self._no_sync()
+            with sync:
+                self.manual_backward(loss_sum / targets)
+            total += loss_sum.detach()
+        return total / targets
+
+    def _no_sync(self):
+        strategy = self.trainer.strategy
+        block = getattr(strategy, "block_backward_sync", None)
+        return block() if block is not None else contextlib.nullcontext()
+
+    def _drop_gradients(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-        if not torch.isfinite(loss):
-            # Stop before the optimizer spreads NaN into the adapter: the last checkpoint stays good.
-            raise FloatingPointError(
-                f"loss is {loss.item()} at global step {self.global_step} (batch {batch_idx} of "
-                f"epoch {self.current_epoch}); the last good checkpoint is kept. Lower "
-                "model.learning_rate or check the precision."
+        optimizer = self.optimizers()
+        step = {}
+
+        def closure() -> torch.Tensor:
+            loss = self.accumulate_gradients(batch)
+            if not torch.isfinite(loss):
+                # Stop before the optimizer spreads NaN into the adapter: the last checkpoint stays good.
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at global step {self.global_step} (batch {batch_idx} of "
+                    f"epoch {self.current_epoch}); the last good checkpoint is kept. Lower "
+                    "model.learning_rate or check the precision."
+                )
+            step["loss"] = loss
+            return loss
+
+        optimizer.step(closure=closure)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        scheduler.step()
+        size = len(batch["input_ids"])
+        self.log("train_loss", step["loss"], prog_bar=True, batch_size=size)
+        self.log("lr", scheduler.get_last_lr()[0], batch_size=size)
+        return step["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # After the GradScaler has unscaled the gradients (16-mixed), before the step.
+        if self.hparams.max_grad_norm:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
             )
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         size = len(batch["input_ids"])
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        loss_sum, count = self.completion_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss = loss_sum / count.clamp(min=1)
         self.log("val_loss", loss, prog_bar=True, batch_size=size)
         # val_mae is the configured read-out; every read-out is logged beside it, from the same
         # distributions, so choosing one on the validation split takes a single pass.
@@ -227,6 +366,8 @@ class PriceModel(L.LightningModule):
         keep = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["pricer_rng"] = rng.capture()
+        # A pass size halved after running out of memory stays halved when the run resumes.
+        checkpoint["pricer_micro_batch_size"] = self.micro_batch_size
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = set(checkpoint["state_dict"])
@@ -239,6 +380,9 @@ class PriceModel(L.LightningModule):
             )
         if "pricer_rng" in checkpoint:
             rng.restore(checkpoint["pricer_rng"])
+        if checkpoint.get("pricer_micro_batch_size") is not None:
+            self.micro_batch_size = checkpoint["pricer_micro_batch_size"]
+            self.micro_batch_size_restored = True
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.trainer.default_root_dir:
@@ -262,3 +406,15 @@ class PriceModel(L.LightningModule):
         factor = cosine_with_warmup(hp.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _plain_lm_head(model) -> bool:
+    """Whether the logits are the output embedding of the decoder's last hidden state, with no
+    scaling or soft-capping after it (Llama, SmolLM2, Mistral, Qwen). Otherwise the full
+    forward is used, so the loss is always the model's own."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    scaled = any(
+        getattr(config, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale")
+    )
+    return not scaled and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None

@@ -19,6 +19,11 @@ from pricer.curate import split_file
 from pricer.splits import SPLITS
 
 
+def _items_per_step(datamodule, trainer: L.Trainer) -> int | None:
+    per_process = getattr(datamodule, "batch_size", None)
+    return per_process * trainer.world_size if per_process else None
+
+
 def _hardware(trainer: L.Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
@@ -150,8 +155,9 @@ class HubPublisher(Callback):
                 "lora_target_modules": pl_module.lora_target_modules,
                 "epochs": trainer.max_epochs,
                 "precision": str(trainer.precision),
-                "batch_size": getattr(datamodule, "batch_size", None),
-                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                # items per optimizer step, and per forward pass (the rest is accumulation)
+                "batch_size": _items_per_step(datamodule, trainer),
+                "micro_batch_size": pl_module.micro_batch_size or getattr(datamodule, "batch_size", None),
             },
             metrics=metrics,
             license=self.license,

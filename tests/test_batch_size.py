@@ -1,9 +1,24 @@
-"""The batch size finder on a 4-bit model, and the effective batch it keeps."""
+"""The batch size search and out-of-memory recovery, on a 4-bit model with a simulated GPU memory.
+
+The CPU never runs out of memory, so `TightMemory` plays the GPU: a forward pass over more tokens
+than its limit raises `torch.cuda.OutOfMemoryError`, as a card would. What a pass needs grows with
+its tokens, which is what decides the batch on a T4.
+"""
 
 import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
 
-from pricer.batch_size import FitBatchSize, split_effective_batch
-from tests.test_training import Losses, datamodule, model, trainer
+from pricer.batch_size import (
+    BatchSearchOutOfMemory,
+    FitBatchSize,
+    largest_that_fits,
+    pass_sizes,
+    smaller_micro_batch,
+    split_effective_batch,
+)
+from pricer.model import PriceModel
+from tests.test_training import Died, Kill, Losses, datamodule, trainer
 
 
 @pytest.mark.parametrize(
@@ -27,21 +42,217 @@ def test_an_effective_batch_the_processes_cannot_share_is_refused():
         split_effective_batch(5, 4, 2)
 
 
-def test_finder_completes_on_a_4bit_model_once_and_leaves_no_stray_file(
-    tiny_llama, raw_items, tmp_path, capsys
-):
-    finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=1)
-    losses = Losses()
-    dm = datamodule(raw_items, tiny_llama)  # 32 train items, configured batch 4
-    dm.batch_size = 1
-    fit = trainer(tmp_path, [finder, losses], every=2)
-    module = model(tiny_llama)
+def test_pass_sizes_divide_the_step_and_halving_keeps_them_dividing():
+    assert pass_sizes(12) == [1, 2, 3, 4, 6, 12]
+    assert pass_sizes(16, 10) == [1, 2, 4, 8]
+    assert smaller_micro_batch(16, 8) == 4
+    assert smaller_micro_batch(12, 12) == 6
+    assert smaller_micro_batch(12, 6) == 3
+    assert smaller_micro_batch(12, 3) == 1
+    assert smaller_micro_batch(16, 1) is None
+
+
+@pytest.mark.parametrize("mode", ["power", "binsearch"])
+@pytest.mark.parametrize("limit", [1, 3, 7, 8, 15, 16, 100])
+def test_the_search_returns_the_largest_size_it_ran_and_tries_the_cap(mode, limit):
+    sizes = pass_sizes(16)  # 1, 2, 4, 8, 16
+    found, tried = largest_that_fits(sizes, lambda size: size <= limit, mode)
+    assert found == max(s for s in sizes if s <= limit)
+    assert tried[found] is True  # never a size it did not run
+    assert all(ok == (size <= limit) for size, ok in tried.items())
+    if limit >= 16:
+        assert tried[16] is True  # the cap is tried like any other size
+
+
+def test_binsearch_finds_a_size_between_doublings_that_power_misses():
+    sizes = pass_sizes(12)  # 1, 2, 3, 4, 6, 12: doubling goes 1, 2, 4, 12 and 12 fails
+    assert largest_that_fits(sizes, lambda s: s <= 7, "binsearch")[0] == 6
+    assert largest_that_fits(sizes, lambda s: s <= 7, "power")[0] == 4
+
+
+def test_a_failing_start_searches_downwards_and_nothing_fitting_is_an_error():
+    found, tried = largest_that_fits(pass_sizes(16), lambda s: s <= 2, start=8)
+    assert found == 2 and tried == {8: False, 4: False, 2: True}
+    with pytest.raises(BatchSearchOutOfMemory, match="no batch size fits"):
+        largest_that_fits(pass_sizes(16), lambda s: False)
+
+
+class TightMemory(PriceModel):
+    """A GPU with room for `limit(step, pass)` tokens in a pass (`pass` counts every pass of the
+    run); the rows of the passes of the current optimizer step are kept in `pending` (a failed
+    pass starts the step again from its start)."""
+
+    limit = staticmethod(lambda step, index: float("inf"))
+    passes = 0
+
+    def completion_loss(self, input_ids, attention_mask, labels):
+        self.passes += 1
+        if input_ids.numel() > self.limit(self.global_step, self.passes - 1):
+            self.pending = []
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.pending = getattr(self, "pending", []) + [
+            tuple(row[mask.bool()].tolist()) for row, mask in zip(input_ids, attention_mask, strict=True)
+        ]
+        return super().completion_loss(input_ids, attention_mask, labels)
+
+
+class Seen(Callback):
+    """The items each optimizer step trained on."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.by_step[trainer.global_step] = pl_module.pending
+        pl_module.pending = []
+
+
+def tight(tiny_llama, **kwargs):
+    import lightning as L
+
+    L.seed_everything(42)
+    options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=5e-3)
+    options.update(kwargs)
+    return TightMemory(**options)
+
+
+def longest_train_item(dm) -> int:
+    dm.setup("fit")
+    return max(len(ids) for ids in dm.datasets["train"]["input_ids"])
+
+
+def test_the_search_finds_the_largest_fitting_size_and_tries_the_cap(tiny_llama, raw_items, tmp_path, capsys):
+    dm = datamodule(raw_items, tiny_llama)  # 32 train items
+    longest = longest_train_item(dm)
+    module = tight(tiny_llama)
+    module.limit = staticmethod(lambda step, index: 8 * longest)  # room for 8 of the longest item
+    finder = FitBatchSize(effective_batch_size=16, max_val=16, steps_per_trial=2)
+    fit = trainer(tmp_path, [finder], max_steps=1)
     fit.fit(module, datamodule=dm)
-    assert finder.found == 4  # the CPU never runs out of memory: the cap stops the search
-    assert (dm.batch_size, fit.accumulate_grad_batches) == (4, 2)
-    assert fit.global_step == 4  # 32 items in 8 batches of 4: 4 optimizer steps of 8
+    # 16 was tried and ran out of memory: Lightning's finder returned it untried
+    assert finder.tried == {1: True, 2: True, 4: True, 8: True, 16: False}
+    assert finder.found == 8 and module.micro_batch_size == 8 and dm.batch_size == 16
+    assert "batch size: 8 x 2 accumulation x 1 process(es) = 16 per optimizer step" in capsys.readouterr().out
+
+
+def test_the_cap_is_returned_when_it_fits_and_only_after_running(tiny_llama, raw_items, tmp_path):
+    dm = datamodule(raw_items, tiny_llama)
+    longest = longest_train_item(dm)
+    module = tight(tiny_llama)
+    module.limit = staticmethod(lambda step, index: 16 * longest)
+    finder = FitBatchSize(effective_batch_size=16, max_val=16, steps_per_trial=1)
+    trainer(tmp_path, [finder], max_steps=1).fit(module, datamodule=dm)
+    assert finder.found == 16 and finder.tried[16] is True
+
+
+def test_the_search_leaves_no_trace_in_the_run(tiny_llama, raw_items, tmp_path):
+    """Its trial steps change weights, optimizer, scaler and random state; all are put back, so
+    the run trains exactly as one told the batch size from the start."""
+    searched, told = Losses(), Losses()
+    finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=2)
+    module = tight(tiny_llama, lora_dropout=0.1)
+    trainer(tmp_path / "searched", [finder, searched]).fit(
+        module, datamodule=datamodule(raw_items, tiny_llama)
+    )
+    assert finder.found == 4 and len(searched.by_step) == 4  # 32 items, 8 a step
+
+    dm = datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    trainer(tmp_path / "told", [told]).fit(
+        tight(tiny_llama, lora_dropout=0.1, micro_batch_size=4), datamodule=dm
+    )
+    assert searched.by_step == pytest.approx(told.by_step, rel=1e-6)
+
+
+def test_the_search_runs_once_and_leaves_no_stray_file(tiny_llama, raw_items, tmp_path, capsys):
+    finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=1)
+    dm = datamodule(raw_items, tiny_llama)
+    dm.batch_size = 1
+    fit = trainer(tmp_path, [finder], every=2)
+    module = tight(tiny_llama)
+    fit.fit(module, datamodule=dm)
+    assert finder.tried == {1: True, 2: True, 4: True}  # the CPU never runs out: the cap stops it
+    assert (dm.batch_size, module.micro_batch_size, fit.global_step) == (8, 4, 4)
     assert not list(tmp_path.rglob(".scale_batch_size_*"))
     assert "batch size: 4 x 2 accumulation x 1 process(es) = 8 per optimizer step" in capsys.readouterr().out
-
     fit.validate(module, datamodule=dm)  # no second search outside fit
-    assert finder.found == 4 and dm.batch_size == 4
+    assert finder.found == 4 and dm.batch_size == 8
+
+
+def test_a_step_that_runs_out_of_memory_is_repeated_smaller_losing_no_item(
+    tiny_llama, raw_items, tmp_path, capsys
+):
+    dm = datamodule(raw_items, tiny_llama)
+    longest = longest_train_item(dm)
+    dm.batch_size = 8  # 4 optimizer steps of 8 items, passes of 4
+
+    calm, calm_seen = Losses(), Seen()
+    trainer(tmp_path / "calm", [calm, calm_seen]).fit(tight(tiny_llama, micro_batch_size=4), datamodule=dm)
+
+    squeezed, seen = Losses(), Seen()
+    module = tight(tiny_llama, micro_batch_size=4)
+    # after the first pass of step 2 (steps 0 and 1 took passes 0-3) the card has room for 2 of
+    # the longest items only: the step's first pass already left its gradients when it fails
+    module.limit = staticmethod(lambda step, index: float("inf") if index < 5 else 2 * longest)
+    dm = datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    fit = trainer(tmp_path / "squeezed", [squeezed, seen], every=1)
+    fit.fit(module, datamodule=dm)
+    out = capsys.readouterr().out
+    assert "out of GPU memory at global step 2 with 4 items a pass: repeating the step with 2 a pass" in out
+    assert out.count("out of GPU memory") == 1 and module.micro_batch_size == 2
+    assert fit.global_step == 4
+    # every item once, in the same steps as the run that had room
+    assert {s: sorted(items) for s, items in seen.by_step.items()} == {
+        s: sorted(items) for s, items in calm_seen.by_step.items()
+    }
+    assert sum(len(items) for items in seen.by_step.values()) == 32
+    assert squeezed.by_step == pytest.approx(calm.by_step, rel=1e-5)
+    saved = torch.load(tmp_path / "squeezed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["pricer_micro_batch_size"] == 2
+
+
+def test_a_run_resumed_after_halving_keeps_the_smaller_pass_and_its_losses(
+    tiny_llama, raw_items, tmp_path, capsys
+):
+    def squeezed(step, index):
+        return float("inf") if step < 2 else 2 * longest
+
+    dm = datamodule(raw_items, tiny_llama)
+    longest = longest_train_item(dm)
+    whole = Losses()
+    module = tight(tiny_llama, micro_batch_size=4)
+    module.limit = staticmethod(squeezed)
+    dm.batch_size = 8
+    trainer(tmp_path / "whole", [whole]).fit(module, datamodule=dm)
+
+    first = Losses()
+    module = tight(tiny_llama, micro_batch_size=4)
+    module.limit = staticmethod(squeezed)
+    dm = datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    with pytest.raises(Died):
+        trainer(tmp_path / "killed", [first, Kill(step=3)], every=1).fit(module, datamodule=dm)
+    capsys.readouterr()
+
+    resumed = Losses()
+    fresh = tight(tiny_llama, micro_batch_size=4)  # the config says 4; the checkpoint says 2
+    fresh.limit = staticmethod(lambda step, index: 2 * longest)
+    dm = datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    torch.manual_seed(1234)
+    trainer(tmp_path / "killed", [resumed], every=1).fit(
+        fresh, datamodule=dm, ckpt_path=str(tmp_path / "killed" / "checkpoints" / "last.ckpt")
+    )
+    assert "out of GPU memory" not in capsys.readouterr().out  # it resumed at 2 a pass
+    assert fresh.micro_batch_size == 2
+    assert sorted(resumed.by_step) == [4]
+    assert resumed.by_step[4] == pytest.approx(whole.by_step[4], rel=1e-6)
+
+
+def test_one_item_that_does_not_fit_is_a_clear_error(tiny_llama, raw_items, tmp_path):
+    module = tight(tiny_llama, micro_batch_size=2)
+    module.limit = staticmethod(lambda step, index: 1)
+    dm = datamodule(raw_items, tiny_llama)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="with one item a pass: nothing smaller to try"):
+        trainer(tmp_path, []).fit(module, datamodule=dm)

@@ -44,3 +44,23 @@ def test_curate_stops_on_the_2018_file(gguf, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pricer: error:" in err and "is not Amazon Reviews 2023 metadata" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "option, value, names",
+    [
+        ("--trainer.gradient_clip_val", "0.5", "model.max_grad_norm"),
+        ("--trainer.accumulate_grad_batches", "2", "model.micro_batch_size"),
+    ],
+)
+def test_lightnings_own_clipping_and_accumulation_name_pricers_options(
+    tmp_path, capsys, option, value, names
+):
+    """pricer runs each optimizer step itself; the Trainer's versions would be refused by
+    Lightning with a traceback after loading everything. Stopped before any work instead."""
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path), option, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"pricer: error: {option.removeprefix('--')}={value}" in err and names in err
+    assert not any(tmp_path.iterdir())  # no run folder

@@ -23,7 +23,7 @@ def fit_args(tiny_llama, raw_items, tmp_path):
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
         "    - class_path: pricer.report.PriceReport\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
     )
     return [
         "--config", SMOKE,
