@@ -170,3 +170,81 @@ def test_validation_logs_every_read_out_and_val_mae_is_the_chosen_one(tiny_llama
     for kind in errors:
         assert logged[f"val_mae_{kind}"] == pytest.approx(expected[kind], rel=1e-5)
     assert logged["val_mae"] == logged[f"val_mae_{point}"]
+
+
+def loss_and_lora_grads(module, batch, completion_only: bool):
+    """The batch's loss and the LoRA gradients, from transformers' own loss over the full logits
+    or from pricer's LM head at the completion positions only."""
+    module.zero_grad()
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if completion_only:
+        loss_sum, count = module.completion_loss(ids, mask, labels)
+        loss = loss_sum / count
+    else:
+        loss = module(ids, mask, labels).loss
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def with_random_lora(module, seed=0):
+    """LoRA B starts at zero, which makes A's gradients zero: give both some weight."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    return module
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "none"])
+def test_completion_logits_give_the_full_logits_loss_and_lora_gradients(tiny_llama, raw_items, quantization):
+    from tests.test_training import datamodule
+
+    module = PriceModel(
+        base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization=quantization
+    )
+    module.configure_model()
+    with_random_lora(module)
+    dm = datamodule(raw_items, tiny_llama)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum() / 10  # the price is a few tokens
+    full_loss, full = loss_and_lora_grads(module, batch, completion_only=False)
+    loss, grads = loss_and_lora_grads(module, batch, completion_only=True)
+    assert loss == pytest.approx(full_loss, rel=1e-6)
+    assert full.keys() == grads.keys() and max(float(g.abs().max()) for g in full.values()) > 1e-4
+    for name in full:
+        assert torch.allclose(grads[name], full[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_training_with_completion_logits_gives_the_same_losses(tiny_llama, raw_items, tmp_path):
+    from tests.test_training import Losses, datamodule, model, trainer
+
+    runs = {}
+    for completion_logits in (True, False):
+        losses = Losses()
+        module = model(tiny_llama, lora_dropout=0.0, completion_logits=completion_logits)
+        trainer(tmp_path / str(completion_logits), [losses]).fit(
+            module, datamodule=datamodule(raw_items, tiny_llama)
+        )
+        runs[completion_logits] = losses.by_step
+    assert len(runs[True]) == 8
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_completion_logits_match_the_full_logits(gguf, sample, tmp_path):
+    from tests.conftest import small_datamodule
+
+    dm = small_datamodule(sample, gguf, tmp_path / "cache", train_size=8, val_size=4, test_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module = PriceModel(base_model=str(gguf), lora_dropout=0.0)
+    module.configure_model()
+    with_random_lora(module)
+    full_loss, full = loss_and_lora_grads(module, batch, completion_only=False)
+    loss, grads = loss_and_lora_grads(module, batch, completion_only=True)
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    for name in full:
+        scale = float(full[name].abs().max())
+        assert float((grads[name] - full[name]).abs().max()) <= 1e-4 * scale + 1e-8, name
