@@ -7,11 +7,15 @@ initial LoRA weights (saved once, loaded by both), batch size, precision and hyp
 (AdamW, cosine schedule with warmup, gradient clipping; LoRA dropout 0 so the two runs can be
 compared step by step). Each side runs in its own process, so peak memory is its own; the sides
 alternate over the repeats. Reports samples/s and tokens/s (steady state, first steps
-excluded), peak resident memory, model FLOPs utilisation (4 x parameters x tokens per second
+excluded), peak resident memory while training (the peak is reset once the model is loaded),
+model FLOPs utilisation (4 x parameters x tokens per second
 against the measured matmul peak) and the mean per-step loss difference.
 
     python benchmarks/training_speed.py --sample ../shared/data/amazon-2023-sample \\
         --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --steps 12 --batch-size 4 --repeats 3
+
+`--sides pricer pricer-full-logits` compares pricer's LM head at the completion positions only
+with the full logits at every position (the same loss and gradients, tests/test_model.py).
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from pathlib import Path
 import torch
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+SIDES = {
+    "pricer": "pricer: Lightning, LM head at the completion only",
+    "pricer-full-logits": "pricer: Lightning, full logits at every position",
+    "trl": "course: TRL SFTTrainer, completion-only loss",
+}
 
 
 def model_options(args) -> dict:
@@ -120,7 +129,24 @@ def load_lora_init(peft_model, work: Path) -> None:
             params[name].copy_(value)
 
 
-def run_pricer(args, work: Path) -> dict:
+def reset_peak_rss() -> None:
+    """Linux keeps a process's peak resident memory (VmHWM); writing 5 to clear_refs resets it,
+    so the peak read at the end is the training's, not the model loading's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_pricer(args, work: Path, completion_logits: bool = True) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -128,12 +154,15 @@ def run_pricer(args, work: Path) -> dict:
     from pricer.model import PriceModel
 
     rows = examples(work)
-    model = PriceModel(**model_options(args))
+    model = PriceModel(**model_options(args), completion_logits=completion_logits)
     model.configure_model()
     load_lora_init(model.model, work)
     clock = Clock()
 
     class Timing(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            reset_peak_rss()
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             clock.start()
 
@@ -190,6 +219,9 @@ def run_trl(args, work: Path) -> dict:
     clock = Clock()
 
     class Timing(TrainerCallback):
+        def on_train_begin(self, *_, **__):
+            reset_peak_rss()
+
         def on_step_begin(self, *_, **__):
             clock.start()
 
@@ -236,8 +268,11 @@ def run_trl(args, work: Path) -> dict:
 def child(args) -> None:
     work = Path(args.work)
     torch.manual_seed(args.seed)
-    result = (run_pricer if args.side == "pricer" else run_trl)(args, work)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.side == "trl":
+        result = run_trl(args, work)
+    else:
+        result = run_pricer(args, work, completion_logits=args.side == "pricer")
+    result["peak_rss_mib"] = peak_rss_mib()
     result["tokens_per_step"] = tokens_per_step(work, args.batch_size)
     (work / f"{args.side}-{args.repeat}.json").write_text(json.dumps(result))
 
@@ -301,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-gflops", type=float, help="the matmul peak (default: measured now)")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--side", choices=["pricer", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=["pricer", "trl"])
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -315,13 +351,13 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(tmp)
         prepare(args, work)
         for repeat in range(args.repeats):
-            for side in ("pricer", "trl"):
+            for side in args.sides:
                 command = [sys.executable, "-m", "benchmarks.training_speed", *(argv or sys.argv[1:])]
                 command += ["--side", side, "--work", str(work), "--repeat", str(repeat)]
                 subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent)
         results = {
             side: [json.loads((work / f"{side}-{r}.json").read_text()) for r in range(args.repeats)]
-            for side in ("pricer", "trl")
+            for side in args.sides
         }
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         peak = args.peak_gflops or matmul_gflops(dtype)
@@ -334,25 +370,26 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         side: summarise(runs, args.skip, args.batch_size, params, peak) for side, runs in results.items()
     }
-    pricer_losses, trl_losses = summary["pricer"]["losses"], summary["trl"]["losses"]
-    steps = min(len(pricer_losses), len(trl_losses))
+    first, other = args.sides[0], args.sides[-1]
+    steps = min(len(summary[first]["losses"]), len(summary[other]["losses"]))
     differences = [
-        abs(a - b) / abs(b) for a, b in zip(pricer_losses[:steps], trl_losses[:steps], strict=True)
+        abs(a - b) / abs(b)
+        for a, b in zip(summary[first]["losses"][:steps], summary[other]["losses"][:steps], strict=True)
     ]
     report = {
         "machine": machine(),
         "setup": {
             k: getattr(args, k)
-            for k in ("steps", "batch_size", "skip", "precision", "lora_r", "repeats", "categories")
+            for k in ("steps", "batch_size", "skip", "precision", "lora_r", "repeats", "categories", "sides")
         },
         "params": params,
         "peak_gflops": peak,
-        "pricer": summary["pricer"],
-        "trl": summary["trl"],
-        "speedup": summary["pricer"]["samples_per_s"] / summary["trl"]["samples_per_s"],
+        **summary,
         "loss_mean_relative_difference": sum(differences) / len(differences),
         "steps_compared": steps,
     }
+    if "pricer" in summary and "trl" in summary:
+        report["speedup"] = summary["pricer"]["samples_per_s"] / summary["trl"]["samples_per_s"]
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
@@ -376,21 +413,19 @@ def print_table(report: dict) -> None:
         f"{setup['batch_size']}, {setup['steps']} steps (first {setup['skip']} left out), median of "
         f"{setup['repeats']}; matmul peak {report['peak_gflops']:.0f} GFLOP/s"
     )
-    print("| training path | samples/s | tokens/s | peak RSS | MFU | ratio |")
+    print("| training path | samples/s | tokens/s | peak RSS in training | MFU | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
-    for side, name in (
-        ("trl", "course: TRL SFTTrainer, completion-only loss"),
-        ("pricer", "pricer: Lightning"),
-    ):
+    reference = report[setup["sides"][-1]]["samples_per_s"]
+    for side in setup["sides"]:
         s = report[side]
-        ratio = s["samples_per_s"] / report["trl"]["samples_per_s"]
         print(
-            f"| {name} | {s['samples_per_s']:.3f} | {s['tokens_per_s']:.0f} | {s['peak_rss_mib']:,.0f} MiB | "
-            f"{100 * s['mfu']:.1f}% | {ratio:.2f}x |"
+            f"| {SIDES[side]} | {s['samples_per_s']:.3f} | {s['tokens_per_s']:.0f} | {s['peak_rss_mib']:,.0f} MiB | "
+            f"{100 * s['mfu']:.1f}% | {s['samples_per_s'] / reference:.2f}x |"
         )
     print(
-        f"Loss curves: mean per-step difference {100 * report['loss_mean_relative_difference']:.3f}% "
-        f"of the loss over {report['steps_compared']} steps"
+        f"Loss curves ({SIDES[setup['sides'][0]]} against {SIDES[setup['sides'][-1]]}): mean per-step "
+        f"difference {100 * report['loss_mean_relative_difference']:.3f}% of the loss over "
+        f"{report['steps_compared']} steps"
     )
 
 

@@ -69,12 +69,41 @@ def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny
     )
     printed = capsys.readouterr().out
     assert (
-        "| course: TRL SFTTrainer, completion-only loss |" in printed and "| pricer: Lightning |" in printed
+        "| course: TRL SFTTrainer, completion-only loss |" in printed
+        and "| pricer: Lightning, LM head at the completion only |" in printed
     )
     assert len(report["pricer"]["losses"]) == len(report["trl"]["losses"]) == 3
     assert report["loss_mean_relative_difference"] < 0.02
     assert report["pricer"]["samples_per_s"] > 0 and report["trl"]["samples_per_s"] > 0
     assert json.loads(out.read_text())["speedup"] == report["speedup"]
+
+
+def test_training_speed_compares_completion_logits_with_full_logits(
+    tmp_path: Path, tiny_llama: str, capsys
+) -> None:
+    from benchmarks.training_speed import main
+
+    source = tmp_path / "source"
+    write_raw(source, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(30)])
+    report = main(
+        ["--sample", str(source), "--gguf", tiny_llama, "--steps", "3", "--batch-size", "2", "--skip", "1"]
+        + [
+            "--repeats",
+            "1",
+            "--lora-r",
+            "4",
+            "--peak-gflops",
+            "100",
+            "--sides",
+            "pricer",
+            "pricer-full-logits",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "| pricer: Lightning, full logits at every position |" in printed
+    assert "trl" not in report and "speedup" not in report
+    assert report["loss_mean_relative_difference"] < 1e-5  # the same loss, computed two ways
+    assert report["pricer"]["peak_rss_mib"] > 0
 
 
 def test_eval_speed_scores_both_readers_on_the_same_items(tmp_path: Path, tiny_llama: str, capsys) -> None:
