@@ -21,6 +21,7 @@ with the full logits at every position (the same loss and gradients, tests/test_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -132,10 +133,8 @@ def load_lora_init(peft_model, work: Path) -> None:
 def reset_peak_rss() -> None:
     """Linux keeps a process's peak resident memory (VmHWM); writing 5 to clear_refs resets it,
     so the peak read at the end is the training's, not the model loading's."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss_mib() -> float:
