@@ -168,3 +168,45 @@ def test_accuracy_table_ranks_models_and_shows_the_paired_gap(tmp_path: Path) ->
     )
     with pytest.raises(SystemExit, match="different splits"):
         main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
+
+
+def test_t4_check_runs_every_phase_at_toy_scale(tmp_path: Path) -> None:
+    """The GPU script on the CPU with a tiny Llama: the search, the steps, the course's batch and
+    the read all run through pricer's code, and the JSON is complete."""
+    from benchmarks.t4_check import main
+
+    out = tmp_path / "out"
+    result = main(
+        ["--toy", "--out", str(out), "--work", str(tmp_path), "--steps", "3", "--course-steps", "2"]
+        + ["--steps-per-trial", "1", "--read-items", "4", "--seq-len", "40"]
+    )
+    saved = json.loads((out / "t4_check.json").read_text())
+    assert saved["finished"] is True and saved["build"]["shards"] >= 1
+    found = saved["found"]
+    assert found["search_tried"] == {
+        "1": True,
+        "2": True,
+        "4": True,
+        "8": True,
+        "16": True,
+    }  # the CPU never runs out
+    assert found["search_found"] == 16 and found["steps"] == 3 and found["lora_max_change"] > 0
+    assert saved["course"]["micro_batch_size"] == 4 and saved["course"]["steps"] == 2
+    assert saved["ratio_found_to_course_batch"] > 0
+    assert saved["read"]["kind"] == "whole" and saved["read"]["items"] == 4
+    assert all(0 < mass <= 1 for mass in saved["read"]["placed_mass"])
+    assert "| pass size found (of 16 a step) | 16 |" in (out / "t4_check.md").read_text()
+    assert result["arithmetic"]["fixed_gib"] > 0
+
+
+def test_the_8b_arithmetic_is_what_the_readme_quotes() -> None:
+    import re
+
+    from benchmarks.t4_check import LLAMA_8B, arithmetic_estimate
+
+    estimate = arithmetic_estimate(json.loads(LLAMA_8B.read_text()), 182, 3, 32, 14.0)
+    assert estimate["lora_parameters"] == 27_262_976  # r 32 on q/k/v/o of 32 layers: the README's 27.3M
+    readme = (REPO / "README.md").read_text()
+    quoted = re.search(r"about ([\d.]+) GiB fixed and\s+([\d.]+) GiB a sample", readme)
+    assert quoted and float(quoted[1]) == round(estimate["fixed_gib"], 1)
+    assert float(quoted[2]) == round(estimate["per_sample_gib_completion_logits"], 2)

@@ -1,0 +1,517 @@
+"""The T4 check: the 8B job's batch search, training steps and price read on a CUDA GPU that
+emulates a 16 GB T4, in one script that writes its JSON after each phase.
+
+    PYTHONPATH=. python benchmarks/t4_check.py --out $OUT       # a CUDA GPU: Llama-3.1-8B's shape
+    python benchmarks/t4_check.py --toy --out /tmp/t4            # anywhere, a tiny Llama (CI)
+    python benchmarks/t4_check.py --arithmetic                   # the 8B job's memory by arithmetic
+
+What it runs, all through pricer's own code (PriceModel, FitBatchSize, PriceReader):
+- a model of Llama-3.1-8B's exact architecture (benchmarks/llama-3.1-8b.json), random bf16
+  weights drawn from N(0, 0.02) on the GPU (norms at 1), saved as safetensors shards, then
+  loaded by `PriceModel.configure_model` in 4-bit NF4 with double quantization (so peft's fp32
+  upcast of the embeddings and LM head is counted: memory does not depend on the weights);
+- the T4 emulated: fp16 (`16-mixed`, fp16 4-bit compute) whatever the card, and FitBatchSize's
+  T4 memory budget (14.0 GiB) as the cap on torch's allocator;
+- LoRA r 32 on q/k/v/o, gradient checkpointing, paged AdamW 32-bit, 182-token synthetic
+  sequences (the completion is the last 3 tokens), 16 items per optimizer step;
+- the batch search, then `--steps` optimizer steps at the size found, then `--course-steps` at
+  the course's 4 items a pass (the same 16 a step) for the ratio, then one read of prices with
+  whole-number tokens (a stand-in tokenizer writing 0-999 as one token each, as Llama 3's does).
+
+It needs torch, transformers, peft, lightning and bitsandbytes only (no jsonargparse, datasets
+or wandb), so it runs from source on a lent GPU machine with bitsandbytes carried as a wheel.
+On a CPU Lightning turns `16-mixed` into bf16, so the fp16 path itself runs only on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+GIB = 2**30
+LLAMA_8B = REPO / "benchmarks" / "llama-3.1-8b.json"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+NUMBER_OFFSET = 16  # the stand-in tokenizer's id of "0"; "999" is 1015
+
+
+def toy_config() -> dict:
+    """A two-layer Llama with room for the 1,000 whole-number tokens."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 1100,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+class WholeNumbers:
+    """Stands in for Llama 3's tokenizer where the reader looks: each of 0-999 is one token."""
+
+    pad_token_id = 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if text.isdigit() and str(int(text)) == text and int(text) < 1000:
+            return [NUMBER_OFFSET + int(text)]
+        return [3, 4]
+
+
+def write_random_model(config: dict, folder: Path, device: torch.device, shard_gib: float = 2.0) -> dict:
+    """A HF model folder of `config`'s architecture with random bf16 weights drawn on `device`,
+    one tensor at a time (a T4 never holds the 16 GB of an 8B model in bf16), in shards."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    started = time.perf_counter()
+    llama = LlamaConfig(**config)
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in LlamaForCausalLM(llama).named_parameters()}
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device).manual_seed(0)
+    parts, shard, size, total = [], {}, 0, 0
+    for index, (name, shape) in enumerate(shapes.items()):
+        if name.endswith("norm.weight"):
+            tensor = torch.ones(shape, dtype=torch.bfloat16, device=device)
+        else:
+            tensor = torch.empty(shape, dtype=torch.bfloat16, device=device).normal_(
+                0, 0.02, generator=generator
+            )
+        shard[name] = tensor.cpu()
+        size += tensor.numel() * 2
+        if size >= shard_gib * GIB or index == len(shapes) - 1:
+            part = folder / f"part-{len(parts)}.safetensors"
+            save_file(shard, part, metadata={"format": "pt"})
+            parts.append((part, list(shard)))
+            total += size
+            shard, size = {}, 0
+    weight_map = {}
+    for number, (part, names) in enumerate(parts, start=1):
+        final = folder / f"model-{number:05d}-of-{len(parts):05d}.safetensors"
+        part.rename(final)
+        weight_map.update(dict.fromkeys(names, final.name))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    llama.save_pretrained(folder)
+    return {
+        "parameters": sum(math.prod(s) for s in shapes.values()),
+        "bytes": total,
+        "shards": len(parts),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int, budget_gib: float) -> dict:
+    """The 8B job's memory by arithmetic (not measured): what is fixed, what each sample of a
+    pass adds with and without completion-only logits, and the pass size each predicts."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    layers, vocab = config["num_hidden_layers"], config["vocab_size"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    kv = hidden // heads * kv_heads
+    linear = layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter)
+    # NF4: half a byte a weight; absmax per 64 weights in 8 bits, plus fp32 per 256 of those
+    quantized = linear * (0.5 + 1 / 64 + 4 / (64 * 256))
+    # embeddings and LM head stay dense; peft's prepare_model_for_kbit_training makes them fp32
+    dense = (1 if config.get("tie_word_embeddings") else 2) * vocab * hidden * 4
+    lora = layers * lora_r * ((hidden + hidden) * 2 + (hidden + kv) * 2)
+    lora_bytes = lora * 8  # fp32 weights and gradients (paged AdamW's 8 more live outside)
+    dequantized = 2 * hidden * inter * 2  # the largest weight dequantized for a matmul, and its backward
+    fixed = quantized + dense + lora_bytes + dequantized
+    # With checkpointing: each layer's input (the residual stream is fp32, as the embeddings are),
+    # and one layer recomputed in fp16 during backward (q, k, v, o, norms, the MLP's four)
+    per_sample = layers * seq_len * hidden * 4 + seq_len * (12 * hidden + 4 * inter) * 2
+    # logits in fp16, their fp32 copy for the loss, and both gradients: 12 bytes a logit
+    logits_full = seq_len * vocab * 12
+    logits_completion = completion * vocab * 12
+    sizes = [1, 2, 4, 8, 16]
+
+    def largest(extra: int) -> int:
+        room = budget_gib * GIB - fixed
+        return max([s for s in sizes if s * (per_sample + extra) <= room] or [0])
+
+    return {
+        "lora_parameters": lora,
+        "fixed_gib": fixed / GIB,
+        "per_sample_gib_completion_logits": (per_sample + logits_completion) / GIB,
+        "per_sample_gib_full_logits": (per_sample + logits_full) / GIB,
+        "pass_size_completion_logits": largest(logits_completion),
+        "pass_size_full_logits": largest(logits_full),
+        "at_16_gib_completion_logits": (fixed + 16 * (per_sample + logits_completion)) / GIB,
+        "at_16_gib_full_logits": (fixed + 16 * (per_sample + logits_full)) / GIB,
+    }
+
+
+def synthetic_items(count: int, seq_len: int, completion: int, vocab: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(count):
+        ids = torch.randint(NUMBER_OFFSET + 1000, vocab, (seq_len,), generator=generator).tolist()
+        labels = [-100] * (seq_len - completion) + ids[seq_len - completion :]
+        items.append({"input_ids": ids, "labels": labels})
+    return items
+
+
+def datamodule(items: list[dict], batch_size: int):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from pricer.batches import PadCollator
+
+    class Synthetic(L.LightningDataModule):
+        """Synthetic token ids, batched and padded as pricer's DataModule does."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.batch_size = batch_size
+            self.collate = PadCollator(pad_token_id=0)
+
+        def train_dataloader(self):
+            return DataLoader(items, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate)
+
+        def trial_batch(self, size: int) -> dict:
+            return self.collate([max(items, key=lambda i: len(i["input_ids"]))] * size)
+
+    return Synthetic()
+
+
+def memory(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return {
+        "allocated_gib": torch.cuda.memory_allocated(device) / GIB,
+        "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+    }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def meter(result: dict, phase: str, save, device: torch.device, deadline: float):
+    """A callback that times each optimizer step and records memory, then saves the JSON."""
+    import lightning as L
+
+    class Meter(L.Callback):
+        def __init__(self) -> None:
+            self.times, self.tokens, self.losses = [], [], []
+            self.loaded = time.perf_counter()
+
+        def setup(self, trainer, pl_module, stage):
+            self.loaded = time.perf_counter()
+
+        def on_fit_start(self, trainer, pl_module):  # the model is loaded; the search comes next
+            result[phase]["load_seconds"] = time.perf_counter() - self.loaded
+            result[phase]["after_load"] = memory(device)
+            self.search_started = time.perf_counter()
+            save()
+
+        def on_train_start(self, trainer, pl_module):
+            result[phase]["search_seconds"] = time.perf_counter() - self.search_started
+            result[phase]["after_search"] = memory(device)
+            self.lora = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            save()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sync(device)
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sync(device)
+            self.times.append(time.perf_counter() - self.started)
+            self.tokens.append(int(batch["attention_mask"].sum()))
+            self.losses.append(float(outputs["loss"]))
+            if time.monotonic() > deadline:
+                trainer.should_stop = True
+
+        def on_train_end(self, trainer, pl_module):
+            steady = slice(min(2, max(0, len(self.times) - 1)), None)  # the first steps warm up
+            seconds = sum(self.times[steady])
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            changed = max(
+                float((p.detach() - self.lora[n]).abs().max())
+                for n, p in pl_module.named_parameters()
+                if n in self.lora
+            )
+            result[phase].update(
+                {
+                    "steps": len(self.times),
+                    "tokens_per_s": sum(self.tokens[steady]) / seconds if seconds else None,
+                    "seconds_per_step": seconds / len(self.times[steady]) if seconds else None,
+                    "losses": self.losses,
+                    "micro_batch_size": pl_module.micro_batch_size,
+                    "optimizer": type(trainer.optimizers[0]).__name__,
+                    "precision": str(trainer.precision),
+                    "grad_scaler_scale": float(scaler.get_scale()) if scaler is not None else None,
+                    "lora_max_change": changed,
+                    "training": memory(device),
+                }
+            )
+            save()
+
+    return Meter()
+
+
+def trainer_for(device: torch.device, steps: int, callbacks: list, root: Path):
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision="16-mixed",  # the T4's; Lightning makes it bf16 on a CPU
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=str(root),
+    )
+
+
+def versions() -> dict:
+    import lightning
+    import peft
+    import transformers
+
+    found = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    found["lightning"] = lightning.__version__
+    try:
+        import bitsandbytes
+
+        found["bitsandbytes"] = bitsandbytes.__version__
+    except Exception as error:  # a broken native library reads the same as a missing one here
+        found["bitsandbytes"] = f"unavailable: {error}"
+    found["python"] = platform.python_version()
+    return found
+
+
+def run(args) -> dict:
+    from pricer.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
+    from pricer.model import PriceModel
+    from pricer.reading import PriceReader
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    deadline = time.monotonic() + args.deadline_s
+    config = toy_config() if args.toy else json.loads(args.config.read_text())
+    budget = args.budget_gib if args.budget_gib is not None else T4_BUDGET_GIB
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {
+        "scale": "toy" if args.toy else f"{args.config.name} architecture",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "capability": list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
+        "card_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB
+        if device.type == "cuda"
+        else None,
+        "budget_gib": budget,
+        "versions": versions(),
+        "setup": {
+            k: getattr(args, k)
+            for k in ("seq_len", "completion_tokens", "effective_batch", "steps", "course_steps", "lora_r")
+        },
+        "arithmetic": arithmetic_estimate(config, args.seq_len, args.completion_tokens, args.lora_r, budget),
+    }
+
+    def save() -> None:
+        (args.out / "t4_check.json").write_text(json.dumps(result, indent=2))
+        (args.out / "t4_check.md").write_text(table(result))
+
+    save()
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        folder = Path(tmp) / "model"
+        result["build"] = write_random_model(config, folder, device)
+        save()
+
+        module = PriceModel(
+            base_model=str(folder),
+            quantization="4bit",
+            quant_type="nf4",
+            double_quant=True,
+            compute_dtype="float16" if device.type == "cuda" else "auto",
+            lora_r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            lora_dropout=0.1,
+            lora_target_modules=TARGETS,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+            max_grad_norm=0.3,
+        )
+        items = synthetic_items(
+            args.effective_batch * max(args.steps, args.course_steps), args.seq_len, args.completion_tokens,
+            config["vocab_size"], seed=0,
+        )  # fmt: skip
+        result["found"] = {}
+        finder = FitBatchSize(
+            effective_batch_size=args.effective_batch,
+            memory_budget_gib=budget,
+            max_val=args.effective_batch,
+            steps_per_trial=args.steps_per_trial,
+        )
+        fit = trainer_for(
+            device, args.steps, [meter(result, "found", save, device, deadline), finder], Path(tmp)
+        )
+        fit.fit(
+            module, datamodule=datamodule(items[: args.effective_batch * args.steps], args.effective_batch)
+        )
+        result["found"].update({"search_found": finder.found, "search_tried": finder.tried})
+        save()
+        del fit
+
+        if time.monotonic() < deadline and args.course_steps:
+            result["course"] = {}
+            apply_memory_budget(budget, device)
+            data = datamodule(items[: args.effective_batch * args.course_steps], args.effective_batch)
+            module.micro_batch_size = 4  # the course's per-device batch, the same 16 a step
+            course = trainer_for(
+                device, args.course_steps, [meter(result, "course", save, device, deadline)], Path(tmp)
+            )
+            course.fit(module, datamodule=data)
+            found, four = result["found"].get("tokens_per_s"), result["course"].get("tokens_per_s")
+            result["ratio_found_to_course_batch"] = found / four if found and four else None
+            save()
+            del course
+
+        if time.monotonic() < deadline:
+            prompts = torch.tensor(
+                [i["input_ids"][: args.seq_len - args.completion_tokens] for i in items[: args.read_items]]
+            ).to(device)
+            mask = torch.ones_like(prompts)
+            reader = PriceReader(WholeNumbers())
+            module.model.eval()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            autocast = torch.autocast(
+                device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16
+            )
+            with torch.no_grad(), autocast:
+                sync(device)
+                started = time.perf_counter()
+                distributions = reader.read(module.model, prompts, mask)
+                sync(device)
+                seconds = time.perf_counter() - started
+            result["read"] = {
+                "kind": reader.kind,
+                "items": len(distributions),
+                "items_per_s": len(distributions) / seconds,
+                "placed_mass": [round(1 - d.left_out, 4) for d in distributions],
+                "medians": [d.median for d in distributions],
+                **memory(device),
+            }
+            save()
+    result["finished"] = True
+    save()
+    return result
+
+
+def table(result: dict) -> str:
+    """The RESULTS.md table for one run."""
+    found, course, arithmetic = result.get("found", {}), result.get("course", {}), result["arithmetic"]
+
+    def gib(value) -> str:
+        return f"{value:.2f} GiB" if isinstance(value, (int, float)) else "-"
+
+    def number(value, digits=0) -> str:
+        return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+    lines = [
+        f"Device: {result['device']} (compute capability {result['capability']}, "
+        f"{number(result['card_memory_gib'], 1)} GiB reported), emulating a T4: budget "
+        f"{result['budget_gib']} GiB, 16-mixed; {result['scale']}; versions {result['versions']}",
+        "",
+        "| measured | value |",
+        "|---|---:|",
+        f"| batch search tried | {found.get('search_tried', '-')} |",
+        f"| pass size found (of {result['setup']['effective_batch']} a step) | {found.get('search_found', '-')} |",
+        f"| peak allocated / reserved while training | {gib(found.get('training', {}).get('peak_allocated_gib'))} / "
+        f"{gib(found.get('training', {}).get('peak_reserved_gib'))} |",
+        f"| tokens/s at the size found | {number(found.get('tokens_per_s'))} |",
+        f"| tokens/s at the course's 4 a pass | {number(course.get('tokens_per_s'))} |",
+        f"| ratio | {number(result.get('ratio_found_to_course_batch'), 2)}x |",
+        f"| optimizer, precision, GradScaler scale | {found.get('optimizer', '-')}, {found.get('precision', '-')}, "
+        f"{found.get('grad_scaler_scale', '-')} |",
+        f"| steps, LoRA max change | {found.get('steps', '-')}, {found.get('lora_max_change', '-')} |",
+        f"| price read: items/s | {number(result.get('read', {}).get('items_per_s'), 1)} |",
+        "",
+        *arithmetic_table(arithmetic, result["budget_gib"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def arithmetic_table(arithmetic: dict, budget: float) -> list[str]:
+    def gib(value: float) -> str:
+        return f"{value:.2f} GiB"
+
+    return [
+        "| arithmetic (not measured) | completion-only logits | full logits |",
+        "|---|---:|---:|",
+        f"| fixed memory | {gib(arithmetic['fixed_gib'])} | {gib(arithmetic['fixed_gib'])} |",
+        f"| memory per sample of a pass | {gib(arithmetic['per_sample_gib_completion_logits'])} | "
+        f"{gib(arithmetic['per_sample_gib_full_logits'])} |",
+        f"| at 16 a pass | {gib(arithmetic['at_16_gib_completion_logits'])} | "
+        f"{gib(arithmetic['at_16_gib_full_logits'])} |",
+        f"| largest pass size within {budget} GiB | {arithmetic['pass_size_completion_logits']} | "
+        f"{arithmetic['pass_size_full_logits']} |",
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="folder for t4_check.json and t4_check.md")
+    parser.add_argument("--arithmetic", action="store_true", help="print the arithmetic estimate only")
+    parser.add_argument("--config", type=Path, default=LLAMA_8B, help="the architecture (a HF config.json)")
+    parser.add_argument("--toy", action="store_true", help="a tiny Llama instead (CI, any machine)")
+    parser.add_argument("--work", default=os.environ.get("TMPDIR"), help="where the random model is written")
+    parser.add_argument("--seq-len", type=int, default=182)
+    parser.add_argument("--completion-tokens", type=int, default=3)
+    parser.add_argument("--effective-batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--course-steps", type=int, default=10)
+    parser.add_argument("--steps-per-trial", type=int, default=3)
+    parser.add_argument("--read-items", type=int, default=16)
+    parser.add_argument("--lora-r", type=int, default=32)
+    parser.add_argument("--budget-gib", type=float, help="default: FitBatchSize's T4 budget")
+    parser.add_argument("--deadline-s", type=float, default=270, help="stop starting new work after this")
+    args = parser.parse_args(argv)
+    if args.arithmetic:
+        config = toy_config() if args.toy else json.loads(args.config.read_text())
+        from pricer.batch_size import T4_BUDGET_GIB
+
+        budget = args.budget_gib if args.budget_gib is not None else T4_BUDGET_GIB
+        estimate = arithmetic_estimate(config, args.seq_len, args.completion_tokens, args.lora_r, budget)
+        print("\n".join(arithmetic_table(estimate, budget)))
+        return estimate
+    if args.out is None:
+        parser.error("--out is required (or --arithmetic)")
+    result = run(args)
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
