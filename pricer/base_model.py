@@ -88,6 +88,25 @@ def model_source(name: str) -> str:
     return str(folder)
 
 
+def is_local(name: str) -> bool:
+    """A base named by a path (a folder or a .gguf file), not by a Hub id."""
+    return is_gguf(name) or name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
+def base_for_here(recipe) -> str:
+    """The base model an adapter's recipe names, as this machine can load it: the name it was
+    trained with when that is a Hub id or a path that is here, else its Hub id."""
+    name = recipe.base_model
+    if not is_local(name) or Path(name).expanduser().exists():
+        return name
+    if recipe.base_model_id:
+        return recipe.base_model_id
+    raise FileNotFoundError(
+        f"the adapter's base model {name} is a local file that is not on this machine, and its "
+        "pricer.json names no Hub id for it (base.base_model_id): pass base_model="
+    )
+
+
 def load_tokenizer(name: str):
     """The base model's tokenizer, with a padding token (Llama 3 ships none)."""
     from transformers import AutoTokenizer
@@ -96,3 +115,63 @@ def load_tokenizer(name: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_base(
+    name: str,
+    quantization: str = "4bit",
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: str = "auto",
+    device=None,
+):
+    """The base model as pricer trains, reads and serves it, in one place: a Hub id, folder or
+    `.gguf` file, in 4-bit (NF4 or FP4, with or without double quantization), 8-bit or full
+    precision, in the device's compute dtype (fp16 on a T4, bf16 from Ampere on, fp32 on the
+    CPU, or the one named). A gated, missing or offline model gets a message saying what to do.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pricer.hub import explain_load_error
+    from pricer.precision import resolve_dtype
+    from pricer.quantization import bnb_config, check_bitsandbytes
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    check_bitsandbytes(quantization, device)
+    dtype = resolve_dtype(compute_dtype, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_source(name),
+            quantization_config=bnb_config(quantization, quant_type, double_quant, dtype),
+            dtype=dtype,
+            device_map={"": device},
+        )
+    except (OSError, ValueError) as error:
+        explained = explain_load_error(name, error)
+        if explained is None:
+            raise
+        raise explained from error
+    if quantization == "4bit" and device.type == "cpu":
+        keep_4bit_weights_as_loaded(model)
+    return model
+
+
+def keep_4bit_weights_as_loaded(model) -> int:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights; returns the layers changed.
+
+    On a CPU with AVX-512 bf16, a 4-bit layer's first forward in eval mode repacks its weight for
+    a bf16 kernel, rounding its scales (absmax) to bf16, and every `state_dict()` (a checkpoint,
+    saving the adapter) unpacks it again, re-quantizing those rounded scales (and, without
+    double quantization, leaving them in the packed layout). A run that validates and then saves
+    would go on training, and measure its test split, on weights a reload does not have: fit's
+    test read $5.301 where the saved adapter, reloaded, read $5.302 (tests/test_recipe.py).
+    With repacking off, training, test, predict and the Space all compute with the weights
+    exactly as loaded.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)

@@ -99,6 +99,7 @@ def model_card(
     hardware: str,
     price_range: tuple[float, float],
     template_dir: str | None = None,
+    recipe=None,
 ):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -142,7 +143,16 @@ def model_card(
         hardware=hardware,
         min_price=price_range[0],
         max_price=price_range[1],
+        quantization_note=_quantization_note(recipe),
+        point=recipe.point if recipe else "median",
     )
+
+
+def _quantization_note(recipe) -> str:
+    if recipe is None or recipe.weights == "4bit":
+        kind, double = (recipe.quant_type, recipe.double_quant) if recipe else ("nf4", True)
+        return f"4-bit {kind.upper()}{' with double quantization' if double else ''}"
+    return "8-bit" if recipe.weights == "8bit" else "full precision"
 
 
 def _read_note(metrics: dict) -> str:

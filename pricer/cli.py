@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from pricer import hub
+from pricer.base_model import is_local
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
@@ -105,7 +105,10 @@ class PricerTrainer(L.Trainer):
         splits = datamodule.load_splits()
         test = splits["test"].select(range(min(examples, len(splits["test"])))) if "test" in splits else []
         metrics = run / "metrics.json"
-        dataset = datamodule.hub_repo or (None if datamodule.is_raw else datamodule.source)
+        # the dataset the card links: the published splits, or a curated source that is a Hub id
+        # (never a local path, which means nothing on the Hub)
+        source = None if datamodule.is_raw or is_local(datamodule.source) else datamodule.source
+        dataset = datamodule.hub_repo or source
         settings = SpaceSettings(
             base_model=base,
             adapter=adapter,
@@ -113,11 +116,7 @@ class PricerTrainer(L.Trainer):
             categories=list(datamodule.categories),
             train_items=len(splits["train"]) if "train" in splits else None,
             metrics=json.loads(metrics.read_text()) if metrics.is_file() else None,
-            rules=asdict(datamodule.rules),
             examples=examples_from_rows(list(test)),
-            quantization=model.hparams.quantization,
-            point=model.hparams.point,
-            coverage=model.hparams.interval_coverage,
         )
         folder = stage_space(run / "hub" / "space", settings, hardware)
         print(f"Space staged: {folder}")
@@ -181,7 +180,17 @@ class PricerCLI(LightningCLI):
             )
         elif "test" in self.datamodule.datasets:
             self.trainer.test(self.model, datamodule=self.datamodule)
+            self._record_metrics_beside_the_adapter()
         self._finish_loggers()
+
+    def _record_metrics_beside_the_adapter(self) -> None:
+        """fit's own test report, headline numbers, in the adapter's recipe."""
+        from pricer.recipe import read_recipe
+
+        adapter, metrics = self.run_dir / "adapter", self.run_dir / "metrics.json"
+        recipe = read_recipe(adapter) if self.trainer.is_global_zero else None
+        if recipe is not None and metrics.is_file():
+            recipe.with_metrics(json.loads(metrics.read_text())).save(adapter)
 
     def after_test(self) -> None:
         self._finish_loggers()

@@ -40,7 +40,7 @@ def load_hub_dataset(repo_id: str, revision: str | None = None):
     return load_dataset(repo_id, revision=revision)
 
 
-def explain_load_error(name: str, error: Exception) -> Exception | None:
+def explain_load_error(name: str, error: Exception, what: str = "base model") -> Exception | None:
     """A message a user can act on when the Hub refuses or cannot serve a base model."""
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -50,20 +50,38 @@ def explain_load_error(name: str, error: Exception) -> Exception | None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     if any(isinstance(e, GatedRepoError) for e in chain):
         return PermissionError(
-            f"base model {name} is gated on the Hugging Face Hub: accept its licence at "
+            f"{what} {name} is gated on the Hugging Face Hub: accept its licence at "
             f"https://huggingface.co/{name} and log in (`hf auth login`) or set HF_TOKEN"
         )
     if any(isinstance(e, RepositoryNotFoundError) for e in chain):
         return FileNotFoundError(
-            f"base model {name}: no such model on the Hub, nor a local folder or .gguf file by that name "
+            f"{what} {name}: no such model on the Hub, nor a local folder or .gguf file by that name "
             "(a private model needs `hf auth login` or HF_TOKEN)"
         )
     if constants.HF_HUB_OFFLINE and any(isinstance(e, (LocalEntryNotFoundError, OSError)) for e in chain):
         return FileNotFoundError(
-            f"base model {name} is not in the local cache and HF_HUB_OFFLINE is set: download it "
-            "once online, or point model.base_model at a local folder or .gguf file"
+            f"{what} {name} is not in the local cache and HF_HUB_OFFLINE is set: download it "
+            f"once online, or name a local folder{' or .gguf file' if what == 'base model' else ''}"
         )
     return None
+
+
+def adapter_folder(adapter: str) -> Path:
+    """A local adapter folder as it is; a Hub id downloaded once into the Hugging Face cache."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or adapter.startswith(("/", ".", "~")) or adapter.count("/") != 1:
+        raise FileNotFoundError(f"adapter {adapter}: no such folder (nor a Hub id, owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(adapter))
+    except Exception as error:  # the Hub's errors, or an offline cache miss
+        explained = explain_load_error(adapter, error, what="adapter")
+        if explained is None:
+            raise
+        raise explained from error
 
 
 class HubPublishError(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import warnings
 from pathlib import Path
 from typing import get_args
@@ -13,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from pricer import rng
-from pricer.base_model import load_tokenizer, model_source
+from pricer.base_model import is_local, load_base, load_tokenizer
 from pricer.batch_size import smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
-from pricer.hub import explain_load_error
-from pricer.precision import ComputeDtype, resolve_dtype
-from pricer.quantization import Quantization, bnb_config, check_bitsandbytes, lora_config
+from pricer.hub import adapter_folder
+from pricer.precision import ComputeDtype
+from pricer.quantization import Quantization, lora_config
 from pricer.reading import Point, PriceReader
+from pricer.recipe import Recipe, base_differences, max_digits, read_recipe
 from pricer.schedule import cosine_with_warmup
 
 # Lightning 2.6 warns that a checkpoint saved under manual optimization holds the weights after
@@ -125,24 +127,16 @@ class PriceModel(L.LightningModule):
         if self.model is not None:
             return
         from peft import get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM
 
         hp = self.hparams
-        device = self.target_device
-        check_bitsandbytes(hp.quantization, device)
-        dtype = resolve_dtype(hp.compute_dtype, device)
-        try:
-            base = AutoModelForCausalLM.from_pretrained(
-                model_source(hp.base_model),
-                quantization_config=bnb_config(hp.quantization, hp.quant_type, hp.double_quant, dtype),
-                dtype=dtype,
-                device_map={"": device},
-            )
-        except (OSError, ValueError) as error:
-            explained = explain_load_error(hp.base_model, error)
-            if explained is None:
-                raise
-            raise explained from error
+        base = load_base(
+            hp.base_model,
+            hp.quantization,
+            hp.quant_type,
+            hp.double_quant,
+            hp.compute_dtype,
+            self.target_device,
+        )
         base.config.use_cache = False
         if hp.quantization != "none":
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
@@ -151,7 +145,15 @@ class PriceModel(L.LightningModule):
         if hp.adapter:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(base, hp.adapter, is_trainable=True)
+            folder = adapter_folder(hp.adapter)
+            differences = base_differences(read_recipe(folder), hp)
+            if differences:
+                print(
+                    f"pricer: warning: model.adapter {hp.adapter} was trained on another base: "
+                    f"{', '.join(differences)}; it prices differently from how its run measured it",
+                    file=sys.stderr,
+                )
+            self.model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
         else:
             self.model = get_peft_model(
                 base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
@@ -161,8 +163,11 @@ class PriceModel(L.LightningModule):
     def reader(self) -> PriceReader:
         if self._reader is None:
             hp = self.hparams
+            trainer = self._trainer
+            rules = getattr(trainer.datamodule, "rules", None) if trainer is not None else None
+            digits = max_digits(rules.max_price) if rules is not None else 3
             self._reader = PriceReader(
-                load_tokenizer(hp.base_model), beam=hp.read_beam, min_mass=hp.read_min_mass
+                load_tokenizer(hp.base_model), max_digits=digits, beam=hp.read_beam, min_mass=hp.read_min_mass
             )
         return self._reader
 
@@ -388,10 +393,24 @@ class PriceModel(L.LightningModule):
         if self.trainer.is_global_zero and self.trainer.default_root_dir:
             self.save_adapter(Path(self.trainer.default_root_dir) / "adapter")
 
-    def save_adapter(self, folder: Path) -> Path:
-        """The adapter alone, loadable with `PeftModel.from_pretrained(base, folder)`."""
+    def save_adapter(self, folder: Path, metrics: dict | None = None) -> Path:
+        """The adapter, loadable with `PeftModel.from_pretrained(base, folder)`, and beside it its
+        recipe, `pricer.json`: how it was trained and is read (`Pricer.from_adapter` uses it)."""
         self.model.save_pretrained(folder)
+        self.recipe().with_metrics(metrics).save(folder)
         return folder
+
+    def recipe(self) -> Recipe:
+        """This model's recipe: its hyperparameters, the curation rules of the data it trained
+        on, and the base's Hub id when it has one."""
+        trainer = self._trainer
+        rules = getattr(trainer.datamodule, "rules", None) if trainer is not None else None
+        # HubPublisher.base_model_id names the Hub model a local base came from
+        named = [getattr(c, "base_model_id", None) for c in (trainer.callbacks if trainer else [])]
+        base_model_id = next((n for n in named if n), None)
+        if base_model_id is None and not is_local(self.hparams.base_model):
+            base_model_id = self.hparams.base_model
+        return Recipe.from_model(self.hparams, rules, base_model_id)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -126,9 +126,9 @@ class HubPublisher(Callback):
         run = Path(trainer.default_root_dir)
         folder = run / "hub" / "model"
         shutil.rmtree(folder, ignore_errors=True)
-        pl_module.save_adapter(folder)  # peft rewrites README.md here: the card comes after
         metrics_file = run / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        pl_module.save_adapter(folder, metrics)  # peft rewrites README.md here: the card comes after
         if metrics and (run / "scatter.png").is_file():
             shutil.copy2(run / "scatter.png", folder / "scatter.png")
         hp = dict(pl_module.hparams)
@@ -165,6 +165,7 @@ class HubPublisher(Callback):
             hardware=_hardware(trainer),
             price_range=(rules.min_price, rules.max_price) if rules else (0.5, 999.49),
             template_dir=self.card_templates,
+            recipe=pl_module.recipe(),
         )
         card.save(folder / "README.md")
         if self.upload and self.model_repo:

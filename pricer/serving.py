@@ -8,20 +8,35 @@ imports Lightning, so a Space needs only torch, transformers, peft and bitsandby
 from __future__ import annotations
 
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from typing import get_args
 
 import numpy as np
 import torch
 
-from pricer.base_model import load_tokenizer, model_source
+from pricer.base_model import base_for_here, load_base, load_tokenizer
+from pricer.hub import adapter_folder
 from pricer.precision import resolve_dtype
 from pricer.products import product_prompt
-from pricer.quantization import Quantization, bnb_config, check_bitsandbytes
+from pricer.quantization import Quantization
 from pricer.reading import Point, PriceDistribution, PriceReader
+from pricer.recipe import RecipeError, read_recipe
 from pricer.rules import CurationRules
 
 MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
+# What an adapter without a pricer.json is read with, unless told otherwise.
+DEFAULTS = {
+    "quantization": "4bit",
+    "quant_type": "nf4",
+    "double_quant": True,
+    "compute_dtype": "auto",
+    "point": "median",
+    "coverage": 0.8,
+    "beam": 32,
+    "min_mass": 1e-4,
+    "max_digits": 3,
+}
 
 
 class ProductError(ValueError):
@@ -98,16 +113,26 @@ class Quote:
 class Pricer:
     """A base model with a trained adapter, loaded once, pricing one product per call.
 
+    `Pricer.from_adapter(folder_or_hub_id)` builds it from the adapter's own recipe
+    (`pricer.json`, written by fit): exactly the base, quantization, prompt rules and read-out
+    the run measured. The constructor takes every setting explicitly.
+
     Args:
         base_model: A Hub id, a local folder or a local `.gguf` file, as in training.
         adapter: A Hub id or a local adapter folder; None prices with the bare base model.
         device: Where to run (CUDA when there is one).
-        quantization: The base as the adapter was trained and measured on: 4-bit NF4 (on the
-            CPU too, through bitsandbytes), 8-bit (CUDA only) or full precision (none). An
-            adapter trained on a 4-bit base prices worse on a full-precision one (issue 8).
+        quantization: The base as the adapter was trained and measured on: 4-bit (on the CPU
+            too, through bitsandbytes), 8-bit (CUDA only) or full precision (none). An adapter
+            trained on a 4-bit base prices worse on a full-precision one (issue 8).
         point: median or mean of the distribution, as the run measured it.
         coverage: Probability inside the reported interval.
         rules: The curation rules training used (scrubbing, token cut); the course's by default.
+        quant_type: 4-bit data type, nf4 or fp4, as trained.
+        double_quant: Whether the 4-bit scales were quantized too, as trained.
+        compute_dtype: The 4-bit compute dtype (auto: the device's, by the training rule).
+        beam: Digit prefixes the reader keeps per item (digit tokenizers).
+        min_mass: Digit prefixes less likely than this are dropped.
+        max_digits: Longest whole-dollar price read.
     """
 
     def __init__(
@@ -119,37 +144,84 @@ class Pricer:
         point: Point = "median",
         coverage: float = 0.8,
         rules: CurationRules | None = None,
+        quant_type: str = "nf4",
+        double_quant: bool = True,
+        compute_dtype: str = "auto",
+        beam: int = 32,
+        min_mass: float = 1e-4,
+        max_digits: int = 3,
     ) -> None:
-        from transformers import AutoModelForCausalLM
-
-        # The settings come from a JSON file: check them before anything loads.
+        # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
             ("quantization", quantization, get_args(Quantization)),
             ("point", point, get_args(Point)),
+            ("quant_type", quant_type, ("nf4", "fp4")),
         ):
             if value not in allowed:
                 raise ValueError(f"Pricer: {name} must be one of {allowed}, got {value!r}")
         if not 0 < coverage < 1:
             raise ValueError(f"Pricer: coverage must be between 0 and 1, got {coverage!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        check_bitsandbytes(quantization, self.device)
         self.point, self.coverage = point, coverage
         self.rules = rules or CurationRules()
+        self.base_model, self.adapter = base_model, adapter
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
         # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
         # on, fp32 on the CPU.
-        self.dtype = resolve_dtype("auto", self.device)
-        kwargs: dict = {"dtype": self.dtype, "device_map": {"": self.device}}
-        if quantization != "none":
-            kwargs["quantization_config"] = bnb_config(quantization, "nf4", True, self.dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_source(base_model), **kwargs)
+        self.dtype = resolve_dtype(compute_dtype, self.device)
+        model = load_base(base_model, quantization, quant_type, double_quant, compute_dtype, self.device)
         if adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
         self.model = model.eval()
-        self.reader = PriceReader(self.tokenizer)
+        self.reader = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
+
+    @classmethod
+    def from_adapter(
+        cls, adapter: str, base_model: str | None = None, device: str | None = None, **settings
+    ) -> Pricer:
+        """The adapter as its run measured it, from its `pricer.json`: a local folder or a Hub id.
+
+        `base_model` replaces the recipe's base (a local copy, say); other settings given here
+        replace the recipe's too. An adapter without a recipe (an older run, another tool's peft
+        adapter) needs `base_model`, and is read with pricer's defaults for whatever is not
+        given, with a warning that names them.
+        """
+        folder = adapter_folder(adapter)
+        recipe = read_recipe(folder)
+        if recipe is None:
+            if base_model is None:
+                raise RecipeError(
+                    f"{adapter}: no pricer.json beside the adapter, so its base model is unknown; "
+                    "pass base_model= (and the settings it was trained and read with)"
+                )
+            defaults = {k: v for k, v in DEFAULTS.items() if k not in settings}
+            if defaults:
+                shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+                warnings.warn(
+                    f"{adapter}: no pricer.json beside the adapter; reading it with pricer's defaults "
+                    f"{shown}. Pass them to Pricer.from_adapter if it was trained or measured otherwise.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            return cls(base_model, str(folder), device, **{**DEFAULTS, **settings})
+        measured = {
+            "quantization": recipe.weights,
+            "point": recipe.point,
+            "coverage": recipe.coverage,
+            "rules": recipe.curation_rules,
+            "quant_type": recipe.quant_type,
+            "double_quant": recipe.double_quant,
+            "compute_dtype": recipe.compute_dtype,
+            "beam": recipe.beam,
+            "min_mass": recipe.min_mass,
+            "max_digits": recipe.max_digits,
+        }
+        pricer = cls(base_model or base_for_here(recipe), str(folder), device, **{**measured, **settings})
+        pricer.recipe = recipe
+        return pricer
 
     def quote(
         self, title: str | None, description: str | None, features: str = "", details: str = ""

@@ -29,12 +29,7 @@ class SpaceSettings:
     categories: list[str] = field(default_factory=list)
     train_items: int | None = None
     metrics: dict | None = None
-    rules: dict | None = None
     examples: list[dict] = field(default_factory=list)
-    # How the run read its prices: the Space serves what the quoted metrics measured.
-    quantization: str = "4bit"
-    point: str = "median"
-    coverage: float = 0.8
 
     @classmethod
     def load(cls, folder: Path, environ: dict | None = None) -> SpaceSettings:
@@ -48,7 +43,9 @@ class SpaceSettings:
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
         settings = cls(**data)
-        settings.base_model = environ.get("PRICER_BASE_MODEL") or settings.base_model
+        # The base a person names replaces the adapter's own (a local copy, say).
+        settings.base_override = environ.get("PRICER_BASE_MODEL") or None
+        settings.base_model = settings.base_override or settings.base_model
         settings.adapter = environ.get("PRICER_ADAPTER") or settings.adapter
         if settings.adapter and Path(settings.adapter).expanduser().is_dir():
             settings._read_run_folder(Path(settings.adapter).expanduser().resolve().parent)
@@ -72,12 +69,19 @@ class SpaceSettings:
             import yaml
 
             resolved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-            data, model = resolved.get("data") or {}, resolved.get("model") or {}
+            data = resolved.get("data") or {}
             self.categories = list(data.get("categories") or self.categories)
-            self.rules = data.get("rules") or self.rules
-            self.quantization = model.get("quantization") or self.quantization
-            self.point = model.get("point") or self.point
-            self.coverage = model.get("interval_coverage") or self.coverage
+
+    def pricer(self, device: str | None = None):
+        """The model the Space serves: the adapter as its run measured it (its pricer.json), or
+        the bare base model when there is no adapter."""
+        from pricer.serving import Pricer
+
+        if self.adapter:
+            return Pricer.from_adapter(
+                self.adapter, base_model=getattr(self, "base_override", None), device=device
+            )
+        return Pricer(self.base_model, None, device=device)
 
     def about(self) -> str:
         """A short note on what the model learnt from and how accurate it is."""

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from pricer.rules import CurationRules
 from pricer.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
 from pricer.space import SpaceSettings
 
@@ -82,15 +81,7 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
 
 def main() -> None:
     settings = SpaceSettings.load(HERE)
-    rules = CurationRules(**settings.rules) if settings.rules else None
-    pricer = Pricer(
-        settings.base_model,
-        settings.adapter,
-        quantization=settings.quantization,
-        point=settings.point,
-        coverage=settings.coverage,
-        rules=rules,
-    )
+    pricer = settings.pricer()  # the adapter's own recipe: what its run measured
     build_demo(settings, pricer).launch()  # honours GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
 
 

@@ -161,3 +161,22 @@ def small_datamodule(source, tokenizer, cache, **overrides):
     )
     options.update(overrides)
     return PriceDataModule(**options)
+
+
+def serve_from_hub_cache(folder: Path, repo_id: str, repo_type: str = "model") -> Path:
+    """Put a staged repo folder where huggingface_hub keeps a download, so `from_pretrained`,
+    `snapshot_download` and peft find `repo_id` offline, as on a machine that downloaded it:
+    the Hub's HTTP answer is the one thing not run."""
+    import hashlib
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}:{folder}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    shutil.rmtree(snapshot, ignore_errors=True)
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -61,7 +61,7 @@ def test_the_staged_model_card_carries_the_metrics(published):
     metrics = json.loads((published / "metrics.json").read_text())
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {k: metrics[k] for k in ("mae", "rmsle", "hit_rate", "smape", "median_ae")}
-    assert "PeftModel.from_pretrained" in card.text and (folder / "scatter.png").is_file()
+    assert 'Pricer.from_adapter("me/pricer-tiny")' in card.text and (folder / "scatter.png").is_file()
     for path in published.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

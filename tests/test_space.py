@@ -136,13 +136,8 @@ def test_deploy_stages_the_space_repo(staged, trained):
     test_titles = [r["title"] for r in csv.DictReader((run / "predictions.csv").open())]
     assert [e["title"] for e in settings["examples"]] == test_titles
     assert all(e["description"] and not e["description"].startswith(e["title"]) for e in settings["examples"])
-    assert settings["rules"]["max_tokens"] == 160
-    # The Space reads prices as the run measured them (the config deploy was given).
-    import yaml
-
-    model = yaml.safe_load((run / "config.yaml").read_text())["model"]
-    read = (settings["quantization"], settings["point"], settings["coverage"])
-    assert read == (model["quantization"], model["point"], model["interval_coverage"])
+    # How prices are read is the adapter's own recipe, not the Space's settings
+    assert not {"rules", "quantization", "point", "coverage"} & set(settings)
     for path in staged.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
@@ -227,24 +222,24 @@ def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, traine
     assert "Traceback" not in (tmp_path / "app.log").read_text()
 
 
-def test_a_local_run_brings_how_it_read_prices(tmp_path):
-    """PRICER_ADAPTER=<run>/adapter: the Space serves the run's quantization and read-out."""
+def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recipe(trained, tmp_path):
+    """PRICER_ADAPTER=<run>/adapter: the run's metrics and categories for the page; the read-out
+    comes from the adapter's pricer.json."""
+    from pricer.recipe import read_recipe
     from pricer.space import SpaceSettings
 
-    run = tmp_path / "run"
-    (run / "adapter").mkdir(parents=True)
-    (run / "config.yaml").write_text(
-        "model:\n  quantization: none\n  point: mean\n  interval_coverage: 0.9\n"
-        "data:\n  categories: [Software]\n"
-    )
+    _, run = trained
     defaults = tmp_path / "space"
     defaults.mkdir()
     (defaults / "pricer_space.json").write_text(json.dumps({"base_model": "me/base"}))
     settings = SpaceSettings.load(defaults, {"PRICER_ADAPTER": str(run / "adapter")})
-    assert (settings.quantization, settings.point, settings.coverage) == ("none", "mean", 0.9)
-    assert settings.categories == ["Software"]
-    plain = SpaceSettings.load(defaults, {})
-    assert (plain.quantization, plain.point, plain.coverage) == ("4bit", "median", 0.8)
+    assert settings.categories == ["Appliances"]
+    assert settings.metrics == json.loads((run / "metrics.json").read_text())
+    pricer = settings.pricer(device="cpu")
+    recipe = read_recipe(run / "adapter")
+    assert recipe.metrics["mae"] == settings.metrics["mae"]  # fit's test report, beside the adapter
+    assert (pricer.point, pricer.coverage, pricer.reader.beam) == (recipe.point, recipe.coverage, recipe.beam)
+    assert pricer.base_model == recipe.base_model  # the training machine still has it
 
 
 @pytest.mark.parametrize(
@@ -284,7 +279,8 @@ def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantiz
         ]
     )  # fmt: skip
     rows = list(csv.DictReader((run.parent / f"predicted-{quantization}" / "predict.csv").open()))
-    pricer = Pricer(tiny_llama, str(run / "adapter"), device="cpu", quantization=quantization, point=point)
+    # the run's recipe, with the two settings predict was told to change
+    pricer = Pricer.from_adapter(str(run / "adapter"), device="cpu", quantization=quantization, point=point)
     for product, row in zip(products, rows, strict=True):
         details = "\n".join(f"{k}: {v}" for k, v in product["details"].items())
         quote = pricer.quote(

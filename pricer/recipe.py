@@ -1,0 +1,219 @@
+"""The recipe beside an adapter (`pricer.json`): how it was trained and how its prices are read.
+
+fit writes it next to peft's files and it is pushed with them, so an adapter describes itself
+(as litgpt keeps the hyperparameters and prompt style beside every checkpoint):
+`Pricer.from_adapter` rebuilds exactly what was measured from it alone: the base model, its
+quantization, the prompt and the curation rules that shape the text, the read-out. Versioned,
+and checked when read: a field that is missing or wrong is named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import get_args
+
+from pricer.precision import ComputeDtype
+from pricer.prompt import PREFIX, QUESTION
+from pricer.quantization import Quantization
+from pricer.reading import Point
+from pricer.rules import CurationRules
+
+RECIPE_FILE = "pricer.json"
+VERSION = 1
+FORMAT = "pricer-recipe"
+# The headline numbers a card or a Space quotes; the whole report stays in metrics.json.
+HEADLINE = ("n", "mae", "mae_ci95", "rmsle", "hit_rate", "median_ae")
+
+
+class RecipeError(ValueError):
+    """A pricer.json that cannot be used; the message names the file and the field."""
+
+
+def max_digits(max_price: float) -> int:
+    """Whole-dollar digits the reader needs for the rules' highest price (999.49 -> 3)."""
+    return max(1, len(str(math.floor(max_price + 0.5))))
+
+
+@dataclass
+class Recipe:
+    """How an adapter was trained and read. Field groups match the JSON's sections."""
+
+    # base
+    base_model: str
+    base_model_id: str | None = None
+    # quantization
+    quantization: str = "4bit"
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"
+    # prompt
+    question: str = QUESTION
+    prefix: str = PREFIX
+    rules: dict = field(default_factory=lambda: CurationRules().as_dict())
+    # read
+    point: str = "median"
+    coverage: float = 0.8
+    beam: int = 32
+    min_mass: float = 1e-4
+    max_digits: int = 3
+    weights: str = "4bit"  # the weights' form when read: as loaded for training
+    # the run's headline test metrics, when measured
+    metrics: dict | None = None
+
+    SECTIONS = {
+        "base": ("base_model", "base_model_id"),
+        "quantization": ("quantization", "quant_type", "double_quant", "compute_dtype"),
+        "prompt": ("question", "prefix", "rules"),
+        "read": ("point", "coverage", "beam", "min_mass", "max_digits", "weights"),
+    }
+
+    @classmethod
+    def from_model(cls, hparams, rules: CurationRules | None, base_model_id: str | None = None) -> Recipe:
+        """The recipe of a PriceModel's hyperparameters and the curation rules it trained on."""
+        rules = rules or CurationRules()
+        return cls(
+            base_model=hparams["base_model"],
+            base_model_id=base_model_id,
+            quantization=hparams["quantization"],
+            quant_type=hparams["quant_type"],
+            double_quant=hparams["double_quant"],
+            compute_dtype=hparams["compute_dtype"],
+            rules=rules.as_dict(),
+            point=hparams["point"],
+            coverage=hparams["interval_coverage"],
+            beam=hparams["read_beam"],
+            min_mass=hparams["read_min_mass"],
+            max_digits=max_digits(rules.max_price),
+            weights=hparams["quantization"],
+        )
+
+    @property
+    def curation_rules(self) -> CurationRules:
+        return CurationRules(**self.rules)
+
+    def with_metrics(self, metrics: dict | None) -> Recipe:
+        headline = {k: metrics[k] for k in HEADLINE if k in metrics} if metrics else None
+        return Recipe(**{**asdict(self), "metrics": headline})
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        data: dict = {"format": FORMAT, "version": VERSION}
+        for section, names in self.SECTIONS.items():
+            data[section] = {name: values[name] for name in names}
+        data["metrics"] = values["metrics"]
+        return data
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / RECIPE_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_json(cls, data: object, where: str = RECIPE_FILE) -> Recipe:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise RecipeError(f'{where}: not a pricer recipe (no "format": "{FORMAT}")')
+        if data.get("version") != VERSION:
+            raise RecipeError(
+                f"{where}: version {data.get('version')!r}; this pricer reads version {VERSION} "
+                "(upgrade pricer, or pass the settings to Pricer.from_adapter)"
+            )
+        values: dict = {"metrics": data.get("metrics")}
+        for section, names in cls.SECTIONS.items():
+            part = data.get(section)
+            if not isinstance(part, dict):
+                raise RecipeError(f"{where}: the section {section!r} is missing")
+            unknown = set(part) - set(names)
+            if unknown:
+                raise RecipeError(f"{where}: {section}: unknown fields {sorted(unknown)}")
+            for name in names:
+                if name not in part:
+                    raise RecipeError(f"{where}: {section}.{name} is missing")
+                values[name] = part[name]
+        recipe = cls(**values)
+        recipe.check(where)
+        return recipe
+
+    def check(self, where: str = RECIPE_FILE) -> None:
+        """Every field of the right kind, or a RecipeError naming it."""
+        section = {name: s for s, names in self.SECTIONS.items() for name in names}
+
+        def fail(name: str, expected: str) -> None:
+            place = f"{section[name]}.{name}" if name in section else name
+            raise RecipeError(f"{where}: {place} must be {expected}, got {getattr(self, name)!r}")
+
+        choices = {
+            "quantization": get_args(Quantization),
+            "weights": get_args(Quantization),
+            "quant_type": ("nf4", "fp4"),
+            "compute_dtype": get_args(ComputeDtype),
+            "point": get_args(Point),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                fail(name, f"one of {allowed}")
+        if not isinstance(self.base_model, str) or not self.base_model:
+            fail("base_model", "a Hub id, folder or .gguf file")
+        if self.base_model_id is not None and not isinstance(self.base_model_id, str):
+            fail("base_model_id", "a Hub id or null")
+        if not isinstance(self.double_quant, bool):
+            fail("double_quant", "true or false")
+        if not isinstance(self.coverage, (int, float)) or not 0 < self.coverage < 1:
+            fail("coverage", "between 0 and 1")
+        for name in ("beam", "max_digits"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "a positive whole number")
+        if not isinstance(self.min_mass, (int, float)) or not 0 <= self.min_mass < 1:
+            fail("min_mass", "in [0, 1)")
+        if not isinstance(self.question, str) or not isinstance(self.prefix, str) or not self.prefix:
+            fail("prefix", "text")
+        if (self.question, self.prefix) != (QUESTION, PREFIX):
+            raise RecipeError(
+                f"{where}: prompt.question and prompt.prefix differ from this pricer's prompt "
+                f"({QUESTION!r}, {PREFIX!r}); it would not read this adapter's prices as trained"
+            )
+        if not isinstance(self.rules, dict):
+            fail("rules", "an object of curation rules")
+        known = {f.name for f in fields(CurationRules)}
+        unknown = set(self.rules) - known
+        if unknown:
+            raise RecipeError(f"{where}: prompt.rules: unknown rules {sorted(unknown)}")
+        try:
+            CurationRules(**self.rules)
+        except (TypeError, ValueError) as error:
+            raise RecipeError(f"{where}: prompt.rules: {error}") from None
+        if self.metrics is not None and not isinstance(self.metrics, dict):
+            fail("metrics", "an object or null")
+
+
+def read_recipe(folder: Path) -> Recipe | None:
+    """The recipe in an adapter folder, checked; None when the folder has none."""
+    path = Path(folder) / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecipeError(f"{path}: cannot be read: {error}") from None
+    return Recipe.from_json(data, str(path))
+
+
+def base_differences(recipe: Recipe | None, hparams) -> list[str]:
+    """How the base a model is about to load differs from the one its adapter trained on:
+    `model.quant_type=nf4 (trained: fp4)`, ...; empty when they agree or nothing is known."""
+    if recipe is None:
+        return []
+    trained = {
+        "quantization": recipe.quantization,
+        "quant_type": recipe.quant_type,
+        "double_quant": recipe.double_quant,
+    }
+    if recipe.quantization != "4bit" or hparams["quantization"] != "4bit":
+        trained = {"quantization": recipe.quantization}
+    return [
+        f"model.{name}={hparams[name]!r} (trained: {value!r})"
+        for name, value in trained.items()
+        if hparams[name] != value
+    ]

@@ -1,0 +1,209 @@
+"""The recipe beside an adapter (pricer.json): written by fit, checked when read, and what
+`Pricer.from_adapter`, the Space and the model card's snippet build the model from."""
+
+import copy
+import csv
+import json
+import re
+import warnings
+
+import pytest
+
+from pricer.cli import main
+from pricer.recipe import RECIPE_FILE, Recipe, RecipeError, read_recipe
+from tests.conftest import REPO, record, serve_from_hub_cache, write_raw
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+BODY = " ".join(f"word{i % 10}x" for i in range(80))  # conftest.record's description
+
+
+def fit_run(root, tiny_llama, name, *overrides):
+    """A fit of the tiny model on 40 fridges that publishes to me/pricer-tiny (staged only)."""
+    write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = root / "overlay.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  max_epochs: 1\n"
+        "  limit_val_batches: 1\n"
+        "  callbacks:\n"
+        "    - class_path: pricer.report.PriceReport\n"
+        "    - class_path: pricer.publish.HubPublisher\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 6\n  num_proc: 1\n  batch_size: 4\n"
+    )
+    args = [
+        "--config", SMOKE, "--config", str(overlay),
+        "--model.base_model", tiny_llama, "--model.lora_r", "8",
+        "--data.source", str(root), "--data.cache_dir", str(root / "cache"),
+        "--trainer.default_root_dir", str(root / "runs"),
+    ]  # fmt: skip
+    main(["fit", *args, "--run_name", name, *overrides])
+    return root / "runs" / name
+
+
+@pytest.fixture(scope="module")
+def fp4_run(tmp_path_factory, tiny_llama):
+    """Trained on FP4 without double quantization, read with a narrow beam and the mean."""
+    overrides = ["--model.quant_type", "fp4", "--model.double_quant", "false"]
+    overrides += ["--model.read_beam", "3", "--model.read_min_mass", "0.002", "--model.point", "mean"]
+    return fit_run(tmp_path_factory.mktemp("fp4"), tiny_llama, "fp4", *overrides)
+
+
+def test_fit_writes_the_recipe_beside_the_adapter_and_the_staged_model(fp4_run, tiny_llama):
+    recipe = read_recipe(fp4_run / "adapter")
+    assert (recipe.quant_type, recipe.double_quant, recipe.weights) == ("fp4", False, "4bit")
+    assert (recipe.point, recipe.beam, recipe.min_mass, recipe.max_digits) == ("mean", 3, 0.002, 3)
+    assert recipe.base_model == tiny_llama and recipe.base_model_id == "me/tiny-llama"
+    assert recipe.rules["max_tokens"] == 160 and recipe.rules["part_number_length"] == 7
+    metrics = json.loads((fp4_run / "metrics.json").read_text())
+    assert recipe.metrics == {
+        k: metrics[k] for k in ("n", "mae", "mae_ci95", "rmsle", "hit_rate", "median_ae")
+    }
+    staged = read_recipe(fp4_run / "hub" / "model")
+    assert staged == recipe  # pushed with the adapter
+
+
+def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_run, tmp_path):
+    """The Space builds its model from the adapter's recipe alone: FP4, no double quantization,
+    beam 3, minimum mass 0.002, the mean. Each test product typed into it gets the price `test`
+    wrote, to the cent."""
+    import bitsandbytes as bnb
+
+    from pricer.space import SpaceSettings
+
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "pricer_space.json").write_text(json.dumps({"base_model": "me/tiny-llama"}))
+    pricer = SpaceSettings.load(space, {"PRICER_ADAPTER": str(fp4_run / "adapter")}).pricer(device="cpu")
+    q_proj = pricer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.quant_state.quant_type == "fp4" and q_proj.weight.quant_state.nested is False
+    assert q_proj.support_avx512bf16_for_cpu is False  # one kernel path, as fit measured
+    assert (pricer.reader.beam, pricer.reader.min_mass, pricer.point) == (3, 0.002, "mean")
+
+    rows = list(csv.DictReader((fp4_run / "predictions.csv").open()))
+    assert len(rows) == 6
+    for row in rows:
+        quote = pricer.quote(row["title"], BODY, "Sturdy build\nEasy to clean", "Brand: Acme")
+        assert round(quote.price, 2) == round(float(row["predicted"]), 2), row["title"]
+        assert (quote.low, quote.high) == (float(row["low"]), float(row["high"]))
+
+
+def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, capsys):
+    """The card's three lines, extracted from the staged README and run as they are; the Hub
+    serves me/pricer-tiny from the staged folder (the test double fills the download cache)."""
+    readme = (fp4_run / "hub" / "model" / "README.md").read_text()
+    snippet = re.search(r"## Use\n\n```python\n(.*?)```", readme, re.S)[1]
+    lines = [line for line in snippet.splitlines() if line.strip()]
+    assert len(lines) == 3 and 'Pricer.from_adapter("me/pricer-tiny")' in snippet
+    assert "4-bit FP4" in readme and "with double quantization" not in readme
+    serve_from_hub_cache(fp4_run / "hub" / "model", "me/pricer-tiny")
+    exec(compile(snippet, "model card snippet", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert 0 <= float(printed) <= 999
+
+
+def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_uses(
+    fp4_run, tmp_path, tiny_llama
+):
+    import shutil
+
+    from pricer.serving import Pricer
+
+    bare = tmp_path / "bare"
+    shutil.copytree(fp4_run / "adapter", bare)
+    (bare / RECIPE_FILE).unlink()
+    with pytest.raises(RecipeError, match="no pricer.json beside the adapter.*pass base_model="):
+        Pricer.from_adapter(str(bare))
+    with pytest.warns(
+        UserWarning, match=r"defaults quantization='4bit', quant_type='nf4', double_quant=True"
+    ):
+        Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", point="mean")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explicit = dict(quantization="4bit", quant_type="fp4", double_quant=False, compute_dtype="auto")
+        explicit |= dict(point="mean", coverage=0.8, beam=3, min_mass=0.002, max_digits=3)
+        pricer = Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", **explicit)
+    assert not [w for w in caught if "pricer.json" in str(w.message)]  # everything given
+    assert pricer.reader.beam == 3
+
+
+def test_a_local_base_that_is_not_here_is_replaced_by_its_hub_id(tmp_path):
+    from pricer.base_model import base_for_here
+
+    recipe = Recipe(base_model=str(tmp_path / "gone" / "model.gguf"), base_model_id="me/base")
+    assert base_for_here(recipe) == "me/base"
+    assert base_for_here(Recipe(base_model="meta-llama/Llama-3.1-8B")) == "meta-llama/Llama-3.1-8B"
+    with pytest.raises(FileNotFoundError, match="names no Hub id"):
+        base_for_here(Recipe(base_model=str(tmp_path / "gone")))
+
+
+VALID = Recipe(base_model="me/base", base_model_id="me/base").to_json()
+
+
+def changed(path: str, value):
+    data = copy.deepcopy(VALID)
+    *sections, name = path.split(".")
+    target = data
+    for section in sections:
+        target = target[section]
+    if value is KeyError:
+        del target[name]
+    else:
+        target[name] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (changed("read.point", "mode"), r"read.point must be one of \('median', 'mean'\), got 'mode'"),
+        (
+            changed("quantization.quant_type", "int3"),
+            r"quantization.quant_type must be one of \('nf4', 'fp4'\)",
+        ),
+        (changed("read.beam", 0), "read.beam must be a positive whole number, got 0"),
+        (changed("read.coverage", 80), "read.coverage must be between 0 and 1, got 80"),
+        (changed("read.weights", KeyError), "read.weights is missing"),
+        (changed("quantization", KeyError), "the section 'quantization' is missing"),
+        (changed("version", 2), "version 2; this pricer reads version 1"),
+        (changed("format", "peft"), "not a pricer recipe"),
+        (changed("prompt.rules", {**VALID["prompt"]["rules"], "max_chr": 3}), r"unknown rules \['max_chr'\]"),
+        (
+            changed("prompt.rules", {**VALID["prompt"]["rules"], "min_price": 9, "max_price": 5}),
+            "min_price <= max_price",
+        ),
+        (changed("prompt.prefix", "Cost: $"), "differ from this pricer's prompt"),
+        (changed("read.extra", 1), r"read: unknown fields \['extra'\]"),
+    ],
+)
+def test_a_bad_recipe_is_refused_naming_the_file_and_the_field(tmp_path, data, message):
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(data))
+    with pytest.raises(RecipeError, match=message) as error:
+        read_recipe(tmp_path)
+    assert str(tmp_path / RECIPE_FILE) in str(error.value)
+
+
+def test_a_recipe_reads_back_as_it_was_written(tmp_path):
+    recipe = Recipe(base_model="me/base", quant_type="fp4", point="mean", beam=5).with_metrics(
+        {"mae": 1.5, "x": 2}
+    )
+    recipe.save(tmp_path)
+    assert read_recipe(tmp_path) == recipe and recipe.metrics == {"mae": 1.5}
+    assert read_recipe(tmp_path / "nothing-here") is None
+    (tmp_path / RECIPE_FILE).write_text("{not json")
+    with pytest.raises(RecipeError, match="cannot be read"):
+        read_recipe(tmp_path)
+
+
+def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, tiny_llama, capsys):
+    from pricer.model import PriceModel
+
+    PriceModel(base_model=tiny_llama, adapter=str(fp4_run / "adapter")).configure_model()
+    err = capsys.readouterr().err
+    assert "model.quant_type='nf4' (trained: 'fp4'), model.double_quant=True (trained: False)" in err
+    same = PriceModel(
+        base_model=tiny_llama, adapter=str(fp4_run / "adapter"), quant_type="fp4", double_quant=False
+    )
+    same.configure_model()
+    assert "warning" not in capsys.readouterr().err
