@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pricer.prompt import PREFIX, make_prompt, title_from_prompt
+from pricer.prompt import PREFIX, cut_to_tokens, make_prompt, title_from_prompt
 from pricer.raw import SourceError
-from pricer.rules import CurationRules, raw_contents, scrub
+from pricer.rules import CurationRules, product_text
 
 
 def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, str]:
@@ -24,15 +24,10 @@ def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, 
             raise ValueError(f"the prompt does not end in {PREFIX!r}")
         return str(record.get("title") or title_from_prompt(prompt)), prompt
     title = str(record.get("title") or "").strip()
-    if "text" in record:
-        text = str(record["text"])
-    else:
-        contents = raw_contents(record, rules)[: rules.max_chars]
-        text = f"{scrub(title, rules.part_number_length)}\n{scrub(contents, rules.part_number_length)}"
+    text = str(record["text"]) if "text" in record else product_text(record, rules)
     if not text.strip():
         raise ValueError("no title, text or description to price")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: rules.max_tokens]
-    text = tokenizer.decode(ids)
+    ((text, _),) = cut_to_tokens([text], tokenizer, rules.max_tokens)
     return title or text.splitlines()[0], make_prompt(text)
 
 

@@ -32,3 +32,19 @@ def title_from_prompt(prompt: str) -> str:
         if line and line != QUESTION and not line.startswith(PREFIX):
             return line
     return ""
+
+
+def cut_to_tokens(texts: list[str], tokenizer, max_tokens: int) -> list[tuple[str, int]]:
+    """Each text cut to its first `max_tokens` tokens, as the text they decode to, with the
+    text's whole token count: the one token cut of curation, predict and the Space.
+
+    It calls the Rust tokenizer on the whole batch (transformers' wrappers convert every id list
+    to Python objects and back, which cost curation as much as the tokenizing), then does what
+    `tokenizer.decode` does after the backend.
+    """
+    backend = tokenizer.backend_tokenizer
+    encoded = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    decoded = backend.decode_batch([ids[:max_tokens] for ids in encoded], skip_special_tokens=False)
+    if tokenizer.clean_up_tokenization_spaces:
+        decoded = [tokenizer.clean_up_tokenization(text) for text in decoded]
+    return [(text, len(ids)) for text, ids in zip(decoded, encoded, strict=True)]

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pricer.prompt import make_completion, make_prompt
+from pricer.prompt import cut_to_tokens, make_completion, make_prompt
 from pricer.rules import (
     MISSING_FIELDS,
     OUT_OF_RANGE,
@@ -91,23 +91,14 @@ def curate_chunk(
         pending.append((record, price, text, where))
     if not pending:
         return result
-    # The Rust tokenizer itself: transformers' wrappers convert every id list to Python objects
-    # and back, which cost as much as the tokenizing (benchmarks/curation_speed.py).
-    tokenizer = _tokenizer(tokenizer_source)
-    backend = tokenizer.backend_tokenizer
-    encoded = [
-        e.ids for e in backend.encode_batch([text for _, _, text, _ in pending], add_special_tokens=False)
-    ]
-    long_enough = [(p, ids) for p, ids in zip(pending, encoded, strict=True) if len(ids) > rules.min_tokens]
-    for (_, _, _, where), ids in zip(pending, encoded, strict=True):
-        if len(ids) <= rules.min_tokens:
-            result.drops.append((TOO_FEW_TOKENS, f"{where}: {len(ids)} tokens"))
-    texts = backend.decode_batch(
-        [ids[: rules.max_tokens] for _, ids in long_enough], skip_special_tokens=False
-    )
-    if tokenizer.clean_up_tokenization_spaces:  # what tokenizer.decode does after the backend
-        texts = [tokenizer.clean_up_tokenization(text) for text in texts]
-    for ((record, price, _, _), _), text in zip(long_enough, texts, strict=True):
+    cut = cut_to_tokens([text for _, _, text, _ in pending], _tokenizer(tokenizer_source), rules.max_tokens)
+    long_enough = []
+    for item, (text, count) in zip(pending, cut, strict=True):
+        if count <= rules.min_tokens:
+            result.drops.append((TOO_FEW_TOKENS, f"{item[3]}: {count} tokens"))
+        else:
+            long_enough.append((item, text))
+    for (record, price, _, _), text in long_enough:
         result.rows.append(
             {
                 "key": product_key(record),

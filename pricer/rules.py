@@ -156,14 +156,20 @@ def raw_contents(record: dict, rules: CurationRules) -> str:
     return "".join(p + "\n" for p in parts if p)
 
 
+def product_text(record: dict, rules: CurationRules, contents: str | None = None) -> str:
+    """A product's scrubbed title and text, before the token cut: what curation trains on and
+    what predict and the Space price, from the same function."""
+    contents = raw_contents(record, rules) if contents is None else contents
+    title = scrub(str(record.get("title") or ""), rules.part_number_length)
+    return f"{title}\n{scrub(contents[: rules.max_chars], rules.part_number_length)}"
+
+
 def candidate_text(record: dict, rules: CurationRules) -> tuple[str | None, str | None]:
     """The scrubbed text of a record before the token rules, or (None, reason)."""
     contents = raw_contents(record, rules)
     if len(contents) <= rules.min_chars:
         return None, TOO_SHORT
-    contents = contents[: rules.max_chars]
-    title = scrub(str(record.get("title") or ""), rules.part_number_length)
-    return f"{title}\n{scrub(contents, rules.part_number_length)}", None
+    return product_text(record, rules, contents), None
 
 
 def normalise_title(title: str) -> str:

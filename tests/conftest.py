@@ -1,11 +1,19 @@
-"""Shared fixtures: offline environment, tiny tokenizer and model, raw data folders."""
+"""Shared fixtures and helpers: offline environment, tiny tokenizer and model, raw data folders,
+training on the CPU, fit runs through the CLI, the Space served locally, the Hub's last hop.
+No test module imports another: what two of them share lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,9 +27,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("HF_TOKEN", None)
 
+# Only now: Lightning imports huggingface_hub, which reads HF_HOME once, when first imported.
+import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "amazon-2023-sample"
 SAMPLE_2018 = REPO.parent / "shared" / "data" / "amazon-2018-sample" / "meta_Appliances.json"
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+SECRET = "hf_pricerTestSecretToken0123456789"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -180,3 +194,203 @@ def serve_from_hub_cache(folder: Path, repo_id: str, repo_type: str = "model") -
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+# --- training on the CPU: a tiny 4-bit Llama, its DataModule and a quiet Trainer
+
+
+class Losses(Callback):
+    """The loss of each optimizer step, by global step."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.by_step[trainer.global_step] = float(outputs["loss"])
+
+
+class Died(Exception):
+    """What `Kill` raises."""
+
+
+class Kill(Callback):
+    """Stands in for a killed process: dies at the start of a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Died
+
+
+def tiny_datamodule(raw_items, tokenizer):
+    """`small_datamodule` on the raw_items folder, caching inside it."""
+    return small_datamodule(raw_items, tokenizer, raw_items / "cache")
+
+
+def cpu_trainer(root, callbacks, every=None, **kwargs):
+    """A quiet one-epoch CPU Trainer; `every` adds checkpoints every that many steps."""
+    if every:
+        callbacks = [
+            *callbacks,
+            ModelCheckpoint(
+                dirpath=root / "checkpoints", every_n_train_steps=every, save_last=True, save_top_k=-1
+            ),
+        ]
+    options = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+        enable_checkpointing=bool(every),
+        callbacks=callbacks,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def tiny_model(tiny_llama, **kwargs):
+    """The tiny Llama as a PriceModel with a small LoRA, seeded."""
+    L.seed_everything(42)
+    options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.1, learning_rate=5e-3)
+    options.update(kwargs)
+    from pricer.model import PriceModel
+
+    return PriceModel(**options)
+
+
+# --- fit runs through the CLI
+
+
+@pytest.fixture
+def fit_args(tiny_llama, raw_items, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  max_epochs: 1\n"
+        "  limit_val_batches: 1\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
+        "    - class_path: pricer.report.PriceReport\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
+    )
+    return [
+        "--config", SMOKE,
+        "--config", str(overlay),
+        "--model.base_model", tiny_llama,
+        "--model.lora_r", "8",
+        "--data.source", str(raw_items),
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama):
+    """A fit run of the tiny model that publishes to me/pricer-tiny; returns (args, run folder)."""
+    root = tmp_path_factory.mktemp("space-run")
+    write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = root / "overlay.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  max_epochs: 1\n"
+        "  limit_val_batches: 1\n"
+        "  callbacks:\n"
+        "    - class_path: pricer.report.PriceReport\n"
+        "    - class_path: pricer.publish.HubPublisher\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  hub_repo: me/pricer-data\n"
+    )
+    args = [
+        "--config", SMOKE,
+        "--config", str(overlay),
+        "--model.base_model", tiny_llama,
+        "--model.lora_r", "8",
+        "--data.source", str(root),
+        "--data.cache_dir", str(root / "cache"),
+        "--trainer.default_root_dir", str(root / "runs"),
+    ]  # fmt: skip
+    from pricer.cli import main
+
+    main(["fit", *args, "--run_name", "space"])
+    return args, root / "runs" / "space"
+
+
+@pytest.fixture(scope="module")
+def staged(trained):
+    from pricer.cli import main
+
+    args, run = trained
+    main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space"])
+    return run / "hub" / "space"
+
+
+# --- the Hub's last hop and the Space served locally
+
+
+class RecordingApi:
+    """HfApi's last hop: records what would be sent."""
+
+    def __init__(self, token="hf_x", fail=False):
+        self.token, self.fail, self.calls = token, fail, []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        if self.fail:
+            raise ConnectionError("network down")
+        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app: Path, env: dict[str, str], log: Path, timeout: float = 300):
+    """Start the app, wait until it answers, yield its URL, stop it; its output goes to `log`."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        **env,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    url = f"http://127.0.0.1:{port}/"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(app)], env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{app} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{app} did not answer on {url} in {timeout} s:\n{log.read_text()[-3000:]}"
+                    )
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()

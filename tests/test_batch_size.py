@@ -18,7 +18,7 @@ from pricer.batch_size import (
     split_effective_batch,
 )
 from pricer.model import PriceModel
-from tests.test_training import Died, Kill, Losses, datamodule, trainer
+from tests.conftest import Died, Kill, Losses, cpu_trainer, tiny_datamodule
 
 
 @pytest.mark.parametrize(
@@ -122,12 +122,12 @@ def longest_train_item(dm) -> int:
 
 
 def test_the_search_finds_the_largest_fitting_size_and_tries_the_cap(tiny_llama, raw_items, tmp_path, capsys):
-    dm = datamodule(raw_items, tiny_llama)  # 32 train items
+    dm = tiny_datamodule(raw_items, tiny_llama)  # 32 train items
     longest = longest_train_item(dm)
     module = tight(tiny_llama)
     module.limit = staticmethod(lambda step, index: 8 * longest)  # room for 8 of the longest item
     finder = FitBatchSize(effective_batch_size=16, max_val=16, steps_per_trial=2)
-    fit = trainer(tmp_path, [finder], max_steps=1)
+    fit = cpu_trainer(tmp_path, [finder], max_steps=1)
     fit.fit(module, datamodule=dm)
     # 16 was tried and ran out of memory: Lightning's finder returned it untried
     assert finder.tried == {1: True, 2: True, 4: True, 8: True, 16: False}
@@ -136,12 +136,12 @@ def test_the_search_finds_the_largest_fitting_size_and_tries_the_cap(tiny_llama,
 
 
 def test_the_cap_is_returned_when_it_fits_and_only_after_running(tiny_llama, raw_items, tmp_path):
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     longest = longest_train_item(dm)
     module = tight(tiny_llama)
     module.limit = staticmethod(lambda step, index: 16 * longest)
     finder = FitBatchSize(effective_batch_size=16, max_val=16, steps_per_trial=1)
-    trainer(tmp_path, [finder], max_steps=1).fit(module, datamodule=dm)
+    cpu_trainer(tmp_path, [finder], max_steps=1).fit(module, datamodule=dm)
     assert finder.found == 16 and finder.tried[16] is True
 
 
@@ -151,14 +151,14 @@ def test_the_search_leaves_no_trace_in_the_run(tiny_llama, raw_items, tmp_path):
     searched, told = Losses(), Losses()
     finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=2)
     module = tight(tiny_llama, lora_dropout=0.1)
-    trainer(tmp_path / "searched", [finder, searched]).fit(
-        module, datamodule=datamodule(raw_items, tiny_llama)
+    cpu_trainer(tmp_path / "searched", [finder, searched]).fit(
+        module, datamodule=tiny_datamodule(raw_items, tiny_llama)
     )
     assert finder.found == 4 and len(searched.by_step) == 4  # 32 items, 8 a step
 
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.batch_size = 8
-    trainer(tmp_path / "told", [told]).fit(
+    cpu_trainer(tmp_path / "told", [told]).fit(
         tight(tiny_llama, lora_dropout=0.1, micro_batch_size=4), datamodule=dm
     )
     assert searched.by_step == pytest.approx(told.by_step, rel=1e-6)
@@ -166,9 +166,9 @@ def test_the_search_leaves_no_trace_in_the_run(tiny_llama, raw_items, tmp_path):
 
 def test_the_search_runs_once_and_leaves_no_stray_file(tiny_llama, raw_items, tmp_path, capsys):
     finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=1)
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.batch_size = 1
-    fit = trainer(tmp_path, [finder], every=2)
+    fit = cpu_trainer(tmp_path, [finder], every=2)
     module = tight(tiny_llama)
     fit.fit(module, datamodule=dm)
     assert finder.tried == {1: True, 2: True, 4: True}  # the CPU never runs out: the cap stops it
@@ -182,21 +182,23 @@ def test_the_search_runs_once_and_leaves_no_stray_file(tiny_llama, raw_items, tm
 def test_a_step_that_runs_out_of_memory_is_repeated_smaller_losing_no_item(
     tiny_llama, raw_items, tmp_path, capsys
 ):
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     longest = longest_train_item(dm)
     dm.batch_size = 8  # 4 optimizer steps of 8 items, passes of 4
 
     calm, calm_seen = Losses(), Seen()
-    trainer(tmp_path / "calm", [calm, calm_seen]).fit(tight(tiny_llama, micro_batch_size=4), datamodule=dm)
+    cpu_trainer(tmp_path / "calm", [calm, calm_seen]).fit(
+        tight(tiny_llama, micro_batch_size=4), datamodule=dm
+    )
 
     squeezed, seen = Losses(), Seen()
     module = tight(tiny_llama, micro_batch_size=4)
     # after the first pass of step 2 (steps 0 and 1 took passes 0-3) the card has room for 2 of
     # the longest items only: the step's first pass already left its gradients when it fails
     module.limit = staticmethod(lambda step, index: float("inf") if index < 5 else 2 * longest)
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.batch_size = 8
-    fit = trainer(tmp_path / "squeezed", [squeezed, seen], every=1)
+    fit = cpu_trainer(tmp_path / "squeezed", [squeezed, seen], every=1)
     fit.fit(module, datamodule=dm)
     out = capsys.readouterr().out
     assert "out of GPU memory at global step 2 with 4 items a pass: repeating the step with 2 a pass" in out
@@ -218,30 +220,30 @@ def test_a_run_resumed_after_halving_keeps_the_smaller_pass_and_its_losses(
     def squeezed(step, index):
         return float("inf") if step < 2 else 2 * longest
 
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     longest = longest_train_item(dm)
     whole = Losses()
     module = tight(tiny_llama, micro_batch_size=4)
     module.limit = staticmethod(squeezed)
     dm.batch_size = 8
-    trainer(tmp_path / "whole", [whole]).fit(module, datamodule=dm)
+    cpu_trainer(tmp_path / "whole", [whole]).fit(module, datamodule=dm)
 
     first = Losses()
     module = tight(tiny_llama, micro_batch_size=4)
     module.limit = staticmethod(squeezed)
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.batch_size = 8
     with pytest.raises(Died):
-        trainer(tmp_path / "killed", [first, Kill(step=3)], every=1).fit(module, datamodule=dm)
+        cpu_trainer(tmp_path / "killed", [first, Kill(step=3)], every=1).fit(module, datamodule=dm)
     capsys.readouterr()
 
     resumed = Losses()
     fresh = tight(tiny_llama, micro_batch_size=4)  # the config says 4; the checkpoint says 2
     fresh.limit = staticmethod(lambda step, index: 2 * longest)
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.batch_size = 8
     torch.manual_seed(1234)
-    trainer(tmp_path / "killed", [resumed], every=1).fit(
+    cpu_trainer(tmp_path / "killed", [resumed], every=1).fit(
         fresh, datamodule=dm, ckpt_path=str(tmp_path / "killed" / "checkpoints" / "last.ckpt")
     )
     assert "out of GPU memory" not in capsys.readouterr().out  # it resumed at 2 a pass
@@ -253,6 +255,6 @@ def test_a_run_resumed_after_halving_keeps_the_smaller_pass_and_its_losses(
 def test_one_item_that_does_not_fit_is_a_clear_error(tiny_llama, raw_items, tmp_path):
     module = tight(tiny_llama, micro_batch_size=2)
     module.limit = staticmethod(lambda step, index: 1)
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     with pytest.raises(torch.cuda.OutOfMemoryError, match="with one item a pass: nothing smaller to try"):
-        trainer(tmp_path, []).fit(module, datamodule=dm)
+        cpu_trainer(tmp_path, []).fit(module, datamodule=dm)

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, record, write_raw
 
 
@@ -52,6 +54,7 @@ def test_curation_speed_on_a_tiny_folder(tmp_path: Path, byte_tokenizer: str, ca
     assert all(r["ratio_to_course"] > 0 and r["items_per_s"] > 0 for r in results["rows"])
 
 
+@pytest.mark.slow
 def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny_llama: str, capsys) -> None:
     """pricer's Lightning step and TRL's SFTTrainer, tiny model, three steps each: the same
     batches and the same initial LoRA, so the per-step losses agree."""
@@ -78,6 +81,7 @@ def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny
     assert json.loads(out.read_text())["speedup"] == report["speedup"]
 
 
+@pytest.mark.slow
 def test_training_speed_compares_completion_logits_with_full_logits(
     tmp_path: Path, tiny_llama: str, capsys
 ) -> None:
@@ -106,6 +110,7 @@ def test_training_speed_compares_completion_logits_with_full_logits(
     assert report["pricer"]["peak_rss_mib"] > 0
 
 
+@pytest.mark.slow
 def test_eval_speed_scores_both_readers_on_the_same_items(tmp_path: Path, tiny_llama: str, capsys) -> None:
     from benchmarks.eval_speed import main
 
@@ -170,6 +175,7 @@ def test_accuracy_table_ranks_models_and_shows_the_paired_gap(tmp_path: Path) ->
         main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
 
 
+@pytest.mark.slow
 def test_t4_check_runs_every_phase_at_toy_scale(tmp_path: Path) -> None:
     """The GPU script on the CPU with a tiny Llama: the search, the steps, the course's batch and
     the read all run through pricer's code, and the JSON is complete."""

@@ -6,36 +6,10 @@ import pytest
 import torch
 
 from pricer.cli import main
-from tests.conftest import REPO
-
-SMOKE = str(REPO / "configs" / "smoke.yaml")
-SECRET = "hf_pricerTestSecretToken0123456789"
+from tests.conftest import SECRET
 
 
-@pytest.fixture
-def fit_args(tiny_llama, raw_items, tmp_path):
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(
-        "trainer:\n"
-        "  max_epochs: 1\n"
-        "  limit_val_batches: 1\n"
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
-        "    - class_path: pricer.report.PriceReport\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
-    )
-    return [
-        "--config", SMOKE,
-        "--config", str(overlay),
-        "--model.base_model", tiny_llama,
-        "--model.lora_r", "8",
-        "--data.source", str(raw_items),
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
-    ]  # fmt: skip
-
-
+@pytest.mark.slow
 def test_fit_writes_one_run_folder(fit_args, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     main(["fit", *fit_args, "--run_name", "first"])
@@ -56,6 +30,7 @@ def test_fit_writes_one_run_folder(fit_args, tmp_path, monkeypatch, capsys):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_resume_last_continues_the_named_run(fit_args, tmp_path):
     main(["fit", *fit_args, "--run_name", "r", "--trainer.max_steps", "2"])
     last = tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt"
@@ -82,6 +57,7 @@ def test_resume_last_without_a_checkpoint_is_an_error(fit_args, tmp_path, capsys
     assert not (tmp_path / "runs" / "new").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_path):
     import csv
     import json
@@ -110,6 +86,7 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     assert json.loads((run / "metrics.json").read_text()) == metrics
 
 
+@pytest.mark.slow
 def test_test_alone_scores_every_row_of_a_course_format_test_only_dataset(fit_args, tmp_path):
     import json
 
@@ -132,6 +109,7 @@ def test_test_alone_scores_every_row_of_a_course_format_test_only_dataset(fit_ar
     assert "skipped" in metrics["baselines"]
 
 
+@pytest.mark.slow
 def test_predict_prices_a_jsonl_of_three_products(fit_args, tmp_path, capsys):
     import csv
     import json

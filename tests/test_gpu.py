@@ -10,7 +10,7 @@ import torch
 
 from pricer.batch_size import FitBatchSize, apply_memory_budget
 from pricer.precision import default_precision, resolve_dtype
-from tests.test_training import datamodule, model, trainer
+from tests.conftest import cpu_trainer, tiny_datamodule, tiny_model
 
 pytestmark = pytest.mark.gpu
 
@@ -36,9 +36,9 @@ def test_fp16_training_uses_the_grad_scaler_and_paged_adamw_and_moves_lora_only(
     """The T4's path on whatever card this is: 16-mixed, fp16 4-bit compute, paged AdamW."""
     import bitsandbytes as bnb
 
-    module = model(tiny_llama, compute_dtype="float16", learning_rate=1e-2, warmup_ratio=0.0)
-    fit = trainer(tmp_path, [], accelerator="gpu", devices=1, precision="16-mixed", max_steps=3)
-    data = datamodule(raw_items, tiny_llama)
+    module = tiny_model(tiny_llama, compute_dtype="float16", learning_rate=1e-2, warmup_ratio=0.0)
+    fit = cpu_trainer(tmp_path, [], accelerator="gpu", devices=1, precision="16-mixed", max_steps=3)
+    data = tiny_datamodule(raw_items, tiny_llama)
     module.configure_model()
     lora = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     fit.fit(module, datamodule=data)

@@ -49,12 +49,12 @@ def test_full_precision_is_a_switch(tiny_llama):
 
 
 def test_a_few_steps_move_lora_weights_only(tiny_llama, raw_items, tmp_path):
-    from tests.test_training import datamodule, trainer
+    from tests.conftest import cpu_trainer, tiny_datamodule
 
     model = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, learning_rate=1e-2, warmup_ratio=0)
     model.configure_model()
     lora_before, base_before = lora_and_base(model)
-    trainer(tmp_path, [], max_steps=4).fit(model, datamodule=datamodule(raw_items, tiny_llama))
+    cpu_trainer(tmp_path, [], max_steps=4).fit(model, datamodule=tiny_datamodule(raw_items, tiny_llama))
     lora_after, base_after = lora_and_base(model)
     assert max(float((lora_before[n] - lora_after[n]).abs().max()) for n in lora_before) > 1e-2
     # The repacked CPU kernel rounds differently (by up to 2**-12 here), far below what 4 steps
@@ -148,11 +148,11 @@ def test_4bit_lora_gradients_match_the_dequantized_model(tiny_llama):
 
 @pytest.mark.parametrize("point", ["median", "mean"])
 def test_validation_logs_every_read_out_and_val_mae_is_the_chosen_one(tiny_llama, raw_items, tmp_path, point):
-    from tests.test_training import datamodule, model, trainer
+    from tests.conftest import cpu_trainer, tiny_datamodule, tiny_model
 
-    module = model(tiny_llama, point=point)
-    data = datamodule(raw_items, tiny_llama)
-    logged = trainer(tmp_path, [], limit_val_batches=1.0).validate(module, datamodule=data)[0]
+    module = tiny_model(tiny_llama, point=point)
+    data = tiny_datamodule(raw_items, tiny_llama)
+    logged = cpu_trainer(tmp_path, [], limit_val_batches=1.0).validate(module, datamodule=data)[0]
     # The same reading, done by hand over the validation split.
     errors = {"median": [], "mean": []}
     module.eval()
@@ -198,14 +198,14 @@ def with_random_lora(module, seed=0):
 
 @pytest.mark.parametrize("quantization", ["4bit", "none"])
 def test_completion_logits_give_the_full_logits_loss_and_lora_gradients(tiny_llama, raw_items, quantization):
-    from tests.test_training import datamodule
+    from tests.conftest import tiny_datamodule
 
     module = PriceModel(
         base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization=quantization
     )
     module.configure_model()
     with_random_lora(module)
-    dm = datamodule(raw_items, tiny_llama)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum() / 10  # the price is a few tokens
@@ -218,14 +218,14 @@ def test_completion_logits_give_the_full_logits_loss_and_lora_gradients(tiny_lla
 
 
 def test_training_with_completion_logits_gives_the_same_losses(tiny_llama, raw_items, tmp_path):
-    from tests.test_training import Losses, datamodule, model, trainer
+    from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
 
     runs = {}
     for completion_logits in (True, False):
         losses = Losses()
-        module = model(tiny_llama, lora_dropout=0.0, completion_logits=completion_logits)
-        trainer(tmp_path / str(completion_logits), [losses]).fit(
-            module, datamodule=datamodule(raw_items, tiny_llama)
+        module = tiny_model(tiny_llama, lora_dropout=0.0, completion_logits=completion_logits)
+        cpu_trainer(tmp_path / str(completion_logits), [losses]).fit(
+            module, datamodule=tiny_datamodule(raw_items, tiny_llama)
         )
         runs[completion_logits] = losses.by_step
     assert len(runs[True]) == 8

@@ -36,3 +36,14 @@ def test_the_torch_floor_is_the_highest_floor_of_the_stack():
     assert all(stack.values()), stack
     assert ours == max(stack.values()), (ours, stack)
     assert not re.search(r'"torch[<>=~]=?[^"]*,', (REPO / "pyproject.toml").read_text())  # no ceiling
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in conftest.py; a test module importing another would also run
+    (and collect) that module's fixtures and tests where they are not wanted."""
+    offenders = []
+    for module in sorted((REPO / "tests").glob("test_*.py")):
+        for number, line in enumerate(module.read_text().splitlines(), start=1):
+            if re.match(r"\s*(from tests\.test_\w+ import|import tests\.test_)", line):
+                offenders.append(f"{module.name}:{number}: {line.strip()}")
+    assert not offenders, offenders

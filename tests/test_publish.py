@@ -7,11 +7,11 @@ import pytest
 from pricer import hub
 from pricer.cli import main
 from pricer.publish import HubPublisher
-from tests.test_fit_cli import SECRET, fit_args  # noqa: F401  (fixture)
+from tests.conftest import SECRET, RecordingApi
 
 
 @pytest.fixture
-def published(fit_args, tmp_path, monkeypatch):  # noqa: F811
+def published(fit_args, tmp_path, monkeypatch):
     overlay = tmp_path / "publish.yaml"
     overlay.write_text(
         "trainer:\n"
@@ -28,6 +28,7 @@ def published(fit_args, tmp_path, monkeypatch):  # noqa: F811
     return tmp_path / "runs" / "pub"
 
 
+@pytest.mark.slow
 def test_the_staged_dataset_loads_back(published):
     from datasets import load_dataset
     from huggingface_hub import DatasetCard
@@ -51,6 +52,7 @@ def test_the_staged_dataset_loads_back(published):
     assert (folder / "price_histogram.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_the_staged_model_card_carries_the_metrics(published):
     from huggingface_hub import ModelCard
 
@@ -67,7 +69,8 @@ def test_the_staged_model_card_carries_the_metrics(published):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_the_staged_adapter_reads_the_same_prices(published, fit_args, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_the_staged_adapter_reads_the_same_prices(published, fit_args, tmp_path):
     main(
         [
             "test",
@@ -82,21 +85,7 @@ def test_the_staged_adapter_reads_the_same_prices(published, fit_args, tmp_path)
     assert again == json.loads((published / "metrics.json").read_text())
 
 
-class RecordingApi:
-    """HfApi's last hop: records what would be sent."""
-
-    def __init__(self, token="hf_x", fail=False):
-        self.token, self.fail, self.calls = token, fail, []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-
-    def upload_folder(self, **kwargs):
-        if self.fail:
-            raise ConnectionError("network down")
-        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
-
-
+@pytest.mark.slow
 def test_a_push_is_one_commit_naming_the_run(published):
     api = RecordingApi()
     folder = published / "hub" / "model"
@@ -111,6 +100,7 @@ def test_a_push_is_one_commit_naming_the_run(published):
     )
 
 
+@pytest.mark.slow
 def test_a_failed_push_keeps_the_folder_and_says_how_to_retry(published):
     folder = published / "hub" / "model"
     before = sorted(p.name for p in folder.iterdir())

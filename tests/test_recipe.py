@@ -49,6 +49,7 @@ def fp4_run(tmp_path_factory, tiny_llama):
     return fit_run(tmp_path_factory.mktemp("fp4"), tiny_llama, "fp4", *overrides)
 
 
+@pytest.mark.slow
 def test_fit_writes_the_recipe_beside_the_adapter_and_the_staged_model(fp4_run, tiny_llama):
     recipe = read_recipe(fp4_run / "adapter")
     assert (recipe.quant_type, recipe.double_quant, recipe.weights) == ("fp4", False, "4bit")
@@ -63,6 +64,7 @@ def test_fit_writes_the_recipe_beside_the_adapter_and_the_staged_model(fp4_run, 
     assert staged == recipe  # pushed with the adapter
 
 
+@pytest.mark.slow
 def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_run, tmp_path):
     """The Space builds its model from the adapter's recipe alone: FP4, no double quantization,
     beam 3, minimum mass 0.002, the mean. Each test product typed into it gets the price `test`
@@ -89,6 +91,7 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
         assert (quote.low, quote.high) == (float(row["low"]), float(row["high"]))
 
 
+@pytest.mark.slow
 def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, capsys):
     """The card's three lines, extracted from the staged README and run as they are; the Hub
     serves me/pricer-tiny from the staged folder (the test double fills the download cache)."""
@@ -103,6 +106,7 @@ def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_r
     assert 0 <= float(printed) <= 999
 
 
+@pytest.mark.slow
 def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_uses(
     fp4_run, tmp_path, tiny_llama
 ):
@@ -196,6 +200,7 @@ def test_a_recipe_reads_back_as_it_was_written(tmp_path):
         read_recipe(tmp_path)
 
 
+@pytest.mark.slow
 def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, tiny_llama, capsys):
     from pricer.model import PriceModel
 

@@ -11,45 +11,7 @@ import tomllib
 
 from pricer.cli import main
 from pricer.serving import MAX_CHARS, ProductError, product_record
-from tests.conftest import REPO, record, write_raw
-from tests.space_server import serve
-from tests.test_fit_cli import SECRET, SMOKE
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_llama):
-    """A fit run of the tiny model that publishes to me/pricer-tiny; returns (args, run folder)."""
-    root = tmp_path_factory.mktemp("space-run")
-    write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
-    overlay = root / "overlay.yaml"
-    overlay.write_text(
-        "trainer:\n"
-        "  max_epochs: 1\n"
-        "  limit_val_batches: 1\n"
-        "  callbacks:\n"
-        "    - class_path: pricer.report.PriceReport\n"
-        "    - class_path: pricer.publish.HubPublisher\n"
-        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  hub_repo: me/pricer-data\n"
-    )
-    args = [
-        "--config", SMOKE,
-        "--config", str(overlay),
-        "--model.base_model", tiny_llama,
-        "--model.lora_r", "8",
-        "--data.source", str(root),
-        "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "runs"),
-    ]  # fmt: skip
-    main(["fit", *args, "--run_name", "space"])
-    return args, root / "runs" / "space"
-
-
-@pytest.fixture(scope="module")
-def staged(trained):
-    args, run = trained
-    main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space"])
-    return run / "hub" / "space"
+from tests.conftest import REPO, SECRET, RecordingApi, serve
 
 
 def front_matter(path: Path) -> dict:
@@ -118,6 +80,7 @@ def test_a_typed_product_becomes_a_raw_record():
     }
 
 
+@pytest.mark.slow
 def test_deploy_stages_the_space_repo(staged, trained):
     _, run = trained
     assert sorted(p.name for p in staged.iterdir()) == [
@@ -143,6 +106,7 @@ def test_deploy_stages_the_space_repo(staged, trained):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_the_staged_package_is_this_package_byte_for_byte(staged):
     package = REPO / "pricer"
     mine = {p.relative_to(package): p.read_bytes() for p in package.rglob("*.py")}
@@ -154,10 +118,9 @@ def test_the_staged_package_is_this_package_byte_for_byte(staged):
     assert copied == mine
 
 
+@pytest.mark.slow
 def test_deploy_pushes_one_commit_to_a_gradio_space(trained, monkeypatch):
     import huggingface_hub
-
-    from tests.test_publish import RecordingApi
 
     apis = []
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: apis.append(RecordingApi()) or apis[-1])
@@ -174,6 +137,7 @@ def test_deploy_pushes_one_commit_to_a_gradio_space(trained, monkeypatch):
     assert commit[2]["folder_path"] == str(run / "hub" / "space") and commit[2]["repo_type"] == "space"
 
 
+@pytest.mark.slow
 def test_deploy_needs_a_trained_run(trained, capsys):
     args, _ = trained
     with pytest.raises(SystemExit):
@@ -205,6 +169,7 @@ def check_quote(result) -> float:
     return price
 
 
+@pytest.mark.slow
 def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, trained, tiny_llama, tmp_path):
     from gradio_client import Client
 
@@ -222,6 +187,7 @@ def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, traine
     assert "Traceback" not in (tmp_path / "app.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recipe(trained, tmp_path):
     """PRICER_ADAPTER=<run>/adapter: the run's metrics and categories for the page; the read-out
     comes from the adapter's pricer.json."""
@@ -258,6 +224,7 @@ def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message)
         Pricer("/nonexistent/base", None, device="cpu", **setting)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization, point", [("none", "median"), ("4bit", "mean")])
 def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantization, point):
     """The Space's prompt and reading are predict's: the same products, the same prices, with

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.space_server import serve
-from tests.test_space import staged, trained  # noqa: F401  (fixtures)
+from tests.conftest import REPO, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -51,7 +49,8 @@ def price_it(page, title: str, description: str) -> None:
     page.locator("#price-button").click()
 
 
-def test_a_person_prices_a_product_in_the_browser(browser, staged, trained, tiny_llama, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_a_person_prices_a_product_in_the_browser(browser, staged, trained, tiny_llama, tmp_path):
     _, run = trained
     env = {"PRICER_BASE_MODEL": tiny_llama, "PRICER_ADAPTER": str(run / "adapter")}
     with serve(staged / "app.py", env, tmp_path / "app.log") as url:

@@ -2,71 +2,12 @@
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from pricer.model import PriceModel
-from tests.conftest import small_datamodule
-
-
-class Losses(Callback):
-    def __init__(self):
-        self.by_step = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.by_step[trainer.global_step] = float(outputs["loss"])
-
-
-class Died(Exception):
-    pass
-
-
-class Kill(Callback):
-    """Stands in for a killed process: dies at the start of a given step."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise Died
-
-
-def datamodule(raw_items, tokenizer):
-    return small_datamodule(raw_items, tokenizer, raw_items / "cache")
-
-
-def trainer(root, callbacks, every=None, **kwargs):
-    if every:
-        callbacks = [
-            *callbacks,
-            ModelCheckpoint(
-                dirpath=root / "checkpoints", every_n_train_steps=every, save_last=True, save_top_k=-1
-            ),
-        ]
-    options = dict(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=str(root),
-        enable_checkpointing=bool(every),
-        callbacks=callbacks,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
-
-
-def model(tiny_llama, **kwargs):
-    L.seed_everything(42)
-    options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.1, learning_rate=5e-3)
-    options.update(kwargs)
-    return PriceModel(**options)
+from tests.conftest import Died, Kill, Losses, cpu_trainer, small_datamodule, tiny_datamodule, tiny_model
 
 
 def price_loss(module, dm):
@@ -78,20 +19,22 @@ def price_loss(module, dm):
 
 
 def test_a_few_steps_lower_the_loss(tiny_llama, raw_items, tmp_path):
-    module = model(tiny_llama, learning_rate=1e-2, lora_dropout=0.0, warmup_ratio=0.0)
-    dm = datamodule(raw_items, tiny_llama)
+    module = tiny_model(tiny_llama, learning_rate=1e-2, lora_dropout=0.0, warmup_ratio=0.0)
+    dm = tiny_datamodule(raw_items, tiny_llama)
     dm.prepare_data()
     dm.setup("fit")
     module.configure_model()
     before = price_loss(module, dm)
-    trainer(tmp_path, [], max_epochs=3).fit(module, datamodule=dm)
+    cpu_trainer(tmp_path, [], max_epochs=3).fit(module, datamodule=dm)
     after = price_loss(module, dm)
     assert after < before * 0.9, (before, after)
 
 
 def test_checkpoint_holds_lora_weights_optimizer_loops_and_rng_only(tiny_llama, raw_items, tmp_path):
-    module = model(tiny_llama)
-    trainer(tmp_path, [], every=2, max_steps=2).fit(module, datamodule=datamodule(raw_items, tiny_llama))
+    module = tiny_model(tiny_llama)
+    cpu_trainer(tmp_path, [], every=2, max_steps=2).fit(
+        module, datamodule=tiny_datamodule(raw_items, tiny_llama)
+    )
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(checkpoint["state_dict"]) == module.trainable_names()
     assert all("lora_" in k for k in checkpoint["state_dict"])
@@ -102,22 +45,24 @@ def test_checkpoint_holds_lora_weights_optimizer_loops_and_rng_only(tiny_llama, 
 
 def test_kill_mid_epoch_and_resume_gives_the_same_following_losses(tiny_llama, raw_items, tmp_path):
     whole = Losses()
-    trainer(tmp_path / "whole", [whole]).fit(model(tiny_llama), datamodule=datamodule(raw_items, tiny_llama))
+    cpu_trainer(tmp_path / "whole", [whole]).fit(
+        tiny_model(tiny_llama), datamodule=tiny_datamodule(raw_items, tiny_llama)
+    )
     assert len(whole.by_step) == 8  # 32 items, batches of 4, one epoch
 
     first = Losses()
     with pytest.raises(Died):
-        trainer(tmp_path / "killed", [first, Kill(step=5)], every=3).fit(
-            model(tiny_llama), datamodule=datamodule(raw_items, tiny_llama)
+        cpu_trainer(tmp_path / "killed", [first, Kill(step=5)], every=3).fit(
+            tiny_model(tiny_llama), datamodule=tiny_datamodule(raw_items, tiny_llama)
         )
     assert max(first.by_step) == 5  # it died during step 6; the last checkpoint is step 3
 
     resumed = Losses()
-    fresh = model(tiny_llama)
+    fresh = tiny_model(tiny_llama)
     torch.manual_seed(1234)  # a new process has another random state; the checkpoint restores it
-    trainer(tmp_path / "killed", [resumed], every=3).fit(
+    cpu_trainer(tmp_path / "killed", [resumed], every=3).fit(
         fresh,
-        datamodule=datamodule(raw_items, tiny_llama),
+        datamodule=tiny_datamodule(raw_items, tiny_llama),
         ckpt_path=str(tmp_path / "killed" / "checkpoints" / "last.ckpt"),
     )
     assert sorted(resumed.by_step) == [4, 5, 6, 7, 8]
@@ -129,8 +74,8 @@ def test_the_adapter_loads_back_onto_the_base(tiny_llama, raw_items, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    module = model(tiny_llama, quantization="none", lora_dropout=0.0)
-    trainer(tmp_path, [], max_steps=3).fit(module, datamodule=datamodule(raw_items, tiny_llama))
+    module = tiny_model(tiny_llama, quantization="none", lora_dropout=0.0)
+    cpu_trainer(tmp_path, [], max_steps=3).fit(module, datamodule=tiny_datamodule(raw_items, tiny_llama))
     adapter = Path(tmp_path) / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter).eval()
@@ -148,8 +93,8 @@ def test_a_nan_loss_stops_naming_the_step(tiny_llama, raw_items, tmp_path):
                     next(p for n, p in pl_module.named_parameters() if "lora_B" in n).fill_(float("nan"))
 
     with pytest.raises(FloatingPointError, match="loss is nan at global step 2"):
-        trainer(tmp_path, [Poison()], every=1).fit(
-            model(tiny_llama), datamodule=datamodule(raw_items, tiny_llama)
+        cpu_trainer(tmp_path, [Poison()], every=1).fit(
+            tiny_model(tiny_llama), datamodule=tiny_datamodule(raw_items, tiny_llama)
         )
     good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert good["global_step"] == 2
@@ -165,6 +110,6 @@ def test_smollm2_fine_tunes_on_real_items(gguf, sample, tmp_path):
     module = PriceModel(base_model=str(gguf), learning_rate=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
     module.configure_model()
     before = price_loss(module, dm)
-    trainer(tmp_path, []).fit(module, datamodule=dm)  # one epoch: 12 steps
+    cpu_trainer(tmp_path, []).fit(module, datamodule=dm)  # one epoch: 12 steps
     after = price_loss(module, dm)
     assert after < before * 0.8, (before, after)

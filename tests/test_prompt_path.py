@@ -1,0 +1,73 @@
+"""One prompt path: curation and predict (and so the Space) build a product's prompt through
+the same functions, so a product priced after training reads exactly as it trained."""
+
+import json
+
+import pytest
+
+from pricer.base_model import load_tokenizer, tokenizer_source
+from pricer.products import product_prompt
+from pricer.records import curate_chunk
+from pricer.rules import CurationRules
+from tests.conftest import record
+
+LONG = " ".join(
+    f"Paragraph {i}: a sturdy [steel] body, 1.7 L, auto shut-off; model AB12345CD." for i in range(60)
+)
+
+RECORDS = [
+    # features, nested details with dropped keys, a description list of several paragraphs
+    record(
+        "Acme Kettle {Deluxe} 1.7L - Model KT-2000XL",
+        25.0,
+        description=["A kettle that boils fast.", "Boil-dry protection and a 360 degree base.", LONG[:400]],
+        features=["1500 W element", "Removable washable filter", "BPA free: yes"],
+        details={
+            "Brand": "Acme",
+            "Item Weight": "1.5 pounds",
+            "Best Sellers Rank": {"Appliances": 2346, "Kettles": 12},
+            "Date First Available": "March 3, 2021",
+            "Dimensions": ["8 x 6 x 10 inches"],
+        },
+    ),
+    # long text: cut at max_chars before scrubbing, then at max_tokens
+    record("Fridge XL-900", 899.0, description=[LONG], features=[LONG[:700]], details={"Brand": "Frost"}),
+    # details as the 2023 loading script wrote them: a JSON string
+    record(
+        "Blender",
+        49.0,
+        description=[LONG[:900]],
+        features=[],
+        details=json.dumps({"Brand": "Mix", "Color": "Red"}),
+    ),
+]
+
+
+@pytest.fixture(params=["byte", "smollm2"])
+def tokenizer_name(request, byte_tokenizer):
+    if request.param == "byte":
+        return byte_tokenizer
+    return str(request.getfixturevalue("gguf"))
+
+
+def test_a_curated_prompt_and_the_predict_prompt_are_identical(tokenizer_name):
+    rules = CurationRules()
+    source = tokenizer_source(tokenizer_name)
+    lines = [(number, json.dumps(r).encode()) for number, r in enumerate(RECORDS, start=1)]
+    result = curate_chunk("meta_Appliances.jsonl", "Appliances", lines, rules, source)
+    assert len(result.rows) == len(RECORDS), result.drops
+    tokenizer = load_tokenizer(tokenizer_name)
+    for row, raw in zip(result.rows, RECORDS, strict=True):
+        title, prompt = product_prompt(raw, rules, tokenizer)
+        assert prompt == row["prompt"], raw["title"]
+        assert title == row["title"]
+    # the cut happened: every text is at most max_tokens long, and the long one reached it
+    counts = [len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) for row in result.rows]
+    assert max(counts) <= rules.max_tokens + 2 and max(counts) >= rules.max_tokens - 2
+
+
+def test_a_text_line_goes_through_the_same_token_cut(byte_tokenizer):
+    rules = CurationRules()
+    tokenizer = load_tokenizer(byte_tokenizer)
+    _, prompt = product_prompt({"text": "x" * 1000}, rules, tokenizer)
+    assert prompt.count("x") == rules.max_tokens  # the byte tokenizer: one token a character
