@@ -12,18 +12,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from pricer import hub
-from pricer.base_model import is_local
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
+from pricer.options import OptionError
 from pricer.precision import default_precision, emulated_bf16_warning
 from pricer.quantization import QuantizationUnavailable
 from pricer.raw import SourceError
 from pricer.run_folder import RunFolderError, place_run
-
-
-class OptionError(ValueError):
-    """An option pricer does not take as given; the message names it and what to set instead."""
 
 
 def check_trainer_options(trainer: dict) -> None:
@@ -69,7 +65,7 @@ class PricerTrainer(L.Trainer):
         """Stage the Gradio Space for a trained run in `<run>/hub/space/` and push it when asked.
 
         Takes the run's config (and `--run_name`): the Space serves the published adapter
-        (HubPublisher.model_repo) on its base model, names the dataset (data.hub_repo), quotes the
+        (HubPublisher.model_repo) on its base model, names the dataset (HubPublisher.dataset_repo), quotes the
         run's test metrics and offers test-split products as examples.
 
         Args:
@@ -79,53 +75,9 @@ class PricerTrainer(L.Trainer):
             hardware: The hardware the card suggests (an 8B base in 4-bit needs a GPU: t4-small).
             examples: How many test-split products to offer as one-click examples.
         """
-        from pricer.publish import HubPublisher
-        from pricer.space import SpaceSettings, examples_from_rows, stage_space
+        from pricer.space import deploy_space
 
-        if space_repo is not None:
-            hub.check_repo_id(space_repo, "deploy --space_repo")
-        if upload and not space_repo:
-            raise hub.HubPublishError("deploy --upload needs --space_repo owner/name")
-        run = Path(self.default_root_dir)
-        if not (run / "adapter" / "adapter_config.json").is_file():
-            raise RunFolderError(
-                f"deploy: {run} holds no trained adapter; name a trained run with --run_name"
-            )
-        publisher = next((c for c in self.callbacks if isinstance(c, HubPublisher)), None)
-        adapter = publisher.model_repo if publisher else None
-        base = (publisher.base_model_id if publisher else None) or model.hparams.base_model
-        if upload and not adapter:
-            raise hub.HubPublishError(
-                "deploy --upload: the Space needs the adapter on the Hub; set HubPublisher.model_repo and publish it"
-            )
-        if upload and (Path(base).expanduser().exists() or base.lower().endswith(".gguf")):
-            raise hub.HubPublishError(
-                f"deploy --upload: the base model {base!r} is a local file; set HubPublisher.base_model_id to its Hub id"
-            )
-        splits = datamodule.load_splits()
-        test = splits["test"].select(range(min(examples, len(splits["test"])))) if "test" in splits else []
-        metrics = run / "metrics.json"
-        # the dataset the card links: the published splits, or a curated source that is a Hub id
-        # (never a local path, which means nothing on the Hub)
-        source = None if datamodule.is_raw or is_local(datamodule.source) else datamodule.source
-        dataset = datamodule.hub_repo or source
-        settings = SpaceSettings(
-            base_model=base,
-            adapter=adapter,
-            dataset=dataset,
-            categories=list(datamodule.categories),
-            train_items=len(splits["train"]) if "train" in splits else None,
-            metrics=json.loads(metrics.read_text()) if metrics.is_file() else None,
-            examples=examples_from_rows(list(test)),
-        )
-        folder = stage_space(run / "hub" / "space", settings, hardware)
-        print(f"Space staged: {folder}")
-        if settings.metrics is None:
-            print(f"deploy: {metrics} is missing; the Space will not quote accuracy (run `test` first)")
-        if upload:
-            hub.upload_folder(folder, space_repo, "space", f"pricer Space for {run.name}", private)
-            print(f"Space pushed: https://huggingface.co/spaces/{space_repo}")
-        return folder
+        return deploy_space(self, model, datamodule, space_repo, upload, private, hardware, examples)
 
 
 class LoggedConfig(SaveConfigCallback):

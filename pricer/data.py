@@ -13,7 +13,7 @@ from pricer.batches import IGNORE_INDEX, PadCollator, tokenize_examples
 from pricer.categories import CATEGORIES, Category
 from pricer.curate import Curated, CurationSpec, curate, split_file
 from pricer.curated import load_curated
-from pricer.hub import check_repo_id
+from pricer.options import OptionError
 from pricer.products import load_products
 from pricer.raw import RAW_URL, is_raw_source
 from pricer.rules import CurationRules
@@ -46,10 +46,9 @@ class PriceDataModule(L.LightningDataModule):
             `effective_batch_size`.
         eval_batch_size: Items per validation and test batch (default: batch_size).
         num_workers: DataLoader worker processes.
-        hub_repo: Hub id (owner/name) to publish the curated splits to, with their card.
-        hub_private: Create that dataset repo private.
-        hub_upload: Push the staged dataset folder at the end of fit (staging always happens
-            when a HubPublisher callback is configured).
+        hub_repo: Moved: `HubPublisher.dataset_repo` (publishing is the publisher's).
+        hub_private: Moved: `HubPublisher.dataset_private`.
+        hub_upload: Moved: `HubPublisher.dataset_upload`.
         predict_source: Products to price with `predict`: a JSONL file of product texts (raw
             records, `text` or `prompt` per line) or a curated dataset; default: the test split.
     """
@@ -75,17 +74,17 @@ class PriceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         predict_source: str | None = None,
         hub_repo: str | None = None,
-        hub_private: bool = True,
-        hub_upload: bool = False,
+        hub_private: bool | None = None,
+        hub_upload: bool | None = None,
     ) -> None:
         super().__init__()
         categories = list(categories or ["Appliances"])
         unknown = [c for c in categories if c not in CATEGORIES]
         if unknown:
-            raise ValueError(f"data.categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
+            raise OptionError(f"data.categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if size is not None and size < 0:
-                raise ValueError(f"data.{name} must be 0 or more, got {size}")
+                raise OptionError(f"data.{name} must be 0 or more, got {size}")
         self.source = source
         self.categories = categories
         self.tokenizer_name = tokenizer
@@ -101,11 +100,16 @@ class PriceDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.predict_source = predict_source
-        if hub_repo is not None:
-            check_repo_id(hub_repo, "data.hub_repo")
-        if hub_upload and hub_repo is None:
-            raise ValueError("data.hub_upload is true but data.hub_repo is not set")
-        self.hub_repo, self.hub_private, self.hub_upload = hub_repo, hub_private, hub_upload
+        for old, value, new in (
+            ("hub_repo", hub_repo, "dataset_repo"),
+            ("hub_private", hub_private, "dataset_private"),
+            ("hub_upload", hub_upload, "dataset_upload"),
+        ):
+            if value is not None:
+                raise OptionError(
+                    f"data.{old}={value!r}: publishing moved to the publisher; set "
+                    f"HubPublisher.{new} (under trainer.callbacks, pricer.publish.HubPublisher init_args)"
+                )
         self.datasets: dict = {}
         self.curated: Curated | None = None
         self._splits = None

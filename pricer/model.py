@@ -18,6 +18,7 @@ from pricer.base_model import is_local, load_base, load_tokenizer
 from pricer.batch_size import smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
 from pricer.hub import adapter_folder
+from pricer.options import OptionError
 from pricer.precision import ComputeDtype
 from pricer.quantization import Quantization, lora_config
 from pricer.reading import Point, PriceReader
@@ -97,13 +98,13 @@ class PriceModel(L.LightningModule):
     ) -> None:
         super().__init__()
         if quant_type not in ("nf4", "fp4"):
-            raise ValueError(f"model.quant_type must be nf4 or fp4, got {quant_type!r}")
+            raise OptionError(f"model.quant_type must be nf4 or fp4, got {quant_type!r}")
         if lora_r <= 0:
-            raise ValueError(f"model.lora_r must be positive, got {lora_r}")
+            raise OptionError(f"model.lora_r must be positive, got {lora_r}")
         if not 0 <= lora_dropout < 1:
-            raise ValueError(f"model.lora_dropout must be in [0, 1), got {lora_dropout}")
+            raise OptionError(f"model.lora_dropout must be in [0, 1), got {lora_dropout}")
         if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"model.micro_batch_size must be positive or null, got {micro_batch_size}")
+            raise OptionError(f"model.micro_batch_size must be positive or null, got {micro_batch_size}")
         self.save_hyperparameters()
         # Each training step is one optimizer step over its batch, accumulated here in passes of
         # micro_batch_size items: a pass that runs out of memory can then be retried smaller

@@ -36,8 +36,7 @@ class HubPublisher(Callback):
     (`hub/dataset/`, `hub/model/`), with generated cards, and push them when asked.
 
     The model folder is staged at the end of fit and again after test, to carry the metrics.
-    The dataset's repo and whether to push it are DataModule options (`data.hub_repo`,
-    `data.hub_private`, `data.hub_upload`); it is staged only when pricer curated it.
+    The dataset folder is staged only when pricer curated it.
 
     Args:
         model_repo: Hub id for the adapter (owner/name); null stages under a placeholder name.
@@ -47,6 +46,10 @@ class HubPublisher(Callback):
             a local folder or .gguf file.
         license: The adapter's licence for the card (the base model's), e.g. llama3.1.
         card_templates: A folder with dataset_card.md / model_card.md to use instead of pricer's.
+        dataset_repo: Hub id for the curated splits and their card; null stages under a
+            placeholder name.
+        dataset_private: Create the dataset repo private (the raw data has no licence: keep it so).
+        dataset_upload: Push the staged dataset folder at the end of fit.
     """
 
     def __init__(
@@ -57,11 +60,22 @@ class HubPublisher(Callback):
         base_model_id: str | None = None,
         license: str | None = None,
         card_templates: str | None = None,
+        dataset_repo: str | None = None,
+        dataset_private: bool = True,
+        dataset_upload: bool = False,
     ) -> None:
-        if model_repo is not None:
-            hub.check_repo_id(model_repo, "HubPublisher.model_repo")
+        for option, repo in (("model_repo", model_repo), ("dataset_repo", dataset_repo)):
+            if repo is not None:
+                hub.check_repo_id(repo, f"HubPublisher.{option}")
         if upload and not model_repo:
             raise hub.HubPublishError("HubPublisher.upload is true but model_repo is not set")
+        if dataset_upload and not dataset_repo:
+            raise hub.HubPublishError("HubPublisher.dataset_upload is true but dataset_repo is not set")
+        self.dataset_repo, self.dataset_private, self.dataset_upload = (
+            dataset_repo,
+            dataset_private,
+            dataset_upload,
+        )
         self.model_repo = model_repo
         self.private, self.upload = private, upload
         self.base_model_id, self.license = base_model_id, license
@@ -70,7 +84,7 @@ class HubPublisher(Callback):
         self.fit_seconds: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.upload or getattr(trainer.datamodule, "hub_upload", False):
+        if self.upload or self.dataset_upload:
             # a push that cannot happen fails before any work
             from huggingface_hub import get_token
 
@@ -114,12 +128,12 @@ class HubPublisher(Callback):
         curation = json.loads((curated.folder / "curation.json").read_text())
         prices = datamodule.load_splits()["train"]["price"] if "train" in splits else []
         price_histogram(prices, folder / "price_histogram.png", "training prices")
-        repo = datamodule.hub_repo or "your-name/pricer-dataset"
+        repo = self.dataset_repo or "your-name/pricer-dataset"
         dataset_card(repo, curation, curated.accounting, splits, self.card_templates).save(
             folder / "README.md"
         )
-        if datamodule.hub_upload:
-            hub.upload_folder(folder, repo, "dataset", self._message(trainer), datamodule.hub_private)
+        if self.dataset_upload:
+            hub.upload_folder(folder, repo, "dataset", self._message(trainer), self.dataset_private)
         return folder
 
     def stage_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
@@ -137,7 +151,7 @@ class HubPublisher(Callback):
         card = model_card(
             repo_id=self.model_name,
             base_model=self.base_model_id or hp["base_model"],
-            dataset_repo=getattr(datamodule, "hub_repo", None),
+            dataset_repo=self.dataset_repo,
             categories=list(getattr(datamodule, "categories", [])),
             hyperparameters={
                 **{

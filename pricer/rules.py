@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
+from pricer.options import OptionError
+
 # Drop reasons, as they appear in the accounting.
 NO_PRICE = "no_price"
 BAD_PRICE = "unparseable_price"
@@ -64,16 +66,16 @@ class CurationRules:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_price <= self.max_price:
-            raise ValueError(
-                f"curation rules: need 0 <= min_price <= max_price, got {self.min_price} and {self.max_price}"
+            raise OptionError(
+                f"data.rules: need 0 <= min_price <= max_price, got {self.min_price} and {self.max_price}"
             )
         if not self.max_tokens > 0 or self.min_tokens >= self.max_tokens:
-            raise ValueError(
-                f"curation rules: need min_tokens < max_tokens, got {self.min_tokens} and {self.max_tokens}"
+            raise OptionError(
+                f"data.rules: need min_tokens < max_tokens, got {self.min_tokens} and {self.max_tokens}"
             )
         if self.max_chars <= self.min_chars:
-            raise ValueError(
-                f"curation rules: need min_chars < max_chars, got {self.min_chars} and {self.max_chars}"
+            raise OptionError(
+                f"data.rules: need min_chars < max_chars, got {self.min_chars} and {self.max_chars}"
             )
 
     def as_dict(self) -> dict:

@@ -161,3 +161,66 @@ def stage_space(folder: Path, settings: SpaceSettings, hardware: str = "t4-small
     card.data.suggested_hardware = hardware
     card.save(folder / "README.md")
     return folder
+
+
+def deploy_space(
+    trainer,
+    model,
+    datamodule,
+    space_repo: str | None = None,
+    upload: bool = False,
+    private: bool = False,
+    hardware: str = "t4-small",
+    examples: int = 6,
+) -> Path:
+    """`python -m pricer deploy`: stage the Space for a trained run in `<run>/hub/space/`, and
+    push it when asked. The Space serves the published adapter (its recipe decides how), names
+    the published dataset (or a curated source that is a Hub id; never a local path), quotes the
+    run's test metrics and offers test-split products as examples."""
+    from pricer import hub
+    from pricer.base_model import is_local
+    from pricer.publish import HubPublisher
+    from pricer.run_folder import RunFolderError
+
+    if space_repo is not None:
+        hub.check_repo_id(space_repo, "deploy --space_repo")
+    if upload and not space_repo:
+        raise hub.HubPublishError("deploy --upload needs --space_repo owner/name")
+    run = Path(trainer.default_root_dir)
+    if not (run / "adapter" / "adapter_config.json").is_file():
+        raise RunFolderError(f"deploy: {run} holds no trained adapter; name a trained run with --run_name")
+    publisher = next((c for c in trainer.callbacks if isinstance(c, HubPublisher)), None)
+    adapter = publisher.model_repo if publisher else None
+    base = (publisher.base_model_id if publisher else None) or model.hparams.base_model
+    if upload and not adapter:
+        raise hub.HubPublishError(
+            "deploy --upload: the Space needs the adapter on the Hub; set HubPublisher.model_repo and publish it"
+        )
+    if upload and (Path(base).expanduser().exists() or base.lower().endswith(".gguf")):
+        raise hub.HubPublishError(
+            f"deploy --upload: the base model {base!r} is a local file; set HubPublisher.base_model_id to its Hub id"
+        )
+    splits = datamodule.load_splits()
+    test = splits["test"].select(range(min(examples, len(splits["test"])))) if "test" in splits else []
+    metrics = run / "metrics.json"
+    # the dataset the card links: the published splits, or a curated source that is a Hub id
+    # (never a local path, which means nothing on the Hub)
+    source = None if datamodule.is_raw or is_local(datamodule.source) else datamodule.source
+    dataset = (publisher.dataset_repo if publisher else None) or source
+    settings = SpaceSettings(
+        base_model=base,
+        adapter=adapter,
+        dataset=dataset,
+        categories=list(datamodule.categories),
+        train_items=len(splits["train"]) if "train" in splits else None,
+        metrics=json.loads(metrics.read_text()) if metrics.is_file() else None,
+        examples=examples_from_rows(list(test)),
+    )
+    folder = stage_space(run / "hub" / "space", settings, hardware)
+    print(f"Space staged: {folder}")
+    if settings.metrics is None:
+        print(f"deploy: {metrics} is missing; the Space will not quote accuracy (run `test` first)")
+    if upload:
+        hub.upload_folder(folder, space_repo, "space", f"pricer Space for {run.name}", private)
+        print(f"Space pushed: https://huggingface.co/spaces/{space_repo}")
+    return folder

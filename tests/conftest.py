@@ -304,8 +304,8 @@ def trained(tmp_path_factory, tiny_llama):
         "  callbacks:\n"
         "    - class_path: pricer.report.PriceReport\n"
         "    - class_path: pricer.publish.HubPublisher\n"
-        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  hub_repo: me/pricer-data\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama, dataset_repo: me/pricer-data}\n"
+        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n"
     )
     args = [
         "--config", SMOKE,

@@ -64,3 +64,23 @@ def test_lightnings_own_clipping_and_accumulation_name_pricers_options(
     err = capsys.readouterr().err
     assert f"pricer: error: {option.removeprefix('--')}={value}" in err and names in err
     assert not any(tmp_path.iterdir())  # no run folder
+
+
+@pytest.mark.parametrize(
+    "option, value, moved",
+    [
+        ("hub_repo", "me/data", "dataset_repo"),
+        ("hub_upload", "true", "dataset_upload"),
+        ("hub_private", "false", "dataset_private"),
+    ],
+)
+def test_the_moved_publishing_options_name_their_new_place(tmp_path, capsys, option, value, moved):
+    with pytest.raises(SystemExit) as stop:
+        main(
+            ["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path), f"--data.{option}", value]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"pricer: error: data.{option}=" in err and f"HubPublisher.{moved}" in err and "Traceback" not in err
+    )

@@ -20,8 +20,7 @@ def published(fit_args, tmp_path, monkeypatch):
         "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
         "    - class_path: pricer.report.PriceReport\n"
         "    - class_path: pricer.publish.HubPublisher\n"
-        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
-        "data:\n  hub_repo: me/pricer-data\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama, dataset_repo: me/pricer-data}\n"
     )
     monkeypatch.setenv("HF_TOKEN", SECRET)
     main(["fit", *fit_args, "--config", str(overlay), "--run_name", "pub"])

@@ -151,6 +151,28 @@ def test_deploy_needs_a_trained_run(trained, capsys):
     assert "deploy --space_repo: 'not a repo' is not a Hub repo id" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_deploy_from_a_locally_curated_source_names_no_local_path(trained, capsys):
+    """A run's data from a local curated folder (the staged dataset here) and no dataset repo:
+    the Space's card and settings name no dataset rather than a path that means nothing on the
+    Hub."""
+    args, run = trained
+    local = run / "hub" / "dataset"
+    overlay = run.parent / "no-dataset-repo.yaml"
+    overlay.write_text(
+        "trainer:\n  callbacks:\n    - class_path: pricer.publish.HubPublisher\n"
+        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+    )
+    main(["deploy", *args, "--config", str(overlay), "--run_name", "space", "--data.source", str(local)])
+    staged = run / "hub" / "space"
+    assert front_matter(staged / "README.md").get("datasets") in (None, [])
+    assert json.loads((staged / "pricer_space.json").read_text())["dataset"] is None
+    for path in staged.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md"):
+            assert str(local) not in path.read_text(), path
+    main(["deploy", *args, "--run_name", "space"])  # the fixture's own staging back in place
+
+
 PRICE = re.compile(r"^## \$([\d,]+)$")
 INTERVAL = re.compile(r"^80% likely between \$([\d,]+) and \$([\d,]+)$")
 
