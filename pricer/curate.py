@@ -25,6 +25,7 @@ from pricer import raw
 from pricer.accounting import Accounting
 from pricer.records import ChunkResult, curate_chunk
 from pricer.rules import CurationRules
+from pricer.source import parse_source
 from pricer.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample, key_hash
 
 DUPLICATE = "duplicate"
@@ -124,7 +125,7 @@ def _pool(num_proc: int):
 
 def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_size: int):
     """(category, ChunkResult, lines read) in file order, from `num_proc` processes."""
-    files = raw.check_files(spec.source, spec.categories)
+    files = raw.check_files(parse_source(spec.source), spec.categories)
     pool = _pool(num_proc) if num_proc > 1 else None
     in_flight: deque = deque()
     try:

@@ -20,24 +20,31 @@ COLUMNS = ("key", "title", "category", "price", "text", "prompt", "completion")
 _SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
 
 
-def load_curated(source: str):
-    """A curated source as a DatasetDict in pricer's columns; stops on what it cannot read."""
+def load_curated(source):
+    """A curated source (a parsed DataSource, or its string) as a DatasetDict in pricer's
+    columns; stops on what it cannot read."""
     from datasets import DatasetDict, load_dataset
 
-    path = Path(source).expanduser()
-    if path.is_dir():
+    from pricer.source import parse_source
+
+    parsed = parse_source(source) if isinstance(source, str) else source
+    if parsed.is_raw:
+        raise SourceError(f"data.source {parsed.given!r} is raw metadata, not a curated dataset")
+    path = Path(parsed.location)
+    if parsed.kind == "curated_hub":
+        try:
+            loaded = hub.load_hub_dataset(parsed.location)
+        except Exception as error:  # offline, no such repo, no access
+            raise SourceError(
+                f"data.source {parsed.given!r}: there is no local folder or file by that name, and the "
+                f"Hub dataset {parsed.location} cannot be read ({type(error).__name__}: {error})"
+            ) from error
+    elif path.is_dir():
         loaded = load_dataset(str(path))
-    elif path.suffix in (".parquet", ".jsonl", ".json", ".csv") and path.is_file():
+    else:
         kind = {".jsonl": "json"}.get(path.suffix, path.suffix[1:])
         loaded = load_dataset(kind, data_files={"test": str(path)})
-    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        loaded = hub.load_hub_dataset(source)
-    else:
-        raise SourceError(
-            f"data.source {source!r} is neither a raw Amazon Reviews 2023 folder "
-            "(raw/meta_categories/meta_<Category>.jsonl), nor a curated dataset folder or file, "
-            "nor a Hub repo id (owner/name)"
-        )
+    source = parsed.given
     return DatasetDict(
         {_SPLIT_NAMES.get(name, name): _normalise(split, source, name) for name, split in loaded.items()}
     )

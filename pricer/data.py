@@ -15,8 +15,9 @@ from pricer.curate import Curated, CurationSpec, curate, split_file
 from pricer.curated import load_curated
 from pricer.options import OptionError
 from pricer.products import load_products
-from pricer.raw import RAW_URL, is_raw_source
+from pricer.raw import RAW_URL, SourceError
 from pricer.rules import CurationRules
+from pricer.source import parse_source
 from pricer.splits import SPLITS
 
 
@@ -86,6 +87,7 @@ class PriceDataModule(L.LightningDataModule):
             if size is not None and size < 0:
                 raise OptionError(f"data.{name} must be 0 or more, got {size}")
         self.source = source
+        self.data_source = parse_source(source)  # checked now: a path that is not here stops early
         self.categories = categories
         self.tokenizer_name = tokenizer
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
@@ -117,7 +119,7 @@ class PriceDataModule(L.LightningDataModule):
 
     @property
     def is_raw(self) -> bool:
-        return is_raw_source(self.source)
+        return self.data_source.is_raw
 
     def _require_tokenizer(self) -> str:
         if not self.tokenizer_name:
@@ -149,7 +151,16 @@ class PriceDataModule(L.LightningDataModule):
     def curate(self) -> Curated:
         """Curate the raw source into cached splits (a second call reuses the cache)."""
         if not self.is_raw:
-            raise ValueError(f"data.source {self.source!r} is already curated: there is nothing to curate")
+            where = (
+                "a Hub dataset id (there is no local folder by that name)"
+                if self.data_source.on_hub
+                else f"the curated dataset at {self.data_source.location}"
+            )
+            raise SourceError(
+                f"data.source {self.source!r} is {where}, not raw Amazon Reviews 2023 metadata: "
+                "there is nothing to curate (a raw source is hf://datasets/McAuley-Lab/Amazon-Reviews-2023 "
+                "or a folder holding raw/meta_categories/meta_<Category>.jsonl)"
+            )
         spec = self.spec()
         self.curated = curate(spec, tokenizer_source(spec.tokenizer), self.cache_dir, num_proc=self.num_proc)
         return self.curated
@@ -160,7 +171,7 @@ class PriceDataModule(L.LightningDataModule):
             state = "reused from the cache" if curated.cached else "curated"
             print(f"data: {state} in {curated.folder}\n{curated.accounting.table()}")
         else:
-            load_curated(self.source)  # downloads once, on one process
+            load_curated(self.data_source)  # downloads once, on one process
 
     def load_splits(self):
         """The curated splits as a DatasetDict (untokenized), loaded once and kept: setup,
@@ -169,7 +180,7 @@ class PriceDataModule(L.LightningDataModule):
 
         if self._splits is None:
             if not self.is_raw:
-                self._splits = load_curated(self.source)
+                self._splits = load_curated(self.data_source)
             else:
                 curated = self.curated or self.curate()
                 files = {

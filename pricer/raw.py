@@ -26,27 +26,11 @@ class SourceError(ValueError):
     """The data source cannot be used as asked; the message says which file and why."""
 
 
-def is_raw_source(source: str) -> bool:
-    """True for the Hub dataset (as `hf://` URL or repo id) or a local folder laid out like it."""
-    if source.rstrip("/") in (RAW_URL, RAW_REPO):
-        return True
-    if source.startswith("hf://"):
-        return False
-    return (Path(source).expanduser() / "raw" / "meta_categories").is_dir()
-
-
-def category_file(source: str, category: str) -> str:
-    """Where a category's metadata lives in a raw source."""
-    relative = f"raw/meta_categories/meta_{category}.jsonl"
-    if source.rstrip("/") in (RAW_URL, RAW_REPO):
-        return f"{RAW_URL}/{relative}"
-    return str(Path(source).expanduser() / relative)
-
-
-def check_files(source: str, categories: list[str]) -> list[str]:
-    """The files of the categories asked for; stops naming every missing one."""
-    files = [category_file(source, c) for c in categories]
-    if files and files[0].startswith("hf://"):
+def check_files(source, categories: list[str]) -> list[str]:
+    """The files of the categories asked for in a raw source (a parsed DataSource); stops
+    naming every missing one."""
+    files = [source.category_file(c) for c in categories]
+    if source.on_hub:
         try:
             missing = [f for f in files if not hub.hub_exists(f)]
         except Exception as error:  # offline, no network, or the Hub refused
@@ -59,8 +43,8 @@ def check_files(source: str, categories: list[str]) -> list[str]:
         missing = [f for f in files if not Path(f).is_file()]
     if missing:
         listing = ""
-        if not source.startswith("hf://") and source != RAW_REPO:
-            folder = Path(category_file(source, "X")).parent
+        if not source.on_hub:
+            folder = Path(source.category_file("X")).parent
             present = sorted(p.stem.removeprefix("meta_") for p in folder.glob("meta_*.jsonl"))
             listing = f" (the folder has: {', '.join(present) or 'no category files'})"
         raise SourceError(f"missing category file(s): {', '.join(missing)}{listing}")

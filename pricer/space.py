@@ -178,7 +178,6 @@ def deploy_space(
     the published dataset (or a curated source that is a Hub id; never a local path), quotes the
     run's test metrics and offers test-split products as examples."""
     from pricer import hub
-    from pricer.base_model import is_local
     from pricer.publish import HubPublisher
     from pricer.run_folder import RunFolderError
 
@@ -205,7 +204,8 @@ def deploy_space(
     metrics = run / "metrics.json"
     # the dataset the card links: the published splits, or a curated source that is a Hub id
     # (never a local path, which means nothing on the Hub)
-    source = None if datamodule.is_raw or is_local(datamodule.source) else datamodule.source
+    parsed = datamodule.data_source
+    source = parsed.location if parsed.kind == "curated_hub" else None
     dataset = (publisher.dataset_repo if publisher else None) or source
     settings = SpaceSettings(
         base_model=base,

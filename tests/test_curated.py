@@ -42,5 +42,40 @@ def test_unknown_columns_are_named(tmp_path):
 
 
 def test_a_path_that_is_nothing_is_explained(tmp_path):
-    with pytest.raises(SourceError, match="neither a raw Amazon Reviews 2023 folder"):
+    with pytest.raises(SourceError, match="no such local folder or file"):
         load_curated(str(tmp_path / "missing" / "folder"))
+
+
+@pytest.mark.parametrize(
+    "given, kind, location",
+    [
+        (
+            "hf://datasets/McAuley-Lab/Amazon-Reviews-2023",
+            "raw_hub",
+            "hf://datasets/McAuley-Lab/Amazon-Reviews-2023",
+        ),
+        ("McAuley-Lab/Amazon-Reviews-2023/", "raw_hub", "hf://datasets/McAuley-Lab/Amazon-Reviews-2023"),
+        ("hf://datasets/me/pricer-data", "curated_hub", "me/pricer-data"),
+        ("me/pricer-data", "curated_hub", "me/pricer-data"),
+    ],
+)
+def test_a_source_is_parsed_once_into_its_kind_and_location(given, kind, location):
+    from pricer.source import parse_source
+
+    parsed = parse_source(given)
+    assert (parsed.kind, parsed.location, parsed.given) == (kind, location, given)
+
+
+def test_local_sources_are_told_apart_by_what_is_there(raw_items, tmp_path):
+    from pricer.source import parse_source
+
+    assert parse_source(str(raw_items)).kind == "raw_local"
+    assert parse_source(str(raw_items)).category_file("Software") == str(
+        raw_items / "raw" / "meta_categories" / "meta_Software.jsonl"
+    )
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    assert parse_source(str(curated)).kind == "curated_local"
+    for missing in (str(tmp_path / "nope"), "./nope/folder", "data/products.parquet", "a/b/c"):
+        with pytest.raises(SourceError, match="no such local folder or file"):
+            parse_source(missing)
