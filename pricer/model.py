@@ -345,7 +345,12 @@ class PriceModel(L.LightningModule):
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         by_epochs = last_batch and trainer.current_epoch + 1 >= (trainer.max_epochs or 1)
         if by_steps or by_epochs:
-            trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+            last = Path(callback.dirpath) / "last.ckpt"
+            # Told first, as Lightning does for its own: otherwise its save_last at the end finds a
+            # last.ckpt it did not write and versions its own as last-v1.ckpt beside it.
+            if callback.save_last:
+                callback.last_model_path = str(last)
+            trainer.save_checkpoint(last)
 
     def on_train_start(self) -> None:
         # Lightning restores the data loader's place in the epoch in setup_data(), but

@@ -87,6 +87,10 @@ class PriceReport(Callback):
         metrics = price_metrics(truth, predicted)
         metrics["baselines"] = self._baselines(trainer, truth, predicted)
         metrics["read"] = {"point": pl_module.hparams.point, "interval": pl_module.hparams.interval_coverage}
+        whole = self._test_items(trainer)
+        if whole is not None and whole > len(rows):
+            metrics["partial"] = f"the first {len(rows)} of {whole} test items (trainer.limit_test_batches)"
+            print(f"test: measured on {metrics['partial']}")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_predictions(rows, folder / "predictions.csv")
         scatter(truth, predicted, metrics, folder / "scatter.png")
@@ -102,6 +106,12 @@ class PriceReport(Callback):
                 )
 
     @staticmethod
+    def _test_items(trainer: L.Trainer) -> int | None:
+        datamodule = trainer.datamodule
+        datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
+        return len(datasets["test"]) if "test" in datasets else None
+
+    @staticmethod
     def _baselines(trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray) -> dict:
         """Each baseline's metrics, and the model's MAE minus the baseline's (paired, with its
         95% interval: below zero throughout means the model is better beyond the noise)."""
@@ -109,7 +119,10 @@ class PriceReport(Callback):
         train = datamodule.train_prices_and_texts() if datamodule is not None else None
         if train is None:
             return {"skipped": "the data source has no train split to fit the baselines on"}
-        predictions = baseline_predictions(*train, datamodule.test_texts())
+        # the items the model read: all of the test split, or its first batches when
+        # trainer.limit_test_batches cut the pass short (the loader does not shuffle)
+        texts = datamodule.test_texts()[: len(truth)]
+        predictions = baseline_predictions(*train, texts)
         return {
             name: {**price_metrics(truth, values), **mae_gap(truth, predicted, values)}
             for name, values in predictions.items()

@@ -35,6 +35,7 @@ def test_resume_last_continues_the_named_run(fit_args, tmp_path):
     main(["fit", *fit_args, "--run_name", "r", "--trainer.max_steps", "2"])
     last = tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert not list(last.parent.glob("last-v*.ckpt"))  # one last.ckpt when max_steps ends the run
     main(["fit", *fit_args, "--run_name", "r", "--ckpt_path", "last"])
     assert torch.load(last, weights_only=True)["global_step"] == 4  # 16 items in batches of 4
 
@@ -135,3 +136,31 @@ def test_predict_prices_a_jsonl_of_three_products(fit_args, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", *fit_args, "--data.predict_source", str(products), "--run_name", "q"])
     assert "products.jsonl:2:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_test_pass_cut_short_reports_on_the_items_it_read(fit_args, tmp_path):
+    """--trainer.limit_test_batches 1 reads one batch of the test split: the baselines are
+    scored on the same items and the report says it is partial (it crashed in the baselines)."""
+    import csv
+    import json
+
+    main(
+        [
+            "fit",
+            *fit_args,
+            "--run_name",
+            "short",
+            "--data.test_size",
+            "12",
+            "--trainer.limit_test_batches",
+            "1",
+        ]
+    )
+    run = tmp_path / "runs" / "short"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 8  # one batch of eval_batch_size 8
+    assert metrics["partial"] == "the first 8 of 12 test items (trainer.limit_test_batches)"
+    assert {"tfidf_linear_log_price", "train_median"} <= set(metrics["baselines"])
+    assert len(list(csv.DictReader((run / "predictions.csv").open()))) == 8
+    assert (run / "scatter.png").is_file()
