@@ -130,7 +130,9 @@ def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_siz
     in_flight: deque = deque()
     try:
         for category, path in zip(spec.categories, files, strict=True):
+            chunks = 0
             for index, chunk in enumerate(_chunks(raw.read_lines(path), chunk_size)):
+                chunks += 1
                 if index == 0:
                     raw.check_schema(path, chunk)
                 args = (path, category, chunk, spec.rules, tokenizer_source)
@@ -142,6 +144,11 @@ def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_siz
                 while len(in_flight) > 2 * num_proc:
                     category_done, pending, n = in_flight.popleft()
                     yield category_done, pending.get(), n
+            if chunks == 0:
+                raise raw.SourceError(
+                    f"{path} holds no records: data.categories asks for {category}; give its file "
+                    "records or take it out of data.categories"
+                )
         while in_flight:
             category_done, pending, n = in_flight.popleft()
             yield category_done, pending.get(), n

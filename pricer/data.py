@@ -79,6 +79,8 @@ class PriceDataModule(L.LightningDataModule):
         hub_upload: bool | None = None,
     ) -> None:
         super().__init__()
+        if categories is not None and len(categories) == 0:
+            raise OptionError("data.categories is empty: name at least one category (null means Appliances)")
         categories = list(categories or ["Appliances"])
         unknown = [c for c in categories if c not in CATEGORIES]
         if unknown:

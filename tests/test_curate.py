@@ -175,3 +175,20 @@ def test_split_files_use_the_hub_layout(raw_items, byte_tokenizer):
     assert split_file(curated.folder, "train").name == "train-00000-of-00001.parquet"
     loaded = load_dataset(str(curated.folder))
     assert {k: len(v) for k, v in loaded.items()} == {"train": 10, "validation": 2, "test": 3}
+
+
+def test_an_empty_category_file_or_no_category_is_said_not_skipped(tmp_path, byte_tokenizer):
+    """An empty category file asked for beside a full one stopped nothing; `[]` curated
+    Appliances."""
+    from pricer.options import OptionError
+    from tests.conftest import small_datamodule
+
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    write_raw(tmp_path, "Software", [])
+    dm = small_datamodule(tmp_path, byte_tokenizer, tmp_path / "cache", categories=["Appliances", "Software"])
+    with pytest.raises(
+        SourceError, match=r"meta_Software.jsonl holds no records: data.categories asks for Software"
+    ):
+        dm.curate()
+    with pytest.raises(OptionError, match="data.categories is empty"):
+        small_datamodule(tmp_path, byte_tokenizer, tmp_path / "cache", categories=[])
