@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from pathlib import Path
 
 import lightning as L
@@ -18,11 +19,26 @@ COLUMNS = ("title", "category", "price", "predicted", "low", "high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")
 
 
-def write_predictions(rows: list[dict], path: Path, columns=COLUMNS) -> None:
+def write_predictions(rows: list[dict], path: Path, columns=COLUMNS, cents: bool = False) -> None:
+    """One row per item. `cents`: prices to the cent and titles printable (predict's output,
+    read by people and spreadsheets); the test report keeps full precision for comparisons."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: row[k] for k in columns} for row in rows)
+        for row in rows:
+            row = {k: row[k] for k in columns}
+            if cents:
+                row = {k: round(v, 2) if isinstance(v, float) else printable(v) for k, v in row.items()}
+            writer.writerow(row)
+
+
+def printable(value):
+    """Text with every kind of space as one space and no control, format (bidi), private-use or
+    unassigned characters, which a CSV viewer would act on or show as boxes; a number as it is."""
+    if not isinstance(value, str):
+        return value
+    kept = [" " if c.isspace() else c for c in value if c.isspace() or unicodedata.category(c)[0] not in "CZ"]
+    return " ".join("".join(kept).split())
 
 
 def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> None:
@@ -73,7 +89,7 @@ class PriceReport(Callback):
         if trainer.is_global_zero and self.predicted:
             folder = Path(trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            write_predictions(self.predicted, folder / "predict.csv", PREDICT_COLUMNS)
+            write_predictions(self.predicted, folder / "predict.csv", PREDICT_COLUMNS, cents=True)
             print(f"predictions for {len(self.predicted)} products: {folder / 'predict.csv'}")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

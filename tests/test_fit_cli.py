@@ -164,3 +164,43 @@ def test_a_test_pass_cut_short_reports_on_the_items_it_read(fit_args, tmp_path):
     assert {"tfidf_linear_log_price", "train_median"} <= set(metrics["baselines"])
     assert len(list(csv.DictReader((run / "predictions.csv").open()))) == 8
     assert (run / "scatter.png").is_file()
+
+
+def test_every_predict_line_is_priced_or_stopped_with_its_line_number(byte_tokenizer, tmp_path):
+    """Lines predict used to take wrongly: a Latin-1 byte (a traceback), a null text (priced as
+    "None"), a prompt of any length (read whole: 60k tokens ran for 8 minutes)."""
+    import json
+
+    from pricer.base_model import load_tokenizer
+    from pricer.products import load_products
+    from pricer.raw import SourceError
+    from pricer.rules import CurationRules
+
+    rules, tokenizer = CurationRules(), load_tokenizer(byte_tokenizer)
+    products = tmp_path / "products.jsonl"
+    products.write_bytes(b'{"text": "Kettle"}\n{"title": "Caf\xe9 press", "description": ["A press."]}\n')
+    with pytest.raises(SourceError, match=r"products.jsonl:2: not UTF-8 text"):
+        load_products(str(products), rules, tokenizer)
+    products.write_text('{"text": "Kettle"}\n{"text": null}\n')
+    with pytest.raises(SourceError, match=r'products.jsonl:2: "text" must be text, got null'):
+        load_products(str(products), rules, tokenizer)
+    question = "How much does this cost to the nearest dollar?"
+    products.write_text(json.dumps({"prompt": f"{question}\n\nFan\n{'x' * 150_000}\n\nPrice is $"}) + "\n")
+    (item,) = load_products(str(products), rules, tokenizer)
+    assert item["prompt"].startswith(f"{question}\n\nFan\n") and item["prompt"].endswith("\n\nPrice is $")
+    assert item["prompt"].count("x") == rules.max_tokens - len("Fan\n")  # one token a byte
+    with pytest.raises(SourceError, match="does not exist"):
+        load_products(str(tmp_path / "nothing.jsonl"), rules, tokenizer)
+
+
+def test_predict_csv_holds_cents_and_printable_titles(tmp_path):
+    import csv
+
+    from pricer.report import PREDICT_COLUMNS, write_predictions
+
+    rows = [
+        {"title": "Kettle\u202e evil\x07\nnext line", "predicted": 12.345678, "low": 10.0, "high": 15.0000001}
+    ]
+    write_predictions(rows, tmp_path / "predict.csv", PREDICT_COLUMNS, cents=True)
+    (row,) = csv.DictReader((tmp_path / "predict.csv").open())
+    assert row == {"title": "Kettle evil next line", "predicted": "12.35", "low": "10.0", "high": "15.0"}
