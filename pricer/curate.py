@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pricer import raw
+from pricer import hub, raw
 from pricer.accounting import Accounting
 from pricer.records import ChunkResult, curate_chunk
 from pricer.rules import CurationRules
@@ -33,7 +33,8 @@ NOT_SAMPLED = "not_sampled"
 SURPLUS = "surplus"
 
 # Bump when curation's output changes, so old caches are not reused.
-FORMAT_VERSION = 1
+# 2: the cache is keyed by the raw files' content as well (a folder per version of the data).
+FORMAT_VERSION = 2
 
 SCHEMA = pa.schema(
     [
@@ -164,10 +165,31 @@ def curate(
     num_proc: int = 1,
     chunk_size: int = 500,
 ) -> Curated:
-    """Curate the splits `spec` describes, or reuse them from the cache."""
-    folder = Path(cache_dir).expanduser() / spec.fingerprint()
+    """Curate the splits `spec` describes, or reuse them from the cache.
+
+    The cache is keyed by what decides the splits (`spec`) and by the raw files' content: their
+    sizes and modification times here, their content hashes on the Hub. Offline, a Hub source
+    reuses the newest splits curated from it, with a note. Reused splits are checked first (every
+    Parquet footer readable, the row counts the accounting saved); splits that do not verify are
+    curated again, with a message naming the folder.
+    """
+    base = Path(cache_dir).expanduser() / spec.fingerprint()
+    version, unreachable = source_version(spec)
+    if version is None:
+        reusable = sorted(
+            (f for f in base.glob("*") if (f / "accounting.json").is_file()), key=lambda f: f.stat().st_mtime
+        )
+        if reusable and _verify(reusable[-1]) is None:
+            print(f"curate: {unreachable}; reusing the splits curated from it in {reusable[-1]}")
+            return Curated(reusable[-1], Accounting.load(reusable[-1] / "accounting.json"), cached=True)
+        version = "unknown"  # curation itself will say what is wrong (it needs the files)
+    folder = base / version
     if (folder / "accounting.json").is_file():
-        return Curated(folder, Accounting.load(folder / "accounting.json"), cached=True)
+        problem = _verify(folder)
+        if problem is None:
+            return Curated(folder, Accounting.load(folder / "accounting.json"), cached=True)
+        print(f"curate: the cached splits in {folder} do not verify ({problem}); curating again")
+        shutil.rmtree(folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
@@ -180,6 +202,46 @@ def curate(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Curated(folder, accounting, cached=False)
+
+
+def source_version(spec: CurationSpec) -> tuple[str | None, str | None]:
+    """A short hash of the raw files' content as far as it can be known without reading them,
+    or (None, why) when the Hub cannot be reached."""
+    source = parse_source(spec.source)
+    state = {}
+    for category in spec.categories:
+        path = source.category_file(category)
+        if source.on_hub:
+            try:
+                state[category] = hub.hub_file_version(path)
+            except Exception as error:  # offline, or the Hub refused
+                return None, f"cannot reach the Hub to see whether {path} changed ({type(error).__name__})"
+        else:
+            stat = Path(path).stat() if Path(path).is_file() else None
+            state[category] = [stat.st_size, stat.st_mtime_ns] if stat else None
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16], None
+
+
+def _verify(folder: Path) -> str | None:
+    """Why a cached curation cannot be trusted, or None when every split reads back whole."""
+    try:
+        accounting = Accounting.load(folder / "accounting.json")
+    except Exception as error:  # a truncated or hand-edited accounting
+        return f"accounting.json cannot be read: {error}"
+    for split in SPLITS:
+        expected = accounting.splits.get(split, 0)
+        file = split_file(folder, split)
+        if not file.is_file():
+            if expected:
+                return f"{file.name} is missing"
+            continue
+        try:
+            rows = pq.read_metadata(file).num_rows
+        except Exception as error:  # pyarrow's ArrowInvalid and OSError
+            return f"{file.name} is not readable Parquet: {error}"
+        if rows != expected:
+            return f"{file.name} holds {rows} rows where the accounting says {expected}"
+    return None
 
 
 def _curate_into(

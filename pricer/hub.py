@@ -28,6 +28,13 @@ def hub_exists(url: str) -> bool:
     return _fs().exists(hub_path(url))
 
 
+def hub_file_version(url: str) -> str:
+    """What identifies a Hub file's content: its LFS sha256 or git blob id (size as a last resort)."""
+    info = _fs().info(hub_path(url))
+    lfs = info.get("lfs") or {}
+    return str(lfs.get("sha256") or info.get("blob_id") or f"size:{info.get('size')}")
+
+
 def hub_open(url: str) -> BinaryIO:
     """A file on the Hub, streamed: a raw category file is read line by line, never whole."""
     return _fs().open(hub_path(url), "rb")

@@ -129,11 +129,17 @@ def test_workers_give_the_same_splits_as_one_process(raw_items, byte_tokenizer):
     assert one.accounting.to_dict() == two.accounting.to_dict()
 
 
-def test_second_run_reuses_the_cache(raw_items, byte_tokenizer):
+def test_second_run_reuses_the_cache(raw_items, byte_tokenizer, monkeypatch):
+    from pricer import raw
+
     spec = spec_for(raw_items, byte_tokenizer)
     first = curate(spec, byte_tokenizer, raw_items / "cache")
     assert not first.cached
-    (raw_items / "raw" / "meta_categories" / "meta_Appliances.jsonl").unlink()  # not read again
+
+    def no_reading(path):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(raw, "read_lines", no_reading)
     second = curate(spec, byte_tokenizer, raw_items / "cache")
     assert second.cached and second.folder == first.folder
     assert second.accounting.to_dict() == first.accounting.to_dict()
@@ -192,3 +198,37 @@ def test_an_empty_category_file_or_no_category_is_said_not_skipped(tmp_path, byt
         dm.curate()
     with pytest.raises(OptionError, match="data.categories is empty"):
         small_datamodule(tmp_path, byte_tokenizer, tmp_path / "cache", categories=[])
+
+
+def test_edited_raw_data_is_curated_again_not_reused(tmp_path, byte_tokenizer):
+    """The cache was keyed by the path: cutting the file reused the old splits and accounting."""
+    path = write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    spec = CurationSpec(str(tmp_path), ["Appliances"], CurationRules(), byte_tokenizer, None, 2, 3, 42)
+    first = curate(spec, byte_tokenizer, tmp_path / "cache")
+    assert curate(spec, byte_tokenizer, tmp_path / "cache").cached  # unchanged: reused
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:30]))
+    again = curate(spec, byte_tokenizer, tmp_path / "cache")
+    assert not again.cached and again.folder != first.folder
+    assert (first.accounting.read, again.accounting.read) == (40, 30)
+
+
+def test_a_corrupted_cache_is_curated_again_with_a_message(tmp_path, byte_tokenizer, capsys):
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    spec = CurationSpec(str(tmp_path), ["Appliances"], CurationRules(), byte_tokenizer, None, 2, 3, 42)
+    first = curate(spec, byte_tokenizer, tmp_path / "cache")
+    train = split_file(first.folder, "train")
+    train.write_bytes(train.read_bytes()[:100])  # cut mid-file: no Parquet footer
+    again = curate(spec, byte_tokenizer, tmp_path / "cache")
+    out = capsys.readouterr().out
+    assert (
+        f"the cached splits in {first.folder} do not verify (train-00000-of-00001.parquet is not readable Parquet"
+        in out
+    )
+    assert (
+        not again.cached
+        and pq.read_table(split_file(again.folder, "train")).num_rows == first.accounting.splits["train"]
+    )
+    test = split_file(again.folder, "test")
+    pq.write_table(pq.read_table(test).slice(0, 1), test)  # readable, but rows lost
+    curate(spec, byte_tokenizer, tmp_path / "cache")
+    assert "test-00000-of-00001.parquet holds 1 rows where the accounting says 3" in capsys.readouterr().out

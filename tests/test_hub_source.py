@@ -34,3 +34,16 @@ def test_no_hub_says_so_and_what_to_do(tmp_path, byte_tokenizer):
     # HF_HUB_OFFLINE=1 in the tests: the real HfFileSystem cannot reach the Hub.
     with pytest.raises(SourceError, match="cannot reach the Hub to read hf://datasets/McAuley-Lab"):
         curate(spec(byte_tokenizer), byte_tokenizer, tmp_path / "cache")
+
+
+def test_offline_a_hub_source_reuses_its_newest_curation_with_a_note(
+    tmp_path, monkeypatch, byte_tokenizer, capsys
+):
+    repo = tmp_path / "hub" / "datasets" / "McAuley-Lab" / "Amazon-Reviews-2023"
+    write_raw(repo, "Appliances", [record(f"Item {i}", 10 + i) for i in range(12)])
+    monkeypatch.setattr(hub, "_fs", lambda: DirFileSystem(path=str(tmp_path / "hub"), fs=LocalFileSystem()))
+    online = curate(spec(byte_tokenizer), byte_tokenizer, tmp_path / "cache")
+    monkeypatch.undo()  # offline again: HF_HUB_OFFLINE=1 in the tests
+    offline = curate(spec(byte_tokenizer), byte_tokenizer, tmp_path / "cache")
+    assert offline.cached and offline.folder == online.folder
+    assert "cannot reach the Hub to see whether hf://datasets/McAuley-Lab" in capsys.readouterr().out
