@@ -64,6 +64,8 @@ def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) ->
     """
     trainer = config.trainer
     root = Path(trainer.default_root_dir or "runs")
+    if ckpt_path not in (None, "last", "best") and not Path(ckpt_path).expanduser().is_file():
+        raise RunFolderError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     if ckpt_path == "last" and run_name is None:
         latest = latest_run(root)
         if latest is None:

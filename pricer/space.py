@@ -191,9 +191,13 @@ def deploy_space(
     publisher = next((c for c in trainer.callbacks if isinstance(c, HubPublisher)), None)
     adapter = publisher.model_repo if publisher else None
     base = (publisher.base_model_id if publisher else None) or model.hparams.base_model
-    if upload and not adapter:
+    if not adapter:
+        # a Space without the adapter would serve the untrained base under this run's claims
         raise hub.HubPublishError(
-            "deploy --upload: the Space needs the adapter on the Hub; set HubPublisher.model_repo and publish it"
+            "deploy: the run's adapter is not published (HubPublisher.model_repo is not set), so the "
+            "Space would serve the untrained base model under the trained one's metrics; publish the "
+            "adapter first (HubPublisher.model_repo, upload: true), or try the run locally with "
+            "PRICER_ADAPTER=<run>/adapter python space/app.py"
         )
     if upload and (Path(base).expanduser().exists() or base.lower().endswith(".gguf")):
         raise hub.HubPublishError(

@@ -204,3 +204,12 @@ def test_predict_csv_holds_cents_and_printable_titles(tmp_path):
     write_predictions(rows, tmp_path / "predict.csv", PREDICT_COLUMNS, cents=True)
     (row,) = csv.DictReader((tmp_path / "predict.csv").open())
     assert row == {"title": "Kettle evil next line", "predicted": "12.35", "low": "10.0", "high": "15.0"}
+
+
+def test_a_missing_checkpoint_stops_before_any_work_or_folder(fit_args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["test", *fit_args, "--ckpt_path", str(tmp_path / "nonexistent.ckpt")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"pricer: error: --ckpt_path {tmp_path / 'nonexistent.ckpt'}: no such checkpoint file" in err
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run, no config.yaml

@@ -149,6 +149,14 @@ def test_deploy_needs_a_trained_run(trained, capsys):
     with pytest.raises(SystemExit):
         main(["deploy", *args, "--run_name", "space", "--space_repo", "not a repo"])
     assert "deploy --space_repo: 'not a repo' is not a Hub repo id" in capsys.readouterr().err
+    # no published adapter: the Space would serve the untrained base under the run's claims
+    unpublished = args[-1] + "/../unpublished.yaml"
+    Path(unpublished).write_text("trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n")
+    with pytest.raises(SystemExit):
+        main(["deploy", *args, "--config", unpublished, "--run_name", "space"])
+    assert (
+        "the run's adapter is not published (HubPublisher.model_repo is not set)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
