@@ -123,6 +123,21 @@ class PricerCLI(LightningCLI):
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 logger.experiment.finish()
 
+    def _publishers(self) -> list:
+        from pricer.publish import HubPublisher
+
+        return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
+
+    def before_fit(self) -> None:
+        for publisher in self._publishers():
+            publisher.check_before_work()
+
+    def _push(self) -> None:
+        """The pushes, last: whatever fails is reported at the very end, and the exit code says so."""
+        if self.trainer.is_global_zero:
+            for publisher in self._publishers():
+                publisher.push(self.trainer)
+
     def after_fit(self) -> None:
         # As the course did: train, then measure on the test split, in the same run folder.
         if self.trainer.world_size > 1:
@@ -134,6 +149,7 @@ class PricerCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
             self._record_metrics_beside_the_adapter()
         self._finish_loggers()
+        self._push()
 
     def _record_metrics_beside_the_adapter(self) -> None:
         """fit's own test report, headline numbers, in the adapter's recipe."""
@@ -146,6 +162,7 @@ class PricerCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._finish_loggers()
+        self._push()
 
     def after_validate(self) -> None:
         self._finish_loggers()

@@ -95,6 +95,38 @@ class HubPublishError(RuntimeError):
     """A push cannot start or did not finish; the message says why and how to retry."""
 
 
+def check_write_access(repo_ids: list[str], api=None) -> str:
+    """Before any work: the token can write, and to the namespaces of these repos. Returns the
+    account's name. A token that cannot push is found now, not after hours of training."""
+    from huggingface_hub import HfApi
+
+    api = api or HfApi()
+    try:
+        me = api.whoami()
+    except Exception as error:  # no token, a revoked one, offline
+        raise HubPublishError(
+            f"cannot check the Hugging Face token that would push {', '.join(repo_ids)} "
+            f"({type(error).__name__}: {error}); log in (`hf auth login`, or HF_TOKEN), or turn the "
+            "pushes off (HubPublisher upload / dataset_upload: false)"
+        ) from None
+    name = me.get("name")
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubPublishError(
+            f"the Hugging Face token of {name} is read-only: it cannot push {', '.join(repo_ids)}; "
+            "use a token with write access"
+        )
+    namespaces = {name} | {org.get("name") for org in me.get("orgs") or []}
+    for repo_id in repo_ids:
+        owner = repo_id.split("/")[0]
+        if owner not in namespaces:
+            raise HubPublishError(
+                f"{repo_id}: the token belongs to {name}, which cannot write to {owner!r} (it can write "
+                f"to: {', '.join(sorted(n for n in namespaces if n))})"
+            )
+    return name
+
+
 def check_repo_id(repo_id: str, option: str) -> None:
     """A malformed repo id stops before any work."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -117,7 +149,8 @@ def upload_folder(folder: Path, repo_id: str, repo_type: str, message: str, priv
         raise HubPublishError(
             f"no Hugging Face token to push {repo_id}: log in with `hf auth login` or set HF_TOKEN"
         )
-    retry = f"hf upload {repo_id} {folder} . --repo-type {repo_type} --commit-message {message!r}"
+    # every flag the push had, so a retry cannot publish private data publicly
+    retry = f"hf upload {repo_id} {folder} . --repo-type {repo_type}{' --private' if private else ''} --commit-message {message!r}"
     try:
         create = {"space_sdk": "gradio"} if repo_type == "space" else {}
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **create)

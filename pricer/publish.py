@@ -42,6 +42,8 @@ class HubPublisher(Callback):
         model_repo: Hub id for the adapter (owner/name); null stages under a placeholder name.
         private: Create the model repo private.
         upload: Push the staged model folder (needs a login or HF_TOKEN); false stages only.
+            Pushes happen last, after the adapter is saved and the test pass has run: a push
+            that fails loses nothing and is reported with the command that retries it.
         base_model_id: The Hub model the base came from, for the card, when model.base_model is
             a local folder or .gguf file.
         license: The adapter's licence for the card (the base model's), e.g. llama3.1.
@@ -82,6 +84,39 @@ class HubPublisher(Callback):
         self.card_templates = card_templates
         self.started = time.monotonic()
         self.fit_seconds: float | None = None
+        # staged folders waiting to be pushed: (folder, repo, repo type, private), by kind
+        self.pending: dict[str, tuple[Path, str, str, bool]] = {}
+
+    @property
+    def pushes(self) -> list[str]:
+        """The repos this publisher will push to."""
+        return [
+            r
+            for r, on in ((self.model_repo, self.upload), (self.dataset_repo, self.dataset_upload))
+            if r and on
+        ]
+
+    def check_before_work(self) -> None:
+        """A push that cannot happen stops the run before curation or model loading."""
+        if self.pushes:
+            hub.check_write_access(self.pushes)
+
+    def push(self, trainer: L.Trainer) -> None:
+        """Push what was staged, once everything else is done: the adapter saved, the test pass
+        run and the model folder staged with its metrics. One commit a repo; every failure is
+        reported together, each with the command that retries it with all its flags."""
+        failures = []
+        for folder, repo, repo_type, private in self.pending.values():
+            try:
+                hub.upload_folder(folder, repo, repo_type, self._message(trainer), private)
+                print(
+                    f"pushed {folder} to https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo}"
+                )
+            except hub.HubPublishError as error:
+                failures.append(str(error))
+        self.pending.clear()
+        if failures:
+            raise hub.HubPublishError("\n".join(failures))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.upload or self.dataset_upload:
@@ -133,7 +168,7 @@ class HubPublisher(Callback):
             folder / "README.md"
         )
         if self.dataset_upload:
-            hub.upload_folder(folder, repo, "dataset", self._message(trainer), self.dataset_private)
+            self.pending["dataset"] = (folder, repo, "dataset", self.dataset_private)
         return folder
 
     def stage_model(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
@@ -183,7 +218,7 @@ class HubPublisher(Callback):
         )
         card.save(folder / "README.md")
         if self.upload and self.model_repo:
-            hub.upload_folder(folder, self.model_repo, "model", self._message(trainer), self.private)
+            self.pending["model"] = (folder, self.model_repo, "model", self.private)
         return folder
 
     @staticmethod

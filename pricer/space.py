@@ -185,6 +185,8 @@ def deploy_space(
         hub.check_repo_id(space_repo, "deploy --space_repo")
     if upload and not space_repo:
         raise hub.HubPublishError("deploy --upload needs --space_repo owner/name")
+    if upload:
+        hub.check_write_access([space_repo])
     run = Path(trainer.default_root_dir)
     if not (run / "adapter" / "adapter_config.json").is_file():
         raise RunFolderError(f"deploy: {run} holds no trained adapter; name a trained run with --run_name")

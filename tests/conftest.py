@@ -335,10 +335,17 @@ def staged(trained):
 
 
 class RecordingApi:
-    """HfApi's last hop: records what would be sent."""
+    """HfApi's last hop: records what would be sent; `whoami` answers as the Hub would for a
+    token of `name` (in `orgs`) with `role`; `fail` makes pushes fail as a dropped network."""
 
-    def __init__(self, token="hf_x", fail=False):
+    def __init__(self, token="hf_x", fail=False, name="me", orgs=(), role="write"):
         self.token, self.fail, self.calls = token, fail, []
+        self.account = {"type": "user", "name": name, "orgs": [{"name": o} for o in orgs]}
+        self.account["auth"] = {"type": "access_token", "accessToken": {"role": role}}
+
+    def whoami(self):
+        self.calls.append(("whoami",))
+        return self.account
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))

@@ -118,3 +118,60 @@ def test_bad_repo_ids_and_missing_tokens_fail_before_any_work(monkeypatch, tmp_p
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(hub.HubPublishError, match="no Hugging Face token"):
         hub.upload_folder(tmp_path, "me/x", "model", "m", private=True, api=RecordingApi(token=None))
+
+
+@pytest.mark.slow
+def test_a_failed_push_at_the_end_of_fit_loses_nothing_and_retries_privately(
+    fit_args, tmp_path, monkeypatch, capsys
+):
+    """Both pushes fail (the network drops): the adapter is saved, the test pass has run, the
+    model folder carries its metrics, the exit code says it failed, and each retry command keeps
+    --private (a retry without it would publish unlicensed data publicly)."""
+    import huggingface_hub
+
+    apis = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: apis.append(RecordingApi(fail=True)) or apis[-1])
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    overlay = tmp_path / "push.yaml"
+    overlay.write_text(
+        "trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n"
+        "    - class_path: pricer.publish.HubPublisher\n      init_args: {model_repo: me/pricer-tiny, upload: true,"
+        " private: true, base_model_id: me/tiny-llama, dataset_repo: me/pricer-data, dataset_upload: true}\n"
+    )
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *fit_args, "--config", str(overlay), "--run_name", "push"])
+    assert stop.value.code == 2
+    run = tmp_path / "runs" / "push"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "metrics.json").is_file()
+    assert json.loads((run / "hub" / "model" / "pricer.json").read_text())["metrics"]["n"] == 4
+    err = capsys.readouterr().err
+    assert f"hf upload me/pricer-data {run / 'hub' / 'dataset'} . --repo-type dataset --private" in err
+    assert f"hf upload me/pricer-tiny {run / 'hub' / 'model'} . --repo-type model --private" in err
+    assert apis[0].calls[0] == ("whoami",)  # the token was checked before any work
+
+
+@pytest.mark.parametrize(
+    "account, repos, message",
+    [
+        (dict(role="read"), ["me/x"], "the Hugging Face token of me is read-only"),
+        (dict(name="me", orgs=["team"]), ["team/x", "other/y"], "'other' .*it can write to: me, team"),
+    ],
+)
+def test_a_token_that_cannot_push_is_found_before_any_work(account, repos, message):
+    with pytest.raises(hub.HubPublishError, match=message):
+        hub.check_write_access(repos, api=RecordingApi(**account))
+    assert hub.check_write_access(["me/x"], api=RecordingApi()) == "me"
+
+
+def test_the_token_is_checked_before_curation(fit_args, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: RecordingApi(name="someone"))
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    with pytest.raises(SystemExit):
+        main(["fit", *fit_args, "--trainer.callbacks+=pricer.publish.HubPublisher",
+              "--trainer.callbacks.model_repo=me/pricer-tiny", "--trainer.callbacks.upload=true"])  # fmt: skip
+    assert (
+        "me/pricer-tiny: the token belongs to someone, which cannot write to 'me'" in capsys.readouterr().err
+    )
+    assert not list((tmp_path / "cache").glob("*"))  # nothing curated

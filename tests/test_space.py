@@ -127,7 +127,8 @@ def test_deploy_pushes_one_commit_to_a_gradio_space(trained, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     args, run = trained
     main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space", "--upload", "true"])
-    (api,) = apis
+    check, api = apis  # the token's access, checked before staging; then the push
+    assert check.calls == [("whoami",)]
     assert api.calls[0] == (
         "create_repo",
         "me/pricer-space",
