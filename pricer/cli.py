@@ -193,6 +193,16 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
     )
 
 
+def _cause(error: BaseException, kind: type) -> BaseException | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         build_cli(args)
@@ -208,6 +218,13 @@ def main(args: list[str] | None = None) -> None:
     ) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"pricer: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as error:
+        # jsonargparse wraps an option's own check (a dataclass's, say) in its own ValueError
+        option = _cause(error, OptionError)
+        if option is None:
+            raise
+        print(f"pricer: error: {option}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         # A command that failed midway must not leave its W&B run open for the next one.

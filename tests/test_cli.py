@@ -84,3 +84,25 @@ def test_the_moved_publishing_options_name_their_new_place(tmp_path, capsys, opt
     assert (
         f"pricer: error: data.{option}=" in err and f"HubPublisher.{moved}" in err and "Traceback" not in err
     )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--data.val_size", "-1"], "data.val_size must be 0 or more, got -1"),
+        (
+            ["--data.rules.min_price", "10", "--data.rules.max_price", "5"],
+            "data.rules: need 0 <= min_price <= max_price",
+        ),
+        (["--model.lora_r", "0"], "model.lora_r must be positive, got 0"),
+    ],
+)
+def test_an_out_of_range_option_is_one_line_and_starts_nothing(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path / "runs"), *options])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"pricer: error: {message}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    )
+    assert not (tmp_path / "runs").exists()
