@@ -132,6 +132,10 @@ class PricerCLI(LightningCLI):
         for publisher in self._publishers():
             publisher.check_before_work()
 
+    def before_predict(self) -> None:
+        # every line of a JSONL predict source is checked before a run folder or W&B run exists
+        self.datamodule.products()
+
     def _push(self) -> None:
         """The pushes, last: whatever fails is reported at the very end, and the exit code says so."""
         if self.trainer.is_global_zero:

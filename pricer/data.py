@@ -118,6 +118,7 @@ class PriceDataModule(L.LightningDataModule):
         self.curated: Curated | None = None
         self._splits = None
         self._tokenizer = None
+        self._products: list[dict] | None = None
 
     @property
     def is_raw(self) -> bool:
@@ -248,6 +249,16 @@ class PriceDataModule(L.LightningDataModule):
             self.datasets["predict"] = self._predict_items()
         return self._loader("predict", shuffle=False, batch_size=self.eval_batch_size)
 
+    def products(self) -> list[dict] | None:
+        """The products of a JSONL `predict_source`, read and checked once (every line priced
+        or stopped with its number); None for other sources. The CLI asks before any work."""
+        source = self.predict_source
+        if source is None or Path(source).suffix not in (".jsonl", ".json"):
+            return None
+        if self._products is None:
+            self._products = load_products(source, self.rules, self.tokenizer)
+        return self._products
+
     def _predict_items(self):
         from datasets import Dataset
 
@@ -255,7 +266,7 @@ class PriceDataModule(L.LightningDataModule):
         if source is None:
             return self._split("test")
         if Path(source).suffix in (".jsonl", ".json") and Path(source).is_file():
-            items = load_products(source, self.rules, self.tokenizer)
+            items = self.products()
         else:
             splits = load_curated(source)
             split = splits["test"] if "test" in splits else next(iter(splits.values()))

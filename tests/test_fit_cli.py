@@ -136,6 +136,7 @@ def test_predict_prices_a_jsonl_of_three_products(fit_args, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", *fit_args, "--data.predict_source", str(products), "--run_name", "q"])
     assert "products.jsonl:2:" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "q").exists()  # stopped before any run folder or W&B run
 
 
 @pytest.mark.slow
