@@ -363,6 +363,21 @@ class PriceModel(L.LightningModule):
             loop._load_combined_loader_states()
             iter(loop._data_fetcher)
 
+    def _stop_on_sigterm(self) -> None:
+        # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
+        # and its evaluation loops exit with status 0; here both stop before the next batch,
+        # with the status a killed process has (128 + 15).
+        if self.trainer.received_sigterm:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException(143)
+
+    def on_predict_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_on_sigterm()
+
+    def on_test_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_on_sigterm()
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return [
             {"title": batch["title"][i], "predicted": predicted, "low": low, "high": high}

@@ -214,3 +214,42 @@ def test_a_missing_checkpoint_stops_before_any_work_or_folder(fit_args, tmp_path
     err = capsys.readouterr().err
     assert f"pricer: error: --ckpt_path {tmp_path / 'nonexistent.ckpt'}: no such checkpoint file" in err
     assert not (tmp_path / "runs").exists()  # no run folder, no W&B run, no config.yaml
+
+
+@pytest.mark.slow
+def test_predict_stops_promptly_on_sigterm(tiny_llama, raw_items, tmp_path):
+    """`kill` (SIGTERM) stops predict between batches; it used to price every product first."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    products = tmp_path / "products.jsonl"
+    products.write_text(
+        "".join(json.dumps({"text": f"Kettle number {i} " * 20}) + "\n" for i in range(20_000))
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
+    command = [sys.executable, "-m", "pricer", "predict", "--config", str(REPO / "configs" / "smoke.yaml"),
+               "--model.base_model", tiny_llama, "--data.source", str(raw_items), "--data.cache_dir",
+               str(tmp_path / "cache"), "--data.predict_source", str(products), "--trainer.logger", "false",
+               "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.eval_batch_size", "4",
+               "--data.train_size", "16", "--data.val_size", "4", "--data.test_size", "4", "--data.num_proc", "1"]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = []
+    for line in process.stdout:  # wait until the products are read and pricing has begun
+        output.append(line)
+        if "run folder:" in line:
+            break
+    time.sleep(15)
+    assert process.poll() is None, "".join(output)  # still pricing: 20,000 products take long
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    process.wait(timeout=60)
+    assert time.monotonic() - sent < 30 and process.returncode == 143
+    assert not list((tmp_path / "runs").glob("*/predict.csv"))
