@@ -106,3 +106,22 @@ def test_an_out_of_range_option_is_one_line_and_starts_nothing(tmp_path, capsys,
         f"pricer: error: {message}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_source_that_is_neither_here_nor_raw_names_both_readings(tmp_path, capsys, byte_tokenizer):
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "curate",
+                "--config",
+                SMOKE,
+                "--model.base_model",
+                byte_tokenizer,
+                "--data.source",
+                "nope/folder",
+            ]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "data.source 'nope/folder' is a Hub dataset id (there is no local folder by that name)" in err
+    assert "nothing to curate" in err and "Traceback" not in err

@@ -76,6 +76,12 @@ def test_local_sources_are_told_apart_by_what_is_there(raw_items, tmp_path):
     curated = tmp_path / "curated"
     curated.mkdir()
     assert parse_source(str(curated)).kind == "curated_local"
-    for missing in (str(tmp_path / "nope"), "./nope/folder", "data/products.parquet", "a/b/c"):
+    for missing in (
+        str(tmp_path / "nope"),
+        "./nope/folder",
+        "data/products.parquet",
+        "data/products.jsonl",
+        "a/b/c",
+    ):
         with pytest.raises(SourceError, match="no such local folder or file"):
             parse_source(missing)
