@@ -93,6 +93,29 @@ def is_local(name: str) -> bool:
     return is_gguf(name) or name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
 
 
+def check_model_name(name: str | None, option: str) -> None:
+    """Before any work: a local base or adapter is here, and offline a Hub model is in the cache."""
+    if not name:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    path = Path(name).expanduser()
+    if is_local(name):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{option}: {name} does not exist (neither a folder nor a .gguf file here)"
+            )
+        return
+    cached = any(
+        isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "adapter_config.json")
+    )
+    if constants.HF_HUB_OFFLINE and not cached:
+        raise FileNotFoundError(
+            f"{option}: {name} is not in the local cache and HF_HUB_OFFLINE is set: download it once "
+            "online, or name a local folder or .gguf file"
+        )
+
+
 def base_for_here(recipe) -> str:
     """The base model an adapter's recipe names, as this machine can load it: the name it was
     trained with when that is a Hub id or a path that is here, else its Hub id."""

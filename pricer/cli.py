@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from pricer import hub
+from pricer.base_model import check_model_name
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.model import PriceModel
@@ -128,11 +129,30 @@ class PricerCLI(LightningCLI):
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
 
+    def _check_models(self) -> None:
+        """After the options' own checks, before any curation or loading: the models are here."""
+        check_model_name(self.model.hparams.base_model, "model.base_model")
+        check_model_name(self.model.hparams.adapter, "model.adapter")
+
     def before_fit(self) -> None:
+        self._check_models()
         for publisher in self._publishers():
             publisher.check_before_work()
 
+    def before_validate(self) -> None:
+        self._check_models()
+
+    def before_test(self) -> None:
+        self._check_models()
+
+    def before_curate(self) -> None:
+        check_model_name(self.model.hparams.base_model, "model.base_model")  # its tokenizer
+
+    def before_deploy(self) -> None:
+        self._check_models()
+
     def before_predict(self) -> None:
+        self._check_models()
         # every line of a JSONL predict source is checked before a run folder or W&B run exists
         self.datamodule.products()
 

@@ -125,3 +125,28 @@ def test_a_source_that_is_neither_here_nor_raw_names_both_readings(tmp_path, cap
     err = capsys.readouterr().err
     assert "data.source 'nope/folder' is a Hub dataset id (there is no local folder by that name)" in err
     assert "nothing to curate" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            ["--model.base_model", "/nowhere/model.gguf"],
+            "model.base_model: /nowhere/model.gguf does not exist",
+        ),
+        (
+            ["--model.base_model", "me/never-downloaded"],
+            "model.base_model: me/never-downloaded is not in the local cache",
+        ),
+        (["--model.adapter", "./no/adapter"], "model.adapter: ./no/adapter does not exist"),
+    ],
+)
+def test_a_model_that_is_not_here_stops_before_curation(
+    raw_items, byte_tokenizer, tmp_path, capsys, options, message
+):
+    base = ["--model.base_model", byte_tokenizer] if options[0] != "--model.base_model" else []
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", SMOKE, "--data.source", str(raw_items), "--data.cache_dir", str(tmp_path / "cache"),
+              "--trainer.default_root_dir", str(tmp_path / "runs"), *base, *options])  # fmt: skip
+    assert f"pricer: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
