@@ -68,7 +68,8 @@ def pricer_reader(model, reader, loader, point: str) -> list[float]:
     return prices
 
 
-def load_model(args, precision: str, merge: bool = False):
+def load_model(args, precision: str):
+    """The course's side, loaded as the course loaded it: transformers with bitsandbytes' NF4."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -82,7 +83,21 @@ def load_model(args, precision: str, merge: bool = False):
     model = AutoModelForCausalLM.from_pretrained(model_source(str(args.gguf)), **kwargs)
     if args.adapter:
         model = PeftModel.from_pretrained(model, str(args.adapter))
-        if merge:  # the adapter folded into full-precision weights: plain matmuls, no LoRA detour
+    return model.eval()
+
+
+def load_pricer_model(args, precision: str):
+    """pricer's side, loaded as pricer loads every base (`load_base`), with the adapter merged
+    into the weights when asked (`--merge`, full precision only)."""
+    from peft import PeftModel
+
+    from pricer.base_model import load_base
+
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    model = load_base(str(args.gguf), args.quantization, "nf4", True, dtype, "cpu")
+    if args.adapter:
+        model = PeftModel.from_pretrained(model, str(args.adapter))
+        if args.merge:  # the adapter folded into full-precision weights: plain matmuls, no LoRA detour
             model = model.merge_and_unload()
     return model.eval()
 
@@ -135,10 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         batches = list(datamodule.test_dataloader())  # collated once: the same tensors every repeat
     tokenizer = datamodule.tokenizer
     args.pricer_dtype = args.pricer_dtype or args.dtype
-    models = {"course": load_model(args, args.dtype)}
-    models["pricer"] = (
-        models["course"] if args.pricer_dtype == args.dtype else load_model(args, args.pricer_dtype)
-    )
+    models = {"course": load_model(args, args.dtype), "pricer": load_pricer_model(args, args.pricer_dtype)}
     reader = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass)
     prompt_tokens = sum(int(b["prompt_mask"].sum()) for b in batches)
 
