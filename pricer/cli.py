@@ -90,7 +90,31 @@ class LoggedConfig(SaveConfigCallback):
             logger.log_hyperparams({"config": config})
 
 
+# How an adapter was read, from its recipe: model option -> Recipe field
+RECIPE_OPTIONS = {
+    "quantization": "weights",
+    "quant_type": "quant_type",
+    "double_quant": "double_quant",
+    "compute_dtype": "compute_dtype",
+    "point": "point",
+    "interval_coverage": "coverage",
+    "read_beam": "beam",
+    "read_min_mass": "min_mass",
+}
+
+
+def given_on_the_command_line(args: list[str], section: str) -> set[str]:
+    """The `--section.name` options a person typed (a config file's values are not among them)."""
+    prefix = f"--{section}."
+    return {a[len(prefix) :].split("=")[0] for a in args if a.startswith(prefix)}
+
+
 class PricerCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        given = kwargs.get("args")
+        self.typed = [str(a) for a in (sys.argv[1:] if given is None else given)]
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The base model is named once; the tokenizer of the token rules follows it.
         parser.link_arguments("model.base_model", "data.tokenizer")
@@ -108,6 +132,8 @@ class PricerCLI(LightningCLI):
             raise RunFolderError("deploy: name the trained run to deploy with --run_name")
         config = self.config[self.subcommand]
         check_trainer_options(config.trainer)
+        if self.subcommand in ("validate", "test", "predict"):
+            self._read_as_the_recipe_says(config.model)
         self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))
         if "ckpt_path" in config:
             config.ckpt_path = ckpt_path
@@ -128,6 +154,32 @@ class PricerCLI(LightningCLI):
         from pricer.publish import HubPublisher
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
+
+    def _read_as_the_recipe_says(self, model) -> None:
+        """An adapter with a pricer.json is read as its run measured it: the recipe's base
+        quantization and read-out replace the config file's, unless typed on the command line."""
+        from pricer.hub import adapter_folder
+        from pricer.recipe import read_recipe
+
+        if not model.get("adapter"):
+            return
+        try:
+            recipe = read_recipe(adapter_folder(model.adapter))
+        except (FileNotFoundError, OSError):
+            return  # said, with what to do, when the models are checked
+        if recipe is None:
+            return
+        typed = given_on_the_command_line(self.typed, "model")
+        taken = {
+            o: getattr(recipe, f)
+            for o, f in RECIPE_OPTIONS.items()
+            if o not in typed and model.get(o) != getattr(recipe, f)
+        }
+        for option, value in taken.items():
+            model[option] = value
+        if taken:
+            shown = ", ".join(f"{o}={v!r}" for o, v in taken.items())
+            print(f"model.adapter {model.adapter}: read as its pricer.json says: {shown}")
 
     def _check_models(self) -> None:
         """After the options' own checks, before any curation or loading: the models are here."""

@@ -212,3 +212,28 @@ def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, 
     )
     same.configure_model()
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_test_reads_an_adapter_as_its_recipe_says_unless_told_otherwise(fp4_run, capsys):
+    """`test --model.adapter` with the smoke config (NF4, double quantization, median, beam 32)
+    reads the FP4 run's adapter as its pricer.json says, and so reproduces the run's own report;
+    an option typed on the command line still wins."""
+    root = fp4_run.parent.parent
+    args = [
+        "--config", SMOKE, "--config", str(root / "overlay.yaml"), "--model.base_model",
+        read_recipe(fp4_run / "adapter").base_model, "--model.lora_r", "8", "--data.source", str(root),
+        "--data.cache_dir", str(root / "cache"), "--trainer.default_root_dir", str(root / "runs"),
+        "--model.adapter", str(fp4_run / "adapter"),
+    ]  # fmt: skip
+    main(["test", *args, "--run_name", "as-recipe"])
+    out = capsys.readouterr().out
+    assert (
+        "read as its pricer.json says: quant_type='fp4', double_quant=False, point='mean', read_beam=3" in out
+    )
+    assert json.loads((root / "runs" / "as-recipe" / "metrics.json").read_text())["mae"] == pytest.approx(
+        json.loads((fp4_run / "metrics.json").read_text())["mae"], abs=0.005
+    )
+    main(["test", *args, "--run_name", "typed", "--model.point", "median"])
+    assert "point=" not in capsys.readouterr().out.split("read as its pricer.json says")[-1].split("\n")[0]
+    assert json.loads((root / "runs" / "typed" / "metrics.json").read_text())["read"]["point"] == "median"
