@@ -20,7 +20,7 @@ from pricer.options import OptionError
 from pricer.precision import default_precision, emulated_bf16_warning
 from pricer.quantization import QuantizationUnavailable
 from pricer.raw import SourceError
-from pricer.run_folder import RunFolderError, place_run
+from pricer.run_folder import RunFolderError, evaluation_name, place_evaluation, place_run, trained_run
 
 
 def check_trainer_options(trainer: dict) -> None:
@@ -119,6 +119,15 @@ class PricerCLI(LightningCLI):
         # The base model is named once; the tokenizer of the token rules follows it.
         parser.link_arguments("model.base_model", "data.tokenizer")
         parser.add_argument(
+            "--evaluation",
+            type=str | None,
+            default=None,
+            help=(
+                "test: the folder under <run>/evaluations/ for this evaluation's report (default: the "
+                "data source's name and the split); the fit's own report is never replaced."
+            ),
+        )
+        parser.add_argument(
             "--run_name",
             type=str | None,
             default=None,
@@ -137,6 +146,15 @@ class PricerCLI(LightningCLI):
         self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))
         if "ckpt_path" in config:
             config.ckpt_path = ckpt_path
+        if self.subcommand == "test" and trained_run(self.run_dir):
+            name = config.get("evaluation") or evaluation_name(config.data.source)
+            folder = place_evaluation(config, self.run_dir, name)
+            again = (
+                " (replacing the earlier evaluation of that name)"
+                if (folder / "metrics.json").is_file()
+                else ""
+            )
+            print(f"test report: {folder}{again}; the fit's own report in {self.run_dir} stays as it is")
         if config.trainer.precision is None:
             config.trainer.precision = default_precision(config.trainer.accelerator)
         warning = emulated_bf16_warning(config.trainer.precision, config.trainer.accelerator)

@@ -139,7 +139,9 @@ class HubPublisher(Callback):
         self.stage_model(trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        # Only fit's own test pass: a later `test` (another dataset, say) reports elsewhere and
+        # must not put its numbers on the model's card.
+        if trainer.is_global_zero and self.fit_seconds is not None:
             self.stage_model(trainer, pl_module)
 
     @property

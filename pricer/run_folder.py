@@ -107,3 +107,29 @@ def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) ->
         if _is(callback, "ModelCheckpoint"):
             callback.init_args.dirpath = str(run_dir / "checkpoints")
     return run_dir, ckpt_path
+
+
+def evaluation_name(source: str, split: str = "test") -> str:
+    """A folder name for an evaluation: the data source's last part, and the split."""
+    last = str(source).rstrip("/").removeprefix("hf://").split("/")[-1] or "source"
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in last).strip("-.") or "source"
+    return f"{slug}-{split}"
+
+
+def trained_run(run_dir: Path) -> bool:
+    """Whether a run folder already holds a fit (its checkpoints or its adapter)."""
+    return (run_dir / "checkpoints").is_dir() or (run_dir / "adapter").is_dir()
+
+
+def place_evaluation(config: Namespace, run_dir: Path, name: str) -> Path:
+    """`test` of a trained run reports into `<run>/evaluations/<name>/`, never over the fit's own
+    report (metrics.json, predictions.csv, the card's source) or its config.yaml."""
+    folder = run_dir / "evaluations" / name
+    config.trainer.default_root_dir = str(folder)
+    for logger in _entries(config.trainer.logger):
+        if _is(logger, "WandbLogger"):
+            logger.init_args.save_dir = str(folder)
+            logger.init_args.name = f"{run_dir.name}-{name}"
+        elif _is(logger, "CSVLogger") or _is(logger, "TensorBoardLogger"):
+            logger.init_args.save_dir = str(folder)
+    return folder

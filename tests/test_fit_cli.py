@@ -39,11 +39,9 @@ def test_resume_last_continues_the_named_run(fit_args, tmp_path):
     main(["fit", *fit_args, "--run_name", "r", "--ckpt_path", "last"])
     assert torch.load(last, weights_only=True)["global_step"] == 4  # 16 items in batches of 4
 
-    # test from a checkpoint reports into that checkpoint's run folder
-    metrics = tmp_path / "runs" / "r" / "metrics.json"
-    metrics.unlink()
+    # test from a checkpoint reports into that checkpoint's run folder, as an evaluation of it
     main(["test", *fit_args, "--ckpt_path", str(last)])
-    assert metrics.is_file()
+    assert (tmp_path / "runs" / "r" / "evaluations" / f"{tmp_path.name}-test" / "metrics.json").is_file()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]
 
 
@@ -82,9 +80,9 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     main(["test", *fit_args, "--run_name", "retest", "--model.adapter", str(run / "adapter")])
     again = json.loads((tmp_path / "runs" / "retest" / "metrics.json").read_text())
     assert again == metrics
-    (run / "metrics.json").unlink()
     main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
-    assert json.loads((run / "metrics.json").read_text()) == metrics
+    evaluation = run / "evaluations" / f"{tmp_path.name}-test"
+    assert json.loads((evaluation / "metrics.json").read_text()) == metrics
 
 
 @pytest.mark.slow
@@ -253,3 +251,48 @@ def test_predict_stops_promptly_on_sigterm(tiny_llama, raw_items, tmp_path):
     process.wait(timeout=60)
     assert time.monotonic() - sent < 30 and process.returncode == 143
     assert not list((tmp_path / "runs").glob("*/predict.csv"))
+
+
+@pytest.mark.slow
+def test_testing_on_another_dataset_leaves_the_fits_report_card_and_space_note_alone(
+    fit_args, tmp_path, capsys
+):
+    """A checkpoint tested on a second, course-format dataset reports into its own folder; the
+    fit's metrics.json and predictions.csv, the staged card and the Space's note stay the fit's."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    publish = tmp_path / "publish.yaml"
+    publish.write_text(
+        "trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args: {save_last: true}\n"
+        "    - class_path: pricer.publish.HubPublisher\n      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+    )
+    main(["fit", *fit_args, "--config", str(publish), "--run_name", "own"])
+    run = tmp_path / "runs" / "own"
+    kept = {name: (run / name).read_bytes() for name in ("metrics.json", "predictions.csv", "config.yaml")}
+    card = (run / "hub" / "model" / "README.md").read_bytes()
+
+    other = tmp_path / "lite"
+    (other / "data").mkdir(parents=True)
+    rows = [
+        {
+            "text": f"How much does this cost to the nearest dollar?\n\nGadget {i}\nA gadget.\n\nPrice is $",
+            "price": 10.0 + i,
+        }
+        for i in range(5)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), other / "data" / "test-00000-of-00001.parquet")
+    capsys.readouterr()
+    main(["test", *fit_args, "--config", str(publish), "--data.source", str(other),
+          "--trainer.default_root_dir", str(tmp_path / "elsewhere"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])  # fmt: skip
+    evaluation = run / "evaluations" / "lite-test"
+    assert f"test report: {evaluation}" in capsys.readouterr().out
+    assert json.loads((evaluation / "metrics.json").read_text())["n"] == 5
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert (run / "hub" / "model" / "README.md").read_bytes() == card
+    main(["deploy", *fit_args, "--config", str(publish), "--run_name", "own"])
+    settings = json.loads((run / "hub" / "space" / "pricer_space.json").read_text())
+    assert settings["metrics"] == json.loads(kept["metrics.json"])
