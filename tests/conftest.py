@@ -280,23 +280,32 @@ def fit_args(tiny_llama, raw_items, tmp_path):
         "    - class_path: pricer.report.PriceReport\n"
         "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
     )
+    return cli_args(overlay, tiny_llama, raw_items, tmp_path)
+
+
+def cli_args(overlay: Path, tiny_llama: str, source: Path, root: Path) -> list[str]:
+    """The smoke config, an overlay, the tiny model and a raw source, for the CLI."""
     return [
         "--config", SMOKE,
         "--config", str(overlay),
         "--model.base_model", tiny_llama,
         "--model.lora_r", "8",
-        "--data.source", str(raw_items),
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--data.source", str(source),
+        "--data.cache_dir", str(root / "cache"),
+        "--trainer.default_root_dir", str(root / "runs"),
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_llama):
-    """A fit run of the tiny model that publishes to me/pricer-tiny; returns (args, run folder)."""
-    root = tmp_path_factory.mktemp("space-run")
+def publishing_fit(
+    root: Path, tiny_llama: str, name: str, *overrides: str, test_size: int = 4, dataset_repo=True
+):
+    """A CLI fit of the tiny model on 40 fridges that stages for me/pricer-tiny (and, with
+    `dataset_repo`, me/pricer-data); returns (CLI args, run folder)."""
+    from pricer.cli import main
+
     write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
     overlay = root / "overlay.yaml"
+    dataset = ", dataset_repo: me/pricer-data" if dataset_repo else ""
     overlay.write_text(
         "trainer:\n"
         "  max_epochs: 1\n"
@@ -304,22 +313,35 @@ def trained(tmp_path_factory, tiny_llama):
         "  callbacks:\n"
         "    - class_path: pricer.report.PriceReport\n"
         "    - class_path: pricer.publish.HubPublisher\n"
-        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama, dataset_repo: me/pricer-data}\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n"
+        f"      init_args: {{model_repo: me/pricer-tiny, base_model_id: me/tiny-llama{dataset}}}\n"
+        f"data:\n  train_size: 16\n  val_size: 4\n  test_size: {test_size}\n  num_proc: 1\n  batch_size: 4\n"
     )
-    args = [
-        "--config", SMOKE,
-        "--config", str(overlay),
-        "--model.base_model", tiny_llama,
-        "--model.lora_r", "8",
-        "--data.source", str(root),
-        "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "runs"),
-    ]  # fmt: skip
-    from pricer.cli import main
+    args = cli_args(overlay, tiny_llama, root, root)
+    main(["fit", *args, "--run_name", name, *overrides])
+    return args, root / "runs" / name
 
-    main(["fit", *args, "--run_name", "space"])
-    return args, root / "runs" / "space"
+
+def course_format_dataset(folder: Path, items: int = 5) -> Path:
+    """A curated dataset in the course's `text` + `price` format, a test split only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "data").mkdir(parents=True)
+    rows = [
+        {
+            "text": f"How much does this cost to the nearest dollar?\n\nGadget {i}\nA gadget.\n\nPrice is $",
+            "price": 10.0 + i,
+        }
+        for i in range(items)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "test-00000-of-00001.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama):
+    """A fit run of the tiny model that publishes to me/pricer-tiny; returns (args, run folder)."""
+    return publishing_fit(tmp_path_factory.mktemp("space-run"), tiny_llama, "space")
 
 
 @pytest.fixture(scope="module")

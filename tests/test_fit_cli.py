@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pricer.cli import main
-from tests.conftest import SECRET
+from tests.conftest import SECRET, course_format_dataset
 
 
 @pytest.mark.slow
@@ -89,19 +89,7 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
 def test_test_alone_scores_every_row_of_a_course_format_test_only_dataset(fit_args, tmp_path):
     import json
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = tmp_path / "lite"
-    (folder / "data").mkdir(parents=True)
-    rows = [
-        {
-            "text": f"How much does this cost to the nearest dollar?\n\nGadget {i}\nA gadget.\n\nPrice is $",
-            "price": 10.0 + i,
-        }
-        for i in range(5)
-    ]
-    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "test-00000-of-00001.parquet")
+    folder = course_format_dataset(tmp_path / "lite")
     main(["test", *fit_args, "--data.source", str(folder), "--run_name", "lite"])
     metrics = json.loads((tmp_path / "runs" / "lite" / "metrics.json").read_text())
     assert metrics["n"] == 5
@@ -261,9 +249,6 @@ def test_testing_on_another_dataset_leaves_the_fits_report_card_and_space_note_a
     fit's metrics.json and predictions.csv, the staged card and the Space's note stay the fit's."""
     import json
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     publish = tmp_path / "publish.yaml"
     publish.write_text(
         "trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n"
@@ -275,16 +260,7 @@ def test_testing_on_another_dataset_leaves_the_fits_report_card_and_space_note_a
     kept = {name: (run / name).read_bytes() for name in ("metrics.json", "predictions.csv", "config.yaml")}
     card = (run / "hub" / "model" / "README.md").read_bytes()
 
-    other = tmp_path / "lite"
-    (other / "data").mkdir(parents=True)
-    rows = [
-        {
-            "text": f"How much does this cost to the nearest dollar?\n\nGadget {i}\nA gadget.\n\nPrice is $",
-            "price": 10.0 + i,
-        }
-        for i in range(5)
-    ]
-    pq.write_table(pa.Table.from_pylist(rows), other / "data" / "test-00000-of-00001.parquet")
+    other = course_format_dataset(tmp_path / "lite")
     capsys.readouterr()
     main(["test", *fit_args, "--config", str(publish), "--data.source", str(other),
           "--trainer.default_root_dir", str(tmp_path / "elsewhere"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])  # fmt: skip

@@ -11,34 +11,9 @@ import pytest
 
 from pricer.cli import main
 from pricer.recipe import RECIPE_FILE, Recipe, RecipeError, read_recipe
-from tests.conftest import REPO, record, serve_from_hub_cache, write_raw
+from tests.conftest import SMOKE, publishing_fit, serve_from_hub_cache
 
-SMOKE = str(REPO / "configs" / "smoke.yaml")
 BODY = " ".join(f"word{i % 10}x" for i in range(80))  # conftest.record's description
-
-
-def fit_run(root, tiny_llama, name, *overrides):
-    """A fit of the tiny model on 40 fridges that publishes to me/pricer-tiny (staged only)."""
-    write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
-    overlay = root / "overlay.yaml"
-    overlay.write_text(
-        "trainer:\n"
-        "  max_epochs: 1\n"
-        "  limit_val_batches: 1\n"
-        "  callbacks:\n"
-        "    - class_path: pricer.report.PriceReport\n"
-        "    - class_path: pricer.publish.HubPublisher\n"
-        "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 6\n  num_proc: 1\n  batch_size: 4\n"
-    )
-    args = [
-        "--config", SMOKE, "--config", str(overlay),
-        "--model.base_model", tiny_llama, "--model.lora_r", "8",
-        "--data.source", str(root), "--data.cache_dir", str(root / "cache"),
-        "--trainer.default_root_dir", str(root / "runs"),
-    ]  # fmt: skip
-    main(["fit", *args, "--run_name", name, *overrides])
-    return root / "runs" / name
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +21,10 @@ def fp4_run(tmp_path_factory, tiny_llama):
     """Trained on FP4 without double quantization, read with a narrow beam and the mean."""
     overrides = ["--model.quant_type", "fp4", "--model.double_quant", "false"]
     overrides += ["--model.read_beam", "3", "--model.read_min_mass", "0.002", "--model.point", "mean"]
-    return fit_run(tmp_path_factory.mktemp("fp4"), tiny_llama, "fp4", *overrides)
+    _, run = publishing_fit(
+        tmp_path_factory.mktemp("fp4"), tiny_llama, "fp4", *overrides, test_size=6, dataset_repo=False
+    )
+    return run
 
 
 @pytest.mark.slow
