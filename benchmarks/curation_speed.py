@@ -102,9 +102,10 @@ class CourseItem:
         if features:
             contents += features + "\n"
         details = data["details"]
-        # The Hub's loading script gave details as a JSON string; raw JSONL has the object.
-        self.details = json.dumps(details) if isinstance(details, dict) else details
-        if details:
+        # The Hub's loading script gave details as a JSON string (json.dumps, so an empty
+        # object is "{}", which is truthy); raw JSONL has the object.
+        self.details = details if isinstance(details, str) else json.dumps(details)
+        if self.details:
             contents += self.scrub_details() + "\n"
         if len(contents) > MIN_CHARS:
             contents = contents[:CEILING_CHARS]
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = tokenizer_source(args.gguf)
         # Like for like: pricer looks at 1,500 characters before tokenizing by default, the course
         # at MAX_TOKENS * 7 = 1,120; more text can lift an item over the token minimum.
-        rules = CurationRules(max_chars=CEILING_CHARS)
+        rules = CurationRules()  # the course's text by default (max_chars = CEILING_CHARS)
         from transformers import AutoTokenizer
 
         CourseItem.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
@@ -334,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(2 processes: {results['pool_start_2_s'] * 1000:.0f} ms, median) and writing Parquet. "
         f"Tokenizers were loaded before timing (pricer's workers inherit it through fork)."
     )
-    print(
-        f"pricer rules: max_chars={CEILING_CHARS} (the course's CEILING_CHARS = MAX_TOKENS * 7; "
-        f"pricer's default is 1500) so both tokenize the same text; the rest are pricer's defaults."
-    )
+    print("pricer rules: its defaults, the course's (details as the course's JSON string, max_chars 1,120).")
     print(
         f"Kept: course {counts['course_kept']:,}, pricer {counts['pricer_usable']:,} usable "
         f"(read {counts['pricer_read']:,}); same text for {same_text:,} of the course's kept items."
@@ -352,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  only pricer {len(only_pricer)}: {only_pricer[:5]}")
         return 1
     print("Kept sets agree: the same (category, title) pairs.")
+    if same_text != len(course_keys):
+        differing = [k for k in sorted(course_keys) if course_kept[k] != pricer_kept[1].get(k)]
+        print(f"TEXTS DIFFER for {len(differing)} of the course's kept items, e.g. {differing[:5]}")
+        return 1
+    print("Texts agree: every kept item has the course's text, character for character.")
     return 0
 
 

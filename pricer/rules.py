@@ -11,6 +11,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from pricer.options import OptionError
 
@@ -38,21 +39,46 @@ class CurationRules:
         max_price: Highest price kept; 999.49 keeps every price that rounds to three digits,
             which Llama 3's tokenizer writes as one token.
         min_chars: Items need more characters of description, features and details than this.
-        max_chars: Characters of that text considered before tokenizing (bounds the work).
+        max_chars: Characters of that text kept before scrubbing and tokenizing (the course's
+            1,120: 160 tokens at 7 characters a token).
         min_tokens: Items need more tokens than this (of the base model's tokenizer).
         max_tokens: Text is cut to this many tokens, so every prompt has about the same length.
         part_number_length: Words this long or longer that contain a digit are dropped as
             likely part numbers, which say nothing about the price.
-        dropped_detail_keys: Detail keys that are boilerplate, not product facts.
+        details: How the details object becomes text. course (the default): exactly the course's
+            `Item`, the JSON string the dataset's loading script made (`json.dumps`, so an empty
+            one is "{}") with the `removals` substrings taken out. clean: pricer's "key value"
+            lines without the `dropped_detail_keys`, which reads better but shortens texts, so
+            fewer items pass the character and token rules than the course's.
+        removals: Substrings the course takes out of the details string.
+        dropped_detail_keys: Detail keys that are boilerplate (details: clean only).
     """
 
     min_price: float = 0.5
     max_price: float = 999.49
     min_chars: int = 300
-    max_chars: int = 1500
+    max_chars: int = 1120
     min_tokens: int = 150
     max_tokens: int = 160
     part_number_length: int = 7
+    details: Literal["course", "clean"] = "course"
+    removals: list[str] = field(
+        default_factory=lambda: [
+            '"Batteries Included?": "No"',
+            '"Batteries Included?": "Yes"',
+            '"Batteries Required?": "No"',
+            '"Batteries Required?": "Yes"',
+            "By Manufacturer",
+            "Item",
+            "Date First",
+            "Package",
+            ":",
+            "Number of",
+            "Best Sellers",
+            "Number",
+            "Product ",
+        ]
+    )
     dropped_detail_keys: list[str] = field(
         default_factory=lambda: [
             "Batteries Included?",
@@ -148,8 +174,33 @@ def _details(value: object, dropped: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _course_details(value: object, removals: list[str]) -> str:
+    """The course's details text: the loading script's JSON string, less the removals."""
+    details = value if isinstance(value, str) else json.dumps(value)
+    for removal in removals:
+        details = details.replace(removal, "")
+    return details
+
+
 def raw_contents(record: dict, rules: CurationRules) -> str:
-    """Description, features and details joined, before scrubbing (the course's order)."""
+    """Description, features and details joined, before scrubbing (the course's order).
+
+    With `details: course`, character for character the course's `Item.parse`: the lists
+    joined by newlines as they are (empty entries too), each part followed by a newline, the
+    details JSON string appended whenever it is not empty (an empty object's "{}" is not).
+    """
+    if rules.details == "course":
+        contents = "\n".join(str(x) for x in record.get("description") or [])
+        if contents:
+            contents += "\n"
+        features = "\n".join(str(x) for x in record.get("features") or [])
+        if features:
+            contents += features + "\n"
+        details = record.get("details")
+        details = details if isinstance(details, str) else json.dumps(details)
+        if details:
+            contents += _course_details(details, rules.removals) + "\n"
+        return contents
     parts = [
         "\n".join(_lines(record.get("description"))),
         "\n".join(_lines(record.get("features"))),

@@ -71,3 +71,36 @@ def test_a_text_line_goes_through_the_same_token_cut(byte_tokenizer):
     tokenizer = load_tokenizer(byte_tokenizer)
     _, prompt = product_prompt({"text": "x" * 1000}, rules, tokenizer)
     assert prompt.count("x") == rules.max_tokens  # the byte tokenizer: one token a character
+
+
+def test_the_default_text_is_the_courses_character_for_character(tokenizer_name):
+    """The course's Item (benchmarks/curation_speed.py re-implements it line by line from the
+    course's items.py) on raw 2023 records with non-empty details, features and description
+    lists: pricer's curated text is the same, character for character."""
+    from transformers import AutoTokenizer
+
+    from benchmarks.curation_speed import CourseItem
+
+    records = (
+        RECORDS
+        + [
+            record("Plain", 19.0, description=[LONG[:700]], features=[], details={}),  # "{}" counts
+            record(
+                "Üniçode Kettle",
+                35.0,
+                description=[LONG[:500]],
+                features=["Größe: 1,7 l"],
+                details={"Marke": "Küche"},
+            ),
+        ]
+    )
+    rules = CurationRules()
+    source = tokenizer_source(tokenizer_name)
+    lines = [(number, json.dumps(r).encode()) for number, r in enumerate(records, start=1)]
+    rows = curate_chunk("meta_Appliances.jsonl", "Appliances", lines, rules, source).rows
+    CourseItem.tokenizer = AutoTokenizer.from_pretrained(source)
+    course = [CourseItem.from_datapoint(r) for r in records]
+    assert [c.title for c in course if c] == [r["title"] for r in rows]
+    for row, item in zip(rows, [c for c in course if c], strict=True):
+        assert row["text"] == item.text, item.title
+        assert row["prompt"] + row["completion"] == item.prompt

@@ -41,8 +41,8 @@ def test_scrub_collapses_punctuation_and_drops_part_numbers():
     assert scrub(text) == "Fits models quiet 2-pack and AB12 ok"
 
 
-def test_details_object_and_old_json_string_give_the_same_text():
-    rules = CurationRules()
+def test_clean_details_read_as_key_value_lines_from_an_object_or_its_json_string():
+    rules = CurationRules(details="clean")
     details = {"Brand": "GE", "Item Weight": "1.5 pounds", "Best Sellers Rank": {"Appliances": 2346}}
     as_object = {"description": ["d"], "features": ["f"], "details": details}
     as_string = {"description": ["d"], "features": ["f"], "details": __import__("json").dumps(details)}
@@ -53,7 +53,7 @@ def test_details_object_and_old_json_string_give_the_same_text():
 
 
 def test_candidate_text_needs_more_than_min_chars():
-    rules = CurationRules(min_chars=300)
+    rules = CurationRules(min_chars=300, details="clean")
     short = {"title": "T", "description": ["x" * 299], "features": [], "details": {}}
     assert candidate_text(short, rules) == (None, TOO_SHORT)
     enough = {"title": "Title 1234567", "description": ["x" * 300], "features": [], "details": {}}
@@ -70,3 +70,30 @@ def test_rules_reject_inconsistent_bounds():
 
 def test_normalise_title():
     assert normalise_title("  The GE Fridge, 2-Pack! ") == "the ge fridge 2 pack"
+
+
+def test_course_details_are_the_loading_scripts_json_string_less_the_removals():
+    """As the course's Item: json.dumps with its default separators (and ASCII escapes), the
+    removal substrings taken out of the string, whole keys and values kept otherwise."""
+    rules = CurationRules()
+    details = {
+        "Brand": "GE",
+        "Item Weight": "1.5 pounds",
+        "Best Sellers Rank": {"Appliances": 2346},
+        "Größe": "M",
+    }
+    record = {"description": ["d", ""], "features": ["f"], "details": details}
+    expected = 'd\n\nf\n{"Brand" "GE", " Weight" "1.5 pounds", " Rank" {"Appliances" 2346}, "Gr\\u00f6\\u00dfe" "M"}\n'
+    assert raw_contents(record, rules) == expected
+    assert raw_contents({**record, "details": __import__("json").dumps(details)}, rules) == expected
+
+
+def test_an_empty_details_object_counts_toward_the_characters_as_in_the_course():
+    """An empty details object is "{}" in the course's strings: truthy, appended, three more
+    characters toward min_chars (then scrubbed away)."""
+    rules = CurationRules(min_chars=300)
+    short = {"title": "T", "description": ["x" * 296], "features": [], "details": {}}
+    assert candidate_text(short, rules) == (None, TOO_SHORT)  # 296 + 1 + 3 = 300, not more
+    enough = {"title": "T", "description": ["x" * 297], "features": [], "details": {}}
+    text, reason = candidate_text(enough, rules)
+    assert reason is None and text == "T\n" + "x" * 297
