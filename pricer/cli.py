@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -278,6 +279,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
     return PricerCLI(
         PriceModel,
         PriceDataModule,
+        parser_kwargs={
+            "prog": "pricer",
+            "description": "pricer: fine-tune a 4-bit LoRA LLM to predict a product's price from its text.",
+        },
         trainer_class=PricerTrainer,
         save_config_callback=LoggedConfig,
         seed_everything_default=42,
@@ -297,7 +302,29 @@ def _cause(error: BaseException, kind: type) -> BaseException | None:
     return None
 
 
+class _NotForUsers(logging.Filter):
+    """Drops log lines a pricer user cannot act on: Lightning's advert for its LitLogger, and
+    bitsandbytes' notice that the optional `kernels` package (which fetches code from the Hub,
+    so pricer does not install it) is missing on the CPU."""
+
+    NOISE = (
+        "💡 Tip: For seamless cloud logging",
+        "Failed to load CPU gemm_4bit_forward from kernels-community",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+def quiet_logs() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "bitsandbytes.backends.cpu.ops"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotForUsers) for f in logger.filters):
+            logger.addFilter(_NotForUsers())
+
+
 def main(args: list[str] | None = None) -> None:
+    quiet_logs()
     try:
         build_cli(args)
     except (

@@ -150,3 +150,18 @@ def test_a_model_that_is_not_here_stops_before_curation(
               "--trainer.default_root_dir", str(tmp_path / "runs"), *base, *options])  # fmt: skip
     assert f"pricer: error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_program_is_pricer_and_its_logs_carry_nothing_a_user_cannot_act_on(
+    raw_items, byte_tokenizer, tmp_path, capsys, caplog
+):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pricer ") and "__main__" not in out and "fine-tune a 4-bit LoRA" in out
+    caplog.set_level("INFO")
+    main(["curate", "--config", SMOKE, "--model.base_model", byte_tokenizer, "--data.source", str(raw_items),
+          "--data.cache_dir", str(tmp_path / "cache"), "--data.train_size", "16", "--data.val_size", "4",
+          "--data.test_size", "4"])  # fmt: skip
+    shown = caplog.text + capsys.readouterr().err
+    assert "litlogger" not in shown and "kernels-community" not in shown
