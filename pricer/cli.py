@@ -19,6 +19,7 @@ from pricer.data import PriceDataModule
 from pricer.model import PriceModel
 from pricer.options import OptionError
 from pricer.precision import default_precision, emulated_bf16_warning
+from pricer.progress import ProgressLog
 from pricer.quantization import QuantizationUnavailable
 from pricer.raw import SourceError
 from pricer.run_folder import RunFolderError, evaluation_name, place_evaluation, place_run, trained_run
@@ -115,6 +116,13 @@ class PricerCLI(LightningCLI):
         given = kwargs.get("args")
         self.typed = [str(a) for a in (sys.argv[1:] if given is None else given)]
         super().__init__(*args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # progress as lines where there is no terminal for a bar (unless the config has its own)
+        if not any(isinstance(c, ProgressLog) for c in trainer.callbacks):
+            trainer.callbacks.append(ProgressLog())
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The base model is named once; the tokenizer of the token rules follows it.

@@ -272,3 +272,16 @@ def test_testing_on_another_dataset_leaves_the_fits_report_card_and_space_note_a
     main(["deploy", *fit_args, "--config", str(publish), "--run_name", "own"])
     settings = json.loads((run / "hub" / "space" / "pricer_space.json").read_text())
     assert settings["metrics"] == json.loads(kept["metrics.json"])
+
+
+@pytest.mark.slow
+def test_a_run_without_a_terminal_prints_progress_lines(fit_args, tmp_path, capsys):
+    """Under pytest stdout is not a terminal, as under nohup or in CI: a line a step here (4
+    steps), with the loss, the time a step and the time left, and lines for the test pass."""
+    import re
+
+    main(["fit", *fit_args, "--run_name", "lines"])
+    out = capsys.readouterr().out
+    steps = re.findall(r"^step (\d+)/4 \(\d+%\), loss [\d.]+, [\d.]+ s a step, ETA \d+:\d\d:\d\d$", out, re.M)
+    assert steps == ["1", "2", "3", "4"], out[-2000:]
+    assert re.search(r"^test: batch 1/1 \(100%\), [\d.]+ s a batch, ETA 0:00:00$", out, re.M)
