@@ -19,6 +19,39 @@ from pricer.curate import split_file
 from pricer.splits import SPLITS
 
 
+def shown_source(source: str) -> str:
+    """The data source as a reader on the Hub can follow it."""
+    from pricer.raw import RAW_REPO
+    from pricer.source import parse_source
+
+    parsed = parse_source(source)
+    if parsed.kind == "raw_hub":
+        return RAW_REPO
+    if parsed.kind == "raw_local":
+        return f"{RAW_REPO} (a local copy of its raw/meta_categories files)"
+    return parsed.location if parsed.on_hub else "a local curated dataset"
+
+
+def shown_model(name: str, hub_id: str | None) -> str:
+    """A model as a reader on the Hub can follow it: its Hub id, never a local path."""
+    from pricer.base_model import is_local
+
+    if not is_local(name):
+        return name
+    return hub_id or "a local model file"
+
+
+def name_the_base_by_its_hub_id(folder: Path, hub_id: str | None) -> None:
+    """peft writes the base's local path into adapter_config.json; on the Hub it must be the
+    base's Hub id, or `AutoPeftModelForCausalLM.from_pretrained(repo)` fails on any other machine."""
+    config_file = folder / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    base = config.get("base_model_name_or_path")
+    if base and hub_id and base != hub_id:
+        config["base_model_name_or_path"] = hub_id
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _items_per_step(datamodule, trainer: L.Trainer) -> int | None:
     per_process = getattr(datamodule, "batch_size", None)
     return per_process * trainer.world_size if per_process else None
@@ -163,6 +196,9 @@ class HubPublisher(Callback):
                 shutil.copy2(source, folder / "data" / source.name)
                 splits[split] = curated.accounting.splits.get(split, 0)
         curation = json.loads((curated.folder / "curation.json").read_text())
+        # a staged folder names what a reader on the Hub can follow: never a local path
+        curation["source"] = shown_source(curation["source"])
+        curation["tokenizer"] = shown_model(curation["tokenizer"], self.base_model_id)
         prices = datamodule.load_splits()["train"]["price"] if "train" in splits else []
         price_histogram(prices, folder / "price_histogram.png", "training prices")
         repo = self.dataset_repo or "your-name/pricer-dataset"
@@ -180,6 +216,7 @@ class HubPublisher(Callback):
         metrics_file = run / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         pl_module.save_adapter(folder, metrics)  # peft rewrites README.md here: the card comes after
+        name_the_base_by_its_hub_id(folder, self.base_model_id or pl_module.recipe().base_model_id)
         if metrics and (run / "scatter.png").is_file():
             shutil.copy2(run / "scatter.png", folder / "scatter.png")
         hp = dict(pl_module.hparams)

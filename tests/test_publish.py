@@ -1,6 +1,7 @@
 """The Hub repo folders a run stages, read back as a user would; the push against a recording HfApi."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -175,3 +176,23 @@ def test_the_token_is_checked_before_curation(fit_args, tmp_path, monkeypatch, c
         "me/pricer-tiny: the token belongs to someone, which cannot write to 'me'" in capsys.readouterr().err
     )
     assert not list((tmp_path / "cache").glob("*"))  # nothing curated
+
+
+@pytest.mark.slow
+def test_the_staged_folders_name_hub_ids_and_load_by_them_elsewhere(published, tiny_llama):
+    """adapter_config.json named the base by a local path: AutoPeftModelForCausalLM on another
+    machine failed. The Hub here is the download cache, filled from the staged folders."""
+    from peft import AutoPeftModelForCausalLM
+
+    from tests.conftest import serve_from_hub_cache
+
+    model = published / "hub" / "model"
+    assert (
+        json.loads((model / "adapter_config.json").read_text())["base_model_name_or_path"] == "me/tiny-llama"
+    )
+    card = (published / "hub" / "dataset" / "README.md").read_text()
+    assert str(published.parent.parent) not in card and "a local model file" not in card
+    serve_from_hub_cache(pathlib.Path(tiny_llama), "me/tiny-llama")
+    serve_from_hub_cache(model, "me/pricer-tiny")
+    loaded = AutoPeftModelForCausalLM.from_pretrained("me/pricer-tiny")
+    assert loaded.peft_config["default"].base_model_name_or_path == "me/tiny-llama"
