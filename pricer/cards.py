@@ -110,18 +110,20 @@ def model_card(
                 EvalResult(
                     task_type="text-generation",
                     task_name="price prediction",
-                    dataset_type=dataset_repo or "pricer-curated",
+                    # a dataset a reader can open: the published splits, else the raw source
+                    dataset_type=dataset_repo or RAW_REPO,
                     dataset_name=f"{', '.join(categories)} test split",
                     dataset_split="test",
                     metric_type=key,
                     metric_name=key,
-                    metric_value=metrics[key],
+                    # as people read them: dollars to the cent, ratios to 3 places
+                    metric_value=round(float(metrics[key]), 2 if key in ("mae", "median_ae") else 3),
                 )
             )
     data = ModelCardData(
         base_model=base_model,
         library_name="peft",
-        datasets=[dataset_repo] if dataset_repo else None,
+        datasets=[dataset_repo or RAW_REPO],  # always one: the published splits, else the raw source
         pipeline_tag="text-generation",
         tags=["pricer", "lora", "qlora", "price-prediction"],
         license=license,

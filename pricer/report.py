@@ -41,25 +41,35 @@ def printable(value):
     return " ".join("".join(kept).split())
 
 
-def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> None:
-    """Truth against prediction, coloured as the course did: green within $40 or 20%, orange
-    within $80 or 40%, red beyond; y = x for reference."""
+def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path) -> dict:
+    """Truth against prediction on log axes, coloured as the course did: green within $40 or
+    20%, orange within $80 or 40%, red beyond, with a legend; y = x for reference. Returns the
+    axes' scales and legend labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     error = np.abs(predicted - truth)
-    colours = np.where(
-        (error < 40) | (error < 0.2 * truth),
-        "green",
-        np.where((error < 80) | (error < 0.4 * truth), "orange", "red"),
-    )
-    top = max(float(truth.max()), float(predicted.max()), 1.0) * 1.05
+    green = (error < 40) | (error < 0.2 * truth)
+    orange = ~green & ((error < 80) | (error < 0.4 * truth))
+    red = ~green & ~orange
+    # prices span $1 to $1,000: log axes show the cheap items, where most of them are
+    low = max(0.5, float(min(truth.min(), predicted.min())) * 0.8)
+    top = max(float(truth.max()), float(predicted.max()), 1.0) * 1.25
     figure, axes = plt.subplots(figsize=(7, 7))
-    axes.scatter(truth, predicted, s=8, c=colours, alpha=0.7)
-    axes.plot([0, top], [0, top], color="steelblue", linewidth=1)
-    axes.set(xlim=(0, top), ylim=(0, top), xlabel="true price ($)", ylabel="predicted price ($)")
+    for mask, colour, label in (
+        (green, "green", "within $40 or 20%"),
+        (orange, "orange", "within $80 or 40%"),
+        (red, "red", "further off"),
+    ):
+        axes.scatter(
+            truth[mask], predicted[mask], s=8, c=colour, alpha=0.7, label=f"{label} ({int(mask.sum())})"
+        )
+    axes.plot([low, top], [low, top], color="steelblue", linewidth=1, label="predicted = true")
+    axes.set(xscale="log", yscale="log", xlim=(low, top), ylim=(low, top))
+    axes.set(xlabel="true price ($, log scale)", ylabel="predicted price ($, log scale)")
+    axes.legend(loc="upper left", fontsize=9)
     axes.set_title(
         f"MAE ${metrics['mae']:,.2f}  RMSLE {metrics['rmsle']:.2f}  hits {100 * metrics['hit_rate']:.1f}%"
         f"  (n={metrics['n']})",
@@ -67,7 +77,12 @@ def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path)
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    shown = {
+        "scales": (axes.get_xscale(), axes.get_yscale()),
+        "legend": [t.get_text() for t in axes.get_legend().get_texts()],
+    }
     plt.close(figure)
+    return shown
 
 
 class PriceReport(Callback):

@@ -49,3 +49,22 @@ def test_the_mae_gap_interval_is_paired():
     assert gap["mae_gap"] == pytest.approx(-1) and gap["mae_gap_ci95"] == pytest.approx([-1, -1])
     flip = mae_gap(truth, truth + noise, truth - noise[::-1])
     assert flip["mae_gap_ci95"][0] < 0 < flip["mae_gap_ci95"][1]
+
+
+def test_the_scatter_has_log_axes_and_a_legend_for_its_colours(tmp_path):
+    import numpy as np
+
+    from pricer.metrics import price_metrics
+    from pricer.report import scatter
+
+    truth = np.array([2.0, 50.0, 400.0, 900.0])
+    predicted = np.array([2.5, 120.0, 150.0, 880.0])
+    shown = scatter(truth, predicted, price_metrics(truth, predicted), tmp_path / "scatter.png")
+    assert shown["scales"] == ("log", "log")
+    assert shown["legend"] == [
+        "within $40 or 20% (2)",
+        "within $80 or 40% (1)",
+        "further off (1)",
+        "predicted = true",
+    ]
+    assert (tmp_path / "scatter.png").read_bytes()[:4] == b"\x89PNG"
