@@ -252,6 +252,19 @@ class FitBatchSize(Callback):
         self.accumulation = per_process // self.batch_size
         pl_module.micro_batch_size = self.batch_size
         trainer.fit_loop._combined_loader = None  # the loaders are made again with the new size
+        for logger in trainer.loggers:  # W&B shows the batch the run trained with
+            logger.log_hyperparams(
+                {
+                    "batch": {
+                        "items_per_step": self.effective_batch_size,
+                        "items_per_pass": self.batch_size,
+                        "passes_per_step": self.accumulation,
+                        "processes": trainer.world_size,
+                        "search_found": self.found,
+                        "memory_budget_gib": self.memory_budget_gib,
+                    }
+                }
+            )
         tried = ", ".join(f"{s} {'fits' if ok else 'out of memory'}" for s, ok in sorted(self.tried.items()))
         print(
             f"batch size: {self.batch_size} x {self.accumulation} accumulation"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import get_args
@@ -269,6 +270,7 @@ class PriceModel(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
         step = {}
+        started = time.perf_counter()
 
         def closure() -> torch.Tensor:
             loss = self.accumulate_gradients(batch)
@@ -289,6 +291,12 @@ class PriceModel(L.LightningModule):
         size = len(batch["input_ids"])
         self.log("train_loss", step["loss"], prog_bar=True, batch_size=size)
         self.log("lr", scheduler.get_last_lr()[0], batch_size=size)
+        tokens = float(batch["attention_mask"].sum())
+        self.log("tokens_per_s", tokens / max(1e-9, time.perf_counter() - started), batch_size=size)
+        if self.target_device.type == "cuda":
+            self.log(
+                "gpu_memory_gib", torch.cuda.max_memory_allocated(self.target_device) / 2**30, batch_size=size
+            )
         return step["loss"]
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -47,12 +47,31 @@ def _is(entry, name: str) -> bool:
     return isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith(name)
 
 
-def wandb_offline() -> bool:
-    """W&B stays offline unless an API key is present (or WANDB_MODE says otherwise)."""
+def wandb_credentials() -> bool:
+    """Whether W&B could log in: WANDB_API_KEY, or `wandb login`'s entry in the netrc file."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    try:
+        hosts = netrc.netrc(str(path)).hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    return host in hosts
+
+
+def wandb_offline() -> tuple[bool, str]:
+    """(offline, why): online whenever W&B has credentials, offline when WANDB_MODE says so or
+    when it has none."""
     mode = os.environ.get("WANDB_MODE")
     if mode:
-        return mode in ("offline", "disabled", "dryrun")
-    return not os.environ.get("WANDB_API_KEY")
+        offline = mode in ("offline", "disabled", "dryrun")
+        return offline, f"WANDB_MODE={mode}"
+    if wandb_credentials():
+        return False, "logged in"
+    return True, "no W&B credentials: `wandb login` or WANDB_API_KEY to log online"
 
 
 def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) -> tuple[Path, str | None]:
@@ -98,7 +117,9 @@ def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) ->
         if _is(logger, "WandbLogger"):
             logger.init_args.save_dir = str(run_dir)
             logger.init_args.name = run_dir.name
-            logger.init_args.offline = wandb_offline()
+            offline, why = wandb_offline()
+            logger.init_args.offline = offline
+            print(f"W&B: {'offline' if offline else 'online'} ({why}); files in {run_dir / 'wandb'}")
         elif _is(logger, "CSVLogger") or _is(logger, "TensorBoardLogger"):
             logger.init_args.save_dir = str(run_dir)
             logger.init_args.name = "logs"

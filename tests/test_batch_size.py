@@ -258,3 +258,23 @@ def test_one_item_that_does_not_fit_is_a_clear_error(tiny_llama, raw_items, tmp_
     dm = tiny_datamodule(raw_items, tiny_llama)
     with pytest.raises(torch.cuda.OutOfMemoryError, match="with one item a pass: nothing smaller to try"):
         cpu_trainer(tmp_path, []).fit(module, datamodule=dm)
+
+
+def test_the_logger_gets_the_batch_the_learning_rate_and_the_speed(tiny_llama, raw_items, tmp_path):
+    """W&B (any logger) never saw the learning rate, the batch found or the tokens a second."""
+    import csv
+
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=1)
+    logger = CSVLogger(tmp_path, name="logs", version="")
+    trainer = cpu_trainer(tmp_path, [finder], logger=logger, log_every_n_steps=1)
+    trainer.fit(tight(tiny_llama), datamodule=tiny_datamodule(raw_items, tiny_llama))
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open()) if r.get("lr")]
+    assert len(rows) == 4 and float(rows[0]["lr"]) > 0 and all(float(r["tokens_per_s"]) > 0 for r in rows)
+    batch = yaml.safe_load((tmp_path / "logs" / "hparams.yaml").read_text())["batch"]
+    assert batch == {
+        "items_per_step": 8, "items_per_pass": 4, "passes_per_step": 2, "processes": 1,
+        "search_found": 4, "memory_budget_gib": 14.0,
+    }  # fmt: skip

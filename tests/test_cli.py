@@ -165,3 +165,29 @@ def test_the_program_is_pricer_and_its_logs_carry_nothing_a_user_cannot_act_on(
           "--data.test_size", "4"])  # fmt: skip
     shown = caplog.text + capsys.readouterr().err
     assert "litlogger" not in shown and "kernels-community" not in shown
+
+
+@pytest.mark.parametrize(
+    "environment, netrc, expected",
+    [
+        ({"WANDB_MODE": "offline", "WANDB_API_KEY": "k"}, None, (True, "WANDB_MODE=offline")),
+        ({"WANDB_API_KEY": "k"}, None, (False, "logged in")),
+        ({}, "machine api.wandb.ai\n  login user\n  password secret\n", (False, "logged in")),
+        ({}, "machine example.com\n  login user\n  password secret\n", (True, "no W&B credentials")),
+    ],
+)
+def test_wandb_is_online_whenever_it_has_credentials(monkeypatch, tmp_path, environment, netrc, expected):
+    """A person logged in with `wandb login` (no environment variable) used to run offline."""
+    from pricer.run_folder import wandb_offline
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    netrc_file = tmp_path / "netrc"
+    if netrc:
+        netrc_file.write_text(netrc)
+        netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    offline, why = wandb_offline()
+    assert offline == expected[0] and why.startswith(expected[1])
