@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from pricer import hub
 from pricer.base_model import check_model_name
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
+from pricer.logs import quiet_logs
 from pricer.model import PriceModel
 from pricer.options import OptionError
 from pricer.precision import default_precision, emulated_bf16_warning
@@ -308,27 +308,6 @@ def _cause(error: BaseException, kind: type) -> BaseException | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
-
-
-class _NotForUsers(logging.Filter):
-    """Drops log lines a pricer user cannot act on: Lightning's advert for its LitLogger, and
-    bitsandbytes' notice that the optional `kernels` package (which fetches code from the Hub,
-    so pricer does not install it) is missing on the CPU."""
-
-    NOISE = (
-        "💡 Tip: For seamless cloud logging",
-        "Failed to load CPU gemm_4bit_forward from kernels-community",
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.NOISE)
-
-
-def quiet_logs() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "bitsandbytes.backends.cpu.ops"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NotForUsers) for f in logger.filters):
-            logger.addFilter(_NotForUsers())
 
 
 def main(args: list[str] | None = None) -> None:

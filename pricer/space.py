@@ -86,7 +86,7 @@ class SpaceSettings:
     def about(self) -> str:
         """A short note on what the model learnt from and how accurate it is."""
         what = ", ".join(c.replace("_", " ") for c in self.categories) or "Amazon products"
-        lines = [f"Base model **{_shown(self.base_model)}** with a LoRA adapter **{_shown(self.adapter)}**."]
+        lines = [f"Base model **{_shown(self.base_model)}**{_adapter_phrase(self.adapter)}."]
         trained = f"{self.train_items:,} " if self.train_items else ""
         source = f" ([dataset](https://huggingface.co/datasets/{self.dataset}))" if self.dataset else ""
         lines.append(f"Trained to price {trained}{what} products{source} from their text.")
@@ -106,6 +106,30 @@ class SpaceSettings:
                 label = BASELINE_NAMES.get(name, name)
                 lines[-1] += f" The best simple baseline ({label}) was off by ${best['mae']:,.2f}."
         return "\n\n".join(lines)
+
+
+def _adapter_phrase(adapter: str | None) -> str:
+    """How the page names the adapter: a Hub id as it is; a local adapter by its run folder (the
+    folder itself is always called `adapter`); none as the untrained base."""
+    if not adapter:
+        return ", with no adapter: the untrained base model"
+    path = Path(adapter).expanduser()
+    if path.exists():
+        run = path.resolve().parent.name
+        return (
+            f" with the LoRA adapter of run **{run}**"
+            if path.name == "adapter"
+            else f" with the LoRA adapter **{path.name}**"
+        )
+    return f" with the LoRA adapter **{adapter}**"
+
+
+def example_label(title: str, limit: int = 60) -> str:
+    """A title cut at a word boundary to at most `limit` characters, with an ellipsis."""
+    if len(title) <= limit:
+        return title
+    cut = title[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:-")
+    return f"{cut}…"
 
 
 def _shown(model: str | None) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from pricer.logs import quiet_logs
 from pricer.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
-from pricer.space import SpaceSettings
+from pricer.space import SpaceSettings, example_label
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = int(os.environ.get("PRICER_CONCURRENCY", "1"))  # requests priced at once
@@ -25,7 +26,8 @@ EMPTY_CHART = {"price range": [], "probability": []}
 def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
     coverage = pricer.coverage
 
-    def price(title: str, description: str, features: str, details: str):
+    def price_page(title: str, description: str, features: str, details: str):
+        """The page's handler: what cannot be priced is a friendly message in the page."""
         try:
             quote = pricer.quote(title, description, features, details)
         except ProductError as error:
@@ -35,6 +37,16 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
             interval_text(quote, coverage),
             gr.update(value=bins_frame(quote)),
         )
+
+    def price_api(title: str, description: str = "", features: str = "", details: str = "") -> dict:
+        """Price a product from its title and description (features and details, one per line,
+        are optional). Returns the price, the low and high ends of its interval, and the
+        interval's probability. Input that cannot be priced is an error naming the field."""
+        try:
+            quote = pricer.quote(title, description, features, details)
+        except ProductError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        return {"price": round(quote.price, 2), "low": quote.low, "high": quote.high, "coverage": coverage}
 
     with gr.Blocks(title="pricer: what does it cost?") as demo:
         gr.Markdown("# What does it cost?\nDescribe a product and a fine-tuned LLM prices it.")
@@ -58,6 +70,7 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
                     sort=bin_labels(),
                     title="How likely each price range is",
                     height=260,
+                    x_label_angle=-40,  # the range labels overlap side by side at phone width
                     elem_id="price-chart",
                 )
         if settings.examples:
@@ -65,8 +78,8 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
                 examples=[[e["title"], e["description"], "", ""] for e in settings.examples],
                 inputs=[title, description, features, details],
                 label="Try a product from the test split",
-                example_labels=[e["title"][:60] for e in settings.examples],
-                fn=price,
+                example_labels=[example_label(e["title"]) for e in settings.examples],
+                fn=price_page,
                 outputs=[predicted, interval, chart],
                 run_on_click=True,
                 cache_examples=False,
@@ -74,12 +87,18 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
         gr.Markdown(settings.about(), elem_id="about-model")
         inputs = [title, description, features, details]
         outputs = [predicted, interval, chart]
-        button.click(price, inputs, outputs, api_name="price", concurrency_limit=CONCURRENCY)
-        description.submit(price, inputs, outputs, api_name=False, concurrency_limit=CONCURRENCY)
+        # The page's events are not the API; the API is one endpoint, /price, that answers in
+        # numbers and makes bad input an error.
+        button.click(price_page, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
+        description.submit(
+            price_page, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY
+        )
+        gr.api(price_api, api_name="price", concurrency_limit=CONCURRENCY)
     return demo.queue(max_size=QUEUE_SIZE)
 
 
 def main() -> None:
+    quiet_logs()
     settings = SpaceSettings.load(HERE)
     pricer = settings.pricer()  # the adapter's own recipe: what its run measured
     build_demo(settings, pricer).launch()  # honours GRADIO_SERVER_NAME and GRADIO_SERVER_PORT

@@ -182,22 +182,11 @@ def test_deploy_from_a_locally_curated_source_names_no_local_path(trained, capsy
     main(["deploy", *args, "--run_name", "space"])  # the fixture's own staging back in place
 
 
-PRICE = re.compile(r"^## \$([\d,]+)$")
-INTERVAL = re.compile(r"^80% likely between \$([\d,]+) and \$([\d,]+)$")
-
-
-def number(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-def check_quote(result) -> float:
-    predicted, interval, chart = result
-    price = number(PRICE.match(predicted).group(1))
-    low, high = (number(x) for x in INTERVAL.match(interval).groups())
-    assert low <= price <= high
-    probabilities = [row[1] for row in chart["value"]["data"]]
-    assert len(probabilities) == 7 and sum(probabilities) == pytest.approx(1, abs=1e-3)
-    return price
+def check_quote(result: dict) -> float:
+    """The API's answer: a price inside its interval, and the interval's probability."""
+    assert set(result) == {"price", "low", "high", "coverage"} and result["coverage"] == 0.8
+    assert result["low"] <= result["price"] <= result["high"]
+    return result["price"]
 
 
 @pytest.mark.slow
@@ -207,14 +196,20 @@ def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, traine
     _, run = trained
     env = {"PRICER_BASE_MODEL": tiny_llama, "PRICER_ADAPTER": str(run / "adapter")}
     with serve(staged / "app.py", env, tmp_path / "app.log") as url:
+        from gradio_client.exceptions import AppError
+
         client = Client(url, verbose=False)
-        price = check_quote(client.predict("Acme kettle", "A 1.7 litre kettle.", "", "", api_name="/price"))
+        api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        assert list(api) == ["/price"]  # one endpoint, named for what it does (it was /price_1)
+        optional = {p["parameter_name"]: p["parameter_has_default"] for p in api["/price"]["parameters"]}
+        assert optional == {"title": False, "description": True, "features": True, "details": True}
+        price = check_quote(client.predict("Acme kettle", "A 1.7 litre kettle.", api_name="/price"))
         again = check_quote(client.predict("Acme kettle", "A 1.7 litre kettle.", "", "", api_name="/price"))
-        assert price == again  # the same product, the same price
-        predicted, interval, _ = client.predict("", "  ", "", "", api_name="/price")
-        assert predicted == "⚠️ Please enter a product title or description to price." and interval == ""
-        predicted, _, _ = client.predict("Kettle", "x" * (MAX_CHARS + 5), "", "", api_name="/price")
-        assert "please keep it under 5,000" in predicted
+        assert price == again  # the same product, the same price, optional inputs left out or not
+        with pytest.raises(AppError, match="Please enter a product title or description to price"):
+            client.predict("", "  ", api_name="/price")  # an error to an API caller, not a result
+        with pytest.raises(AppError, match="please keep it under 5,000"):
+            client.predict("Kettle", "x" * (MAX_CHARS + 5), api_name="/price")
     assert "Traceback" not in (tmp_path / "app.log").read_text()
 
 
@@ -299,9 +294,38 @@ def test_the_app_serves_smollm2(gguf, tmp_path):
             Client(url, verbose=False).predict(
                 "Stainless steel electric kettle, 1.7 litre",
                 "Cordless kettle with a 1500 W element, auto shut-off and boil-dry protection.",
-                "",
-                "",
                 api_name="/price",
             )
         )
         assert 0 <= price <= 999
+
+
+@pytest.mark.parametrize(
+    "adapter, phrase",
+    [
+        ("me/pricer-tiny", "Base model **me/base** with the LoRA adapter **me/pricer-tiny**."),
+        (None, "Base model **me/base**, with no adapter: the untrained base model."),
+    ],
+)
+def test_the_page_names_the_adapter_a_reader_can_follow(adapter, phrase):
+    from pricer.space import SpaceSettings
+
+    assert SpaceSettings(base_model="me/base", adapter=adapter).about().startswith(phrase)
+
+
+def test_a_local_adapter_is_named_by_its_run_not_as_adapter_adapter(tmp_path):
+    from pricer.space import SpaceSettings
+
+    (tmp_path / "smoke-run" / "adapter").mkdir(parents=True)
+    about = SpaceSettings(base_model="me/base", adapter=str(tmp_path / "smoke-run" / "adapter")).about()
+    assert about.startswith("Base model **me/base** with the LoRA adapter of run **smoke-run**.")
+
+
+def test_example_labels_are_cut_between_words():
+    from pricer.space import example_label
+
+    title = "Replacement refrigerator water filter, pack of 3, certified to reduce chlorine taste"
+    label = example_label(title)
+    assert len(label) <= 60 and label.endswith("…") and title.startswith(label[:-1])
+    assert title[len(label) - 1] in " ,"  # the cut falls between words, not inside one
+    assert example_label("Kettle") == "Kettle"
