@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -41,8 +43,37 @@ def check_trainer_options(trainer: dict) -> None:
         )
 
 
+def _described(method, summary: str):
+    """Lightning's method under pricer's one-line summary (the subcommand's help), its signature
+    and its arguments' documentation kept."""
+
+    @functools.wraps(method)
+    def described(self, *args, **kwargs):
+        return method(self, *args, **kwargs)
+
+    doc = inspect.getdoc(method) or ""
+    described.__doc__ = summary + ("\n\n" + doc[doc.index("Args:") :] if "Args:" in doc else "")
+    return described
+
+
 class PricerTrainer(L.Trainer):
     """Lightning's Trainer, plus the `curate` and `deploy` subcommands."""
+
+    fit = _described(
+        L.Trainer.fit,
+        "Train the LoRA adapter, then measure it on the test split; everything lands in one run folder.",
+    )
+    validate = _described(
+        L.Trainer.validate, "Read the validation split's prices and report val_mae for each read-out."
+    )
+    test = _described(
+        L.Trainer.test,
+        "Measure a trained run on a test split: metrics beside baselines, predictions and a chart.",
+    )
+    predict = _described(
+        L.Trainer.predict,
+        "Price products (a JSONL of product texts, a curated dataset, or the test split) into predict.csv.",
+    )
 
     def curate(self, model: L.LightningModule, datamodule: PriceDataModule) -> None:
         """Curate the data alone: read the raw metadata, apply the rules, write the cached splits.

@@ -159,6 +159,13 @@ def test_the_program_is_pricer_and_its_logs_carry_nothing_a_user_cannot_act_on(
         main(["--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: pricer ") and "__main__" not in out and "fine-tune a 4-bit LoRA" in out
+    summaries = " ".join(out.split())  # each subcommand's summary whole, not cut mid-sentence
+    for summary in (
+        "fit Train the LoRA adapter, then measure it on the test split; everything lands in one run folder.",
+        "test Measure a trained run on a test split: metrics beside baselines, predictions and a chart.",
+        "predict Price products (a JSONL of product texts, a curated dataset, or the test split) into predict.csv.",
+    ):
+        assert summary in summaries
     caplog.set_level("INFO")
     main(["curate", "--config", SMOKE, "--model.base_model", byte_tokenizer, "--data.source", str(raw_items),
           "--data.cache_dir", str(tmp_path / "cache"), "--data.train_size", "16", "--data.val_size", "4",
