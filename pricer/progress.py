@@ -57,11 +57,19 @@ class ProgressLog(Callback):
             flush=True,
         )
 
-    def _read(self, stage: str, trainer: L.Trainer, batch_idx: int, batches: int) -> None:
-        if not self.active or not trainer.is_global_zero:
-            return
+    def _start(self, stage: str, batch_idx: int) -> None:
         if batch_idx == 0:
             self._reading[stage] = time.monotonic()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._start("test", batch_idx)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._start("predict", batch_idx)
+
+    def _read(self, stage: str, trainer: L.Trainer, batch_idx: int, batches: int) -> None:
+        if not self.active or not trainer.is_global_zero or stage not in self._reading:
+            return
         done = batch_idx + 1
         if done % max(1, batches // 20) and done != batches:
             return
