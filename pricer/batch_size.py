@@ -248,8 +248,9 @@ class FitBatchSize(Callback):
         else:
             self.found, self.tried = self.search(trainer, pl_module, sizes)
             micro = self.found
-        self.batch_size = [s for s in sizes if s <= micro][-1]
-        self.accumulation = per_process // self.batch_size
+        self.batch_size, self.accumulation = split_effective_batch(
+            self.effective_batch_size, min(micro, self.max_val), trainer.world_size
+        )
         pl_module.micro_batch_size = self.batch_size
         trainer.fit_loop._combined_loader = None  # the loaders are made again with the new size
         for logger in trainer.loggers:  # W&B shows the batch the run trained with

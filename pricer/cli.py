@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def _described(method, summary: str):
     doc = inspect.getdoc(method) or ""
     described.__doc__ = summary + ("\n\n" + doc[doc.index("Args:") :] if "Args:" in doc else "")
     return described
+
+
+def check_evaluation_name(name: str | None, subcommand: str) -> None:
+    """`--evaluation` is a folder under <run>/evaluations/ for `test`: one plain name."""
+    if name is None:
+        return
+    if subcommand != "test":
+        raise OptionError(f"--evaluation {name}: names a test report's folder; {subcommand} has none")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        raise OptionError(
+            f"--evaluation {name!r}: one folder name of letters, digits, '.', '_' and '-' "
+            "(it goes under <run>/evaluations/)"
+        )
 
 
 class PricerTrainer(L.Trainer):
@@ -181,6 +195,7 @@ class PricerCLI(LightningCLI):
             raise RunFolderError("deploy: name the trained run to deploy with --run_name")
         config = self.config[self.subcommand]
         check_trainer_options(config.trainer)
+        check_evaluation_name(config.get("evaluation"), self.subcommand)
         if self.subcommand in ("validate", "test", "predict"):
             self._read_as_the_recipe_says(config.model)
         self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))

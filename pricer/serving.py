@@ -21,22 +21,10 @@ from pricer.precision import resolve_dtype
 from pricer.products import product_prompt
 from pricer.quantization import Quantization
 from pricer.reading import Point, PriceDistribution, PriceReader
-from pricer.recipe import RecipeError, read_recipe
+from pricer.recipe import Recipe, RecipeError, read_recipe
 from pricer.rules import CurationRules
 
 MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
-# What an adapter without a pricer.json is read with, unless told otherwise.
-DEFAULTS = {
-    "quantization": "4bit",
-    "quant_type": "nf4",
-    "double_quant": True,
-    "compute_dtype": "auto",
-    "point": "median",
-    "coverage": 0.8,
-    "beam": 32,
-    "min_mass": 1e-4,
-    "max_digits": 3,
-}
 
 
 class ProductError(ValueError):
@@ -108,6 +96,26 @@ class Quote:
             (label, float(probs[(prices >= low) & (prices < high)].sum()))
             for label, low, high in zip(bin_labels(edges), edges[:-1], edges[1:], strict=True)
         ]
+
+
+def reading_settings(recipe: Recipe) -> dict:
+    """The Pricer settings a recipe stands for: the base's quantization and the read-out."""
+    return {
+        "quantization": recipe.weights,
+        "quant_type": recipe.quant_type,
+        "double_quant": recipe.double_quant,
+        "compute_dtype": recipe.compute_dtype,
+        "point": recipe.point,
+        "coverage": recipe.coverage,
+        "beam": recipe.beam,
+        "min_mass": recipe.min_mass,
+        "max_digits": recipe.max_digits,
+        "rules": recipe.curation_rules,
+    }
+
+
+# What an adapter without a pricer.json is read with, unless told otherwise: a recipe's defaults.
+DEFAULTS = {k: v for k, v in reading_settings(Recipe(base_model="-")).items() if k != "rules"}
 
 
 class Pricer:
@@ -207,18 +215,7 @@ class Pricer:
                     stacklevel=2,
                 )
             return cls(base_model, str(folder), device, **{**DEFAULTS, **settings})
-        measured = {
-            "quantization": recipe.weights,
-            "point": recipe.point,
-            "coverage": recipe.coverage,
-            "rules": recipe.curation_rules,
-            "quant_type": recipe.quant_type,
-            "double_quant": recipe.double_quant,
-            "compute_dtype": recipe.compute_dtype,
-            "beam": recipe.beam,
-            "min_mass": recipe.min_mass,
-            "max_digits": recipe.max_digits,
-        }
+        measured = reading_settings(recipe)
         pricer = cls(base_model or base_for_here(recipe), str(folder), device, **{**measured, **settings})
         pricer.recipe = recipe
         return pricer

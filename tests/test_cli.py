@@ -198,3 +198,28 @@ def test_wandb_is_online_whenever_it_has_credentials(monkeypatch, tmp_path, envi
     monkeypatch.setenv("NETRC", str(netrc_file))
     offline, why = wandb_offline()
     assert offline == expected[0] and why.startswith(expected[1])
+
+
+@pytest.mark.parametrize(
+    "subcommand, name, message",
+    [
+        ("test", "../../elsewhere", "one folder name of letters, digits"),
+        ("test", "a/b", "one folder name of letters, digits"),
+        ("fit", "mine", "--evaluation mine: names a test report's folder; fit has none"),
+    ],
+)
+def test_an_evaluation_name_is_one_plain_folder_under_the_run(tmp_path, capsys, subcommand, name, message):
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                subcommand,
+                "--config",
+                SMOKE,
+                "--trainer.default_root_dir",
+                str(tmp_path / "runs"),
+                "--evaluation",
+                name,
+            ]
+        )
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
