@@ -79,6 +79,8 @@ def dataset_card(
         repo_id=repo_id,
         categories=curation["categories"],
         source=curation["source"],
+        revision=curation.get("revision"),
+        commit=curation.get("commit"),
         tokenizer=curation["tokenizer"],
         rules={k: v for k, v in curation["rules"].items()},
         accounting_table=accounting.table(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import re
 import sys
@@ -21,6 +20,7 @@ from pricer.data import PriceDataModule
 from pricer.logs import quiet_logs
 from pricer.model import PriceModel
 from pricer.options import OptionError
+from pricer.parse_errors import FullHelp, PricerParser
 from pricer.precision import default_precision, emulated_bf16_warning
 from pricer.progress import ProgressLog
 from pricer.quantization import QuantizationUnavailable
@@ -44,16 +44,26 @@ def check_trainer_options(trainer: dict) -> None:
         )
 
 
+# pricer's meaning of the arguments the subcommands add (Lightning's own text describes its
+# registry and HPC keywords, which pricer's run folders do not use)
+METHOD_ARGS = """Args:
+    ckpt_path: A checkpoint to resume from (fit) or read (validate, test, predict): a `.ckpt`
+        file, or `last`: the last checkpoint of the run named by --run_name (without one, of the
+        latest run under trainer.default_root_dir that has one).
+    verbose: Print the metrics table at the end (validate, test).
+    weights_only: Passed to torch.load: True restricts loading to tensors and plain types (pricer's
+        checkpoints need nothing more); null leaves it to Lightning."""
+
+
 def _described(method, summary: str):
     """Lightning's method under pricer's one-line summary (the subcommand's help), its signature
-    and its arguments' documentation kept."""
+    kept and its arguments described as pricer uses them."""
 
     @functools.wraps(method)
     def described(self, *args, **kwargs):
         return method(self, *args, **kwargs)
 
-    doc = inspect.getdoc(method) or ""
-    described.__doc__ = summary + ("\n\n" + doc[doc.index("Args:") :] if "Args:" in doc else "")
+    described.__doc__ = f"{summary}\n\n{METHOD_ARGS}"
     return described
 
 
@@ -156,11 +166,49 @@ def given_on_the_command_line(args: list[str], section: str) -> set[str]:
     return {a[len(prefix) :].split("=")[0] for a in args if a.startswith(prefix)}
 
 
+def resolved_config(config):
+    """The subcommand's config with what is decided at run time filled in, as it will run."""
+    from pricer.run_folder import wandb_offline
+
+    shown = config.clone()
+    trainer = shown.trainer
+    if trainer.get("precision") is None:
+        trainer.precision = default_precision(trainer.get("accelerator"))
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if hasattr(logger, "class_path") and logger.class_path.endswith("WandbLogger"):
+            logger.init_args.offline = bool(logger.init_args.get("offline")) or wandb_offline()[0]
+    return shown
+
+
 class PricerCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         given = kwargs.get("args")
         self.typed = [str(a) for a in (sys.argv[1:] if given is None else given)]
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """`--print_config` prints what the command would run: the precision the machine gets,
+        W&B online or offline as it would start, the schedule the model builds."""
+        flags = [a for a in self.typed if a == "--print_config" or a.startswith("--print_config=")]
+        if not flags or not isinstance(args, list | type(None)):
+            return super().parse_arguments(parser, args)
+        given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        self.config = parser.parse_args([a for a in given if a not in flags])
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return super().parse_arguments(parser, args)
+        config = self.config[subcommand]
+        shown = resolved_config(config)
+        skip_none = "skip_null" in flags[0]
+        sub_parser = parser._subcommands_action._name_parser_map[subcommand]
+        print(sub_parser.dump(shown, skip_none=skip_none, skip_link_targets=False), end="")
+        raise SystemExit(0)
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.typed = self.typed
+        return parser
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -180,6 +228,11 @@ class PricerCLI(LightningCLI):
                 "test: the folder under <run>/evaluations/ for this evaluation's report (default: the "
                 "data source's name and the split); the fit's own report is never replaced."
             ),
+        )
+        parser.add_argument(
+            "--help_trainer",
+            action=FullHelp,
+            help="Show this help with every option of Lightning's Trainer, and exit.",
         )
         parser.add_argument(
             "--run_name",
@@ -338,8 +391,12 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
             "description": "pricer: fine-tune a 4-bit LoRA LLM to predict a product's price from its text.",
         },
         trainer_class=PricerTrainer,
+        parser_class=PricerParser,
         save_config_callback=LoggedConfig,
         seed_everything_default=42,
+        # the model builds its own optimizer and cosine schedule (model.learning_rate,
+        # model.warmup_ratio): no --optimizer / --lr_scheduler that would print as null
+        auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

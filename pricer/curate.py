@@ -11,6 +11,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from collections import deque
 from collections.abc import Iterator
@@ -23,10 +24,14 @@ import pyarrow.parquet as pq
 
 from pricer import hub, raw
 from pricer.accounting import Accounting
+from pricer.raw import RAW_REPO
 from pricer.records import ChunkResult, curate_chunk
 from pricer.rules import CurationRules
 from pricer.source import parse_source
 from pricer.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample, key_hash
+
+# A commit id, whole or abbreviated (7 hex digits at least), as opposed to a branch or tag.
+COMMIT = re.compile(r"[0-9a-f]{7,40}")
 
 DUPLICATE = "duplicate"
 NOT_SAMPLED = "not_sampled"
@@ -69,6 +74,7 @@ class CurationSpec:
     balance_cap: int = 1200
     balance_below: float = 240.0
     balance_weights: dict[str, float] | None = None
+    revision: str = "main"
 
     def fingerprint(self) -> str:
         data = {
@@ -124,9 +130,9 @@ def _pool(num_proc: int):
     return context.Pool(num_proc)
 
 
-def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_size: int):
+def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_size: int, commit: str | None):
     """(category, ChunkResult, lines read) in file order, from `num_proc` processes."""
-    files = raw.check_files(parse_source(spec.source), spec.categories)
+    files = raw.check_files(parse_source(spec.source), spec.categories, commit)
     pool = _pool(num_proc) if num_proc > 1 else None
     in_flight: deque = deque()
     try:
@@ -174,10 +180,10 @@ def curate(
     curated again, with a message naming the folder.
     """
     base = Path(cache_dir).expanduser() / spec.fingerprint()
-    version, unreachable = source_version(spec)
+    version, unreachable, commit = source_version(spec)
     if version is None:
         reusable = sorted(
-            (f for f in base.glob("*") if (f / "accounting.json").is_file()), key=lambda f: f.stat().st_mtime
+            (f for f in base.glob("*") if _curated_at(f, spec.revision)), key=lambda f: f.stat().st_mtime
         )
         if reusable and _verify(reusable[-1]) is None:
             print(f"curate: {unreachable}; reusing the splits curated from it in {reusable[-1]}")
@@ -194,7 +200,7 @@ def curate(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
     try:
-        accounting = _curate_into(spec, tokenizer_source, tmp, num_proc, chunk_size)
+        accounting = _curate_into(spec, tokenizer_source, tmp, num_proc, chunk_size, commit)
         if folder.exists():  # another process finished the same curation first
             shutil.rmtree(tmp)
         else:
@@ -204,22 +210,54 @@ def curate(
     return Curated(folder, accounting, cached=False)
 
 
-def source_version(spec: CurationSpec) -> tuple[str | None, str | None]:
-    """A short hash of the raw files' content as far as it can be known without reading them,
-    or (None, why) when the Hub cannot be reached."""
+def source_version(spec: CurationSpec) -> tuple[str | None, str | None, str | None]:
+    """(version, why not, commit): a short hash of the raw files' content as far as it can be
+    known without reading them, or None and why when the Hub cannot be reached; on the Hub, the
+    commit `spec.revision` names, which every file is then read at."""
     source = parse_source(spec.source)
-    state = {}
+    commit = None
+    if source.on_hub:
+        try:
+            commit = hub.dataset_commit(RAW_REPO, spec.revision)
+        except Exception as error:  # offline, no such revision, or the Hub refused
+            from huggingface_hub.errors import RevisionNotFoundError
+
+            if isinstance(error, RevisionNotFoundError):
+                raise raw.SourceError(
+                    f"data.revision {spec.revision!r}: {RAW_REPO} has no such branch, tag or commit"
+                ) from None
+            where = f"{RAW_REPO} at revision {spec.revision!r}"
+            return None, f"cannot reach the Hub to see {where} ({type(error).__name__}: {error})", None
+    state: dict = {"commit": commit} if commit else {}
     for category in spec.categories:
-        path = source.category_file(category)
+        path = source.category_file(category, commit)
         if source.on_hub:
             try:
                 state[category] = hub.hub_file_version(path)
             except Exception as error:  # offline, or the Hub refused
-                return None, f"cannot reach the Hub to see whether {path} changed ({type(error).__name__})"
+                return (
+                    None,
+                    f"cannot reach the Hub to see whether {path} changed ({type(error).__name__})",
+                    commit,
+                )
         else:
             stat = Path(path).stat() if Path(path).is_file() else None
             state[category] = [stat.st_size, stat.st_mtime_ns] if stat else None
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16], None
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16], None, commit
+
+
+def _curated_at(folder: Path, revision: str) -> bool:
+    """A finished curation in `folder`, of the raw data at `revision` when that is a commit id
+    (a branch may have moved since, so any curation of the source counts for a branch)."""
+    if not (folder / "accounting.json").is_file():
+        return False
+    if not COMMIT.fullmatch(revision):
+        return True
+    try:
+        recorded = json.loads((folder / "curation.json").read_text()).get("commit") or ""
+    except (OSError, ValueError):
+        return False
+    return recorded.startswith(revision)
 
 
 def _verify(folder: Path) -> str | None:
@@ -245,7 +283,7 @@ def _verify(folder: Path) -> str | None:
 
 
 def _curate_into(
-    spec: CurationSpec, tokenizer_source: str, out: Path, num_proc: int, chunk_size: int
+    spec: CurationSpec, tokenizer_source: str, out: Path, num_proc: int, chunk_size: int, commit: str | None
 ) -> Accounting:
     accounting = Accounting()
     seen: set[str] = set()
@@ -254,7 +292,7 @@ def _curate_into(
     hashes: list[np.ndarray] = []
     staging = out / "staging.parquet"
     with pq.ParquetWriter(staging, SCHEMA) as writer:
-        for category, result, n_lines in _results(spec, tokenizer_source, num_proc, chunk_size):
+        for category, result, n_lines in _results(spec, tokenizer_source, num_proc, chunk_size, commit):
             accounting.read += n_lines
             accounting.read_by_category[category] += n_lines
             rows = _account(result, accounting, seen)
@@ -296,6 +334,8 @@ def _curate_into(
         json.dumps(
             {
                 "source": spec.source,
+                "revision": spec.revision if commit else None,
+                "commit": commit,
                 "categories": spec.categories,
                 "rules": spec.rules.as_dict(),
                 "tokenizer": spec.tokenizer,

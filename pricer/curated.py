@@ -20,9 +20,9 @@ COLUMNS = ("key", "title", "category", "price", "text", "prompt", "completion")
 _SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
 
 
-def load_curated(source):
+def load_curated(source, revision: str | None = None):
     """A curated source (a parsed DataSource, or its string) as a DatasetDict in pricer's
-    columns; stops on what it cannot read."""
+    columns, at `revision` when it is on the Hub; stops on what it cannot read."""
     from datasets import DatasetDict, load_dataset
 
     from pricer.source import parse_source
@@ -33,7 +33,7 @@ def load_curated(source):
     path = Path(parsed.location)
     if parsed.kind == "curated_hub":
         try:
-            loaded = hub.load_hub_dataset(parsed.location)
+            loaded = hub.load_hub_dataset(parsed.location, revision)
         except Exception as error:  # offline, no such repo, no access
             raise SourceError(
                 f"data.source {parsed.given!r}: there is no local folder or file by that name, and the "

@@ -28,6 +28,10 @@ class PriceDataModule(L.LightningDataModule):
         source: Raw Amazon Reviews 2023 metadata (`hf://datasets/McAuley-Lab/Amazon-Reviews-2023`
             or a local folder holding `raw/meta_categories/meta_<Category>.jsonl`), or an already
             curated dataset (a Hub repo id, a local folder or file), used as it is.
+        revision: The revision of a Hub source to read (a branch, tag or commit). For the raw
+            metadata it is resolved to its commit once, every file is read at that commit, and
+            the commit is recorded in `curation.json` and the dataset card; set a commit id to
+            curate the same data again later.
         categories: Product categories to curate from a raw source; each item keeps its own.
         tokenizer: The tokenizer for the token rules and batches; follows `model.base_model`.
         train_size: Training items (null: every usable item not in validation or test).
@@ -57,6 +61,7 @@ class PriceDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: str = RAW_URL,
+        revision: str = "main",
         categories: list[Category] | None = None,
         tokenizer: str | None = None,
         train_size: int | None = 25_000,
@@ -90,6 +95,11 @@ class PriceDataModule(L.LightningDataModule):
                 raise OptionError(f"data.{name} must be 0 or more, got {size}")
         self.source = source
         self.data_source = parse_source(source)  # checked now: a path that is not here stops early
+        if not str(revision).strip():
+            raise OptionError(
+                "data.revision is empty: name a branch, tag or commit of the Hub source (default main)"
+            )
+        self.revision = str(revision).strip()
         self.categories = categories
         self.tokenizer_name = tokenizer
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
@@ -149,6 +159,7 @@ class PriceDataModule(L.LightningDataModule):
             balance_cap=self.balance_cap,
             balance_below=self.balance_below,
             balance_weights=self.balance_weights,
+            revision=self.revision,
         )
 
     def curate(self) -> Curated:
@@ -174,7 +185,7 @@ class PriceDataModule(L.LightningDataModule):
             state = "reused from the cache" if curated.cached else "curated"
             print(f"data: {state} in {curated.folder}\n{curated.accounting.table()}")
         else:
-            load_curated(self.data_source)  # downloads once, on one process
+            load_curated(self.data_source, self.revision)  # downloads once, on one process
 
     def load_splits(self):
         """The curated splits as a DatasetDict (untokenized), loaded once and kept: setup,
@@ -183,7 +194,7 @@ class PriceDataModule(L.LightningDataModule):
 
         if self._splits is None:
             if not self.is_raw:
-                self._splits = load_curated(self.data_source)
+                self._splits = load_curated(self.data_source, self.revision)
             else:
                 curated = self.curated or self.curate()
                 files = {

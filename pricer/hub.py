@@ -19,6 +19,19 @@ def _fs():
     return HfFileSystem()
 
 
+def _api():
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubOfflineError("HF_HUB_OFFLINE is set")
+    return HfApi()
+
+
+def dataset_commit(repo_id: str, revision: str) -> str:
+    """The commit that a dataset revision (a branch, a tag or a commit) names on the Hub now."""
+    return str(_api().dataset_info(repo_id, revision=revision).sha)
+
+
 def hub_path(url: str) -> str:
     """`hf://datasets/owner/name/file` as HfFileSystem spells it: `datasets/owner/name/file`."""
     return url.removeprefix("hf://")

@@ -26,10 +26,10 @@ class SourceError(ValueError):
     """The data source cannot be used as asked; the message says which file and why."""
 
 
-def check_files(source, categories: list[str]) -> list[str]:
-    """The files of the categories asked for in a raw source (a parsed DataSource); stops
-    naming every missing one."""
-    files = [source.category_file(c) for c in categories]
+def check_files(source, categories: list[str], commit: str | None = None) -> list[str]:
+    """The files of the categories asked for in a raw source (a parsed DataSource), at `commit`
+    on the Hub; stops naming every missing one."""
+    files = [source.category_file(c, commit) for c in categories]
     if source.on_hub:
         try:
             missing = [f for f in files if not hub.hub_exists(f)]

@@ -118,6 +118,8 @@ def place_run(config: Namespace, run_name: str | None, ckpt_path: str | None) ->
             logger.init_args.save_dir = str(run_dir)
             logger.init_args.name = run_dir.name
             offline, why = wandb_offline()
+            if logger.init_args.get("offline"):
+                offline, why = True, "offline: true in the config"
             logger.init_args.offline = offline
             print(f"W&B: {'offline' if offline else 'online'} ({why}); files in {run_dir / 'wandb'}")
         elif _is(logger, "CSVLogger") or _is(logger, "TensorBoardLogger"):

@@ -37,11 +37,12 @@ class DataSource:
     def on_hub(self) -> bool:
         return self.kind.endswith("hub")
 
-    def category_file(self, category: str) -> str:
-        """Where a category's metadata lives in a raw source."""
+    def category_file(self, category: str, commit: str | None = None) -> str:
+        """Where a category's metadata lives in a raw source; on the Hub, at `commit` when one
+        is given (`hf://datasets/owner/name@commit/...`), so every file comes from one commit."""
         relative = RAW_LAYOUT / f"meta_{category}.jsonl"
         if self.on_hub:
-            return f"{self.location}/{relative.as_posix()}"
+            return f"{self.location}{'@' + commit if commit else ''}/{relative.as_posix()}"
         return str(Path(self.location) / relative)
 
 

@@ -223,3 +223,75 @@ def test_an_evaluation_name_is_one_plain_folder_under_the_run(tmp_path, capsys, 
         )
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "config, options, expected",
+    [
+        (
+            "data:\n  sourc: x\n",
+            [],
+            "pricer fit: error: unknown option data.sourc in {config}; did you mean data.source?",
+        ),
+        (
+            "trainer:\n  max_epocs: 2\n",
+            [],
+            "pricer fit: error: unknown option trainer.max_epocs in {config}; did you mean trainer.max_epochs?",
+        ),
+        (
+            "data:\n  categories: [Appliance, Software]\n",
+            [],
+            "pricer fit: error: data.categories in {config}: not a valid choice: 'Appliance' (did you mean "
+            "'Appliances'?); the 33 choices are listed by `pricer fit --help`",
+        ),
+        (
+            None,
+            ["--model.lora_rr", "3"],
+            "pricer fit: error: unknown option on the command line: --model.lora_rr (did you mean --model.lora_r?)",
+        ),
+        (
+            None,
+            ["--model.point", "mediann"],
+            "pricer fit: error: model.point on the command line: not a valid choice: 'mediann' (did you mean "
+            "'median'?); choose from median, mean",
+        ),
+    ],
+)
+def test_a_bad_key_or_choice_is_one_short_message_naming_where_and_the_closest_name(
+    tmp_path, capsys, config, options, expected
+):
+    files = []
+    if config is not None:
+        path = tmp_path / "mine.yaml"
+        path.write_text(config)
+        files = ["--config", str(path)]
+    with pytest.raises(SystemExit) as stop:
+        main(
+            ["fit", "--config", SMOKE, *files, "--trainer.default_root_dir", str(tmp_path / "runs"), *options]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [expected.format(config=tmp_path / "mine.yaml"), "(pricer fit --help lists the options)"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fit_help_puts_pricers_options_first_and_points_to_the_trainers(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    short = capsys.readouterr().out
+    lines = short.splitlines()
+    assert lines[0].startswith("usage: pricer fit ") and len(lines) < 300
+    model, data, pointer = (
+        short.index(s) for s in ("--model.base_model", "--data.source", "Lightning's Trainer:")
+    )
+    assert model < data < pointer
+    assert "--trainer.gradient_clip_val" not in short and "pricer fit --help_trainer" in short
+    assert "registry" not in short  # pricer's meaning of ckpt_path, not Lightning's registry keywords
+    with pytest.raises(SystemExit):
+        main(["fit", "--help_trainer"])
+    full = capsys.readouterr().out
+    assert (
+        "--trainer.gradient_clip_val" in full
+        and "--model.base_model" in full
+        and len(full.splitlines()) > 500
+    )

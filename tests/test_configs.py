@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pricer.cli import build_cli
 from pricer.data import PriceDataModule
@@ -67,3 +68,19 @@ def test_a_bad_category_is_refused_with_the_choices():
         build_cli(
             ["--config", str(CONFIGS[0].parent / "smoke.yaml"), "--data.categories", "[Softwar]"], run=False
         )
+
+
+@pytest.mark.parametrize("mode, offline", [("offline", "true"), ("online", "false")])
+def test_print_config_shows_what_will_run(monkeypatch, capsys, mode, offline):
+    """Not the parser's placeholders: the precision this machine gets (the config leaves it to
+    pricer), W&B as it will start, and no optimizer or scheduler keys the model ignores."""
+    monkeypatch.setenv("WANDB_MODE", mode)
+    config = CONFIGS[0].parent / "appliances.yaml"
+    with pytest.raises(SystemExit) as stop:
+        build_cli(["fit", "--config", str(config), "--print_config"])
+    assert stop.value.code == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["trainer"]["precision"] == "32-true"  # no GPU here
+    assert shown["trainer"]["logger"]["init_args"]["offline"] is (offline == "true")
+    assert "lr_scheduler" not in shown and "optimizer" not in shown
+    assert shown["model"]["learning_rate"] == 1e-4 and shown["data"]["revision"] == "main"

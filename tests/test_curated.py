@@ -4,6 +4,7 @@ import pytest
 
 from pricer.curated import load_curated
 from pricer.raw import SourceError
+from tests.conftest import course_format_dataset
 
 TEXT = "How much does this cost to the nearest dollar?\n\nAcme Kettle 1.7L\nA fast kettle.\n\nPrice is $"
 
@@ -85,3 +86,21 @@ def test_local_sources_are_told_apart_by_what_is_there(raw_items, tmp_path):
     ):
         with pytest.raises(SourceError, match="no such local folder or file"):
             parse_source(missing)
+
+
+def test_a_curated_hub_source_is_read_at_data_revision(tmp_path, monkeypatch, byte_tokenizer):
+    import datasets
+
+    from pricer.data import PriceDataModule
+
+    folder = course_format_dataset(tmp_path / "lite")
+    real_load, asked = datasets.load_dataset, []
+
+    def hub_load(path, *args, revision=None, **kwargs):  # the Hub's download, served from a folder
+        asked.append((path, revision))
+        return real_load(str(folder))
+
+    monkeypatch.setattr(datasets, "load_dataset", hub_load)
+    data = PriceDataModule(source="me/lite-data", revision="v2", tokenizer=byte_tokenizer)
+    assert len(data.load_splits()["test"]) == 5
+    assert asked == [("me/lite-data", "v2")]
