@@ -84,3 +84,25 @@ def test_print_config_shows_what_will_run(monkeypatch, capsys, mode, offline):
     assert shown["trainer"]["logger"]["init_args"]["offline"] is (offline == "true")
     assert "lr_scheduler" not in shown and "optimizer" not in shown
     assert shown["model"]["learning_rate"] == 1e-4 and shown["data"]["revision"] == "main"
+
+
+def test_offline_true_in_a_config_stays_offline_with_credentials(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # credentials: online unless told otherwise
+    told = tmp_path / "offline.yaml"
+    told.write_text(
+        "trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.WandbLogger\n    init_args:\n      offline: true\n"
+    )
+    config = CONFIGS[0].parent / "appliances.yaml"
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--config", str(config), "--config", str(told), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]["init_args"]["offline"] is True
+    from pricer.run_folder import place_run
+
+    cli = build_cli(
+        ["--config", str(config), "--config", str(told), "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )
+    place_run(cli.config, "r", None)
+    assert cli.config.trainer.logger.init_args.offline is True
+    assert "W&B: offline (offline: true in the config)" in capsys.readouterr().out
