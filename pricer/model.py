@@ -7,6 +7,7 @@ import gc
 import sys
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import get_args
 
@@ -18,6 +19,7 @@ from pricer import rng
 from pricer.base_model import is_local, load_base, load_tokenizer
 from pricer.batch_size import smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
+from pricer.dense_read import CpuRead, can_read_dense, dense_weights
 from pricer.hub import adapter_folder
 from pricer.options import OptionError
 from pricer.precision import ComputeDtype
@@ -71,6 +73,10 @@ class PriceModel(L.LightningModule):
             percentile).
         read_beam: Digit prefixes kept per item when numbers split into digits.
         read_min_mass: Digit prefixes less likely than this are dropped (their mass reported).
+        cpu_read: How a 4-bit base is read on the CPU (validation, test, predict): dense: its
+            exact 4-bit weights dequantized once per pass, with the LoRA update merged in fp32
+            (faster; the prices agree with 4bit's to float rounding); 4bit: layer by layer as
+            trained. On a GPU it is always read in 4-bit.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class PriceModel(L.LightningModule):
         interval_coverage: float = 0.8,
         read_beam: int = 32,
         read_min_mass: float = 1e-4,
+        cpu_read: CpuRead = "dense",
     ) -> None:
         super().__init__()
         if quant_type not in ("nf4", "fp4"):
@@ -116,6 +123,7 @@ class PriceModel(L.LightningModule):
         self.lora_target_modules = list(lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
         self.model = None
         self._reader: PriceReader | None = None
+        self._dense: ExitStack | None = None
         self.test_rows: list[dict] = []
         # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
         self.strict_loading = False
@@ -325,8 +333,42 @@ class PriceModel(L.LightningModule):
                 self.log("val_mae", mae, prog_bar=True, batch_size=size)
         return loss
 
+    def _read_dense(self) -> None:
+        """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
+        (pricer/dense_read.py) until the pass ends."""
+        if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
+            return
+        if can_read_dense(self.model, self.target_device):
+            self._dense = ExitStack()
+            self._dense.enter_context(dense_weights(self.model))
+
+    def _read_4bit_again(self) -> None:
+        if self._dense is not None:
+            self._dense.close()
+            self._dense = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._read_dense()
+
+    def on_validation_epoch_end(self) -> None:
+        # before any checkpoint is written (ModelCheckpoint saves in on_validation_end)
+        self._read_4bit_again()
+
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
+        self._read_dense()
+
+    def on_test_epoch_end(self) -> None:
+        self._read_4bit_again()
+
+    def on_predict_epoch_start(self) -> None:
+        self._read_dense()
+
+    def on_predict_epoch_end(self) -> None:
+        self._read_4bit_again()
+
+    def on_exception(self, exception: BaseException) -> None:
+        self._read_4bit_again()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         for i, (predicted, low, high) in enumerate(self.read_prices(batch)):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pricer.base_model import base_for_here, load_base, load_tokenizer
+from pricer.dense_read import CpuRead, can_read_dense, to_dense
 from pricer.hub import adapter_folder
 from pricer.precision import resolve_dtype
 from pricer.products import product_prompt
@@ -141,6 +142,9 @@ class Pricer:
         beam: Digit prefixes the reader keeps per item (digit tokenizers).
         min_mass: Digit prefixes less likely than this are dropped.
         max_digits: Longest whole-dollar price read.
+        cpu_read: dense: on the CPU, a 4-bit base's exact weights are dequantized once at load
+            and the adapter merged into them (faster, the same prices to float rounding);
+            4bit: read layer by layer as trained. A GPU always reads in 4-bit.
     """
 
     def __init__(
@@ -158,12 +162,14 @@ class Pricer:
         beam: int = 32,
         min_mass: float = 1e-4,
         max_digits: int = 3,
+        cpu_read: CpuRead = "dense",
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
             ("quantization", quantization, get_args(Quantization)),
             ("point", point, get_args(Point)),
             ("quant_type", quant_type, ("nf4", "fp4")),
+            ("cpu_read", cpu_read, get_args(CpuRead)),
         ):
             if value not in allowed:
                 raise ValueError(f"Pricer: {name} must be one of {allowed}, got {value!r}")
@@ -183,6 +189,8 @@ class Pricer:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
+        if cpu_read == "dense" and can_read_dense(model, self.device):
+            to_dense(model)
         self.model = model.eval()
         self.reader = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
 

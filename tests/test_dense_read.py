@@ -1,0 +1,104 @@
+"""The dense CPU read (pricer/dense_read.py) reads the prices the 4-bit read does, and leaves
+the model being trained exactly as it was."""
+
+import bitsandbytes as bnb
+import numpy as np
+import pytest
+import torch
+
+from pricer.dense_read import DenseLinear, dense_weights
+from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
+
+PROMPTS = [
+    "How much does this cost to the nearest dollar?\n\nAcme Kettle 1.7L, stainless steel\n\nPrice is $",
+    "How much does this cost to the nearest dollar?\n\nA rack\n\nPrice is $",
+    "How much does this cost to the nearest dollar?\n\nWidget pro max with a long description of it\n\nPrice is $",
+]
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def trained_like(tiny_llama, **options):
+    """The tiny model with a LoRA update large enough to move its prices."""
+    model = tiny_model(tiny_llama, lora_target_modules=ALL, **options)
+    model.configure_model()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.3)
+    return model.eval()
+
+
+def batch(model):
+    tokenizer = model.reader.tokenizer
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def read(model, ids, mask):
+    return model.reader.read(model.model, ids, mask)
+
+
+def layers(model) -> list[int]:
+    return [id(m) for m in model.model.modules()]
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_the_dense_read_prices_as_the_4bit_read_and_puts_the_4bit_layers_back(tiny_llama, compute_dtype):
+    model = trained_like(tiny_llama, compute_dtype=compute_dtype)
+    ids, mask = batch(model)
+    before, weights = layers(model), {k: v.clone() for k, v in model.model.state_dict().items()}
+    four_bit = read(model, ids, mask)
+    with model.model.disable_adapter():
+        untrained = read(model, ids, mask)
+    # the LoRA moves the read (the tiny random model's prices sit near $4.5): a read that left
+    # the update out would fail the comparison below
+    assert max(abs(a.mean - b.mean) for a, b in zip(four_bit, untrained, strict=True)) > 0.05
+    with dense_weights(model.model) as swapped:
+        assert swapped == 14  # seven projections in each of two layers
+        assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.modules())
+        assert any(isinstance(m, DenseLinear) for m in model.model.modules())
+        dense = read(model, ids, mask)
+    for a, b in zip(four_bit, dense, strict=True):
+        np.testing.assert_array_equal(a.prices, b.prices)
+        if compute_dtype == "float32":  # the LoRA merged in fp32: float rounding only
+            np.testing.assert_allclose(a.probs, b.probs, rtol=1e-4, atol=1e-7)
+        else:  # 16-bit: the LoRA path is kept as peft computes it, and the weights are the same
+            np.testing.assert_array_equal(a.probs, b.probs)
+    assert layers(model) == before
+    after = model.model.state_dict()
+    assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
+
+
+def test_validation_reads_dense_and_training_goes_on_as_with_the_4bit_read(tiny_llama, raw_items, tmp_path):
+    """Validation mid-fit swaps the layers in and back: the losses after it are those of a run
+    validated in 4-bit, to the bit, and the validation MAE agrees to float rounding."""
+    runs = {}
+    for cpu_read in ("dense", "4bit"):
+        model = tiny_model(tiny_llama, cpu_read=cpu_read)
+        losses = Losses()
+        trainer = cpu_trainer(
+            tmp_path / cpu_read, [losses], limit_val_batches=1, val_check_interval=2, max_steps=6
+        )
+        trainer.fit(model, datamodule=tiny_datamodule(raw_items, tiny_llama))
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.modules())
+        assert not any(isinstance(m, DenseLinear) for m in model.model.modules())
+        runs[cpu_read] = (losses.by_step, float(trainer.callback_metrics["val_mae"]))
+    assert runs["dense"][0] == runs["4bit"][0] and len(runs["dense"][0]) == 6
+    assert runs["dense"][1] == pytest.approx(runs["4bit"][1], rel=1e-4)
+
+
+def test_the_space_reader_is_dense_on_the_cpu_and_quotes_what_the_4bit_one_does(tiny_llama, tmp_path):
+    from pricer.serving import Pricer
+
+    trained_like(tiny_llama).save_adapter(tmp_path / "adapter")
+    quotes = {}
+    for cpu_read in ("dense", "4bit"):
+        pricer = Pricer(tiny_llama, str(tmp_path / "adapter"), device="cpu", cpu_read=cpu_read)
+        has_4bit = any(isinstance(m, bnb.nn.Linear4bit) for m in pricer.model.modules())
+        assert has_4bit == (cpu_read == "4bit")
+        quotes[cpu_read] = [pricer.quote(f"Kettle {i}", "A kettle that boils water fast.") for i in range(3)]
+    for dense, four_bit in zip(quotes["dense"], quotes["4bit"], strict=True):
+        assert dense.price == pytest.approx(four_bit.price, rel=1e-4)
+        assert (dense.low, dense.high) == (four_bit.low, four_bit.high)
