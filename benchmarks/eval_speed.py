@@ -1,16 +1,29 @@
-"""Evaluation speed: pricer's batched price reader against the course's loop, side by side.
+"""Evaluation speed: pricer's test read against the course's loop, on the same NF4 weights.
 
-The course priced one item at a time: `generate(max_new_tokens=3)` after the prompt, then a
-regex over the decoded text. pricer reads a whole price distribution for a batch of prompts
-(one forward pass over the prompts, then a pruned digit search on the KV cache for digit
-tokenizers). Both get the same model object (SmolLM2-135M from the GGUF, with an adapter if
-given) and the same test items (pricer's curation of the real sample); both sets of predictions
-are scored on those items. Reports items/s (median over repeats, the sides alternating), the
-ratio, the MAE of each, and model FLOPs utilisation (2 x parameters x prompt tokens per second
-against the measured matmul peak; pricer's digit search does work beyond that).
+Sides (`--sides`), each as its own project runs it, all in the same compute dtype (`--dtype`):
+- `course`: the course's tester, one item at a time: `generate(max_new_tokens=3)` greedily after
+  the prompt, then a regex over the decoded text. Loaded as the course loaded it: transformers
+  with bitsandbytes NF4 (double quantization) in the dtype, the adapter unmerged, bitsandbytes'
+  own CPU settings.
+- `pricer-4bit`: pricer's batched price reader (a distribution per item: one forward over the
+  left-padded prompts, then the pruned digit search on the KV cache) on the same NF4 weights
+  loaded by `load_base`, layer by layer in 4-bit.
+- `pricer`: the same reader and model with the dense CPU read that `test`, `predict` and the
+  Space use (pricer/dense_read.py): the same 4-bit weights dequantized once, the adapter merged
+  in fp32 (unmerged in 16-bit). The swap is timed with the read.
+
+Every side reads the same test items (pricer's curation of the real sample); the predictions are
+kept and compared item by item (`--json`), and each side's MAE is reported. Items/s are medians
+over repeats, the sides alternating. FLOPs are counted from what each side computed (forward
+hooks): per decoder forward of b sequences of w new tokens over a context of k positions,
+layers x (2 W b w + 2 r A b w for an unmerged LoRA + 4 b w k n_h d for attention over the
+masked rectangle) + 2 H V x (rows the LM head computed), with W the sum of in x out of a layer's
+linear layers, A the sum of in + out of its LoRA targets; against the measured matmul peak of
+the dtype the matmuls run in.
 
     python benchmarks/eval_speed.py --sample ../shared/data/amazon-2023-sample \\
-        --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --adapter <run>/adapter --items 100 --repeats 3
+        --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --adapter <run>/adapter --items 64 --repeats 3 \\
+        --dtype bf16
 """
 
 from __future__ import annotations
@@ -26,8 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.training_speed import count_params, machine
+from benchmarks.training_speed import Dims, machine
 
+SIDES = ("course", "pricer-4bit", "pricer")
+LABELS = {
+    "course": "course: generate(max_new_tokens=3) + regex, one item at a time, NF4",
+    "pricer-4bit": "pricer: batched price reader, NF4 layer by layer",
+    "pricer": "pricer test read: batched price reader, NF4 weights dequantized once (dense)",
+}
 PREFIX = "Price is $"
 
 
@@ -58,6 +77,36 @@ def course_loop(model, tokenizer, prompts: list[str]) -> list[float]:
     return prices
 
 
+class FlopCounter:
+    """Counts what a model computes, from forward hooks: decoder positions by context length,
+    and the LM head's rows."""
+
+    def __init__(self, model, dims: Dims, lora_r: int | None) -> None:
+        self.dims, self.lora_r, self.flops = dims, lora_r, 0.0
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.hooks = [
+            base.get_decoder().register_forward_pre_hook(self._decoder, with_kwargs=True),
+            base.get_output_embeddings().register_forward_hook(self._head),
+        ]
+
+    def _decoder(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        b, w = ids.shape
+        k = mask.shape[-1] if mask is not None else w
+        d = self.dims
+        lora = 2 * self.lora_r * d.lora_width * b * w if self.lora_r else 0
+        self.flops += d.layers * (2 * d.layer_weights * b * w + lora + 4 * b * w * k * d.attention_width)
+
+    def _head(self, module, args, output) -> None:
+        rows = output.numel() // output.shape[-1]
+        self.flops += 2 * self.dims.hidden * self.dims.vocab * rows
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
 @torch.no_grad()
 def pricer_reader(model, reader, loader, point: str) -> list[float]:
     """pricer's path: the test loader's left-padded prompts, read as distributions."""
@@ -68,38 +117,54 @@ def pricer_reader(model, reader, loader, point: str) -> list[float]:
     return prices
 
 
-def load_model(args, precision: str):
-    """The course's side, loaded as the course loaded it: transformers with bitsandbytes' NF4."""
+def torch_dtype(name: str) -> torch.dtype:
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def load_course_model(args):
+    """The course's side, loaded as the course loaded it: transformers with bitsandbytes' NF4
+    and its default CPU settings, the adapter unmerged."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from pricer.base_model import model_source
     from pricer.quantization import bnb_config
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    kwargs = {"dtype": dtype, "device_map": {"": torch.device("cpu")}}
-    if args.quantization == "4bit":
-        kwargs["quantization_config"] = bnb_config("4bit", "nf4", True, dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_source(str(args.gguf)), **kwargs)
+    dtype = torch_dtype(args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_source(str(args.gguf)),
+        quantization_config=bnb_config("4bit", "nf4", True, dtype),
+        dtype=dtype,
+        device_map={"": torch.device("cpu")},
+    )
     if args.adapter:
         model = PeftModel.from_pretrained(model, str(args.adapter))
     return model.eval()
 
 
-def load_pricer_model(args, precision: str):
-    """pricer's side, loaded as pricer loads every base (`load_base`), with the adapter merged
-    into the weights when asked (`--merge`, full precision only)."""
+def load_pricer_model(args):
+    """pricer's side, loaded as pricer loads every base (`load_base`), with the adapter."""
     from peft import PeftModel
 
     from pricer.base_model import load_base
 
-    dtype = "bfloat16" if precision == "bf16" else "float32"
-    model = load_base(str(args.gguf), args.quantization, "nf4", True, dtype, "cpu")
+    model = load_base(
+        str(args.gguf), "4bit", "nf4", True, "bfloat16" if args.dtype == "bf16" else "float32", "cpu"
+    )
     if args.adapter:
         model = PeftModel.from_pretrained(model, str(args.adapter))
-        if args.merge:  # the adapter folded into full-precision weights: plain matmuls, no LoRA detour
-            model = model.merge_and_unload()
     return model.eval()
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """How two sides' predictions of the same items compare."""
+    gap = np.abs(a - b)
+    close = (gap <= 0.5) | (gap <= 0.01 * np.maximum(np.abs(a), np.abs(b)))
+    return {
+        "within_50c_or_1pct": float(close.mean()),
+        "mean_abs_difference": float(gap.mean()),
+        "max_abs_difference": float(gap.max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,16 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gguf", type=Path, required=True, help="the base model (a .gguf file or a folder)")
     parser.add_argument("--adapter", type=Path, help="a trained adapter folder (default: the bare base)")
     parser.add_argument("--categories", nargs="+", default=["Appliances"])
-    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--items", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--quantization", choices=["4bit", "none"], default="4bit")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="the course loop's")
-    parser.add_argument("--pricer-dtype", choices=["fp32", "bf16"], help="pricer's (default: --dtype)")
     parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="pricer's model: fold the adapter into the weights (with --quantization none)",
+        "--dtype", choices=["fp32", "bf16"], default="bf16", help="every side's compute dtype"
     )
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--beam", type=int, default=32, help="pricer's reader: prefixes kept per item")
     parser.add_argument(
         "--min-mass", type=float, default=1e-4, help="pricer's reader: prefixes dropped below"
@@ -125,11 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--point", choices=["median", "mean"], default="median")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-gflops", type=float, help="the matmul peak (default: measured now)")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--json", type=Path, help="write the results and every prediction here")
     args = parser.parse_args(argv)
 
+    from peft import PeftConfig
+    from transformers import AutoConfig
+
     from benchmarks.matmul_peak import matmul_gflops
+    from pricer.base_model import model_source
     from pricer.data import PriceDataModule
+    from pricer.dense_read import dense_weights
     from pricer.reading import PriceReader
 
     with tempfile.TemporaryDirectory() as cache:
@@ -149,48 +215,51 @@ def main(argv: list[str] | None = None) -> dict:
         prompts, truth = list(test["prompt"]), np.asarray(test["price"], dtype=np.float64)
         batches = list(datamodule.test_dataloader())  # collated once: the same tensors every repeat
     tokenizer = datamodule.tokenizer
-    args.pricer_dtype = args.pricer_dtype or args.dtype
-    models = {"course": load_model(args, args.dtype), "pricer": load_pricer_model(args, args.pricer_dtype)}
+    course = load_course_model(args) if "course" in args.sides else None
+    pricer = load_pricer_model(args) if {"pricer", "pricer-4bit"} & set(args.sides) else None
     reader = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass)
-    prompt_tokens = sum(int(b["prompt_mask"].sum()) for b in batches)
+    dims = Dims.of(AutoConfig.from_pretrained(model_source(str(args.gguf))))
+    lora_r = PeftConfig.from_pretrained(str(args.adapter)).r if args.adapter else None
 
-    times: dict[str, list[float]] = {"course": [], "pricer": []}
+    def run(side: str) -> list[float]:
+        if side == "course":
+            return course_loop(course, tokenizer, prompts)
+        if side == "pricer-4bit":
+            return pricer_reader(pricer, reader, batches, args.point)
+        with dense_weights(pricer):  # as test does: swapped in once for the pass, timed with it
+            return pricer_reader(pricer, reader, batches, args.point)
+
+    times: dict[str, list[float]] = {side: [] for side in args.sides}
+    flops: dict[str, float] = {}
     predictions: dict[str, list[float]] = {}
-    for _ in range(args.repeats):
-        for side in ("course", "pricer"):
+    for repeat in range(args.repeats):
+        for side in args.sides if repeat % 2 == 0 else args.sides[::-1]:
+            # the LoRA is unmerged on every side but the dense read in fp32, where it is merged
+            merged = side == "pricer" and args.dtype == "fp32"
+            counter = FlopCounter(course if side == "course" else pricer, dims, None if merged else lora_r)
             started = time.perf_counter()
-            if side == "course":
-                predictions[side] = course_loop(models[side], tokenizer, prompts)
-            else:
-                predictions[side] = pricer_reader(models[side], reader, batches, args.point)
+            predictions[side] = run(side)
             times[side].append(time.perf_counter() - started)
+            counter.remove()
+            flops[side] = counter.flops
 
-    peaks = {
-        d: matmul_gflops(torch.bfloat16 if d == "bf16" else torch.float32)
-        for d in {args.dtype, args.pricer_dtype}
-    }
-    if args.peak_gflops:
-        peaks = dict.fromkeys(peaks, args.peak_gflops)
-    from transformers import AutoConfig
-
-    from pricer.base_model import model_source
-
-    params = count_params(AutoConfig.from_pretrained(model_source(str(args.gguf))))
+    peak = args.peak_gflops or matmul_gflops(torch_dtype(args.dtype))
     sides = {}
-    for side in ("course", "pricer"):
+    for side in args.sides:
         seconds = statistics.median(times[side])
         predicted = np.asarray(predictions[side], dtype=np.float64)
         sides[side] = {
             "items_per_s": len(prompts) / seconds,
             "median_seconds": seconds,
+            "seconds": times[side],
             "mae": float(np.abs(predicted - truth).mean()),
-            "dtype": args.dtype if side == "course" else args.pricer_dtype,
-            "mfu": 2
-            * params
-            * prompt_tokens
-            / seconds
-            / (peaks[args.dtype if side == "course" else args.pricer_dtype] * 1e9),
+            "gflop_per_item": flops[side] / len(prompts) / 1e9,
+            "mfu": flops[side] / seconds / (peak * 1e9),
         }
+    compared = {}
+    for a, b in (("pricer", "pricer-4bit"), ("pricer", "course"), ("pricer-4bit", "course")):
+        if a in sides and b in sides:
+            compared[f"{a} vs {b}"] = agreement(np.asarray(predictions[a]), np.asarray(predictions[b]))
     report = {
         "machine": machine(),
         "setup": {
@@ -202,23 +271,27 @@ def main(argv: list[str] | None = None) -> dict:
                 "categories",
                 "items",
                 "batch_size",
-                "quantization",
+                "dtype",
                 "point",
                 "repeats",
                 "beam",
                 "min_mass",
-                "merge",
             )
         },
         "items": len(prompts),
-        "prompt_tokens": prompt_tokens,
-        "peak_gflops": peaks,
-        **sides,
-        "speedup": sides["pricer"]["items_per_s"] / sides["course"]["items_per_s"],
+        "prompt_tokens": sum(int(b["prompt_mask"].sum()) for b in batches),
+        "peak_gflops": peak,
+        "sides": sides,
+        "compared": compared,
+        "ratios": {s: sides[s]["items_per_s"] / sides["course"]["items_per_s"] for s in sides}
+        if "course" in sides
+        else {},
     }
     print_table(report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(
+            json.dumps({**report, "truth": truth.tolist(), "predictions": predictions}, indent=2)
+        )
     return report
 
 
@@ -226,24 +299,23 @@ def print_table(report: dict) -> None:
     setup = report["setup"]
     print(f"Machine: {report['machine']}")
     print(
-        f"SmolLM2-135M ({setup['quantization']}), adapter {setup['adapter'] or 'none'}"
-        f"{' (merged for pricer)' if setup['merge'] else ''}, "
+        f"SmolLM2-135M in NF4, adapter {setup['adapter'] or 'none'}, compute {setup['dtype']} on every side, "
         f"{report['items']} test items ({report['prompt_tokens']:,} prompt tokens), pricer batch "
         f"{setup['batch_size']}, beam {setup['beam']}, min mass {setup['min_mass']:g}, {setup['point']} "
-        f"read-out; median of {setup['repeats']}; matmul peak (GFLOP/s) "
-        + ", ".join(f"{d} {g:.0f}" for d, g in report["peak_gflops"].items())
+        f"read-out; median of {setup['repeats']}; {setup['dtype']} matmul peak {report['peak_gflops']:.0f} GFLOP/s"
     )
-    print("| evaluation | dtype | items/s | ratio | MFU (prompt) | MAE |")
-    print("|---|---|---:|---:|---:|---:|")
-    for side, name in (
-        ("course", "course: generate(max_new_tokens=3) + regex, one item at a time"),
-        ("pricer", "pricer: batched price reader"),
-    ):
-        s = report[side]
-        ratio = s["items_per_s"] / report["course"]["items_per_s"]
+    print("| evaluation | items/s | x course | GFLOP an item | MFU | MAE |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for side, s in report["sides"].items():
+        ratio = report["ratios"].get(side)
         print(
-            f"| {name} | {s['dtype']} | {s['items_per_s']:.2f} | {ratio:.2f}x | {100 * s['mfu']:.1f}% | "
-            f"${s['mae']:.2f} |"
+            f"| {LABELS[side]} | {s['items_per_s']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} | "
+            f"{s['gflop_per_item']:.1f} | {100 * s['mfu']:.1f}% | ${s['mae']:.2f} |"
+        )
+    for pair, c in report["compared"].items():
+        print(
+            f"- {pair}: {100 * c['within_50c_or_1pct']:.1f}% of items within $0.50 or 1%, mean |difference| "
+            f"${c['mean_abs_difference']:.2f}, largest ${c['max_abs_difference']:.2f}"
         )
 
 

@@ -191,20 +191,58 @@ def test_training_speed_compares_completion_logits_with_full_logits(
 
 
 @pytest.mark.slow
-def test_eval_speed_scores_both_readers_on_the_same_items(tmp_path: Path, tiny_llama: str, capsys) -> None:
-    from benchmarks.eval_speed import main
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_eval_speed_reads_the_same_items_on_every_side_and_compares_them(
+    tmp_path: Path, tiny_llama: str, capsys, dtype: str
+) -> None:
+    import torch
 
+    from benchmarks.eval_speed import main
+    from tests.conftest import tiny_model
+
+    model = tiny_model(tiny_llama, lora_target_modules=["q_proj", "v_proj", "up_proj"])
+    model.configure_model()
+    with torch.no_grad():
+        for name, parameter in model.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.3)
+    model.save_adapter(tmp_path / "adapter")
     source = tmp_path / "source"
     write_raw(source, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(30)])
+    out = tmp_path / "eval.json"
     report = main(
-        ["--sample", str(source), "--gguf", tiny_llama, "--items", "6", "--batch-size", "4", "--repeats", "1"]
-        + ["--quantization", "none", "--pricer-dtype", "bf16", "--peak-gflops", "100"]
+        [
+            "--sample",
+            str(source),
+            "--gguf",
+            tiny_llama,
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--items",
+            "6",
+        ]
+        + [
+            "--batch-size",
+            "4",
+            "--repeats",
+            "2",
+            "--dtype",
+            dtype,
+            "--peak-gflops",
+            "100",
+            "--json",
+            str(out),
+        ]
     )
     printed = capsys.readouterr().out
-    assert "| pricer: batched price reader | bf16 |" in printed
-    assert report["items"] == 6
-    for side in ("course", "pricer"):
-        assert report[side]["items_per_s"] > 0 and report[side]["mae"] >= 0
+    assert "| pricer test read: batched price reader, NF4 weights dequantized once (dense) |" in printed
+    assert report["items"] == 6 and set(report["sides"]) == {"course", "pricer-4bit", "pricer"}
+    for side in report["sides"].values():
+        assert side["items_per_s"] > 0 and side["gflop_per_item"] > 0 and len(side["seconds"]) == 2
+    # the dense read and the 4-bit read price every item alike; the course reads otherwise
+    assert report["compared"]["pricer vs pricer-4bit"]["within_50c_or_1pct"] == 1.0
+    saved = json.loads(out.read_text())
+    assert len(saved["predictions"]["course"]) == len(saved["truth"]) == 6
 
 
 def test_accuracy_table_ranks_models_and_shows_the_paired_gap(tmp_path: Path) -> None:
