@@ -334,3 +334,24 @@ def test_the_8b_arithmetic_is_what_the_readme_quotes() -> None:
     quoted = re.search(r"about ([\d.]+) GiB fixed and\s+([\d.]+) GiB a sample", readme)
     assert quoted and float(quoted[1]) == round(estimate["fixed_gib"], 1)
     assert float(quoted[2]) == round(estimate["per_sample_gib_completion_logits"], 2)
+
+
+def test_compare_predictions_counts_agreement_and_refuses_other_items(tmp_path: Path) -> None:
+    from benchmarks.compare_predictions import main
+
+    def report(name: str, predicted: list[float], titles=("a", "b", "c", "d")) -> Path:
+        path = tmp_path / f"{name}.csv"
+        rows = ["title,category,price,predicted,low,high"]
+        rows += [f"{t},X,100.0,{p},1,2" for t, p in zip(titles, predicted, strict=True)]
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    first = report("first", [100.0, 50.0, 200.0, 10.0])
+    second = report("second", [100.4, 50.0, 201.9, 12.0])  # in, identical, in (1%), out
+    result = main([str(first), str(second)])
+    assert result["within_50c_or_1pct"] == 0.75 and result["identical"] == 0.25
+    assert result["max_abs_difference"] == pytest.approx(2.0)
+    # MAEs against the true $100: (0 + 50 + 100 + 90) / 4 and (0.4 + 50 + 101.9 + 88) / 4
+    assert result["mae_moves_by"] == pytest.approx(0.075)
+    with pytest.raises(SystemExit, match="item 4 differs"):
+        main([str(first), str(report("other", [1, 2, 3, 4], titles=("a", "b", "c", "e")))])
