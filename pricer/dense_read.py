@@ -61,6 +61,8 @@ class DenseLinear(nn.Linear):
     compute dtype, the output back to the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # under autocast (bf16-mixed) the matmul runs in 16-bit, as bitsandbytes' CPU 4-bit
+        # matmul does there too (its linear inside the op is autocast's): the same numbers
         return super().forward(x.to(self.weight.dtype)).to(x.dtype)
 
 
@@ -84,18 +86,19 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> DenseLinear:
     return dense
 
 
-def _dense(module: nn.Module) -> tuple[str | None, DenseLinear] | None:
-    """For a 4-bit layer: (None, its dense layer). For a LoRA layer over one: in fp32, (None, the
-    dense layer with the LoRA update merged in); in a 16-bit compute dtype, ("base_layer", the
-    dense base), the LoRA path kept as peft computes it, since merging a small update into 16-bit
-    weights would round most of it away. None for anything else."""
+def _dense(module: nn.Module, merge: bool) -> tuple[str | None, DenseLinear] | None:
+    """For a 4-bit layer: (None, its dense layer). For a LoRA layer over one, when `merge` and
+    in fp32: (None, the dense layer with the LoRA update merged in); otherwise ("base_layer",
+    the dense base), the LoRA path kept as peft computes it: merging a small update into 16-bit
+    weights would round most of it away, and under autocast the LoRA path computes in 16-bit
+    where a merged one would not. None for anything else."""
     base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
     if not _is_4bit(base):
         return None
     weight = dequantized(base)
     if base is module:
         return None, _linear(weight, base.bias)
-    if weight.dtype != torch.float32:
+    if not merge or weight.dtype != torch.float32:
         return "base_layer", _linear(weight, base.bias)
     try:
         delta = _lora_delta(module)
@@ -106,14 +109,14 @@ def _dense(module: nn.Module) -> tuple[str | None, DenseLinear] | None:
     return None, _linear(weight, base.bias)
 
 
-def _replacements(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Linear]]:
+def _replacements(model: nn.Module, merge: bool = True) -> list[tuple[nn.Module, str, nn.Module, nn.Linear]]:
     """(parent, attribute, the module replaced, its dense layer) for every 4-bit layer."""
     found = []
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if _is_4bit(child) and hasattr(parent, "get_base_layer"):
                 continue  # a LoRA layer's base: decided with the LoRA layer
-            dense = _dense(child)
+            dense = _dense(child, merge)
             if dense is None:
                 continue
             inner, layer = dense
@@ -129,23 +132,21 @@ def can_read_dense(model: nn.Module, device: torch.device) -> bool:
     return torch.device(device).type == "cpu" and any(_is_4bit(m) for m in model.modules())
 
 
-def to_dense(model: nn.Module) -> int:
+def to_dense(model: nn.Module, merge: bool = True) -> int:
     """Replace the 4-bit (and LoRA-over-4-bit) layers by dense ones for good; returns how many.
     For a model that is only read from now on (the Space, predict)."""
-    replacements = _replacements(model)
+    replacements = _replacements(model, merge)
     for parent, name, _, dense in replacements:
         setattr(parent, name, dense)
     return len(replacements)
 
 
 @contextmanager
-def dense_weights(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+def dense_weights(model: nn.Module, merge: bool = True) -> Iterator[int]:
     """Within the block the model reads with dense weights (how many layers were swapped is
-    yielded); after it, the 4-bit and LoRA layers are back, untouched."""
-    if not enabled:
-        yield 0
-        return
-    replacements = _replacements(model)
+    yielded); after it, the 4-bit and LoRA layers are back, untouched. `merge=False` keeps the
+    LoRA layers (for a read under autocast, where they compute in 16-bit)."""
+    replacements = _replacements(model, merge)
     for parent, name, _, dense in replacements:
         setattr(parent, name, dense)
     try:

@@ -124,6 +124,7 @@ class PriceModel(L.LightningModule):
         self.model = None
         self._reader: PriceReader | None = None
         self._dense: ExitStack | None = None
+        self.weights_from: dict | None = None  # which step's weights fit saved, and why
         self.test_rows: list[dict] = []
         # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
         self.strict_loading = False
@@ -339,8 +340,10 @@ class PriceModel(L.LightningModule):
         if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
             return
         if can_read_dense(self.model, self.target_device):
+            # under a mixed precision the LoRA layers compute in 16-bit: kept, not merged
+            merge = "mixed" not in str(self.trainer.precision)
             self._dense = ExitStack()
-            self._dense.enter_context(dense_weights(self.model))
+            self._dense.enter_context(dense_weights(self.model, merge=merge))
 
     def _read_4bit_again(self) -> None:
         if self._dense is not None:
@@ -459,6 +462,41 @@ class PriceModel(L.LightningModule):
         if checkpoint.get("pricer_micro_batch_size") is not None:
             self.micro_batch_size = checkpoint["pricer_micro_batch_size"]
             self.micro_batch_size_restored = True
+
+    def best_on_validation(self):
+        """The checkpoint callback that keeps the best weights by val_mae, when it saved any."""
+        for callback in self.trainer.checkpoint_callbacks:
+            monitor, best = getattr(callback, "monitor", None), getattr(callback, "best_model_path", "")
+            if monitor == "val_mae" and best and Path(best).is_file():
+                return callback
+        return None
+
+    def on_train_end(self) -> None:
+        """The adapter fit saves, tests and publishes is the best on validation (val_mae, the
+        configured read-out), when a checkpoint callback monitors it; last.ckpt, written at the
+        final step, stays for resuming. Without one, the final step's weights."""
+        self.weights_from = {"step": self.trainer.global_step, "chosen_by": "the final step"}
+        best = self.best_on_validation()
+        if best is None:
+            return
+        checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        keep = self.trainable_names()
+        weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if set(weights) != keep:
+            raise ValueError(f"{best.best_model_path} does not hold this model's LoRA weights")
+        self.load_state_dict(weights, strict=False)
+        score = float(best.best_model_score)
+        self.weights_from = {
+            "step": int(checkpoint["global_step"]),
+            "chosen_by": "val_mae",
+            "val_mae": score,
+            "checkpoint": Path(best.best_model_path).name,
+        }
+        print(
+            f"fit: the adapter is the best on validation: val_mae ${score:.2f} at step "
+            f"{checkpoint['global_step']} of {self.trainer.global_step} ({Path(best.best_model_path).name}); "
+            "last.ckpt keeps the final step for resuming"
+        )
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.trainer.default_root_dir:

@@ -25,7 +25,7 @@ RECIPE_FILE = "pricer.json"
 VERSION = 1
 FORMAT = "pricer-recipe"
 # The headline numbers a card or a Space quotes; the whole report stays in metrics.json.
-HEADLINE = ("n", "mae", "mae_ci95", "rmsle", "hit_rate", "median_ae")
+HEADLINE = ("n", "mae", "mae_ci95", "rmsle", "hit_rate", "median_ae", "interval_coverage", "weights_from")
 
 
 class RecipeError(ValueError):

@@ -118,6 +118,14 @@ class PriceReport(Callback):
         metrics = price_metrics(truth, predicted)
         metrics["baselines"] = self._baselines(trainer, truth, predicted)
         metrics["read"] = {"point": pl_module.hparams.point, "interval": pl_module.hparams.interval_coverage}
+        # what the interval means: the share of true prices inside it, beside what it claims
+        low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])
+        metrics["interval_coverage"] = {
+            "nominal": pl_module.hparams.interval_coverage,
+            "measured": float(((low <= truth) & (truth <= high)).mean()),
+        }
+        if getattr(pl_module, "weights_from", None):
+            metrics["weights_from"] = pl_module.weights_from
         whole = self._test_items(trainer)
         if whole is not None and whole > len(rows):
             metrics["partial"] = f"the first {len(rows)} of {whole} test items (trainer.limit_test_batches)"

@@ -98,6 +98,12 @@ class SpaceSettings:
                 f"average (95% interval ${low:,.2f}-{high:,.2f}); {m['hit_rate']:.0%} were within $40 "
                 "or 20% of the real price."
             )
+            coverage = m.get("interval_coverage")
+            if coverage:
+                lines[-1] += (
+                    f" Its {coverage['nominal']:.0%} range held the real price for {coverage['measured']:.0%} "
+                    "of them."
+                )
             baselines = {
                 k: v for k, v in (m.get("baselines") or {}).items() if isinstance(v, dict) and "mae" in v
             }

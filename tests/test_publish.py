@@ -1,5 +1,6 @@
 """The Hub repo folders a run stages, read back as a user would; the push against a recording HfApi."""
 
+import csv
 import json
 import pathlib
 
@@ -68,6 +69,14 @@ def test_the_staged_model_card_carries_the_metrics(published):
     }  # rounded as people read them
     assert {r.dataset_type for r in card.data.eval_results} == {"me/pricer-data"}
     assert 'Pricer.from_adapter("me/pricer-tiny")' in card.text and (folder / "scatter.png").is_file()
+    # the interval's measured coverage: the share of test prices inside it, from predictions.csv
+    rows = list(csv.DictReader((published / "predictions.csv").open()))
+    inside = sum(float(r["low"]) <= float(r["price"]) <= float(r["high"]) for r in rows) / len(rows)
+    assert metrics["interval_coverage"] == {"nominal": 0.8, "measured": pytest.approx(inside)}
+    assert (
+        f"The 80% interval (`quote.low` to `quote.high`) held the true price for {100 * inside:.1f}%"
+        in card.text
+    )
     for path in published.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

@@ -321,6 +321,19 @@ def test_a_local_adapter_is_named_by_its_run_not_as_adapter_adapter(tmp_path):
     assert about.startswith("Base model **me/base** with the LoRA adapter of run **smoke-run**.")
 
 
+def test_the_page_says_how_often_the_range_held_the_real_price():
+    from pricer.space import SpaceSettings
+
+    metrics = {
+        "n": 600,
+        "mae": 40.5,
+        "hit_rate": 0.74,
+        "interval_coverage": {"nominal": 0.8, "measured": 0.71},
+    }
+    about = SpaceSettings(base_model="me/base", adapter="me/pricer-tiny", metrics=metrics).about()
+    assert "Its 80% range held the real price for 71% of them." in about
+
+
 def test_example_labels_are_cut_between_words():
     from pricer.space import example_label
 

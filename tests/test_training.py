@@ -113,3 +113,56 @@ def test_smollm2_fine_tunes_on_real_items(gguf, sample, tmp_path):
     cpu_trainer(tmp_path, []).fit(module, datamodule=dm)  # one epoch: 12 steps
     after = price_loss(module, dm)
     assert after < before * 0.8, (before, after)
+
+
+class Validations(Callback):
+    """val_mae and the LoRA weights after each validation, by step; the final step's weights."""
+
+    def __init__(self):
+        self.by_step, self.final = {}, None
+
+    def on_validation_end(self, trainer, pl_module):
+        weights = {k: v.detach().clone() for k, v in pl_module.named_parameters() if v.requires_grad}
+        self.by_step[trainer.global_step] = (float(trainer.callback_metrics["val_mae"]), weights)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.final = {k: v.detach().clone() for k, v in pl_module.named_parameters() if v.requires_grad}
+
+
+def test_fit_keeps_the_best_weights_on_validation_and_last_ckpt_for_resuming(
+    tiny_llama, raw_items, tmp_path, capsys
+):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module = tiny_model(tiny_llama, learning_rate=0.3, warmup_ratio=0.0)  # wild: val_mae wanders
+    seen = Validations()
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_mae", mode="min", save_top_k=1)
+    trainer = cpu_trainer(
+        tmp_path, [seen, best], every=8, limit_val_batches=1, val_check_interval=2, max_steps=8
+    )
+    trainer.fit(module, datamodule=tiny_datamodule(raw_items, tiny_llama))
+    step, (score, weights) = min(seen.by_step.items(), key=lambda item: item[1][0])
+    assert step != 8, "the test needs a run whose best validation is not its last step"
+    assert module.weights_from == {
+        "step": step,
+        "chosen_by": "val_mae",
+        "val_mae": pytest.approx(score),
+        "checkpoint": Path(best.best_model_path).name,
+    }
+    trained = {k: v for k, v in module.named_parameters() if v.requires_grad}
+    assert all(torch.equal(trained[k], weights[k]) for k in weights)
+    assert not all(torch.equal(trained[k], seen.final[k]) for k in weights)
+    assert f"val_mae ${score:.2f} at step {step} of 8" in capsys.readouterr().out
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 8
+    assert all(torch.equal(last["state_dict"][k], seen.final[k]) for k in weights)
+    from peft import PeftModel  # noqa: F401  (the saved adapter is the best weights too)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert len(saved) == len(weights)
+    for name, tensor in saved.items():
+        match = [
+            k for k in weights if k.replace(".default", "").endswith(name.removeprefix("base_model.model."))
+        ]
+        assert len(match) == 1 and torch.equal(tensor, weights[match[0]])
