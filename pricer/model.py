@@ -74,9 +74,9 @@ class PriceModel(L.LightningModule):
         read_beam: Digit prefixes kept per item when numbers split into digits.
         read_min_mass: Digit prefixes less likely than this are dropped (their mass reported).
         cpu_read: How a 4-bit base is read on the CPU (validation, test, predict): dense: its
-            exact 4-bit weights dequantized once per pass, with the LoRA update merged in fp32
-            (faster; the prices agree with 4bit's to float rounding); 4bit: layer by layer as
-            trained. On a GPU it is always read in 4-bit.
+            exact 4-bit weights dequantized once a pass, the LoRA update merged in fp32 (kept
+            as LoRA layers under a mixed precision); faster, the same prices to float rounding.
+            4bit: layer by layer as trained. On a GPU it is always read in 4-bit.
     """
 
     def __init__(
