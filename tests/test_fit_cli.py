@@ -79,6 +79,8 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
 
     main(["test", *fit_args, "--run_name", "retest", "--model.adapter", str(run / "adapter")])
     again = json.loads((tmp_path / "runs" / "retest" / "metrics.json").read_text())
+    # the same measurements; which step's weights they are is fit's to say (it chose them)
+    assert metrics.pop("weights_from")["chosen_by"] == "the final step"
     assert again == metrics
     main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     evaluation = run / "evaluations" / f"{tmp_path.name}-test"

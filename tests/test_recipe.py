@@ -47,13 +47,19 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
     wrote, to the cent."""
     import bitsandbytes as bnb
 
+    from pricer.dense_read import DenseLinear
+    from pricer.serving import Pricer
     from pricer.space import SpaceSettings
 
     space = tmp_path / "space"
     space.mkdir()
     (space / "pricer_space.json").write_text(json.dumps({"base_model": "me/tiny-llama"}))
-    pricer = SpaceSettings.load(space, {"PRICER_ADAPTER": str(fp4_run / "adapter")}).pricer(device="cpu")
-    q_proj = pricer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    settings = SpaceSettings.load(space, {"PRICER_ADAPTER": str(fp4_run / "adapter")})
+    pricer = settings.pricer(device="cpu")
+    # on the CPU the Space reads dense layers dequantized from the 4-bit weights the recipe names
+    assert isinstance(pricer.model.base_model.model.model.layers[0].self_attn.q_proj, DenseLinear)
+    four_bit = Pricer.from_adapter(settings.adapter, base_model=settings.base_override, cpu_read="4bit")
+    q_proj = four_bit.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_state.quant_type == "fp4" and q_proj.weight.quant_state.nested is False
     assert q_proj.support_avx512bf16_for_cpu is False  # one kernel path, as fit measured
