@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import logging
+import warnings
+
+# Python warnings from the stack that a pricer user cannot act on (each is about code inside
+# transformers, Lightning or torchdata, or a state pricer sets on purpose): message patterns.
+NOT_FOR_USERS = (
+    r"`is_gradient_checkpointing` is deprecated",  # transformers calling its own old name
+    r"'set_vital' is deprecated",  # torchdata's loader calling a deprecated torch function
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree helper
+    r"Precision .* is not supported by the model summary",  # the summary's size estimate
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen 4-bit base
+)
 
 
 class _NotForUsers(logging.Filter):
@@ -20,6 +31,8 @@ class _NotForUsers(logging.Filter):
 
 
 def quiet_logs() -> None:
+    for pattern in NOT_FOR_USERS:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
     for name in ("lightning.pytorch.utilities.rank_zero", "bitsandbytes.backends.cpu.ops"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NotForUsers) for f in logger.filters):

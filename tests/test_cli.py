@@ -295,3 +295,23 @@ def test_fit_help_puts_pricers_options_first_and_points_to_the_trainers(capsys):
         and "--model.base_model" in full
         and len(full.splitlines()) > 500
     )
+
+
+def test_warnings_about_the_stacks_own_code_are_not_shown_and_others_are():
+    import warnings
+
+    from pricer.logs import quiet_logs
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_logs()
+        for text in (
+            "'set_vital' is deprecated, please do not call",
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+            "Found 397 module(s) in eval mode at the start of training. This may lead to ...",
+            "Precision bf16-mixed is not supported by the model summary.  Estimated model size ...",
+            "`isinstance(treespec, LeafSpec)` is deprecated, use ...",
+            "data.source has 3 bad lines",  # anything else still reaches the user
+        ):
+            warnings.warn(text, UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["data.source has 3 bad lines"]
