@@ -100,6 +100,11 @@ class PriceDataModule(L.LightningDataModule):
                 "data.revision is empty: name a branch, tag or commit of the Hub source (default main)"
             )
         self.revision = str(revision).strip()
+        if self.revision != "main" and not self.data_source.on_hub:
+            raise OptionError(
+                f"data.revision {self.revision!r}: a revision pins a Hub source, and data.source "
+                f"{source!r} is a local {'folder' if Path(self.data_source.location).is_dir() else 'file'}"
+            )
         self.categories = categories
         self.tokenizer_name = tokenizer
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import sys
 from pathlib import Path
@@ -134,15 +135,12 @@ def _prog(parser) -> str:
 
 class PricerParser(LightningArgumentParser):
     """Lightning's parser, with pricer's short error messages (jsonargparse's whole message
-    with JSONARGPARSE_DEBUG=1)."""
+    with JSONARGPARSE_DEBUG=true)."""
 
     typed: list[str] | None = None  # the command's arguments, to say where a bad key came from
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        from jsonargparse import set_parsing_settings  # noqa: F401  (the debug switch lives there)
-        from jsonargparse._common import debug_mode_active
-
-        if not self.exit_on_error or debug_mode_active():
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true":
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = _prog(parser)

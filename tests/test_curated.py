@@ -104,3 +104,15 @@ def test_a_curated_hub_source_is_read_at_data_revision(tmp_path, monkeypatch, by
     data = PriceDataModule(source="me/lite-data", revision="v2", tokenizer=byte_tokenizer)
     assert len(data.load_splits()["test"]) == 5
     assert asked == [("me/lite-data", "v2")]
+
+
+def test_a_revision_for_a_local_source_is_refused_not_ignored(raw_items, byte_tokenizer):
+    from pricer.data import PriceDataModule
+    from pricer.options import OptionError
+
+    with pytest.raises(
+        OptionError,
+        match=r"data.revision 'v2': a revision pins a Hub source, and data.source .* is a local folder",
+    ):
+        PriceDataModule(source=str(raw_items), revision="v2", tokenizer=byte_tokenizer)
+    assert PriceDataModule(source=str(raw_items), tokenizer=byte_tokenizer).revision == "main"

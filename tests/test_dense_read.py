@@ -128,3 +128,16 @@ def test_the_space_reader_is_dense_on_the_cpu_and_quotes_what_the_4bit_one_does(
     for dense, four_bit in zip(quotes["dense"], quotes["4bit"], strict=True):
         assert dense.price == pytest.approx(four_bit.price, rel=1e-4)
         assert (dense.low, dense.high) == (four_bit.low, four_bit.high)
+
+
+def test_on_a_gpu_the_4bit_layers_stay(tiny_llama, monkeypatch):
+    """The dense read is for the CPU: on a GPU (simulated: the model's device as the trainer's
+    root device) validation, test and predict keep the 4-bit layers, where memory matters."""
+    from pricer.dense_read import can_read_dense
+
+    model = trained_like(tiny_llama)
+    assert can_read_dense(model.model, torch.device("cpu"))
+    assert not can_read_dense(model.model, torch.device("cuda", 0))
+    monkeypatch.setattr(type(model), "target_device", property(lambda self: torch.device("cuda", 0)))
+    model._read_dense()
+    assert model._dense is None and any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.modules())
