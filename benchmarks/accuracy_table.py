@@ -1,9 +1,15 @@
-"""The accuracy table of issue 8: a fine-tuned run against the same model before fine-tuning and
-the classical baselines, all on the same test split, from the runs' metrics.json files.
+"""The accuracy table of issue 19: a fine-tuned run's LLM alone and its blend against the same
+model before fine-tuning and the classical baselines, all on the same test items, each row
+paired item by item against TF-IDF, from the runs' predictions.csv files.
 
     python -m pricer fit  --config configs/sample.yaml --model.base_model $GGUF --data.source $SAMPLE --run_name tuned
     python -m pricer test --config configs/sample.yaml --model.base_model $GGUF --data.source $SAMPLE --run_name untrained
     python benchmarks/accuracy_table.py runs/sample/tuned runs/sample/untrained
+
+The blend row is the run's read-out when validation chose the blend; when it chose the LLM
+alone, the row is the blend at validation's best weight below 1, marked as not chosen. The
+TF-IDF column is the row's MAE minus TF-IDF's, with its paired bootstrap 95% interval: below
+zero throughout means better than TF-IDF beyond the noise.
 """
 
 from __future__ import annotations
@@ -12,54 +18,105 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from pricer.baselines import BASELINE_NAMES
-from pricer.metrics import gap_text, mae_gap
+from pricer.blend import Blend, coverage
+from pricer.metrics import gap_text, mae_gap, price_metrics
+
+TFIDF = "tfidf_linear_log_price"
+BLEND_TARGET = 0.85  # the issue's target: the blend at least 15% below TF-IDF's MAE
 
 
-def load(run: Path) -> dict:
-    path = run / "metrics.json"
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: run `test` (or `fit`) for {run} first")
-    return json.loads(path.read_text())
-
-
-def paired_gap(tuned: Path, untrained: Path) -> dict | None:
-    """The fine-tuned MAE minus the untrained one, paired item by item through both runs'
-    predictions.csv (None when either run has none). The rows must be the same items in the
-    same order: anything else is a different split and an error."""
+def load(run: Path) -> tuple[dict, object]:
     import pandas as pd
 
-    paths = [run / "predictions.csv" for run in (tuned, untrained)]
-    if not all(path.is_file() for path in paths):
-        return None
-    a, b = (pd.read_csv(path) for path in paths)
+    paths = [run / "metrics.json", run / "predictions.csv"]
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist: run `test` (or `fit`) for {run} first")
+    return json.loads(paths[0].read_text()), pd.read_csv(paths[1])
+
+
+def same_items(a, b, where: str) -> None:
     if len(a) != len(b) or not (a["title"].equals(b["title"]) and (a["price"] == b["price"]).all()):
-        raise SystemExit(f"{paths[0]} and {paths[1]} are not the same test items in the same order")
-    return mae_gap(a["price"].to_numpy(), a["predicted"].to_numpy(), b["predicted"].to_numpy())
+        raise SystemExit(f"{where}: not the same test items in the same order as the fine-tuned run")
 
 
-def table(tuned: dict, untrained: dict | None, untrained_gap: dict | None = None) -> str:
-    """One row per model, best MAE first; the gap column is the fine-tuned model's MAE minus the
-    row's, with its paired 95% interval (below zero throughout: better beyond the noise)."""
-    rows = [("fine-tuned (this run)", tuned)]
+def model_rows(metrics: dict, frame, untrained=None) -> list[tuple[str, np.ndarray, float | None]]:
+    """(name, prices, interval coverage or None) for every row of the table."""
+    if TFIDF not in frame or "llm_predicted" not in frame:
+        raise SystemExit(
+            "predictions.csv has no llm_predicted or TF-IDF column: test the run with this pricer"
+        )
+    truth = frame["price"].to_numpy()
+    llm, llm_low, llm_high = (frame[k].to_numpy() for k in ("llm_predicted", "llm_low", "llm_high"))
+    blend = metrics.get("blend", {})
+    weight, scale = blend.get("weight", 1.0), blend.get("interval_scale", 1.0)
+    rows = [("fine-tuned LLM alone", llm, coverage(truth, llm_low, llm_high))]
+    if weight < 1:
+        rows.append((f"blend, {weight:g} LLM (chosen on validation)", frame["predicted"].to_numpy(),
+                     coverage(truth, frame["low"], frame["high"])))  # fmt: skip
+    else:
+        best = blend.get("validation", {}).get("best_mix_weight")
+        if best is not None:
+            point, low, high = Blend(best, scale).apply(llm, llm_low, llm_high, frame[TFIDF].to_numpy())
+            rows.append((f"blend, {best:g} LLM (not chosen: validation kept the LLM alone)", point,
+                         coverage(truth, low, high)))  # fmt: skip
     if untrained is not None:
-        if untrained["n"] != tuned["n"]:
-            raise SystemExit(f"the runs tested different splits ({tuned['n']} and {untrained['n']} items)")
-        rows.append(("same model before fine-tuning", {**untrained, **(untrained_gap or {})}))
-    for name, metrics in tuned.get("baselines", {}).items():
-        if isinstance(metrics, dict):
-            rows.append((BASELINE_NAMES.get(name, name), metrics))
+        same_items(frame, untrained, "the untrained run's predictions.csv")
+        rows.append(("same model before fine-tuning", untrained["predicted"].to_numpy(),
+                     coverage(truth, untrained["low"], untrained["high"])))  # fmt: skip
+    for name in metrics.get("baselines", {}):
+        if name in frame:
+            rows.append((BASELINE_NAMES.get(name, name), frame[name].to_numpy(), None))
+    return rows
+
+
+def table(metrics: dict, frame, untrained=None) -> str:
+    truth = frame["price"].to_numpy()
+    tfidf = frame[TFIDF].to_numpy()
+    measured = []
+    for name, prices, held in model_rows(metrics, frame, untrained):
+        m = price_metrics(truth, prices)
+        if name != BASELINE_NAMES[TFIDF]:
+            m.update(mae_gap(truth, prices, tfidf))
+        measured.append((name, m, held))
+    nominal = metrics.get("interval_coverage", {}).get("nominal", 0.8)
     lines = [
-        f"Test split: {tuned['n']} items; read-out {tuned.get('read', {}).get('point', '?')}.",
+        f"Test split: {len(truth)} items; read-out {metrics.get('read', {}).get('point', '?')}.",
         "",
-        "| model | MAE | 95% CI of the MAE | RMSLE | hit rate | fine-tuned minus this (paired 95% CI) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| model | MAE | 95% CI of the MAE | RMSLE | hit rate | this minus TF-IDF (paired 95% CI) "
+        f"| {nominal:.0%} interval held |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, m in sorted(rows, key=lambda row: row[1]["mae"]):
+    for name, m, held in sorted(measured, key=lambda row: row[1]["mae"]):
         low, high = m["mae_ci95"]
+        shown = f"{held:.1%}" if held is not None else ""
         lines.append(
             f"| {name} | ${m['mae']:.2f} | ${low:.2f}-{high:.2f} | {m['rmsle']:.3f} | "
-            f"{100 * m['hit_rate']:.1f}% | {gap_text(m)} |"
+            f"{100 * m['hit_rate']:.1f}% | {gap_text(m)} | {shown} |"
+        )
+    by_name = dict((name, m) for name, m, _ in measured)
+    tfidf_mae = by_name[BASELINE_NAMES[TFIDF]]["mae"]
+    alone = by_name["fine-tuned LLM alone"]
+    blended = next((m for name, m in by_name.items() if name.startswith("blend")), None)
+    lines.append("")
+    scale = metrics.get("blend", {}).get("interval_scale", 1.0)
+    if scale != 1.0:
+        lines.append(
+            f"- the interval's width in log price scaled by {scale:g} on validation: the read-out's held "
+            f"{coverage(truth, frame['low'], frame['high']):.1%} (the LLM alone row's is before scaling)"
+        )
+    lines += [
+        f"- LLM alone better than TF-IDF beyond the noise (paired interval below zero): "
+        f"{'met' if alone['mae_gap_ci95'][1] < 0 else 'missed'}, {gap_text(alone)}",
+    ]
+    if blended is not None:
+        ratio = blended["mae"] / tfidf_mae
+        lines.append(
+            f"- blend at least 15% below TF-IDF's MAE: {'met' if ratio <= BLEND_TARGET else 'missed'}, "
+            f"{100 * (1 - ratio):.1f}% below"
         )
     return "\n".join(lines)
 
@@ -69,9 +126,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("tuned", type=Path, help="the fine-tuned run folder")
     parser.add_argument("untrained", type=Path, nargs="?", help="a `test` run of the base model, untrained")
     args = parser.parse_args(argv)
-    untrained = load(args.untrained) if args.untrained else None
-    gap = paired_gap(args.tuned, args.untrained) if args.untrained else None
-    text = table(load(args.tuned), untrained, gap)
+    metrics, frame = load(args.tuned)
+    untrained = load(args.untrained)[1] if args.untrained else None
+    text = table(metrics, frame, untrained)
     print(text)
     return text
 

@@ -19,19 +19,16 @@ BASELINE_NAMES = {
 
 
 def baseline_predictions(train_prices, train_texts, test_texts) -> dict[str, np.ndarray]:
+    """Each baseline's prices for test_texts; the TF-IDF model is the one fit's blend uses."""
     from sklearn.ensemble import RandomForestRegressor
-    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-    from sklearn.linear_model import Ridge
+    from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.pipeline import make_pipeline
+
+    from pricer.blend import TfidfPrice
 
     prices = np.asarray(train_prices, dtype=np.float64)
     n = len(test_texts)
-    tfidf = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=50_000),
-        Ridge(alpha=1.0),
-    )
-    tfidf.fit(list(train_texts), np.log1p(prices))
-    predicted = np.expm1(tfidf.predict(list(test_texts)))
+    tfidf = TfidfPrice.fit(list(train_texts), prices)
     forest = make_pipeline(
         CountVectorizer(binary=True, stop_words="english", max_features=2_000),
         RandomForestRegressor(n_estimators=100, max_features=0.3, n_jobs=-1, random_state=42),
@@ -42,6 +39,6 @@ def baseline_predictions(train_prices, train_texts, test_texts) -> dict[str, np.
     return {
         "train_mean": np.full(n, prices.mean()),
         "train_median": np.full(n, float(np.median(prices))),
-        "tfidf_linear_log_price": np.clip(predicted, 0.0, None),
+        "tfidf_linear_log_price": tfidf.predict(list(test_texts)),
         "random_forest_bow_log_price": np.clip(forested, 0.0, None),
     }

@@ -45,7 +45,7 @@ class PadCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if "price" in examples[0]:
             batch["price"] = torch.tensor([float(e["price"]) for e in examples])
-        for key in ("title", "category"):
+        for key in ("title", "category", "text"):
             if key in examples[0]:
                 batch[key] = [e[key] for e in examples]
         if self.prompts:

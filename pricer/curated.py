@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pricer import hub
-from pricer.prompt import PREFIX, QUESTION, make_completion, make_prompt, title_from_prompt
+from pricer.prompt import PREFIX, make_completion, make_prompt, text_from_prompt, title_from_prompt
 from pricer.raw import SourceError
 from pricer.rules import normalise_title, parse_price
 
@@ -48,12 +48,6 @@ def load_curated(source, revision: str | None = None):
     return DatasetDict(
         {_SPLIT_NAMES.get(name, name): _normalise(split, source, name) for name, split in loaded.items()}
     )
-
-
-def _text_between(prompt: str) -> str:
-    body = prompt.split(PREFIX)[0]
-    body = body.removeprefix(QUESTION)
-    return body.strip()
 
 
 def _normalise(split, source: str, name: str):
@@ -104,7 +98,7 @@ def _normalise(split, source: str, name: str):
             "category": row.get("category") or "",
             "text": row.get("text")
             if "prompt" in columns and row.get("text")
-            else _text_between(row["prompt"]),
+            else text_from_prompt(row["prompt"]),
             "key": row.get("key") or "title:" + normalise_title(title),
             "price": float(row["price"]),
         }

@@ -15,10 +15,14 @@ from pricer.curate import Curated, CurationSpec, curate, split_file
 from pricer.curated import load_curated
 from pricer.options import OptionError
 from pricer.products import load_products
+from pricer.prompt import text_from_prompt
 from pricer.raw import RAW_URL, SourceError
 from pricer.rules import CurationRules
 from pricer.source import parse_source
 from pricer.splits import SPLITS
+
+# kept beside the tokens in every batch: reports name the item, the blend reads its text
+KEPT_COLUMNS = ("price", "title", "category", "text")
 
 
 class PriceDataModule(L.LightningDataModule):
@@ -219,7 +223,7 @@ class PriceDataModule(L.LightningDataModule):
                 tokenize_examples,
                 batched=True,
                 fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=[c for c in split.column_names if c not in ("price", "title", "category")],
+                remove_columns=[c for c in split.column_names if c not in KEPT_COLUMNS],
                 desc=f"tokenizing {name}",
             )
 
@@ -290,7 +294,13 @@ class PriceDataModule(L.LightningDataModule):
         prompts = self.tokenizer([i["prompt"] for i in items], add_special_tokens=True)["input_ids"]
         return Dataset.from_list(
             [
-                {"title": i["title"], "category": "", "input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)}
+                {
+                    "title": i["title"],
+                    "category": "",
+                    "text": text_from_prompt(i["prompt"]),
+                    "input_ids": ids,
+                    "labels": [IGNORE_INDEX] * len(ids),
+                }
                 for i, ids in zip(items, prompts, strict=True)
             ]
         )

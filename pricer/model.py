@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ from pricer import rng
 from pricer.base_model import is_local, load_base, load_tokenizer
 from pricer.batch_size import smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
+from pricer.blend import Blend, TfidfPrice, blend_summary, choose_blend
 from pricer.dense_read import CpuRead, can_read_dense, dense_weights
 from pricer.hub import adapter_folder
 from pricer.options import OptionError
@@ -77,6 +79,14 @@ class PriceModel(L.LightningModule):
             exact 4-bit weights dequantized once a pass, the LoRA update merged in fp32 (kept
             as LoRA layers under a mixed precision); faster, the same prices to float rounding.
             4bit: layer by layer as trained. On a GPU it is always read in 4-bit.
+        blend: At the end of fit, blend the LLM's price with the TF-IDF baseline's (fitted on
+            the train split) in log price, with the weight that gives the lowest MAE on the
+            validation split; the weight may be 1, the LLM alone. The TF-IDF model is saved
+            beside the adapter, and test, predict and the Space read the blend. False: the LLM
+            alone, always.
+        calibrate_interval: At the end of fit, when the interval's coverage on the validation
+            split misses interval_coverage by more than 5 points, scale its width in log price
+            to the coverage asked for (saved with the blend).
     """
 
     def __init__(
@@ -103,6 +113,8 @@ class PriceModel(L.LightningModule):
         read_beam: int = 32,
         read_min_mass: float = 1e-4,
         cpu_read: CpuRead = "dense",
+        blend: bool = True,
+        calibrate_interval: bool = True,
     ) -> None:
         super().__init__()
         if quant_type not in ("nf4", "fp4"):
@@ -125,6 +137,12 @@ class PriceModel(L.LightningModule):
         self._reader: PriceReader | None = None
         self._dense: ExitStack | None = None
         self.weights_from: dict | None = None  # which step's weights fit saved, and why
+        # the read-out on top of the LLM's: chosen at the end of fit, or loaded with an adapter
+        self.blend = Blend()
+        self.tfidf: TfidfPrice | None = None
+        self.blend_report: dict | None = None
+        self._val_rows: list[dict] = []
+        self._val_reads: dict[int, list[dict]] = {}  # each validation's reads, by global step
         self.test_rows: list[dict] = []
         # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
         self.strict_loading = False
@@ -165,6 +183,7 @@ class PriceModel(L.LightningModule):
                     file=sys.stderr,
                 )
             self.model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+            self._load_blend(folder)
         else:
             self.model = get_peft_model(
                 base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
@@ -182,11 +201,27 @@ class PriceModel(L.LightningModule):
             )
         return self._reader
 
-    def read_prices(self, batch: dict) -> list[tuple[float, float, float]]:
-        """(predicted, low, high) for each prompt of a batch, from its price distribution."""
+    def read_llm(self, batch: dict) -> list[tuple[float, float, float]]:
+        """The LLM's (predicted, low, high) for each prompt of a batch, from its distribution."""
         hp = self.hparams
         distributions = self.reader.read(self.model, batch["prompt_ids"], batch["prompt_mask"])
         return [(d.point(hp.point), *d.interval(hp.interval_coverage)) for d in distributions]
+
+    def read_prices(self, batch: dict) -> list[dict]:
+        """The read-out for each prompt of a batch: predicted, low and high (the blend's when
+        there is one), and the LLM's own as llm_predicted, llm_low and llm_high."""
+        llm = self.read_llm(batch)
+        rows = [{"llm_predicted": p, "llm_low": lo, "llm_high": hi} for p, lo, hi in llm]
+        if not self.blend.changes_anything:
+            return [
+                {"predicted": p, "low": lo, "high": hi, **r} for (p, lo, hi), r in zip(llm, rows, strict=True)
+            ]
+        tfidf = self.tfidf.predict(batch["text"]) if self.blend.uses_tfidf else None
+        point, low, high = self.blend.apply(*np.array(llm).T, tfidf)
+        return [
+            {"predicted": float(p), "low": float(lo), "high": float(hi), **r}
+            for p, lo, hi, r in zip(point, low, high, rows, strict=True)
+        ]
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
@@ -332,7 +367,20 @@ class PriceModel(L.LightningModule):
             self.log(f"val_mae_{kind}", mae, batch_size=size)
             if kind == self.hparams.point:
                 self.log("val_mae", mae, prog_bar=True, batch_size=size)
+        self._val_rows.extend(self._validation_rows(batch, distributions))
         return loss
+
+    def _validation_rows(self, batch: dict, distributions) -> list[dict]:
+        hp = self.hparams
+        return [
+            {
+                "price": float(batch["price"][i]),
+                "text": batch["text"][i],
+                "predicted": d.point(hp.point),
+                **dict(zip(("low", "high"), d.interval(hp.interval_coverage), strict=True)),
+            }
+            for i, d in enumerate(distributions)
+        ]
 
     def _read_dense(self) -> None:
         """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
@@ -351,11 +399,17 @@ class PriceModel(L.LightningModule):
             self._dense = None
 
     def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
         self._read_dense()
 
     def on_validation_epoch_end(self) -> None:
         # before any checkpoint is written (ModelCheckpoint saves in on_validation_end)
         self._read_4bit_again()
+        trainer = self.trainer
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.world_size == 1:
+            # the blend is chosen on the reads of the weights fit keeps: no second pass
+            self._val_reads[trainer.global_step] = self._val_rows
+        self._val_rows = []
 
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
@@ -374,15 +428,13 @@ class PriceModel(L.LightningModule):
         self._read_4bit_again()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        for i, (predicted, low, high) in enumerate(self.read_prices(batch)):
+        for i, read in enumerate(self.read_prices(batch)):
             self.test_rows.append(
                 {
                     "title": batch["title"][i],
                     "category": batch["category"][i],
                     "price": float(batch["price"][i]),
-                    "predicted": predicted,
-                    "low": low,
-                    "high": high,
+                    **read,
                 }
             )
 
@@ -432,10 +484,7 @@ class PriceModel(L.LightningModule):
         self._stop_on_sigterm()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return [
-            {"title": batch["title"][i], "predicted": predicted, "low": low, "high": high}
-            for i, (predicted, low, high) in enumerate(self.read_prices(batch))
-        ]
+        return [{"title": batch["title"][i], **read} for i, read in enumerate(self.read_prices(batch))]
 
     def trainable_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
@@ -476,6 +525,10 @@ class PriceModel(L.LightningModule):
         configured read-out), when a checkpoint callback monitors it; last.ckpt, written at the
         final step, stays for resuming. Without one, the final step's weights."""
         self.weights_from = {"step": self.trainer.global_step, "chosen_by": "the final step"}
+        self._load_best()
+        self._choose_blend(self.weights_from["step"])
+
+    def _load_best(self) -> None:
         best = self.best_on_validation()
         if best is None:
             return
@@ -498,6 +551,68 @@ class PriceModel(L.LightningModule):
             "last.ckpt keeps the final step for resuming"
         )
 
+    def _choose_blend(self, step: int) -> None:
+        """The blend and interval scale for the weights fit keeps, chosen on the validation
+        split (pricer/blend.py): the reads of that step's validation, or a pass made now."""
+        hp = self.hparams
+        self.blend, self.tfidf, self.blend_report = Blend(), None, None
+        if not (hp.blend or hp.calibrate_interval):
+            return
+        datamodule = self.trainer.datamodule
+        datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
+        if "validation" not in datasets:
+            print("fit: no validation split: the LLM's price is read alone, its interval as it is")
+            return
+        train = datamodule.train_prices_and_texts() if hp.blend else None
+        rows = self._val_reads.get(step) or self._read_validation()
+        self._val_reads = {}
+        truth = [r["price"] for r in rows]
+        point, low, high = (np.array([r[k] for r in rows]) for k in ("predicted", "low", "high"))
+        self.tfidf = TfidfPrice.fit(train[1], train[0]) if train is not None else None
+        tfidf = self.tfidf.predict([r["text"] for r in rows]) if self.tfidf is not None else None
+        self.blend, report = choose_blend(
+            truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval
+        )
+        self.blend_report = {"validation": report, **self.blend.as_dict()}
+        if self.trainer.is_global_zero:
+            print(blend_summary(report, hp.interval_coverage))
+        for logger in self.trainer.loggers:
+            logger.log_metrics(
+                {f"val_blend_{k}": v for k, v in report.items() if isinstance(v, (int, float))},
+                step=self.trainer.global_step,
+            )
+
+    @torch.no_grad()
+    def _read_validation(self) -> list[dict]:
+        """The validation split read once with the current weights, as validation reads it."""
+        trainer = self.trainer
+        limit = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
+        rows: list[dict] = []
+        training = self.model.training
+        self.model.eval()
+        self._read_dense()
+        try:
+            with trainer.precision_plugin.forward_context():
+                for index, batch in enumerate(trainer.datamodule.val_dataloader()):
+                    if index >= limit:
+                        break
+                    batch = self.transfer_batch_to_device(batch, self.target_device, 0)
+                    distributions = self.reader.read(self.model, batch["prompt_ids"], batch["prompt_mask"])
+                    rows.extend(self._validation_rows(batch, distributions))
+        finally:
+            self._read_4bit_again()
+            self.model.train(training)
+        return rows
+
+    def _load_blend(self, folder: Path) -> None:
+        """The blend an adapter's run chose (its recipe), with its TF-IDF model when it uses one."""
+        recipe = read_recipe(folder)
+        if recipe is None:
+            return
+        self.blend = Blend(recipe.blend_weight, recipe.interval_scale)
+        if self.blend.uses_tfidf:
+            self.tfidf = TfidfPrice.load(folder)
+
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.trainer.default_root_dir:
             self.save_adapter(Path(self.trainer.default_root_dir) / "adapter")
@@ -506,6 +621,8 @@ class PriceModel(L.LightningModule):
         """The adapter, loadable with `PeftModel.from_pretrained(base, folder)`, and beside it its
         recipe, `pricer.json`: how it was trained and is read (`Pricer.from_adapter` uses it)."""
         self.model.save_pretrained(folder)
+        if self.tfidf is not None:
+            self.tfidf.save(folder)
         self.recipe().with_metrics(metrics).save(folder)
         return folder
 
@@ -519,7 +636,7 @@ class PriceModel(L.LightningModule):
         base_model_id = next((n for n in named if n), None)
         if base_model_id is None and not is_local(self.hparams.base_model):
             base_model_id = self.hparams.base_model
-        return Recipe.from_model(self.hparams, rules, base_model_id)
+        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -34,6 +34,11 @@ def title_from_prompt(prompt: str) -> str:
     return ""
 
 
+def text_from_prompt(prompt: str) -> str:
+    """The product text inside a prompt: what lies between the question and "Price is $"."""
+    return prompt.split(PREFIX)[0].removeprefix(QUESTION).strip()
+
+
 def cut_to_tokens(texts: list[str], tokenizer, max_tokens: int) -> list[tuple[str, int]]:
     """Each text cut to its first `max_tokens` tokens, as the text they decode to, with the
     text's whole token count: the one token cut of curation, predict and the Space.

@@ -25,7 +25,17 @@ RECIPE_FILE = "pricer.json"
 VERSION = 1
 FORMAT = "pricer-recipe"
 # The headline numbers a card or a Space quotes; the whole report stays in metrics.json.
-HEADLINE = ("n", "mae", "mae_ci95", "rmsle", "hit_rate", "median_ae", "interval_coverage", "weights_from")
+HEADLINE = (
+    "n",
+    "mae",
+    "mae_ci95",
+    "rmsle",
+    "hit_rate",
+    "median_ae",
+    "interval_coverage",
+    "weights_from",
+    "blend",
+)
 
 
 class RecipeError(ValueError):
@@ -60,6 +70,10 @@ class Recipe:
     min_mass: float = 1e-4
     max_digits: int = 3
     weights: str = "4bit"  # the weights' form when read: as loaded for training
+    # fit's choice on validation (pricer/blend.py): the LLM's share of the price in log price
+    # beside the TF-IDF model saved with the adapter (1: the LLM alone), the interval's scale
+    blend_weight: float = 1.0
+    interval_scale: float = 1.0
     # the run's headline test metrics, when measured
     metrics: dict | None = None
 
@@ -67,12 +81,26 @@ class Recipe:
         "base": ("base_model", "base_model_id"),
         "quantization": ("quantization", "quant_type", "double_quant", "compute_dtype"),
         "prompt": ("question", "prefix", "rules"),
-        "read": ("point", "coverage", "beam", "min_mass", "max_digits", "weights"),
+        "read": (
+            "point",
+            "coverage",
+            "beam",
+            "min_mass",
+            "max_digits",
+            "weights",
+            "blend_weight",
+            "interval_scale",
+        ),
     }
+    # fields a recipe written before they existed may lack: read as their default
+    ADDED = ("blend_weight", "interval_scale")
 
     @classmethod
-    def from_model(cls, hparams, rules: CurationRules | None, base_model_id: str | None = None) -> Recipe:
-        """The recipe of a PriceModel's hyperparameters and the curation rules it trained on."""
+    def from_model(
+        cls, hparams, rules: CurationRules | None, base_model_id: str | None = None, blend=None
+    ) -> Recipe:
+        """The recipe of a PriceModel's hyperparameters, the curation rules it trained on and
+        the blend fit chose (a pricer.blend.Blend; None: the LLM alone)."""
         rules = rules or CurationRules()
         return cls(
             base_model=hparams["base_model"],
@@ -88,6 +116,8 @@ class Recipe:
             min_mass=hparams["read_min_mass"],
             max_digits=max_digits(rules.max_price),
             weights=hparams["quantization"],
+            blend_weight=blend.weight if blend is not None else 1.0,
+            interval_scale=blend.interval_scale if blend is not None else 1.0,
         )
 
     @property
@@ -129,9 +159,10 @@ class Recipe:
             if unknown:
                 raise RecipeError(f"{where}: {section}: unknown fields {sorted(unknown)}")
             for name in names:
-                if name not in part:
+                if name not in part and name not in cls.ADDED:
                     raise RecipeError(f"{where}: {section}.{name} is missing")
-                values[name] = part[name]
+                if name in part:
+                    values[name] = part[name]
         recipe = cls(**values)
         recipe.check(where)
         return recipe
@@ -167,6 +198,14 @@ class Recipe:
                 fail(name, "a positive whole number")
         if not isinstance(self.min_mass, (int, float)) or not 0 <= self.min_mass < 1:
             fail("min_mass", "in [0, 1)")
+        if isinstance(self.blend_weight, bool) or not isinstance(self.blend_weight, (int, float)):
+            fail("blend_weight", "a number in [0, 1]")
+        if not 0 <= self.blend_weight <= 1:
+            fail("blend_weight", "a number in [0, 1]")
+        if isinstance(self.interval_scale, bool) or not isinstance(self.interval_scale, (int, float)):
+            fail("interval_scale", "a positive number")
+        if not self.interval_scale > 0:
+            fail("interval_scale", "a positive number")
         if not isinstance(self.question, str) or not isinstance(self.prefix, str) or not self.prefix:
             fail("prefix", "text")
         if (self.question, self.prefix) != (QUESTION, PREFIX):

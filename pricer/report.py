@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from pricer.baselines import baseline_predictions
 from pricer.metrics import mae_gap, metrics_table, price_metrics
 
-COLUMNS = ("title", "category", "price", "predicted", "low", "high")
+COLUMNS = ("title", "category", "price", "predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")
 
 
@@ -89,9 +89,10 @@ class PriceReport(Callback):
     """After a test pass: metrics beside the baselines, predictions and a chart, in the run folder;
     after `predict`, `predict.csv` (title, predicted, low, high).
 
-    Writes `metrics.json` (n, mae, rmsle, hit_rate, smape, median_ae, mae_ci95, baselines),
-    `predictions.csv` and `scatter.png` into `trainer.default_root_dir`, and logs the metrics,
-    the chart and a predictions table to W&B.
+    Writes `metrics.json` (n, mae, rmsle, hit_rate, smape, median_ae, mae_ci95, baselines,
+    interval_coverage, and with a blend the LLM alone beside it), `predictions.csv` (each
+    item's price, the read-out, the LLM's own and every baseline's) and `scatter.png` into
+    `trainer.default_root_dir`, and logs the metrics, the chart and a predictions table to W&B.
     """
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -116,14 +117,22 @@ class PriceReport(Callback):
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)
-        metrics["baselines"] = self._baselines(trainer, truth, predicted)
-        metrics["read"] = {"point": pl_module.hparams.point, "interval": pl_module.hparams.interval_coverage}
+        metrics["baselines"], baseline_prices = self._baselines(trainer, truth, predicted)
+        blend = pl_module.blend
+        metrics["read"] = {
+            "point": pl_module.hparams.point,
+            "interval": pl_module.hparams.interval_coverage,
+            "blend_weight": blend.weight,
+            "interval_scale": blend.interval_scale,
+        }
         # what the interval means: the share of true prices inside it, beside what it claims
         low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])
         metrics["interval_coverage"] = {
             "nominal": pl_module.hparams.interval_coverage,
             "measured": float(((low <= truth) & (truth <= high)).mean()),
         }
+        llm = np.array([r["llm_predicted"] for r in rows])
+        metrics["blend"] = self._blend(pl_module, rows, truth, llm, baseline_prices)
         if getattr(pl_module, "weights_from", None):
             metrics["weights_from"] = pl_module.weights_from
         whole = self._test_items(trainer)
@@ -131,7 +140,9 @@ class PriceReport(Callback):
             metrics["partial"] = f"the first {len(rows)} of {whole} test items (trainer.limit_test_batches)"
             print(f"test: measured on {metrics['partial']}")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_predictions(rows, folder / "predictions.csv")
+        columns = (*COLUMNS, *baseline_prices)
+        rows = [{**r, **{k: float(v[i]) for k, v in baseline_prices.items()}} for i, r in enumerate(rows)]
+        write_predictions(rows, folder / "predictions.csv", columns)
         scatter(truth, predicted, metrics, folder / "scatter.png")
         print(metrics_table(metrics))
         for logger in trainer.loggers:
@@ -151,18 +162,36 @@ class PriceReport(Callback):
         return len(datasets["test"]) if "test" in datasets else None
 
     @staticmethod
-    def _baselines(trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray) -> dict:
+    def _blend(pl_module, rows: list[dict], truth: np.ndarray, llm: np.ndarray, baselines: dict) -> dict:
+        """The blend as fit chose it (its validation numbers when this run chose it), and the
+        LLM alone on the same test items, with its gap to the read-out and to TF-IDF."""
+        report = {**pl_module.blend.as_dict()}
+        if pl_module.blend_report:
+            report["validation"] = pl_module.blend_report["validation"]
+        alone = price_metrics(truth, llm)
+        alone["read_out_minus_llm"] = mae_gap(truth, [r["predicted"] for r in rows], llm)
+        if "tfidf_linear_log_price" in baselines:
+            alone.update(mae_gap(truth, llm, baselines["tfidf_linear_log_price"]))
+        llm_low, llm_high = (np.array([r[k] for r in rows]) for k in ("llm_low", "llm_high"))
+        alone["interval_coverage"] = float(((llm_low <= truth) & (truth <= llm_high)).mean())
+        report["llm_alone"] = alone
+        return report
+
+    @staticmethod
+    def _baselines(trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray) -> tuple[dict, dict]:
         """Each baseline's metrics, and the model's MAE minus the baseline's (paired, with its
-        95% interval: below zero throughout means the model is better beyond the noise)."""
+        95% interval: below zero throughout means the model is better beyond the noise); and
+        each baseline's prices."""
         datamodule = trainer.datamodule
         train = datamodule.train_prices_and_texts() if datamodule is not None else None
         if train is None:
-            return {"skipped": "the data source has no train split to fit the baselines on"}
+            return {"skipped": "the data source has no train split to fit the baselines on"}, {}
         # the items the model read: all of the test split, or its first batches when
         # trainer.limit_test_batches cut the pass short (the loader does not shuffle)
         texts = datamodule.test_texts()[: len(truth)]
         predictions = baseline_predictions(*train, texts)
-        return {
+        metrics = {
             name: {**price_metrics(truth, values), **mae_gap(truth, predicted, values)}
             for name, values in predictions.items()
         }
+        return metrics, predictions

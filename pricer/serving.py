@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from pricer.base_model import base_for_here, load_base, load_tokenizer
+from pricer.blend import Blend, BlendError, TfidfPrice
 from pricer.dense_read import CpuRead, can_read_dense, to_dense
 from pricer.hub import adapter_folder
 from pricer.precision import resolve_dtype
 from pricer.products import product_prompt
+from pricer.prompt import text_from_prompt
 from pricer.quantization import Quantization
 from pricer.reading import Point, PriceDistribution, PriceReader
 from pricer.recipe import Recipe, RecipeError, read_recipe
@@ -81,18 +83,23 @@ def bin_labels(edges: tuple[float, ...] = BIN_EDGES) -> list[str]:
 
 @dataclass
 class Quote:
-    """A predicted price with its interval and the distribution it was read from."""
+    """A predicted price with its interval and the distribution it was read from.
+
+    `prices`: where the blend moved the distribution's prices (its own prices when there is no
+    blend); `llm_price` is the LLM's point before the blend."""
 
     price: float
     low: float
     high: float
     distribution: PriceDistribution
     prompt: str
+    prices: np.ndarray | None = None
+    llm_price: float | None = None
 
     def bins(self, edges: tuple[float, ...] = BIN_EDGES) -> list[tuple[str, float]]:
         """The distribution's probability in price ranges, for a small chart."""
         probs = self.distribution.normalised
-        prices = self.distribution.prices
+        prices = self.distribution.prices if self.prices is None else self.prices
         return [
             (label, float(probs[(prices >= low) & (prices < high)].sum()))
             for label, low, high in zip(bin_labels(edges), edges[:-1], edges[1:], strict=True)
@@ -111,12 +118,19 @@ def reading_settings(recipe: Recipe) -> dict:
         "beam": recipe.beam,
         "min_mass": recipe.min_mass,
         "max_digits": recipe.max_digits,
+        "blend_weight": recipe.blend_weight,
+        "interval_scale": recipe.interval_scale,
         "rules": recipe.curation_rules,
     }
 
 
 # What an adapter without a pricer.json is read with, unless told otherwise: a recipe's defaults.
-DEFAULTS = {k: v for k, v in reading_settings(Recipe(base_model="-")).items() if k != "rules"}
+# (No blend: without a recipe there is no TF-IDF model beside the adapter either.)
+DEFAULTS = {
+    k: v
+    for k, v in reading_settings(Recipe(base_model="-")).items()
+    if k not in ("rules", "blend_weight", "interval_scale")
+}
 
 
 class Pricer:
@@ -145,6 +159,9 @@ class Pricer:
         cpu_read: dense: on the CPU, a 4-bit base's exact weights are dequantized once at load
             and the adapter merged into them (faster, the same prices to float rounding);
             4bit: read layer by layer as trained. A GPU always reads in 4-bit.
+        blend_weight: The LLM's share of the price in log price, beside the TF-IDF model saved
+            in the adapter folder (1: the LLM alone), as fit chose it on validation.
+        interval_scale: The interval's width in log price, times this, as fit calibrated it.
     """
 
     def __init__(
@@ -163,6 +180,8 @@ class Pricer:
         min_mass: float = 1e-4,
         max_digits: int = 3,
         cpu_read: CpuRead = "dense",
+        blend_weight: float = 1.0,
+        interval_scale: float = 1.0,
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
@@ -175,6 +194,19 @@ class Pricer:
                 raise ValueError(f"Pricer: {name} must be one of {allowed}, got {value!r}")
         if not 0 < coverage < 1:
             raise ValueError(f"Pricer: coverage must be between 0 and 1, got {coverage!r}")
+        if not 0 <= blend_weight <= 1 or not interval_scale > 0:
+            raise ValueError(
+                f"Pricer: blend_weight must be in [0, 1] and interval_scale positive, got "
+                f"{blend_weight!r} and {interval_scale!r}"
+            )
+        self.blend = Blend(float(blend_weight), float(interval_scale))
+        self.tfidf = None
+        if self.blend.uses_tfidf:
+            if not adapter:
+                raise BlendError(
+                    "Pricer: blend_weight under 1 needs an adapter folder holding its TF-IDF model"
+                )
+            self.tfidf = TfidfPrice.load(adapter)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.point, self.coverage = point, coverage
         self.rules = rules or CurationRules()
@@ -238,8 +270,14 @@ class Pricer:
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)
         (distribution,) = self.reader.read(self.model, ids, mask)
+        llm = float(distribution.point(self.point))
         low, high = distribution.interval(self.coverage)
-        return Quote(float(distribution.point(self.point)), low, high, distribution, prompt)
+        if not self.blend.changes_anything:
+            return Quote(llm, low, high, distribution, prompt, llm_price=llm)
+        tfidf = self.tfidf.predict([text_from_prompt(prompt)]) if self.tfidf is not None else None
+        price, low, high = (float(v[0]) for v in self.blend.apply([llm], [low], [high], tfidf))
+        moved = self.blend.move(distribution.prices, llm, None if tfidf is None else tfidf[0])
+        return Quote(price, low, high, distribution, prompt, moved, llm)
 
 
 def interval_text(quote: Quote, coverage: float) -> str:

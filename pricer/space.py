@@ -104,6 +104,12 @@ class SpaceSettings:
                     f" Its {coverage['nominal']:.0%} range held the real price for {coverage['measured']:.0%} "
                     "of them."
                 )
+            blend = m.get("blend") or {}
+            if blend.get("weight", 1) < 1 and "llm_alone" in blend:
+                lines[-1] += (
+                    f" The price blends the LLM's with a TF-IDF model's ({blend['weight']:g} LLM, chosen on "
+                    f"validation); the LLM alone was off by ${blend['llm_alone']['mae']:,.2f}."
+                )
             baselines = {
                 k: v for k, v in (m.get("baselines") or {}).items() if isinstance(v, dict) and "mae" in v
             }

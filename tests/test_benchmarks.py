@@ -245,51 +245,81 @@ def test_eval_speed_reads_the_same_items_on_every_side_and_compares_them(
     assert len(saved["predictions"]["course"]) == len(saved["truth"]) == 6
 
 
-def test_accuracy_table_ranks_models_and_shows_the_paired_gap(tmp_path: Path) -> None:
+def test_accuracy_table_pairs_every_row_with_tfidf_and_checks_the_targets(tmp_path: Path) -> None:
+    """Rows from predictions.csv: the LLM alone, the blend, the untrained model and each
+    baseline, each paired item by item against TF-IDF, with the interval's coverage."""
     import numpy as np
-    import pytest
-
-    from benchmarks.accuracy_table import main
-    from pricer.metrics import mae_gap, price_metrics
-
-    rng = np.random.default_rng(0)
-    truth = rng.uniform(10, 400, 200)
-    tuned, untrained, median = truth + rng.normal(0, 20, 200), truth * 0.2, np.full(200, np.median(truth))
-    metrics = price_metrics(truth, tuned)
-    metrics["baselines"] = {"train_median": {**price_metrics(truth, median), **mae_gap(truth, tuned, median)}}
-    metrics["read"] = {"point": "median"}
-    for name, m in (("tuned", metrics), ("untrained", price_metrics(truth, untrained))):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
-    text = main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
-    names = [
-        line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "$" in line
-    ]
-    assert names == ["fine-tuned (this run)", "training median", "same model before fine-tuning"]
-    gap = metrics["baselines"]["train_median"]
-    assert f"${gap['mae_gap']:+.2f} (${gap['mae_gap_ci95'][0]:+.2f}" in text and gap["mae_gap_ci95"][1] < 0
-    # With both runs' predictions, the untrained row gets its paired gap too.
     import pandas as pd
 
-    titles = [f"item {i}" for i in range(200)]
-    for name, predicted in (("tuned", tuned), ("untrained", untrained)):
-        frame = pd.DataFrame({"title": titles, "price": truth, "predicted": predicted})
-        frame.to_csv(tmp_path / name / "predictions.csv", index=False)
+    from benchmarks.accuracy_table import main
+    from pricer.blend import Blend
+    from pricer.metrics import mae_gap
+
+    rng = np.random.default_rng(0)
+    n = 300
+    truth = rng.uniform(10, 400, n)
+    llm = truth * np.exp(rng.normal(0, 0.3, n))
+    tfidf = truth * np.exp(rng.normal(0, 0.4, n))
+    blended = Blend(0.6).apply(llm, llm * 0.8, llm * 1.3, tfidf)
+    frame = pd.DataFrame(
+        {
+            "title": [f"item {i}" for i in range(n)],
+            "category": "x",
+            "price": truth,
+            "predicted": blended[0],
+            "low": blended[1],
+            "high": blended[2],
+            "llm_predicted": llm,
+            "llm_low": llm * 0.8,
+            "llm_high": llm * 1.3,
+            "train_median": np.median(truth),
+            "tfidf_linear_log_price": tfidf,
+        }
+    )
+    metrics = {
+        "read": {"point": "mean"},
+        "baselines": {"train_median": {}, "tfidf_linear_log_price": {}},
+        "blend": {"weight": 0.6, "interval_scale": 1.0},
+        "interval_coverage": {"nominal": 0.8},
+    }
+    for name in ("tuned", "untrained"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    frame.to_csv(tmp_path / "tuned" / "predictions.csv", index=False)
+    untrained = frame.assign(predicted=truth * 0.2, low=truth * 0.1, high=truth * 0.3)
+    untrained.to_csv(tmp_path / "untrained" / "predictions.csv", index=False)
     text = main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
-    row = next(line for line in text.splitlines() if line.startswith("| same model before"))
-    untrained_gap = mae_gap(truth, tuned, untrained)
-    assert row.endswith(
-        f"${untrained_gap['mae_gap']:+.2f} (${untrained_gap['mae_gap_ci95'][0]:+.2f} to "
-        f"${untrained_gap['mae_gap_ci95'][1]:+.2f}) |"
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| ") and "$" in line
+    }
+    assert list(rows) == [
+        "blend, 0.6 LLM (chosen on validation)",
+        "fine-tuned LLM alone",
+        "TF-IDF linear model",
+        "training median",
+        "same model before fine-tuning",
+    ]  # best MAE first
+    gap = mae_gap(truth, llm, tfidf)
+    assert (
+        f"${gap['mae_gap']:+.2f} (${gap['mae_gap_ci95'][0]:+.2f} to ${gap['mae_gap_ci95'][1]:+.2f})"
+        in rows["fine-tuned LLM alone"]
     )
-    frame.iloc[::-1].to_csv(tmp_path / "untrained" / "predictions.csv", index=False)
+    held = ((llm * 0.8 <= truth) & (truth <= llm * 1.3)).mean()
+    assert rows["fine-tuned LLM alone"].endswith(f"| {held:.1%} |")
+    assert rows["TF-IDF linear model"].endswith("|  |  |")  # no gap to itself, no interval
+    ratio = np.abs(blended[0] - truth).mean() / np.abs(tfidf - truth).mean()
+    assert f"MAE: met, {100 * (1 - ratio):.1f}% below" in text
+    assert "beyond the noise (paired interval below zero): met, " in text
+
+    # validation kept the LLM alone: the blend row is its best mix, marked as not chosen
+    metrics["blend"] = {"weight": 1.0, "interval_scale": 1.0, "validation": {"best_mix_weight": 0.8}}
+    (tmp_path / "tuned" / "metrics.json").write_text(json.dumps(metrics))
+    text = main([str(tmp_path / "tuned")])
+    assert "| blend, 0.8 LLM (not chosen: validation kept the LLM alone) |" in text
+    untrained.iloc[::-1].to_csv(tmp_path / "untrained" / "predictions.csv", index=False)
     with pytest.raises(SystemExit, match="not the same test items"):
-        main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
-    (tmp_path / "untrained" / "predictions.csv").unlink()
-    (tmp_path / "untrained" / "metrics.json").write_text(
-        json.dumps(price_metrics(truth[:50], untrained[:50]))
-    )
-    with pytest.raises(SystemExit, match="different splits"):
         main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
 
 

@@ -73,18 +73,40 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
         "random_forest_bow_log_price",
     }
     rows = list(csv.DictReader((run / "predictions.csv").open()))
-    assert len(rows) == 4 and set(rows[0]) == {"title", "category", "price", "predicted", "low", "high"}
+    read_outs = ["predicted", "low", "high", "llm_predicted", "llm_low", "llm_high"]
+    assert len(rows) == 4 and list(rows[0]) == [
+        "title",
+        "category",
+        "price",
+        *read_outs,
+        *metrics["baselines"],
+    ]
     assert all(float(r["low"]) <= float(r["predicted"]) <= float(r["high"]) for r in rows)
     assert (run / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    # each baseline's prices are its row's: its MAE recomputes from predictions.csv
+    for name, baseline in metrics["baselines"].items():
+        recomputed = sum(abs(float(r[name]) - float(r["price"])) for r in rows) / 4
+        assert recomputed == pytest.approx(baseline["mae"]), name
 
     main(["test", *fit_args, "--run_name", "retest", "--model.adapter", str(run / "adapter")])
     again = json.loads((tmp_path / "runs" / "retest" / "metrics.json").read_text())
-    # the same measurements; which step's weights they are is fit's to say (it chose them)
+    # the same measurements, the blend's included; which step's weights they are and what
+    # validation said of the blend are fit's to say (it chose them)
     assert metrics.pop("weights_from")["chosen_by"] == "the final step"
+    chosen = metrics["blend"].pop("validation")
+    assert (chosen["weight"], chosen["interval_scale"]) == (
+        metrics["read"]["blend_weight"],
+        metrics["read"]["interval_scale"],
+    )
     assert again == metrics
+    # a checkpoint holds the LLM's weights alone: test reads the LLM, as the blend's llm_alone
     main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     evaluation = run / "evaluations" / f"{tmp_path.name}-test"
-    assert json.loads((evaluation / "metrics.json").read_text()) == metrics
+    llm = json.loads((evaluation / "metrics.json").read_text())
+    assert llm["mae"] == metrics["blend"]["llm_alone"]["mae"]
+    assert [r["llm_predicted"] for r in rows] == [
+        r["predicted"] for r in csv.DictReader((evaluation / "predictions.csv").open())
+    ]
 
 
 @pytest.mark.slow

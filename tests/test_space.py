@@ -342,3 +342,15 @@ def test_example_labels_are_cut_between_words():
     assert len(label) <= 60 and label.endswith("…") and title.startswith(label[:-1])
     assert title[len(label) - 1] in " ,"  # the cut falls between words, not inside one
     assert example_label("Kettle") == "Kettle"
+
+
+def test_the_page_says_when_the_price_is_a_blend_and_what_the_llm_alone_made():
+    from pricer.space import SpaceSettings
+
+    metrics = {"n": 600, "mae": 35.2, "hit_rate": 0.78}
+    blended = {**metrics, "blend": {"weight": 0.6, "interval_scale": 1.0, "llm_alone": {"mae": 39.9}}}
+    about = SpaceSettings(base_model="me/base", adapter="me/pricer-tiny", metrics=blended).about()
+    assert "blends the LLM's with a TF-IDF model's (0.6 LLM, chosen on validation)" in about
+    assert "the LLM alone was off by $39.90" in about
+    alone = {**metrics, "blend": {"weight": 1.0, "interval_scale": 1.0, "llm_alone": {"mae": 35.2}}}
+    assert "TF-IDF model's" not in SpaceSettings(base_model="me/base", metrics=alone).about()
