@@ -636,7 +636,8 @@ class PriceModel(L.LightningModule):
         base_model_id = next((n for n in named if n), None)
         if base_model_id is None and not is_local(self.hparams.base_model):
             base_model_id = self.hparams.base_model
-        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend)
+        precision = str(trainer.precision) if trainer is not None else "32-true"
+        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision)
 
     def configure_optimizers(self):
         hp = self.hparams

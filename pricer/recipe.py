@@ -22,6 +22,8 @@ from pricer.reading import Point
 from pricer.rules import CurationRules
 
 RECIPE_FILE = "pricer.json"
+# the trainer precisions pricer runs under (pricer/precision.py); the mixed ones read under autocast
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 VERSION = 1
 FORMAT = "pricer-recipe"
 # The headline numbers a card or a Space quotes; the whole report stays in metrics.json.
@@ -74,6 +76,8 @@ class Recipe:
     # beside the TF-IDF model saved with the adapter (1: the LLM alone), the interval's scale
     blend_weight: float = 1.0
     interval_scale: float = 1.0
+    # the trainer precision test read under: a mixed one is read under the same autocast
+    precision: str = "32-true"
     # the run's headline test metrics, when measured
     metrics: dict | None = None
 
@@ -90,17 +94,24 @@ class Recipe:
             "weights",
             "blend_weight",
             "interval_scale",
+            "precision",
         ),
     }
     # fields a recipe written before they existed may lack: read as their default
-    ADDED = ("blend_weight", "interval_scale")
+    ADDED = ("blend_weight", "interval_scale", "precision")
 
     @classmethod
     def from_model(
-        cls, hparams, rules: CurationRules | None, base_model_id: str | None = None, blend=None
+        cls,
+        hparams,
+        rules: CurationRules | None,
+        base_model_id: str | None = None,
+        blend=None,
+        precision: str = "32-true",
     ) -> Recipe:
-        """The recipe of a PriceModel's hyperparameters, the curation rules it trained on and
-        the blend fit chose (a pricer.blend.Blend; None: the LLM alone)."""
+        """The recipe of a PriceModel's hyperparameters, the curation rules it trained on, the
+        blend fit chose (a pricer.blend.Blend; None: the LLM alone) and the trainer precision
+        it was measured under."""
         rules = rules or CurationRules()
         return cls(
             base_model=hparams["base_model"],
@@ -118,6 +129,7 @@ class Recipe:
             weights=hparams["quantization"],
             blend_weight=blend.weight if blend is not None else 1.0,
             interval_scale=blend.interval_scale if blend is not None else 1.0,
+            precision=str(precision),
         )
 
     @property
@@ -181,6 +193,7 @@ class Recipe:
             "quant_type": ("nf4", "fp4"),
             "compute_dtype": get_args(ComputeDtype),
             "point": get_args(Point),
+            "precision": PRECISIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -24,7 +24,7 @@ from pricer.products import product_prompt
 from pricer.prompt import text_from_prompt
 from pricer.quantization import Quantization
 from pricer.reading import Point, PriceDistribution, PriceReader
-from pricer.recipe import Recipe, RecipeError, read_recipe
+from pricer.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
 from pricer.rules import CurationRules
 
 MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
@@ -120,6 +120,7 @@ def reading_settings(recipe: Recipe) -> dict:
         "max_digits": recipe.max_digits,
         "blend_weight": recipe.blend_weight,
         "interval_scale": recipe.interval_scale,
+        "precision": recipe.precision,
         "rules": recipe.curation_rules,
     }
 
@@ -162,6 +163,9 @@ class Pricer:
         blend_weight: The LLM's share of the price in log price, beside the TF-IDF model saved
             in the adapter folder (1: the LLM alone), as fit chose it on validation.
         interval_scale: The interval's width in log price, times this, as fit calibrated it.
+        precision: The trainer precision the run was tested under: a mixed one (bf16-mixed,
+            16-mixed) is read under the same autocast, with the LoRA layers kept unmerged as
+            test read them; 32-true reads in the compute dtype.
     """
 
     def __init__(
@@ -182,6 +186,7 @@ class Pricer:
         cpu_read: CpuRead = "dense",
         blend_weight: float = 1.0,
         interval_scale: float = 1.0,
+        precision: str = "32-true",
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
@@ -189,6 +194,7 @@ class Pricer:
             ("point", point, get_args(Point)),
             ("quant_type", quant_type, ("nf4", "fp4")),
             ("cpu_read", cpu_read, get_args(CpuRead)),
+            ("precision", precision, PRECISIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"Pricer: {name} must be one of {allowed}, got {value!r}")
@@ -221,8 +227,10 @@ class Pricer:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
+        self.autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         if cpu_read == "dense" and can_read_dense(model, self.device):
-            to_dense(model)
+            # under autocast a merged LoRA update would be rounded with the 16-bit weights
+            to_dense(model, merge=self.autocast is None)
         self.model = model.eval()
         self.reader = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
 
@@ -269,7 +277,8 @@ class Pricer:
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)
-        (distribution,) = self.reader.read(self.model, ids, mask)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            (distribution,) = self.reader.read(self.model, ids, mask)
         llm = float(distribution.point(self.point))
         low, high = distribution.interval(self.coverage)
         if not self.blend.changes_anything:

@@ -141,3 +141,26 @@ def test_on_a_gpu_the_4bit_layers_stay(tiny_llama, monkeypatch):
     monkeypatch.setattr(type(model), "target_device", property(lambda self: torch.device("cuda", 0)))
     model._read_dense()
     assert model._dense is None and any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.modules())
+
+
+def test_the_space_reads_a_bf16_mixed_run_as_its_test_did(tiny_llama, tmp_path):
+    """An adapter tested under bf16-mixed is quoted under the same autocast with its LoRA layers
+    kept (recipe.precision): the probabilities test's read gives for the same prompt, where a
+    merged fp32 read differs."""
+    from pricer.serving import Pricer
+
+    model = trained_like(tiny_llama)
+    model.save_adapter(tmp_path / "adapter")
+    quoted = {}
+    for precision in ("bf16-mixed", "32-true"):
+        pricer = Pricer(tiny_llama, str(tmp_path / "adapter"), device="cpu", precision=precision)
+        kept = any(hasattr(m, "lora_A") for m in pricer.model.modules())
+        assert kept == (precision == "bf16-mixed")  # merged only without autocast
+        quote = pricer.quote("Widget pro max", "with a long description of it")
+        quoted[precision] = quote.distribution
+    encoded = model.reader.tokenizer(quote.prompt, return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as test reads under bf16-mixed
+        (tested,) = read(model, encoded["input_ids"], encoded["attention_mask"])
+    np.testing.assert_array_equal(quoted["bf16-mixed"].prices, tested.prices)
+    np.testing.assert_allclose(quoted["bf16-mixed"].probs, tested.probs, rtol=1e-6)
+    assert not np.allclose(quoted["32-true"].probs, tested.probs, rtol=1e-3)

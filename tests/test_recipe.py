@@ -171,6 +171,9 @@ def changed(path: str, value):
         ),
         (changed("prompt.prefix", "Cost: $"), "differ from this pricer's prompt"),
         (changed("read.extra", 1), r"read: unknown fields \['extra'\]"),
+        (changed("read.blend_weight", 1.5), r"read.blend_weight must be a number in \[0, 1\], got 1.5"),
+        (changed("read.interval_scale", 0), "read.interval_scale must be a positive number, got 0"),
+        (changed("read.precision", "bf16"), r"read.precision must be one of \('32-true', 'bf16-mixed'"),
     ],
 )
 def test_a_bad_recipe_is_refused_naming_the_file_and_the_field(tmp_path, data, message):
@@ -178,6 +181,17 @@ def test_a_bad_recipe_is_refused_naming_the_file_and_the_field(tmp_path, data, m
     with pytest.raises(RecipeError, match=message) as error:
         read_recipe(tmp_path)
     assert str(tmp_path / RECIPE_FILE) in str(error.value)
+
+
+def test_a_recipe_from_before_the_blend_reads_as_the_llm_alone_in_full_precision(tmp_path):
+    """pricer.json files written before the blend, the interval scale and the precision were
+    recorded still load: as the LLM alone, unscaled, read without autocast (how they ran)."""
+    data = changed("read.blend_weight", KeyError)
+    for name in ("interval_scale", "precision"):
+        del data["read"][name]
+    (tmp_path / RECIPE_FILE).write_text(json.dumps(data))
+    recipe = read_recipe(tmp_path)
+    assert (recipe.blend_weight, recipe.interval_scale, recipe.precision) == (1.0, 1.0, "32-true")
 
 
 def test_a_recipe_reads_back_as_it_was_written(tmp_path):
