@@ -263,6 +263,12 @@ class PricerCLI(LightningCLI):
                 else ""
             )
             print(f"test report: {folder}{again}; the fit's own report in {self.run_dir} stays as it is")
+        if (
+            self.subcommand in ("test", "predict")
+            and config.get("ckpt_path")
+            and not config.model.get("adapter")
+        ):
+            self._say_a_checkpoint_reads_the_llm_alone()
         if config.trainer.precision is None:
             config.trainer.precision = default_precision(config.trainer.accelerator)
         warning = emulated_bf16_warning(config.trainer.precision, config.trainer.accelerator)
@@ -280,6 +286,22 @@ class PricerCLI(LightningCLI):
         from pricer.publish import HubPublisher
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
+
+    def _say_a_checkpoint_reads_the_llm_alone(self) -> None:
+        """A checkpoint holds the LoRA weights only; the blend fit chose lives in the adapter."""
+        from pricer.recipe import RecipeError, read_recipe
+
+        folder = self.run_dir / "adapter"
+        try:
+            recipe = read_recipe(folder)
+        except RecipeError:
+            return
+        if recipe is not None and (recipe.blend_weight < 1 or recipe.interval_scale != 1):
+            print(
+                f"{self.subcommand}: a checkpoint reads the LLM alone; the run's blend "
+                f"({recipe.blend_weight:g} LLM, interval scale {recipe.interval_scale:g}) is read "
+                f"with --model.adapter {folder}"
+            )
 
     def _read_as_the_recipe_says(self, model) -> None:
         """An adapter with a pricer.json is read as its run measured it: the recipe's base

@@ -57,7 +57,7 @@ def test_resume_last_without_a_checkpoint_is_an_error(fit_args, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_path):
+def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_path, capsys):
     import csv
     import json
 
@@ -99,8 +99,15 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
         metrics["read"]["interval_scale"],
     )
     assert again == metrics
-    # a checkpoint holds the LLM's weights alone: test reads the LLM, as the blend's llm_alone
+    # a checkpoint holds the LLM's weights alone: test reads the LLM, as the blend's llm_alone,
+    # and says so when the run's adapter has a blend or a scaled interval
+    from pricer.recipe import read_recipe
+
+    capsys.readouterr()
     main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    recipe = read_recipe(run / "adapter")
+    said = "test: a checkpoint reads the LLM alone; the run's blend" in capsys.readouterr().out
+    assert said == (recipe.blend_weight < 1 or recipe.interval_scale != 1)
     evaluation = run / "evaluations" / f"{tmp_path.name}-test"
     llm = json.loads((evaluation / "metrics.json").read_text())
     assert llm["mae"] == metrics["blend"]["llm_alone"]["mae"]

@@ -118,7 +118,9 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explicit = dict(quantization="4bit", quant_type="fp4", double_quant=False, compute_dtype="auto")
-        explicit |= dict(point="mean", coverage=0.8, beam=3, min_mass=0.002, max_digits=3)
+        explicit |= dict(
+            point="mean", coverage=0.8, beam=3, min_mass=0.002, max_digits=3, precision="32-true"
+        )
         pricer = Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", **explicit)
     assert not [w for w in caught if "pricer.json" in str(w.message)]  # everything given
     assert pricer.reader.beam == 3
