@@ -18,8 +18,9 @@ BASELINE_NAMES = {
 }
 
 
-def baseline_predictions(train_prices, train_texts, test_texts) -> dict[str, np.ndarray]:
-    """Each baseline's prices for test_texts; the TF-IDF model is the one fit's blend uses."""
+def baseline_predictions(train_prices, train_texts, test_texts, tfidf=None) -> dict[str, np.ndarray]:
+    """Each baseline's prices for test_texts. The TF-IDF model is the one fit's blend uses;
+    `tfidf`: that model already fitted on these train items, not fitted again."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.pipeline import make_pipeline
@@ -28,7 +29,7 @@ def baseline_predictions(train_prices, train_texts, test_texts) -> dict[str, np.
 
     prices = np.asarray(train_prices, dtype=np.float64)
     n = len(test_texts)
-    tfidf = TfidfPrice.fit(list(train_texts), prices)
+    tfidf = tfidf or TfidfPrice.fit(list(train_texts), prices)
     forest = make_pipeline(
         CountVectorizer(binary=True, stop_words="english", max_features=2_000),
         RandomForestRegressor(n_estimators=100, max_features=0.3, n_jobs=-1, random_state=42),

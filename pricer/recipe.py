@@ -22,8 +22,8 @@ from pricer.reading import Point
 from pricer.rules import CurationRules
 
 RECIPE_FILE = "pricer.json"
-# the trainer precisions pricer runs under (pricer/precision.py); the mixed ones read under autocast
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+# Lightning's trainer precisions; the mixed ones are read under the same autocast
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 VERSION = 1
 FORMAT = "pricer-recipe"
 # The headline numbers a card or a Space quotes; the whole report stays in metrics.json.

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from pricer.baselines import baseline_predictions
+from pricer.blend import coverage
 from pricer.metrics import mae_gap, metrics_table, price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
@@ -117,7 +118,9 @@ class PriceReport(Callback):
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)
-        metrics["baselines"], baseline_prices = self._baselines(trainer, truth, predicted)
+        # fit's own TF-IDF model, fitted on this train split when it chose the blend: not again
+        fitted = pl_module.tfidf if pl_module.blend_report else None
+        metrics["baselines"], baseline_prices = self._baselines(trainer, truth, predicted, fitted)
         blend = pl_module.blend
         metrics["read"] = {
             "point": pl_module.hparams.point,
@@ -129,7 +132,7 @@ class PriceReport(Callback):
         low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])
         metrics["interval_coverage"] = {
             "nominal": pl_module.hparams.interval_coverage,
-            "measured": float(((low <= truth) & (truth <= high)).mean()),
+            "measured": coverage(truth, low, high),
         }
         llm = np.array([r["llm_predicted"] for r in rows])
         metrics["blend"] = self._blend(pl_module, rows, truth, llm, baseline_prices)
@@ -173,12 +176,14 @@ class PriceReport(Callback):
         if "tfidf_linear_log_price" in baselines:
             alone.update(mae_gap(truth, llm, baselines["tfidf_linear_log_price"]))
         llm_low, llm_high = (np.array([r[k] for r in rows]) for k in ("llm_low", "llm_high"))
-        alone["interval_coverage"] = float(((llm_low <= truth) & (truth <= llm_high)).mean())
+        alone["interval_coverage"] = coverage(truth, llm_low, llm_high)
         report["llm_alone"] = alone
         return report
 
     @staticmethod
-    def _baselines(trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray) -> tuple[dict, dict]:
+    def _baselines(
+        trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray, tfidf=None
+    ) -> tuple[dict, dict]:
         """Each baseline's metrics, and the model's MAE minus the baseline's (paired, with its
         95% interval: below zero throughout means the model is better beyond the noise); and
         each baseline's prices."""
@@ -189,7 +194,7 @@ class PriceReport(Callback):
         # the items the model read: all of the test split, or its first batches when
         # trainer.limit_test_batches cut the pass short (the loader does not shuffle)
         texts = datamodule.test_texts()[: len(truth)]
-        predictions = baseline_predictions(*train, texts)
+        predictions = baseline_predictions(*train, texts, tfidf)
         metrics = {
             name: {**price_metrics(truth, values), **mae_gap(truth, predicted, values)}
             for name, values in predictions.items()

@@ -197,9 +197,9 @@ def test_a_recipe_from_before_the_blend_reads_as_the_llm_alone_in_full_precision
 
 
 def test_a_recipe_reads_back_as_it_was_written(tmp_path):
-    recipe = Recipe(base_model="me/base", quant_type="fp4", point="mean", beam=5).with_metrics(
-        {"mae": 1.5, "x": 2}
-    )
+    recipe = Recipe(
+        base_model="me/base", quant_type="fp4", point="mean", beam=5, precision="bf16-true"
+    ).with_metrics({"mae": 1.5, "x": 2})
     recipe.save(tmp_path)
     assert read_recipe(tmp_path) == recipe and recipe.metrics == {"mae": 1.5}
     assert read_recipe(tmp_path / "nothing-here") is None
