@@ -200,7 +200,10 @@ class Pricer:
                 raise ValueError(f"Pricer: {name} must be one of {allowed}, got {value!r}")
         if not 0 < coverage < 1:
             raise ValueError(f"Pricer: coverage must be between 0 and 1, got {coverage!r}")
-        if not 0 <= blend_weight <= 1 or not interval_scale > 0:
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (blend_weight, interval_scale)
+        )
+        if not numbers or not 0 <= blend_weight <= 1 or not interval_scale > 0:
             raise ValueError(
                 f"Pricer: blend_weight must be in [0, 1] and interval_scale positive, got "
                 f"{blend_weight!r} and {interval_scale!r}"

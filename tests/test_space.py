@@ -240,6 +240,8 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
         ({"quantization": "3bit"}, r"quantization must be one of \('4bit', '8bit', 'none'\), got '3bit'"),
         ({"point": "average"}, r"point must be one of \('median', 'mean'\), got 'average'"),
         ({"coverage": 80}, "coverage must be between 0 and 1, got 80"),
+        ({"blend_weight": "0.6"}, r"blend_weight must be in \[0, 1\] and interval_scale positive, got '0.6'"),
+        ({"interval_scale": 0}, "interval_scale positive, got 1.0 and 0"),
     ],
 )
 def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message):
