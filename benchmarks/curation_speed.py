@@ -5,9 +5,9 @@ per category, its `load_in_parallel(workers)` mapping `from_chunk` over chunks o
 datapoints on a `ProcessPoolExecutor`, each datapoint through `from_datapoint` into an `Item`,
 which tokenizes the text, decodes the cut and tokenizes the whole prompt once more for its
 `token_count`. pricer runs `curate()` on the same number of processes, with and without the same
-outputs: its plain curation gives the text and prompt but no token count, so a second row adds
-a batched count of each kept prompt's tokens, checked item by item against the course's
-`token_count`. Both must keep the same (category, title) pairs with the same text and prompt,
+outputs: by default its workers count each kept prompt's tokens with its price (the `tokens`
+column), checked item by item against the course's `token_count`; with `count_tokens=False` it
+gives the text and prompt only. Both must keep the same (category, title) pairs with the same text and prompt,
 and the same token counts where pricer counts them; the script exits 1 otherwise.
 
 What differs from the course, and why:
@@ -22,8 +22,8 @@ What differs from the course, and why:
 - SmolLM2's tokenizer on both sides (Llama 3.1's is gated); the course's English prompt.
 
 Times are steady state: tokenizers are loaded before timing. Each side's time includes starting
-its worker pools (the course one per category, pricer one per call, and one more for the count
-at 2 processes) and, for pricer, writing Parquet. Per repeat, the course and pricer alternate at
+its worker pools (the course one per category, pricer one per call) and, for pricer, writing
+Parquet. Per repeat, the course and pricer alternate at
 each process count, the order reversed every other repeat; the table shows medians, and
 items = raw records read.
 
@@ -68,8 +68,8 @@ MAX_PRICE = 999.49
 CHUNK_SIZE = 1000
 
 COURSE = "course ItemLoader: text + prompt token count"
-PLAIN = "pricer curate(): text only, no token count"
-EQUAL = "pricer curate() + token count of each kept prompt"
+PLAIN = "pricer curate(), count_tokens=False: text only, no token count"
+EQUAL = "pricer curate(): text + its tokens column (equal outputs)"
 
 Key = tuple[str, str]  # (category, title)
 Output = tuple[str, int | None]  # (whole prompt with the price, its token count)
@@ -272,42 +272,24 @@ def course_run(datasets: dict[str, Any], workers: int) -> tuple[float, int, list
     return seconds, read, [((i.category, i.title.strip()), (i.prompt, i.token_count)) for i in items]
 
 
-def prompt_token_counts(tokenizer: str, sequences: list[str]) -> list[int]:
-    """Tokens in each whole prompt, as the course counts them, batched through the Rust
-    tokenizer as pricer's curation tokenizes (the tokenizer is the workers' inherited one)."""
-    backend = _tokenizer(tokenizer).backend_tokenizer
-    return [len(e.ids) for e in backend.encode_batch(sequences, add_special_tokens=False)]
-
-
 def pricer_run(
     spec: CurationSpec, num_proc: int, cache: Path
-) -> tuple[float, float, int, int, dict[Key, str], dict[Key, Output]]:
-    """One curation into a fresh cache, then the token count of each kept prompt: (curate s,
-    count s, read, usable, key -> text, key -> (prompt with completion, token count))."""
+) -> tuple[float, int, int, dict[Key, str], dict[Key, Output]]:
+    """One curation into a fresh cache: (seconds, read, usable, key -> text, key -> (prompt with
+    completion, the `tokens` column, or None where the spec does not count them))."""
     start = time.perf_counter()
     curated = curate(spec, spec.tokenizer, cache, num_proc=num_proc)
-    curated_s = time.perf_counter() - start
+    seconds = time.perf_counter() - start
     assert not curated.cached, "the cache folder must be fresh"
 
-    start = time.perf_counter()
-    table = pq.read_table(split_file(curated.folder, "train"), columns=["prompt", "completion"])
-    sequences = [p + c for p, c in zip(*table.to_pydict().values(), strict=True)]
-    parts = [(spec.tokenizer, sequences[i : i + 500]) for i in range(0, len(sequences), 500)]
-    if num_proc == 1:
-        counts = [n for part in parts for n in prompt_token_counts(*part)]
-    else:
-        pool = _pool(num_proc)  # pricer's fork pool; workers inherit the loaded tokenizer
-        counts = [n for part in pool.starmap(prompt_token_counts, parts) for n in part]
-        pool.terminate()
-        pool.join()
-    count_s = time.perf_counter() - start
-
-    rows = pq.read_table(split_file(curated.folder, "train"), columns=["category", "title", "text"])
-    keys = [(r["category"], r["title"]) for r in rows.to_pylist()]
-    texts = dict(zip(keys, rows.column("text").to_pylist(), strict=True))
-    outputs = dict(zip(keys, zip(sequences, counts, strict=True), strict=True))
+    rows = pq.read_table(split_file(curated.folder, "train")).to_pylist()
+    keys = [(r["category"], r["title"]) for r in rows]
+    texts = {key: r["text"] for key, r in zip(keys, rows, strict=True)}
+    outputs = {
+        key: (r["prompt"] + r["completion"], r.get("tokens")) for key, r in zip(keys, rows, strict=True)
+    }
     acc = curated.accounting
-    return curated_s, count_s, acc.read, acc.usable, texts, outputs
+    return seconds, acc.read, acc.usable, texts, outputs
 
 
 def course_text(prompt: str) -> str:
@@ -374,6 +356,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _same(pricer: Output, course: Output) -> bool:
+    """The same prompt, and the same token count where pricer counted."""
+    return pricer[0] == course[0] and (pricer[1] is None or pricer[1] == course[1])
+
+
 def compare(course: dict[Key, Output], texts: dict[Key, str], outputs: dict[Key, Output]) -> dict[str, Any]:
     """A pricer run's outputs against the course's, item by item."""
     keys = set(course)
@@ -383,8 +370,12 @@ def compare(course: dict[Key, Output], texts: dict[Key, str], outputs: dict[Key,
         "only_pricer": sorted(set(texts) - keys),
         "same_text": sum(texts[k] == course_text(course[k][0]) for k in shared),
         "same_prompt": sum(outputs[k][0] == course[k][0] for k in shared),
-        "same_token_count": sum(outputs[k][1] == course[k][1] for k in shared),
-        "differing": [k for k in shared if outputs[k] != course[k] or texts[k] != course_text(course[k][0])],
+        "same_token_count": sum(outputs[k][1] == course[k][1] for k in shared)
+        if any(out[1] is not None for out in outputs.values())
+        else None,
+        "differing": [
+            k for k in shared if not _same(outputs[k], course[k]) or texts[k] != course_text(course[k][0])
+        ],
     }
 
 
@@ -430,27 +421,27 @@ def main(argv: list[str] | None = None) -> int:
 
         walls: dict[tuple[str, int], list[float]] = {}
         for n in args.processes:
-            walls |= {(COURSE, n): [], (PLAIN, n): [], (EQUAL, n): []}
+            walls |= {(COURSE, n): [], (EQUAL, n): [], (PLAIN, n): []}
         pool_starts: list[float] = []
         course_out: dict[int, list[tuple[Key, Output]]] = {}
-        pricer_out: dict[int, tuple[dict[Key, str], dict[Key, Output]]] = {}
+        pricer_out: dict[tuple[str, int], tuple[dict[Key, str], dict[Key, Output]]] = {}
         counts: dict[str, int] = {}
 
         def course(n: int) -> None:
             seconds, counts["read"], course_out[n] = course_run(hub, n)
             walls[(COURSE, n)].append(seconds)
 
-        def pricer(n: int) -> None:
+        def pricer(n: int, name: str) -> None:
             cache = Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
-            curated_s, count_s, read, usable, texts, outputs = pricer_run(spec, n, cache)
-            walls[(PLAIN, n)].append(curated_s)
-            walls[(EQUAL, n)].append(curated_s + count_s)
+            spec.count_tokens = name == EQUAL
+            seconds, read, usable, texts, outputs = pricer_run(spec, n, cache)
+            walls[(name, n)].append(seconds)
             counts["pricer_read"], counts["pricer_usable"] = read, usable
-            pricer_out[n] = texts, outputs
+            pricer_out[(name, n)] = texts, outputs
 
         runs: list[Callable[[], None]] = []
         for n in args.processes:
-            runs += [lambda n=n: course(n), lambda n=n: pricer(n)]
+            runs += [lambda n=n: course(n), lambda n=n: pricer(n, EQUAL), lambda n=n: pricer(n, PLAIN)]
         for repeat in range(args.repeats):
             for run in runs if repeat % 2 == 0 else runs[::-1]:
                 run()
@@ -473,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     reference = dict(course_out[args.processes[0]])
     course_agree = all(sorted(out) == sorted(course_out[args.processes[0]]) for out in course_out.values())
-    checks = {n: compare(reference, *pricer_out[n]) for n in args.processes}
+    checks = {f"{name}, {n} processes": compare(reference, *out) for (name, n), out in pricer_out.items()}
     kept = len(course_out[args.processes[0]])
     results = {
         "machine": machine(),
@@ -488,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         "pricer_usable": counts["pricer_usable"],
         "course_runs_agree": course_agree,
         "checks": {
-            n: {k: (len(v) if isinstance(v, list) else v) for k, v in c.items()} for n, c in checks.items()
+            run: {k: (len(v) if isinstance(v, list) else v) for k, v in c.items()}
+            for run, c in checks.items()
         },
         "course_dataset_build_s": build_s,
         "pricer_rules": spec.rules.as_dict(),
@@ -514,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{CHUNK_SIZE:,} on a forked ProcessPoolExecutor, from the loading script's records "
         f"memory-mapped (that build, {build_s:.2f} s, not counted). pricer: the whole curate() "
         f"call, starting its pool (2 processes: {results['pool_start_2_s'] * 1000:.0f} ms, "
-        f"median) and writing Parquet; the token-count row adds reading the kept prompts back and "
-        f"counting each one's tokens (with its price, as the course does) on as many processes."
+        f"median) and writing Parquet; with equal outputs its workers also count each kept prompt's "
+        f"tokens, with its price, as the course does (the `tokens` column)."
     )
     print(
         f"Kept: course {kept:,}, pricer {counts['pricer_usable']:,} usable "
@@ -526,23 +518,23 @@ def main(argv: list[str] | None = None) -> int:
     failed = not course_agree
     if not course_agree:
         print("COURSE RUNS DIFFER between worker counts")
-    for n, c in checks.items():
+    for run, c in checks.items():
         if c["only_course"] or c["only_pricer"]:
             failed = True
-            print(f"KEPT SETS DIFFER (pricer {n} processes): only course {len(c['only_course'])}: ")
+            print(f"KEPT SETS DIFFER ({run}): only course {len(c['only_course'])}: ")
             print(f"  {c['only_course'][:5]}; only pricer {len(c['only_pricer'])}: {c['only_pricer'][:5]}")
         if c["differing"]:
             failed = True
             print(
-                f"OUTPUTS DIFFER (pricer {n} processes) for {len(c['differing'])} items: text "
+                f"OUTPUTS DIFFER ({run}) for {len(c['differing'])} items: text "
                 f"{c['same_text']:,}, prompt {c['same_prompt']:,}, token count "
-                f"{c['same_token_count']:,} the same; e.g. {c['differing'][:5]}"
+                f"{c['same_token_count']} the same; e.g. {c['differing'][:5]}"
             )
     if failed:
         return 1
     print(
         f"Same outputs: at every process count, the same {kept:,} (category, title) pairs, each "
-        "with the course's text and prompt character for character and, in the token-count row, "
+        "with the course's text and prompt character for character and, in the equal-outputs rows, "
         "its token_count."
     )
     return 0

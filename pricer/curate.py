@@ -39,9 +39,11 @@ SURPLUS = "surplus"
 
 # Bump when curation's output changes, so old caches are not reused.
 # 2: the cache is keyed by the raw files' content as well (a folder per version of the data).
-FORMAT_VERSION = 2
+# 3: a `tokens` column (prompt and completion together), counted in the workers.
+FORMAT_VERSION = 3
 
-SCHEMA = pa.schema(
+TOKENS = pa.field("tokens", pa.int32())
+PLAIN_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("title", pa.string()),
@@ -52,6 +54,7 @@ SCHEMA = pa.schema(
         ("completion", pa.string()),
     ]
 )
+SCHEMA = PLAIN_SCHEMA.append(TOKENS)
 
 
 class CurationError(ValueError):
@@ -75,6 +78,11 @@ class CurationSpec:
     balance_below: float = 240.0
     balance_weights: dict[str, float] | None = None
     revision: str = "main"
+    count_tokens: bool = True  # the `tokens` column; False saves a tokenizer call an item
+
+    @property
+    def schema(self) -> pa.Schema:
+        return SCHEMA if self.count_tokens else PLAIN_SCHEMA
 
     def fingerprint(self) -> str:
         data = {
@@ -89,6 +97,8 @@ class CurationSpec:
             if self.balance
             else False,
         }
+        if not self.count_tokens:
+            data["count_tokens"] = False
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -142,7 +152,7 @@ def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_siz
                 chunks += 1
                 if index == 0:
                     raw.check_schema(path, chunk)
-                args = (path, category, chunk, spec.rules, tokenizer_source)
+                args = (path, category, chunk, spec.rules, tokenizer_source, spec.count_tokens)
                 if pool is None:
                     yield category, curate_chunk(*args), len(chunk)
                     continue
@@ -291,14 +301,14 @@ def _curate_into(
     categories: list[np.ndarray] = []
     hashes: list[np.ndarray] = []
     staging = out / "staging.parquet"
-    with pq.ParquetWriter(staging, SCHEMA) as writer:
+    with pq.ParquetWriter(staging, spec.schema) as writer:
         for category, result, n_lines in _results(spec, tokenizer_source, num_proc, chunk_size, commit):
             accounting.read += n_lines
             accounting.read_by_category[category] += n_lines
             rows = _account(result, accounting, seen)
             if not rows:
                 continue
-            writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+            writer.write_table(pa.Table.from_pylist(rows, schema=spec.schema))
             prices.append(np.array([r["price"] for r in rows]))
             categories.append(np.full(len(rows), spec.categories.index(category), dtype=np.int16))
             hashes.append(np.array([key_hash(spec.seed, r["key"]) for r in rows], dtype=np.uint64))
@@ -321,7 +331,7 @@ def _curate_into(
     assignment = assign_splits(hash_, eligible, spec.sizes)
     accounting.drop(SURPLUS, count=int((eligible & (assignment == UNASSIGNED)).sum()))
 
-    _write_splits(staging, assignment, out)
+    _write_splits(staging, assignment, out, spec.schema)
     staging.unlink()
     for index, name in enumerate(SPLITS):
         accounting.splits[name] = int((assignment == index).sum())
@@ -375,9 +385,9 @@ def _check_sizes(spec: CurationSpec, available: int) -> None:
         )
 
 
-def _write_splits(staging: Path, assignment: np.ndarray, out: Path) -> None:
+def _write_splits(staging: Path, assignment: np.ndarray, out: Path, schema: pa.Schema) -> None:
     writers = {
-        index: pq.ParquetWriter(split_file(out, name), SCHEMA)
+        index: pq.ParquetWriter(split_file(out, name), schema)
         for index, name in enumerate(SPLITS)
         if (assignment == index).any()
     }
@@ -388,7 +398,7 @@ def _write_splits(staging: Path, assignment: np.ndarray, out: Path) -> None:
         # reading 300k rows).
         staged = pq.ParquetFile(staging, pre_buffer=False)
         for batch in staged.iter_batches(batch_size=10_000, use_threads=False):
-            table = pa.Table.from_batches([batch], schema=SCHEMA)
+            table = pa.Table.from_batches([batch], schema=schema)
             part = assignment[offset : offset + len(table)]
             offset += len(table)
             for index, writer in writers.items():

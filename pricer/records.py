@@ -56,8 +56,14 @@ def curate_chunk(
     lines: list[tuple[int, bytes]],
     rules: CurationRules,
     tokenizer_source: str,
+    count_tokens: bool = True,
 ) -> ChunkResult:
-    """Apply the rules to a chunk of lines of one category file."""
+    """Apply the rules to a chunk of lines of one category file.
+
+    With `count_tokens`, each kept row also gets `tokens`: its prompt and completion together in
+    the tokenizer's tokens (no special tokens), as the course's `Item.token_count` counts them,
+    from one more batched call while the chunk's tokenizer is at hand.
+    """
     result = ChunkResult()
     pending: list[tuple[dict, float, str, str]] = []
     for number, line in lines:
@@ -91,7 +97,8 @@ def curate_chunk(
         pending.append((record, price, text, where))
     if not pending:
         return result
-    cut = cut_to_tokens([text for _, _, text, _ in pending], _tokenizer(tokenizer_source), rules.max_tokens)
+    tokenizer = _tokenizer(tokenizer_source)
+    cut = cut_to_tokens([text for _, _, text, _ in pending], tokenizer, rules.max_tokens)
     long_enough = []
     for item, (text, count) in zip(pending, cut, strict=True):
         if count <= rules.min_tokens:
@@ -110,4 +117,10 @@ def curate_chunk(
                 "completion": make_completion(price),
             }
         )
+    if count_tokens and result.rows:
+        # The whole sequence, not a sum of its parts: tokens merge where the parts join.
+        sequences = [row["prompt"] + row["completion"] for row in result.rows]
+        encoded = tokenizer.backend_tokenizer.encode_batch(sequences, add_special_tokens=False)
+        for row, encoding in zip(result.rows, encoded, strict=True):
+            row["tokens"] = len(encoding.ids)
     return result

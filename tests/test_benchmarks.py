@@ -48,22 +48,24 @@ def test_curation_speed_on_a_tiny_folder(tmp_path: Path, byte_tokenizer: str, ca
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "| pipeline | processes | median items/s | x course, same processes | median wall s |" in printed
-    assert "| pricer curate() + token count of each kept prompt | 2 |" in printed
+    assert f"| {bench.EQUAL} | 2 |" in printed
     assert "Same outputs: at every process count, the same 300 (category, title) pairs" in printed
     results = json.loads(out.read_text())
     assert results["items_read"] == results["pricer_read"] == 304
     assert results["course_kept"] == results["pricer_usable"] == 300
     assert results["course_runs_agree"] is True
-    for check in results["checks"].values():
-        assert check["same_text"] == check["same_prompt"] == check["same_token_count"] == 300
+    assert len(results["checks"]) == 4  # each pricer row at each process count, checked
+    for run, check in results["checks"].items():
+        assert check["same_text"] == check["same_prompt"] == 300
+        assert check["same_token_count"] == (300 if run.startswith(bench.EQUAL) else None)
         assert check["only_course"] == check["only_pricer"] == check["differing"] == 0
     assert [(r["pipeline"], r["processes"], r["token_count"]) for r in results["rows"]] == [
         (bench.COURSE, 1, True),
-        (bench.PLAIN, 1, False),
         (bench.EQUAL, 1, True),
+        (bench.PLAIN, 1, False),
         (bench.COURSE, 2, True),
-        (bench.PLAIN, 2, False),
         (bench.EQUAL, 2, True),
+        (bench.PLAIN, 2, False),
     ]
     assert all(r["ratio_to_course"] > 0 and r["items_per_s"] > 0 for r in results["rows"])
 
@@ -78,9 +80,14 @@ def test_curation_speed_fails_when_outputs_differ(
     bench = _benchmark(monkeypatch)
     if broken == "text":
         monkeypatch.setattr(bench, "MAX_TOKENS", bench.MAX_TOKENS - 1)
-    else:
-        count = bench.prompt_token_counts
-        monkeypatch.setattr(bench, "prompt_token_counts", lambda *args: [n + 1 for n in count(*args)])
+    else:  # the course's count one higher: only pricer's equal-outputs row can see it
+        make_prompt = bench.CourseItem.make_prompt
+
+        def counted_once_more(item, text):
+            make_prompt(item, text)
+            item.token_count += 1
+
+        monkeypatch.setattr(bench.CourseItem, "make_prompt", counted_once_more)
 
     code = bench.main(
         ["--sample", str(source), "--gguf", byte_tokenizer, "--repeats", "1", "--processes", "1"]
@@ -89,7 +96,9 @@ def test_curation_speed_fails_when_outputs_differ(
     printed = capsys.readouterr().out
     assert code == 1, printed
     same = "text 0, prompt 0, token count 0" if broken == "text" else "text 12, prompt 12, token count 0"
-    assert f"OUTPUTS DIFFER (pricer 1 processes) for 12 items: {same} the same" in printed
+    assert f"OUTPUTS DIFFER ({bench.EQUAL}, 1 processes) for 12 items: {same} the same" in printed
+    plain = f"OUTPUTS DIFFER ({bench.PLAIN}, 1 processes)"
+    assert (plain in printed) == (broken == "text")  # a count it does not make cannot differ
 
 
 @pytest.mark.slow

@@ -129,6 +129,27 @@ def test_workers_give_the_same_splits_as_one_process(raw_items, byte_tokenizer):
     assert one.accounting.to_dict() == two.accounting.to_dict()
 
 
+def test_each_row_counts_its_prompt_and_completion_tokens_in_the_workers(raw_items, tiny_llama):
+    """`tokens` is the whole sequence's count (what the course's Item.token_count counts), from
+    the workers, on 1 process and on 2; without count_tokens the column is not there."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    spec = spec_for(raw_items, tiny_llama, ["Appliances", "Software"], train=None, val=5, test=10)
+    for num_proc in (1, 2):
+        curated = curate(spec, tiny_llama, raw_items / f"counted{num_proc}", num_proc=num_proc, chunk_size=7)
+        rows = [row for split in ("train", "validation", "test") for row in split_rows(curated, split)]
+        counts = [
+            len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) for r in rows
+        ]
+        assert [r["tokens"] for r in rows] == counts
+        assert len(set(counts)) > 1
+    spec.count_tokens = False
+    plain = curate(spec, tiny_llama, raw_items / "plain")
+    assert "tokens" not in split_rows(plain, "train")[0]
+    assert [{k: v for k, v in r.items() if k != "tokens"} for r in rows[-10:]] == split_rows(plain, "test")
+
+
 def test_second_run_reuses_the_cache(raw_items, byte_tokenizer, monkeypatch):
     from pricer import raw
 

@@ -104,3 +104,4 @@ def test_the_default_text_is_the_courses_character_for_character(tokenizer_name)
     for row, item in zip(rows, [c for c in course if c], strict=True):
         assert row["text"] == item.text, item.title
         assert row["prompt"] + row["completion"] == item.prompt
+        assert row["tokens"] == item.token_count, item.title

@@ -45,6 +45,7 @@ def test_the_staged_dataset_loads_back(published):
         "text",
         "prompt",
         "completion",
+        "tokens",
     }
     card = DatasetCard.load(folder / "README.md")
     assert card.data.source_datasets == ["McAuley-Lab/Amazon-Reviews-2023"]
