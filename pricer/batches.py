@@ -53,15 +53,28 @@ class PadCollator:
         return batch
 
     def _prompts(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """The prompts alone, padded on the left so every row ends at "Price is $"."""
-        prompts = [
-            [t for t, label in zip(e["input_ids"], e["labels"], strict=True) if label == IGNORE_INDEX]
-            for e in examples
-        ]
+        """The prompts alone, padded on the left so every row ends at "Price is $", and their
+        completions, padded on the right, to score in the same pass (`read_and_score`)."""
+        prompts, completions = [], []
+        for e in examples:
+            pairs = list(zip(e["input_ids"], e["labels"], strict=True))
+            prompts.append([t for t, label in pairs if label == IGNORE_INDEX])
+            completions.append([t for t, label in pairs if label != IGNORE_INDEX])
         length = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             ids[row, length - len(prompt) :] = torch.as_tensor(prompt)
             mask[row, length - len(prompt) :] = 1
-        return {"prompt_ids": ids, "prompt_mask": mask}
+        width = max(len(c) for c in completions)
+        completion_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        completion_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, completion in enumerate(completions):
+            completion_ids[row, : len(completion)] = torch.as_tensor(completion, dtype=torch.long)
+            completion_mask[row, : len(completion)] = 1
+        return {
+            "prompt_ids": ids,
+            "prompt_mask": mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }

@@ -352,13 +352,19 @@ class PriceModel(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         size = len(batch["input_ids"])
-        loss_sum, count = self.completion_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        # val_loss from the reading's own forward pass: the price rides after the prompt
+        distributions, loss_sum, count = self.reader.read_and_score(
+            self.model,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            batch["completion_ids"],
+            batch["completion_mask"],
+        )
         loss = loss_sum / count.clamp(min=1)
         self.log("val_loss", loss, prog_bar=True, batch_size=size)
         # val_mae is the configured read-out; every read-out is logged beside it, from the same
         # distributions, so choosing one on the validation split takes a single pass.
         truth = batch["price"]
-        distributions = self.reader.read(self.model, batch["prompt_ids"], batch["prompt_mask"])
         for kind in get_args(Point):
             predicted = torch.tensor(
                 [d.point(kind) for d in distributions], dtype=truth.dtype, device=truth.device

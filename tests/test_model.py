@@ -1,5 +1,6 @@
 """The 4-bit LoRA model on the CPU: a tiny random Llama, and the real SmolLM2 from its GGUF."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,3 +249,57 @@ def test_smollm2_completion_logits_match_the_full_logits(gguf, sample, tmp_path)
     for name in full:
         scale = float(full[name].abs().max())
         assert float((grads[name] - full[name]).abs().max()) <= 1e-4 * scale + 1e-8, name
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "none"])
+def test_val_loss_comes_from_the_reading_pass_and_equals_a_pass_of_its_own(
+    tiny_llama, raw_items, quantization
+):
+    """read_and_score: the completion rides after the prompt in the reading's forward pass. Its
+    distributions are `read`'s, and its loss is `completion_loss`'s over the right-padded
+    batch (the old second pass), on every validation batch."""
+    from pricer.base_model import load_tokenizer
+    from pricer.batches import PadCollator, tokenize_examples
+    from pricer.prompt import make_prompt
+    from tests.conftest import tiny_datamodule
+
+    module = PriceModel(
+        base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization=quantization
+    )
+    module.configure_model()
+    with_random_lora(module).eval()
+    dm = tiny_datamodule(raw_items, tiny_llama)
+    dm.setup("fit")
+    batches = list(dm.val_dataloader())
+    # and prices of 1 to 3 digits in one batch, so the completions are padded on the right
+    prompts = [make_prompt(t) for b in batches for t in b["text"]][:3]
+    assert len(prompts) == 3
+    examples = tokenize_examples(
+        {"prompt": prompts, "completion": ["5.00", "123.00", "42.00"][: len(prompts)]},
+        load_tokenizer(tiny_llama),
+    )
+    collate = PadCollator(module.reader.tokenizer.pad_token_id, prompts=True)
+    batches.append(
+        collate([dict(zip(examples, row, strict=True)) for row in zip(*examples.values(), strict=True)])
+    )
+    widths = {int(n) for b in batches for n in b["completion_mask"].sum(1)}
+    assert len(widths) > 1 and min(widths) >= 4  # "N.00" and longer
+    with torch.no_grad():
+        for batch in batches:
+            alone = module.reader.read(module.model, batch["prompt_ids"], batch["prompt_mask"])
+            scored, loss_sum, count = module.reader.read_and_score(
+                module.model,
+                batch["prompt_ids"],
+                batch["prompt_mask"],
+                batch["completion_ids"],
+                batch["completion_mask"],
+            )
+            expected_sum, expected_count = module.completion_loss(
+                batch["input_ids"], batch["attention_mask"], batch["labels"]
+            )
+            assert int(count) == int(expected_count) == int(batch["completion_mask"].sum())
+            assert float(loss_sum) == pytest.approx(float(expected_sum), rel=1e-5)
+            for a, b in zip(alone, scored, strict=True):
+                assert a.prices.tolist() == b.prices.tolist()
+                assert np.allclose(a.probs, b.probs, rtol=1e-4, atol=1e-9)
+                assert a.left_out == pytest.approx(b.left_out, rel=1e-4, abs=1e-9)
