@@ -75,6 +75,9 @@ class PriceModel(L.LightningModule):
             percentile).
         read_beam: Digit prefixes kept per item when numbers split into digits.
         read_min_mass: Digit prefixes less likely than this are dropped (their mass reported).
+        read_shared_prefix: Read a batch's prompts from the KV cache of the tokens they all start
+            with (the question), computed once, not once a prompt: fewer FLOPs, the same prices
+            to float rounding.
         cpu_read: How a 4-bit base is read on the CPU (validation, test, predict): dense: its
             exact 4-bit weights dequantized once a pass, the LoRA update merged in fp32 (kept
             as LoRA layers under a mixed precision); faster, the same prices to float rounding.
@@ -112,6 +115,7 @@ class PriceModel(L.LightningModule):
         interval_coverage: float = 0.8,
         read_beam: int = 32,
         read_min_mass: float = 1e-4,
+        read_shared_prefix: bool = True,
         cpu_read: CpuRead = "dense",
         blend: bool = True,
         calibrate_interval: bool = True,
@@ -197,7 +201,11 @@ class PriceModel(L.LightningModule):
             rules = getattr(trainer.datamodule, "rules", None) if trainer is not None else None
             digits = max_digits(rules.max_price) if rules is not None else 3
             self._reader = PriceReader(
-                load_tokenizer(hp.base_model), max_digits=digits, beam=hp.read_beam, min_mass=hp.read_min_mass
+                load_tokenizer(hp.base_model),
+                max_digits=digits,
+                beam=hp.read_beam,
+                min_mass=hp.read_min_mass,
+                share_prefix=hp.get("read_shared_prefix", True),
             )
         return self._reader
 

@@ -76,6 +76,24 @@ def _returned_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
+# Fewer shared tokens than this are not worth a forward pass of their own.
+MIN_SHARED_PREFIX = 4
+
+
+def _shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many first tokens every left-padded prompt shares, at most all but each prompt's
+    last (the batch pass must read every row's last position)."""
+    width = input_ids.shape[1]
+    lengths = attention_mask.long().sum(-1)
+    shortest = int(lengths.min())
+    if shortest < 2:
+        return 0
+    starts = (width - lengths)[:, None] + torch.arange(shortest - 1, device=input_ids.device)[None]
+    heads = input_ids.gather(1, starts)  # each row's first tokens
+    same = (heads == heads[:1]).all(0).long()
+    return int(same.cumprod(0).sum())
+
+
 def _single_token(tokenizer, text: str) -> int | None:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids[0] if len(ids) == 1 else None
@@ -89,13 +107,23 @@ class PriceReader:
         max_digits: Longest whole-dollar price read (3: up to $999, the curation's range).
         beam: Digit prefixes kept per item at each step.
         min_mass: Prefixes less likely than this are dropped (their mass is reported).
+        share_prefix: Compute the first tokens every prompt of a batch shares (the question)
+            once, and the batch from their KV cache.
     """
 
-    def __init__(self, tokenizer, max_digits: int = 3, beam: int = 32, min_mass: float = 1e-4) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        max_digits: int = 3,
+        beam: int = 32,
+        min_mass: float = 1e-4,
+        share_prefix: bool = True,
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_digits = max_digits
         self.beam = beam
         self.min_mass = min_mass
+        self.share_prefix = share_prefix
         largest = 10**max_digits
         whole = [_single_token(tokenizer, str(v)) for v in range(largest)]
         if all(t is not None for t in whole) and len(set(whole)) == largest:
@@ -113,21 +141,13 @@ class PriceReader:
     @torch.no_grad()
     def read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
         """Distributions for a batch of left-padded prompts."""
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         # Only the last position's logits: the LM head over every prompt position would be a fifth
         # of the pass on a small model (SmolLM2's 49k vocabulary), all of it thrown away.
-        keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            use_cache=self.kind == "digits",
-            **keep,
-        )
+        out, prompt_mask = self._prompt_pass(model, input_ids, attention_mask, keep=1)
         probs = out.logits[:, -1].float().softmax(-1)
         if self.kind == "whole":
             return self._whole(probs)
-        return self._digits(model, probs, _returned_cache(out), attention_mask)
+        return self._digits(model, probs, _returned_cache(out), prompt_mask)
 
     @torch.no_grad()
     def read_and_score(
@@ -148,16 +168,8 @@ class PriceReader:
         and price (which was 40% of a validation on SmolLM2).
         """
         width = completion_ids.shape[1]
-        ids = torch.cat([input_ids, completion_ids], dim=1)
-        mask = torch.cat([attention_mask, completion_mask.to(attention_mask.dtype)], dim=1)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        keep = {"logits_to_keep": width + 1} if _takes(model, "logits_to_keep") else {}
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=self.kind == "digits",
-            **keep,
+        out, prompt_mask = self._prompt_pass(
+            model, input_ids, attention_mask, completion_ids, completion_mask, keep=width + 1
         )
         logits = out.logits[:, -(width + 1) :]
         scored = completion_mask.bool()
@@ -170,7 +182,60 @@ class PriceReader:
         cache = _returned_cache(out)
         if width:
             cache.crop(-width)  # a negative count: the tokens to remove, in every transformers version
-        return self._digits(model, probs, cache, attention_mask), loss_sum, scored.sum()
+        return self._digits(model, probs, cache, prompt_mask), loss_sum, scored.sum()
+
+    def _prompt_pass(self, model, input_ids, attention_mask, after_ids=None, after_mask=None, keep: int = 1):
+        """The forward pass over left-padded prompts (and tokens riding after them, padded on the
+        right), with the logits of the last `keep` positions; and the prompts' mask as the
+        returned cache lays them out, for the digit search.
+
+        With `share_prefix`, the first tokens every prompt shares are computed once, as one row,
+        and the batch goes on from their KV cache: each row is then the shared prefix, its own
+        left padding (a hole in the mask) and the rest of its prompt, with positions that count
+        real tokens only, so every token sees what it saw before, at the same position.
+        """
+        batch, width = input_ids.shape
+        if after_ids is None:
+            after_ids = input_ids.new_zeros((batch, 0))
+            after_mask = attention_mask.new_zeros((batch, 0))
+        after_mask = after_mask.to(attention_mask.dtype)
+        shared = _shared_prefix(input_ids, attention_mask) if self.share_prefix and batch > 1 else 0
+        options = {"logits_to_keep": keep} if _takes(model, "logits_to_keep") else {}
+        if shared < MIN_SHARED_PREFIX:
+            mask = torch.cat([attention_mask, after_mask], dim=1)
+            out = model(
+                input_ids=torch.cat([input_ids, after_ids], dim=1),
+                attention_mask=mask,
+                position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+                use_cache=self.kind == "digits",
+                **options,
+            )
+            return out, attention_mask
+        lengths = attention_mask.long().sum(-1).tolist()
+        first = width - lengths[0]
+        prefix = input_ids[:1, first : first + shared]
+        positions = torch.arange(shared, device=input_ids.device)[None]
+        cache = _returned_cache(model(input_ids=prefix, position_ids=positions, use_cache=True))
+        cache.batch_repeat_interleave(batch)
+        rest = width - shared  # the longest prompt's rest; the others are padded on the left
+        rest_ids = torch.full(
+            (batch, rest), int(input_ids[0, -1]), dtype=input_ids.dtype, device=input_ids.device
+        )
+        rest_mask = attention_mask.new_zeros((batch, rest))
+        for row, length in enumerate(lengths):
+            rest_ids[row, rest - (length - shared) :] = input_ids[row, width - length + shared :]
+            rest_mask[row, rest - (length - shared) :] = 1
+        prompt_mask = torch.cat([attention_mask.new_ones((batch, shared)), rest_mask], dim=1)
+        mask = torch.cat([prompt_mask, after_mask], dim=1)
+        out = model(
+            input_ids=torch.cat([rest_ids, after_ids], dim=1),
+            attention_mask=mask,
+            position_ids=(mask.long().cumsum(-1) - 1)[:, shared:],
+            use_cache=True,
+            **{_cache_argument(model): cache},
+            **options,
+        )
+        return out, prompt_mask
 
     def _whole(self, probs: torch.Tensor) -> list[PriceDistribution]:
         prices = np.arange(len(self.number_ids), dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,3 +171,49 @@ def test_the_kv_cache_search_matches_full_forward_passes_on_a_real_llama(tiny_ll
             mass *= 1 - float(next_probs(text)[digits].sum())
             got = dict(zip(dist.prices.tolist(), dist.probs.tolist(), strict=True)).get(price, 0.0)
             assert got == pytest.approx(mass, rel=1e-4, abs=1e-9), (prompt, price)
+
+
+def test_the_shared_prefix_goes_through_the_model_once_and_reads_the_same(tiny_llama):
+    """Prompts that start with the same question: its tokens go through the model once, as
+    one row, the batch goes on from their KV cache (each row's padding a hole in the mask), and
+    every distribution equals the one read without sharing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pricer.prompt import QUESTION, make_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    texts = ["A longer product text, with more words in it", "Short", "A text of middle length"]
+    ids, mask = left_padded(tokenizer, [make_prompt(t) for t in texts]).values()
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    shared = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0).read(model, ids, mask)
+    hook.remove()
+    plain = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0, share_prefix=False).read(
+        model, ids, mask
+    )
+
+    question = len(tokenizer.encode(QUESTION, add_special_tokens=False))
+    assert shapes[0][0] == 1 and question <= shapes[0][1] < mask.sum(1).min()  # the prefix, once
+    assert shapes[1] == (3, ids.shape[1] - shapes[0][1])  # the rest of every prompt
+    for a, b in zip(shared, plain, strict=True):
+        assert a.prices.tolist() == b.prices.tolist()
+        assert np.allclose(a.probs, b.probs, rtol=1e-4, atol=1e-9)
+        assert a.left_out == pytest.approx(b.left_out, rel=1e-4, abs=1e-9)
+
+
+def test_prompts_that_share_too_little_are_read_in_one_pass(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    ids, mask = left_padded(tokenizer, ["Kettle. Price is $", "Toaster oven. Price is $"]).values()
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    PriceReader(tokenizer, max_digits=2, beam=4).read(model, ids, mask)
+    hook.remove()
+    assert shapes[0] == tuple(ids.shape)
