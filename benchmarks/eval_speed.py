@@ -11,11 +11,9 @@ Sides (`--sides`), each as its own project runs it, all in the same compute dtyp
 - `pricer`: the same reader and model with the dense CPU read that `test`, `predict` and the
   Space use (pricer/dense_read.py): the same 4-bit weights dequantized once, the adapter merged
   in fp32 (unmerged in 16-bit). The swap is timed with the read.
-- `pricer-unshared`: `pricer` without the shared prefix: every prompt goes through the model
-  whole, where the reader otherwise computes the question every prompt starts with once a batch.
-
-The pricer sides read with the shared prefix (`PriceReader(share_prefix=True)`, the default)
-but `pricer-unshared`.
+- `pricer-shared`: `pricer` with the shared prefix (`model.read_shared_prefix`, off by default):
+  the question every prompt starts with computed once a batch, the prompts read from its KV
+  cache.
 
 Every side reads the same test items (pricer's curation of the real sample); the predictions are
 kept and compared item by item (`--json`), and each side's MAE is reported. Items/s are medians
@@ -46,12 +44,12 @@ import torch
 
 from benchmarks.training_speed import Dims, machine
 
-SIDES = ("course", "pricer-4bit", "pricer-unshared", "pricer")
+SIDES = ("course", "pricer-4bit", "pricer", "pricer-shared")
 LABELS = {
     "course": "course: generate(max_new_tokens=3) + regex, one item at a time, NF4",
     "pricer-4bit": "pricer: batched price reader, NF4 layer by layer",
-    "pricer-unshared": "pricer test read, dense, every prompt whole (no shared prefix)",
     "pricer": "pricer test read: batched price reader, NF4 weights dequantized once (dense)",
+    "pricer-shared": "pricer test read, the shared question computed once a batch (read_shared_prefix)",
 }
 PREFIX = "Price is $"
 
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     course = load_course_model(args) if "course" in args.sides else None
     pricer = load_pricer_model(args) if set(args.sides) - {"course"} else None
     reader = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass)
-    unshared = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass, share_prefix=False)
+    shared = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass, share_prefix=True)
     dims = Dims.of(AutoConfig.from_pretrained(model_source(str(args.gguf))))
     lora_r = PeftConfig.from_pretrained(str(args.adapter)).r if args.adapter else None
 
@@ -234,9 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         if side == "pricer-4bit":
             return pricer_reader(pricer, reader, batches, args.point)
         with dense_weights(pricer):  # as test does: swapped in once for the pass, timed with it
-            return pricer_reader(
-                pricer, unshared if side == "pricer-unshared" else reader, batches, args.point
-            )
+            return pricer_reader(pricer, shared if side == "pricer-shared" else reader, batches, args.point)
 
     times: dict[str, list[float]] = {side: [] for side in args.sides}
     flops: dict[str, float] = {}
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     for repeat in range(args.repeats):
         for side in args.sides if repeat % 2 == 0 else args.sides[::-1]:
             # the LoRA is unmerged on every side but the dense read in fp32, where it is merged
-            merged = side in ("pricer", "pricer-unshared") and args.dtype == "fp32"
+            merged = side in ("pricer", "pricer-shared") and args.dtype == "fp32"
             counter = FlopCounter(course if side == "course" else pricer, dims, None if merged else lora_r)
             started = time.perf_counter()
             predictions[side] = run(side)
@@ -267,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     compared = {}
     pairs = (
-        ("pricer", "pricer-unshared"),
+        ("pricer-shared", "pricer"),
         ("pricer", "pricer-4bit"),
         ("pricer", "course"),
         ("pricer-4bit", "course"),

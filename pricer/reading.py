@@ -108,7 +108,8 @@ class PriceReader:
         beam: Digit prefixes kept per item at each step.
         min_mass: Prefixes less likely than this are dropped (their mass is reported).
         share_prefix: Compute the first tokens every prompt of a batch shares (the question)
-            once, and the batch from their KV cache.
+            once, and the batch from their KV cache: the same reads in fp32; in 16-bit the
+            changed rounding moves prices, so it is off by default.
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class PriceReader:
         max_digits: int = 3,
         beam: int = 32,
         min_mass: float = 1e-4,
-        share_prefix: bool = True,
+        share_prefix: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_digits = max_digits

@@ -257,7 +257,7 @@ def test_val_loss_comes_from_the_reading_pass_and_equals_a_pass_of_its_own(
 ):
     """read_and_score: the completion rides after the prompt in the reading's forward pass. Its
     distributions are `read`'s, and its loss is `completion_loss`'s over the right-padded
-    batch (the old second pass), on every validation batch."""
+    batch (the old second pass), on every validation batch, with the shared prefix or without."""
     from pricer.base_model import load_tokenizer
     from pricer.batches import PadCollator, tokenize_examples
     from pricer.prompt import make_prompt
@@ -285,8 +285,10 @@ def test_val_loss_comes_from_the_reading_pass_and_equals_a_pass_of_its_own(
     widths = {int(n) for b in batches for n in b["completion_mask"].sum(1)}
     assert len(widths) > 1 and min(widths) >= 4  # "N.00" and longer
     with torch.no_grad():
-        for batch in batches:
+        for share_prefix, batch in [(share, b) for share in (False, True) for b in batches]:
+            module.reader.share_prefix = False
             alone = module.reader.read(module.model, batch["prompt_ids"], batch["prompt_mask"])
+            module.reader.share_prefix = share_prefix  # the question once a batch, or in every row
             scored, loss_sum, count = module.reader.read_and_score(
                 module.model,
                 batch["prompt_ids"],

@@ -189,11 +189,11 @@ def test_the_shared_prefix_goes_through_the_model_once_and_reads_the_same(tiny_l
     hook = model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
-    shared = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0).read(model, ids, mask)
-    hook.remove()
-    plain = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0, share_prefix=False).read(
+    shared = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0, share_prefix=True).read(
         model, ids, mask
     )
+    hook.remove()
+    plain = PriceReader(tokenizer, max_digits=3, beam=1000, min_mass=0.0).read(model, ids, mask)
 
     question = len(tokenizer.encode(QUESTION, add_special_tokens=False))
     assert shapes[0][0] == 1 and question <= shapes[0][1] < mask.sum(1).min()  # the prefix, once
@@ -214,6 +214,6 @@ def test_prompts_that_share_too_little_are_read_in_one_pass(tiny_llama):
     hook = model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
-    PriceReader(tokenizer, max_digits=2, beam=4).read(model, ids, mask)
+    PriceReader(tokenizer, max_digits=2, beam=4, share_prefix=True).read(model, ids, mask)
     hook.remove()
     assert shapes[0] == tuple(ids.shape)
