@@ -1,7 +1,9 @@
 """Two test reports' predictions of the same items, compared item by item.
 
 Used to prove the dense CPU read prices as the 4-bit read does: the share of items whose
-prices agree within $0.50 or 1%, the largest gap, and how far the MAE moves.
+prices agree within $0.50 or 1%, the largest gap, and how far the MAE moves; and to compare two
+runs on the same items (test's predictions.csv, or the validation.csv of fit and validate): the
+first's MAE minus the second's with its paired bootstrap 95% interval.
 
     python benchmarks/compare_predictions.py <run>/predictions.csv <run>/evaluations/fourbit/predictions.csv
 """
@@ -14,6 +16,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from pricer.metrics import mae_gap
 
 
 def read(path: Path) -> list[dict]:
@@ -41,6 +45,7 @@ def compare(a_rows: list[dict], b_rows: list[dict]) -> dict:
         "max_abs_difference": float(gap.max()),
         "mae": [mae_a, mae_b],
         "mae_moves_by": abs(mae_a - mae_b),
+        **mae_gap(truth, a, b),  # the first's MAE minus the second's, paired over the items
     }
 
 
@@ -54,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{result['items']} items: {100 * result['within_50c_or_1pct']:.1f}% within $0.50 or 1% "
         f"({100 * result['identical']:.1f}% identical), largest gap ${result['max_abs_difference']:.2f}; "
-        f"MAE ${result['mae'][0]:.2f} against ${result['mae'][1]:.2f} (moves by ${result['mae_moves_by']:.3f})"
+        f"MAE ${result['mae'][0]:.2f} against ${result['mae'][1]:.2f} (moves by ${result['mae_moves_by']:.3f}; "
+        f"the first minus the second, paired 95% CI: ${result['mae_gap_ci95'][0]:+.2f} to "
+        f"${result['mae_gap_ci95'][1]:+.2f})"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -148,6 +148,8 @@ class PriceModel(L.LightningModule):
         self.blend_report: dict | None = None
         self._val_rows: list[dict] = []
         self._val_reads: dict[int, list[dict]] = {}  # each validation's reads, by global step
+        # the validation reads of the weights fit kept, or of a `validate` pass: validation.csv
+        self.validation_rows: list[dict] = []
         self.test_rows: list[dict] = []
         # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
         self.strict_loading = False
@@ -424,6 +426,8 @@ class PriceModel(L.LightningModule):
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.world_size == 1:
             # the blend is chosen on the reads of the weights fit keeps: no second pass
             self._val_reads[trainer.global_step] = self._val_rows
+        elif trainer.state.fn == "validate" and trainer.world_size == 1:
+            self.validation_rows = self._val_rows
         self._val_rows = []
 
     def on_test_epoch_start(self) -> None:
@@ -541,6 +545,7 @@ class PriceModel(L.LightningModule):
         final step, stays for resuming. Without one, the final step's weights."""
         self.weights_from = {"step": self.trainer.global_step, "chosen_by": "the final step"}
         self._load_best()
+        self.validation_rows = self._val_reads.get(self.weights_from["step"], [])
         self._choose_blend(self.weights_from["step"])
 
     def _load_best(self) -> None:
@@ -581,6 +586,7 @@ class PriceModel(L.LightningModule):
         train = datamodule.train_prices_and_texts() if hp.blend else None
         rows = self._val_reads.get(step) or self._read_validation()
         self._val_reads = {}
+        self.validation_rows = rows
         truth = [r["price"] for r in rows]
         point, low, high = (np.array([r[k] for r in rows]) for k in ("predicted", "low", "high"))
         self.tfidf = TfidfPrice.fit(train[1], train[0]) if train is not None else None

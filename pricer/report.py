@@ -18,6 +18,7 @@ from pricer.metrics import mae_gap, metrics_table, price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")
+VALIDATION_COLUMNS = ("title", "price", "predicted", "low", "high")
 
 
 def write_predictions(rows: list[dict], path: Path, columns=COLUMNS, cents: bool = False) -> None:
@@ -86,9 +87,20 @@ def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path)
     return shown
 
 
+def write_validation(rows: list[dict], folder: Path) -> Path:
+    """The LLM's reads of the validation split, an item a row: what validation chose with, kept
+    so that two runs can be compared item by item (benchmarks/compare_predictions.py)."""
+    path = folder / "validation.csv"
+    titled = [{**r, "title": r["text"].split("\n", 1)[0]} for r in rows]
+    write_predictions(titled, path, VALIDATION_COLUMNS)
+    return path
+
+
 class PriceReport(Callback):
     """After a test pass: metrics beside the baselines, predictions and a chart, in the run folder;
-    after `predict`, `predict.csv` (title, predicted, low, high).
+    after `predict`, `predict.csv` (title, predicted, low, high); after `validate`, and in
+    fit for the weights it kept, `validation.csv` (title, price, and the LLM's predicted, low and
+    high on the validation split).
 
     Writes `metrics.json` (n, mae, rmsle, hit_rate, smape, median_ae, mae_ci95, baselines,
     interval_coverage, and with a blend the LLM alone beside it), `predictions.csv` (each
@@ -109,12 +121,21 @@ class PriceReport(Callback):
             write_predictions(self.predicted, folder / "predict.csv", PREDICT_COLUMNS, cents=True)
             print(f"predictions for {len(self.predicted)} products: {folder / 'predict.csv'}")
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = getattr(pl_module, "validation_rows", None)
+        if trainer.state.fn == "validate" and trainer.is_global_zero and rows:
+            folder = Path(trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            print(f"validation: {len(rows)} items read, each in {write_validation(rows, folder)}")
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = pl_module.test_rows
         if not trainer.is_global_zero or not rows:
             return
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
+        if getattr(pl_module, "validation_rows", None):  # fit's test: what validation chose with
+            write_validation(pl_module.validation_rows, folder)
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)

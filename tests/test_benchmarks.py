@@ -400,5 +400,8 @@ def test_compare_predictions_counts_agreement_and_refuses_other_items(tmp_path: 
     assert result["max_abs_difference"] == pytest.approx(2.0)
     # MAEs against the true $100: (0 + 50 + 100 + 90) / 4 and (0.4 + 50 + 101.9 + 88) / 4
     assert result["mae_moves_by"] == pytest.approx(0.075)
+    # the first's MAE minus the second's, item by item, with its paired interval around it
+    assert result["mae_gap"] == pytest.approx(-0.075)
+    assert result["mae_gap_ci95"][0] <= result["mae_gap"] <= result["mae_gap_ci95"][1]
     with pytest.raises(SystemExit, match="item 4 differs"):
         main([str(first), str(report("other", [1, 2, 3, 4], titles=("a", "b", "c", "e")))])

@@ -83,6 +83,15 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     ]
     assert all(float(r["low"]) <= float(r["predicted"]) <= float(r["high"]) for r in rows)
     assert (run / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    # what validation chose with, item by item: the kept weights' reads, and validate's again
+    chosen_with = list(csv.DictReader((run / "validation.csv").open()))
+    assert len(chosen_with) == 4 and list(chosen_with[0]) == ["title", "price", "predicted", "low", "high"]
+    main(["validate", *fit_args, "--run_name", "revalidate", "--model.adapter", str(run / "adapter")])
+    again_read = list(csv.DictReader((tmp_path / "runs" / "revalidate" / "validation.csv").open()))
+    assert [(r["title"], r["price"]) for r in again_read] == [(r["title"], r["price"]) for r in chosen_with]
+    assert [float(r["predicted"]) for r in again_read] == pytest.approx(
+        [float(r["predicted"]) for r in chosen_with], rel=1e-4
+    )
     # each baseline's prices are its row's: its MAE recomputes from predictions.csv
     for name, baseline in metrics["baselines"].items():
         recomputed = sum(abs(float(r[name]) - float(r["price"])) for r in rows) / 4
