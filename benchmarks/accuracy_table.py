@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from pricer.baselines import BASELINE_NAMES
-from pricer.blend import Blend, coverage
+from pricer.blend import Blend, coverage, mix_text, partner_prices
 from pricer.metrics import gap_text, mae_gap, price_metrics
 
 TFIDF = "tfidf_linear_log_price"
+NEIGHBORS = "tfidf_neighbors_log_price"
 BLEND_TARGET = 0.85  # the target: the blend at least 15% below TF-IDF's MAE
 
 
@@ -55,13 +56,17 @@ def model_rows(metrics: dict, frame, untrained=None) -> list[tuple[str, np.ndarr
     weight, scale = blend.get("weight", 1.0), blend.get("interval_scale", 1.0)
     rows = [("fine-tuned LLM alone", llm, coverage(truth, llm_low, llm_high))]
     if weight < 1:
-        rows.append((f"blend, {weight:g} LLM (chosen on validation)", frame["predicted"].to_numpy(),
+        mix = mix_text(weight, blend.get("neighbors"))
+        rows.append((f"blend, {mix} (chosen on validation)", frame["predicted"].to_numpy(),
                      coverage(truth, frame["low"], frame["high"])))  # fmt: skip
     else:
         best = blend.get("validation", {}).get("best_mix_weight")
         if best is not None:
-            point, low, high = Blend(best, scale).apply(llm, llm_low, llm_high, frame[TFIDF].to_numpy())
-            rows.append((f"blend, {best:g} LLM (not chosen: validation kept the LLM alone)", point,
+            near = blend["validation"].get("best_mix_neighbors") or 0.0
+            neighbors = frame[NEIGHBORS].to_numpy() if NEIGHBORS in frame else None
+            partner = partner_prices(frame[TFIDF].to_numpy(), neighbors, near)
+            point, low, high = Blend(best, scale, near).apply(llm, llm_low, llm_high, partner)
+            rows.append((f"blend, {mix_text(best, near)} (not chosen: validation kept the LLM alone)", point,
                          coverage(truth, low, high)))  # fmt: skip
     if untrained is not None:
         same_items(frame, untrained, "the untrained run's predictions.csv")

@@ -1,8 +1,8 @@
 """Baselines on the same test split: what a fine-tuned model has to beat.
 
-The training mean and median as constants, a TF-IDF linear model on log price and a random
-forest on bag-of-words features, both trained on the train split (fair, cheap text models: if
-the LLM does not beat them, say so).
+The training mean and median as constants, a TF-IDF linear model on log price, the nearest
+train items on the same TF-IDF features and a random forest on bag-of-words features, all
+trained on the train split (fair, cheap text models: if the LLM does not beat them, say so).
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ BASELINE_NAMES = {
     "train_mean": "training mean",
     "train_median": "training median",
     "tfidf_linear_log_price": "TF-IDF linear model",
+    "tfidf_neighbors_log_price": "5 nearest neighbours on TF-IDF",
     "random_forest_bow_log_price": "random forest on bag-of-words",
 }
 
 
 def baseline_predictions(train_prices, train_texts, test_texts, tfidf=None) -> dict[str, np.ndarray]:
-    """Each baseline's prices for test_texts. The TF-IDF model is the one fit's blend uses;
-    `tfidf`: that model already fitted on these train items, not fitted again."""
+    """Each baseline's prices for test_texts. The TF-IDF model (its ridge, and its nearest
+    neighbours) is the one fit's blend uses; `tfidf`: that model already fitted on these train
+    items, not fitted again."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.pipeline import make_pipeline
@@ -41,5 +43,6 @@ def baseline_predictions(train_prices, train_texts, test_texts, tfidf=None) -> d
         "train_mean": np.full(n, prices.mean()),
         "train_median": np.full(n, float(np.median(prices))),
         "tfidf_linear_log_price": tfidf.predict(list(test_texts)),
+        "tfidf_neighbors_log_price": tfidf.predict_neighbors(list(test_texts)),
         "random_forest_bow_log_price": np.clip(forested, 0.0, None),
     }

@@ -289,6 +289,7 @@ class PricerCLI(LightningCLI):
 
     def _say_a_checkpoint_reads_the_llm_alone(self) -> None:
         """A checkpoint holds the LoRA weights only; the blend fit chose lives in the adapter."""
+        from pricer.blend import mix_text
         from pricer.recipe import RecipeError, read_recipe
 
         folder = self.run_dir / "adapter"
@@ -299,7 +300,8 @@ class PricerCLI(LightningCLI):
         if recipe is not None and (recipe.blend_weight < 1 or recipe.interval_scale != 1):
             print(
                 f"{self.subcommand}: a checkpoint reads the LLM alone; the run's blend "
-                f"({recipe.blend_weight:g} LLM, interval scale {recipe.interval_scale:g}) is read "
+                f"({mix_text(recipe.blend_weight, recipe.blend_neighbors)}, interval scale "
+                f"{recipe.interval_scale:g}) is read "
                 f"with --model.adapter {folder}"
             )
 

@@ -20,7 +20,7 @@ from pricer import rng
 from pricer.base_model import is_local, load_base, load_tokenizer
 from pricer.batch_size import smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
-from pricer.blend import Blend, TfidfPrice, blend_summary, choose_blend
+from pricer.blend import Blend, TfidfPrice, blend_summary, choose_blend, load_partner
 from pricer.dense_read import CpuRead, can_read_dense, dense_weights
 from pricer.hub import adapter_folder
 from pricer.options import OptionError
@@ -227,7 +227,7 @@ class PriceModel(L.LightningModule):
             return [
                 {"predicted": p, "low": lo, "high": hi, **r} for (p, lo, hi), r in zip(llm, rows, strict=True)
             ]
-        tfidf = self.tfidf.predict(batch["text"]) if self.blend.uses_tfidf else None
+        tfidf = self.tfidf.predict(batch["text"], self.blend.neighbors) if self.blend.uses_tfidf else None
         point, low, high = self.blend.apply(*np.array(llm).T, tfidf)
         return [
             {"predicted": float(p), "low": float(lo), "high": float(hi), **r}
@@ -590,9 +590,11 @@ class PriceModel(L.LightningModule):
         truth = [r["price"] for r in rows]
         point, low, high = (np.array([r[k] for r in rows]) for k in ("predicted", "low", "high"))
         self.tfidf = TfidfPrice.fit(train[1], train[0]) if train is not None else None
-        tfidf = self.tfidf.predict([r["text"] for r in rows]) if self.tfidf is not None else None
+        texts = [r["text"] for r in rows]
+        tfidf = self.tfidf.predict(texts) if self.tfidf is not None else None
+        neighbors = self.tfidf.predict_neighbors(texts) if self.tfidf is not None else None
         self.blend, report = choose_blend(
-            truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval
+            truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval, neighbors
         )
         self.blend_report = {"validation": report, **self.blend.as_dict()}
         if self.trainer.is_global_zero:
@@ -630,9 +632,9 @@ class PriceModel(L.LightningModule):
         recipe = read_recipe(folder)
         if recipe is None:
             return
-        self.blend = Blend(recipe.blend_weight, recipe.interval_scale)
+        self.blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
         if self.blend.uses_tfidf:
-            self.tfidf = TfidfPrice.load(folder)
+            self.tfidf = load_partner(folder, self.blend)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self.trainer.default_root_dir:

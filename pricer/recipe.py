@@ -76,6 +76,8 @@ class Recipe:
     # beside the TF-IDF model saved with the adapter (1: the LLM alone), the interval's scale
     blend_weight: float = 1.0
     interval_scale: float = 1.0
+    # the nearest neighbours' share of the partner (0: the TF-IDF ridge alone)
+    blend_neighbors: float = 0.0
     # the trainer precision test read under: a mixed one is read under the same autocast
     precision: str = "32-true"
     # the run's headline test metrics, when measured
@@ -94,11 +96,12 @@ class Recipe:
             "weights",
             "blend_weight",
             "interval_scale",
+            "blend_neighbors",
             "precision",
         ),
     }
     # fields a recipe written before they existed may lack: read as their default
-    ADDED = ("blend_weight", "interval_scale", "precision")
+    ADDED = ("blend_weight", "interval_scale", "precision", "blend_neighbors")
 
     @classmethod
     def from_model(
@@ -129,6 +132,7 @@ class Recipe:
             weights=hparams["quantization"],
             blend_weight=blend.weight if blend is not None else 1.0,
             interval_scale=blend.interval_scale if blend is not None else 1.0,
+            blend_neighbors=blend.neighbors if blend is not None else 0.0,
             precision=str(precision),
         )
 
@@ -215,6 +219,10 @@ class Recipe:
             fail("blend_weight", "a number in [0, 1]")
         if not 0 <= self.blend_weight <= 1:
             fail("blend_weight", "a number in [0, 1]")
+        if isinstance(self.blend_neighbors, bool) or not isinstance(self.blend_neighbors, (int, float)):
+            fail("blend_neighbors", "a number in [0, 1]")
+        if not 0 <= self.blend_neighbors <= 1:
+            fail("blend_neighbors", "a number in [0, 1]")
         if isinstance(self.interval_scale, bool) or not isinstance(self.interval_scale, (int, float)):
             fail("interval_scale", "a positive number")
         if not self.interval_scale > 0:

@@ -148,6 +148,7 @@ class PriceReport(Callback):
             "interval": pl_module.hparams.interval_coverage,
             "blend_weight": blend.weight,
             "interval_scale": blend.interval_scale,
+            "blend_neighbors": blend.neighbors,
         }
         # what the interval means: the share of true prices inside it, beside what it claims
         low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])

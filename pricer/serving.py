@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pricer.base_model import base_for_here, load_base, load_tokenizer
-from pricer.blend import Blend, BlendError, TfidfPrice
+from pricer.blend import Blend, BlendError, load_partner
 from pricer.dense_read import CpuRead, can_read_dense, to_dense
 from pricer.hub import adapter_folder
 from pricer.precision import resolve_dtype
@@ -120,6 +120,7 @@ def reading_settings(recipe: Recipe) -> dict:
         "max_digits": recipe.max_digits,
         "blend_weight": recipe.blend_weight,
         "interval_scale": recipe.interval_scale,
+        "blend_neighbors": recipe.blend_neighbors,
         "precision": recipe.precision,
         "rules": recipe.curation_rules,
     }
@@ -130,7 +131,7 @@ def reading_settings(recipe: Recipe) -> dict:
 DEFAULTS = {
     k: v
     for k, v in reading_settings(Recipe(base_model="-")).items()
-    if k not in ("rules", "blend_weight", "interval_scale")
+    if k not in ("rules", "blend_weight", "interval_scale", "blend_neighbors")
 }
 
 
@@ -163,6 +164,8 @@ class Pricer:
         blend_weight: The LLM's share of the price in log price, beside the TF-IDF model saved
             in the adapter folder (1: the LLM alone), as fit chose it on validation.
         interval_scale: The interval's width in log price, times this, as fit calibrated it.
+        blend_neighbors: The nearest neighbours' share of the blend's partner in log price (0:
+            the TF-IDF ridge alone), as fit chose it on validation.
         precision: The trainer precision the run was tested under: a mixed one (bf16-mixed,
             16-mixed) is read under the same autocast, with the LoRA layers kept unmerged as
             test read them; 32-true reads in the compute dtype.
@@ -187,6 +190,7 @@ class Pricer:
         blend_weight: float = 1.0,
         interval_scale: float = 1.0,
         precision: str = "32-true",
+        blend_neighbors: float = 0.0,
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
@@ -201,21 +205,27 @@ class Pricer:
         if not 0 < coverage < 1:
             raise ValueError(f"Pricer: coverage must be between 0 and 1, got {coverage!r}")
         numbers = all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (blend_weight, interval_scale)
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in (blend_weight, interval_scale, blend_neighbors)
         )
-        if not numbers or not 0 <= blend_weight <= 1 or not interval_scale > 0:
+        if (
+            not numbers
+            or not 0 <= blend_weight <= 1
+            or not interval_scale > 0
+            or not 0 <= blend_neighbors <= 1
+        ):
             raise ValueError(
-                f"Pricer: blend_weight must be in [0, 1] and interval_scale positive, got "
-                f"{blend_weight!r} and {interval_scale!r}"
+                f"Pricer: blend_weight and blend_neighbors must be in [0, 1] and interval_scale positive, "
+                f"got {blend_weight!r}, {blend_neighbors!r} and {interval_scale!r}"
             )
-        self.blend = Blend(float(blend_weight), float(interval_scale))
+        self.blend = Blend(float(blend_weight), float(interval_scale), float(blend_neighbors))
         self.tfidf = None
         if self.blend.uses_tfidf:
             if not adapter:
                 raise BlendError(
                     "Pricer: blend_weight under 1 needs an adapter folder holding its TF-IDF model"
                 )
-            self.tfidf = TfidfPrice.load(adapter)
+            self.tfidf = load_partner(adapter, self.blend)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.point, self.coverage = point, coverage
         self.rules = rules or CurationRules()
@@ -286,7 +296,11 @@ class Pricer:
         low, high = distribution.interval(self.coverage)
         if not self.blend.changes_anything:
             return Quote(llm, low, high, distribution, prompt, llm_price=llm)
-        tfidf = self.tfidf.predict([text_from_prompt(prompt)]) if self.tfidf is not None else None
+        tfidf = (
+            self.tfidf.predict([text_from_prompt(prompt)], self.blend.neighbors)
+            if self.tfidf is not None
+            else None
+        )
         price, low, high = (float(v[0]) for v in self.blend.apply([llm], [low], [high], tfidf))
         moved = self.blend.move(distribution.prices, llm, None if tfidf is None else tfidf[0])
         return Quote(price, low, high, distribution, prompt, moved, llm)

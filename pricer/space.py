@@ -107,7 +107,7 @@ class SpaceSettings:
             blend = m.get("blend") or {}
             if blend.get("weight", 1) < 1 and "llm_alone" in blend:
                 lines[-1] += (
-                    f" The price blends the LLM's with a TF-IDF model's ({blend['weight']:g} LLM, chosen on "
+                    f" The price blends the LLM's with a classical model's ({partner_text(blend)}, chosen on "
                     f"validation); the LLM alone was off by ${blend['llm_alone']['mae']:,.2f}."
                 )
             baselines = {
@@ -118,6 +118,17 @@ class SpaceSettings:
                 label = BASELINE_NAMES.get(name, name)
                 lines[-1] += f" The best simple baseline ({label}) was off by ${best['mae']:,.2f}."
         return "\n\n".join(lines)
+
+
+def partner_text(blend: dict) -> str:
+    """The blend's weights for the Space's note, e.g. "0.6 LLM, 0.4 a TF-IDF ridge"."""
+    weight, near = blend.get("weight", 1), blend.get("neighbors", 0)
+    if not near:
+        return f"{weight:g} LLM, {1 - weight:g} a TF-IDF ridge"
+    return (
+        f"{weight:g} LLM, {1 - weight:g} the classical model: {1 - near:g} of it a TF-IDF ridge, "
+        f"{near:g} the 5 most similar training products"
+    )
 
 
 def _adapter_phrase(adapter: str | None) -> str:

@@ -269,7 +269,7 @@ def test_accuracy_table_pairs_every_row_with_tfidf_and_checks_the_targets(tmp_pa
     import pandas as pd
 
     from benchmarks.accuracy_table import main
-    from pricer.blend import Blend
+    from pricer.blend import Blend, partner_prices
     from pricer.metrics import mae_gap
 
     rng = np.random.default_rng(0)
@@ -339,6 +339,21 @@ def test_accuracy_table_pairs_every_row_with_tfidf_and_checks_the_targets(tmp_pa
     with pytest.raises(SystemExit, match="not the same test items"):
         main([str(tmp_path / "tuned"), str(tmp_path / "untrained")])
 
+    # with the nearest neighbours in the partner, that row mixes them as validation did
+    near = truth * np.exp(rng.normal(0, 0.35, n))
+    frame.assign(tfidf_neighbors_log_price=near).to_csv(tmp_path / "tuned" / "predictions.csv", index=False)
+    metrics["baselines"]["tfidf_neighbors_log_price"] = {}
+    metrics["blend"]["validation"] = {"best_mix_weight": 0.5, "best_mix_neighbors": 0.4}
+    (tmp_path / "tuned" / "metrics.json").write_text(json.dumps(metrics))
+    text = main([str(tmp_path / "tuned")])
+    point = Blend(0.5, 1.0, 0.4).apply(llm, llm * 0.8, llm * 1.3, partner_prices(tfidf, near, 0.4))[0]
+    mae = np.abs(point - truth).mean()
+    assert (
+        f"| blend, 0.5 LLM, the partner 0.4 neighbours (not chosen: validation kept the LLM alone) | ${mae:.2f} |"
+        in text
+    )
+    assert f"| 5 nearest neighbours on TF-IDF | ${np.abs(near - truth).mean():.2f} |" in text
+
 
 @pytest.mark.slow
 def test_t4_check_runs_every_phase_at_toy_scale(tmp_path: Path) -> None:
@@ -405,3 +420,46 @@ def test_compare_predictions_counts_agreement_and_refuses_other_items(tmp_path: 
     assert result["mae_gap_ci95"][0] <= result["mae_gap"] <= result["mae_gap_ci95"][1]
     with pytest.raises(SystemExit, match="item 4 differs"):
         main([str(first), str(report("other", [1, 2, 3, 4], titles=("a", "b", "c", "e")))])
+
+
+def test_blend_partners_measures_each_partner_on_the_validation_reads(tmp_path: Path) -> None:
+    """At toy scale: the classical models fitted on the train split, the LLM's validation reads
+    blended with the ridge alone and with the neighbours too (which can only match or beat it on
+    the items it is chosen on), and a validation.csv of other items refused."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.blend_partners import main
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+
+    def split(n: int) -> pd.DataFrame:
+        texts = [" ".join(rng.choice(words, 12)) for _ in range(n)]
+        prices = np.array([5.0 + 10 * sum(int(w[1:]) % 7 for w in t.split()) for t in texts])
+        return pd.DataFrame({"title": texts, "text": texts, "price": prices})
+
+    data = tmp_path / "data"
+    data.mkdir()
+    train, validation = split(200), split(50)
+    train.to_parquet(data / "train-00000-of-00001.parquet")
+    validation.to_parquet(data / "validation-00000-of-00001.parquet")
+    llm = validation["price"].to_numpy() * np.exp(rng.normal(0, 0.4, 50))
+    reads = validation.assign(predicted=llm, low=llm * 0.7, high=llm * 1.4)[
+        ["title", "price", "predicted", "low", "high"]
+    ]
+    reads.to_csv(tmp_path / "validation.csv", index=False)
+    result = main(
+        ["--splits", str(data), str(tmp_path / "validation.csv"), "--json", str(tmp_path / "r.json")]
+    )
+    r = result[str(tmp_path / "validation.csv")]
+    assert r["n"] == 50 and list(r["neighbors"]) == ["3", "5", "8", "10"]
+    assert r["llm"] == pytest.approx(np.abs(llm - validation["price"]).mean())
+    assert r["blend_ridge_and_neighbors"]["mae"] <= r["blend_ridge"]["mae"]
+    assert r["gain"]["mae_gap"] == pytest.approx(
+        r["blend_ridge_and_neighbors"]["mae"] - r["blend_ridge"]["mae"]
+    )
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    reads.iloc[::-1].to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(SystemExit, match="not the validation items of these splits"):
+        main(["--splits", str(data), str(tmp_path / "other.csv")])

@@ -5,7 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from pricer.blend import TFIDF_JSON, TFIDF_WEIGHTS, Blend, BlendError, TfidfPrice, blend_summary, choose_blend
+from pricer.blend import (
+    NEIGHBORS,
+    TFIDF_JSON,
+    TFIDF_WEIGHTS,
+    Blend,
+    BlendError,
+    TfidfPrice,
+    blend_summary,
+    choose_blend,
+    load_partner,
+    partner_prices,
+)
 
 WORDS = [f"word{i}" for i in range(200)] + ["café", "Ünïcode", "a-b", "12v", "3000w"]
 
@@ -52,15 +63,87 @@ def test_the_saved_model_reads_back_to_the_same_prices_without_pickle(fitted, tm
     assert np.array_equal(TfidfPrice.load(tmp_path).predict(unseen), model.predict(unseen))
 
 
+def test_the_neighbours_are_scikit_learns_cosine_k_nearest_weighted_by_distance(fitted):
+    """The nearest-neighbours row: scikit-learn's KNeighborsRegressor on the same features, in
+    log price; and the baseline row is that model's."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from pricer.baselines import baseline_predictions
+
+    model, texts, prices = fitted
+    features = model.vectorizer.transform(texts)
+    knn = KNeighborsRegressor(NEIGHBORS, metric="cosine", weights="distance", algorithm="brute")
+    knn.fit(features, np.log1p(prices))
+    unseen = corpus(600, 4)  # more than a chunk of queries
+    expected = knn.predict(model.vectorizer.transform(unseen))
+    assert np.allclose(model.neighbors_log_price(unseen), expected, rtol=1e-12, atol=1e-12)
+    row = baseline_predictions(prices, texts, unseen)["tfidf_neighbors_log_price"]
+    assert np.allclose(row, np.expm1(expected), rtol=1e-12)
+
+
+def test_a_train_item_is_its_own_nearest_and_an_unknown_text_gets_the_train_mean(fitted):
+    model, texts, prices = fitted
+    assert model.predict_neighbors([texts[7]])[0] == pytest.approx(prices[7])
+    assert model.neighbors_log_price(["zzz qqq"])[0] == pytest.approx(np.log1p(prices).mean())
+
+
+def test_the_partner_mixes_ridge_and_neighbours_in_log_price(fitted):
+    model, _, _ = fitted
+    unseen = corpus(20, 5)
+    ridge, near = model.predict(unseen), model.predict_neighbors(unseen)
+    assert np.array_equal(model.predict(unseen, 0.0), ridge)
+    assert np.array_equal(model.predict(unseen, 1.0), near)
+    mixed = model.predict(unseen, 0.3)
+    assert np.allclose(np.log1p(mixed), 0.7 * np.log1p(ridge) + 0.3 * np.log1p(near))
+    assert np.array_equal(mixed, partner_prices(ridge, near, 0.3))  # what fit chose with
+
+
+def test_the_saved_neighbours_read_back_to_the_same_prices(fitted, tmp_path):
+    model, _, _ = fitted
+    model.save(tmp_path)
+    header = json.loads((tmp_path / TFIDF_JSON).read_text(encoding="utf-8"))
+    assert (header["version"], header["neighbors"]) == (2, NEIGHBORS)
+    unseen = corpus(40, 6, " café")
+    loaded = TfidfPrice.load(tmp_path)
+    assert np.array_equal(loaded.predict(unseen, 0.45), model.predict(unseen, 0.45))
+
+
+def test_a_version_1_model_reads_the_ridge_and_refuses_a_blend_with_neighbours(fitted, tmp_path):
+    """Adapters saved before the neighbours keep their blend; one that would need them is named."""
+    model, _, _ = fitted
+    TfidfPrice(model.vectorizer, model.coef, model.intercept).save(tmp_path)
+    assert json.loads((tmp_path / TFIDF_JSON).read_text(encoding="utf-8"))["version"] == 1
+    old = load_partner(tmp_path, Blend(0.6))
+    unseen = corpus(10, 7)
+    assert np.array_equal(old.predict(unseen), model.predict(unseen))
+    with pytest.raises(BlendError, match="saved without its train rows"):
+        old.predict(unseen, 0.5)
+    with pytest.raises(BlendError, match=r"tfidf.safetensors: the recipe gives the nearest neighbours 0.3"):
+        load_partner(tmp_path, Blend(0.6, 1.0, 0.3))
+
+
+def _edit_arrays(folder, **arrays):
+    from safetensors.numpy import load_file, save_file
+
+    saved = load_file(str(folder / TFIDF_WEIGHTS))
+    save_file({**saved, **arrays}, str(folder / TFIDF_WEIGHTS))
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
         (lambda d: (d / TFIDF_WEIGHTS).unlink(), "tfidf.safetensors is missing"),
         (lambda d: (d / TFIDF_JSON).write_text("{not json"), "the TF-IDF model cannot be read"),
-        (lambda d: (d / TFIDF_JSON).write_text('{"format": "other"}'), "not a version 1 pricer TF-IDF model"),
+        (
+            lambda d: (d / TFIDF_JSON).write_text('{"format": "other"}'),
+            "not a version 1 or 2 pricer TF-IDF model",
+        ),
         (lambda d: _edit(d, vocabulary=["a", "a"]), "vocabulary must be a list of distinct terms"),
         (lambda d: _edit(d, vocabulary=["a", "b"]), "must both have the vocabulary's 2 entries"),
         (lambda d: _edit(d, vectorizer={"ngram_range": [1, 2]}), "vectorizer settings must be"),
+        (lambda d: _edit(d, neighbors=3), "neighbors must be 5"),
+        (lambda d: _edit_arrays(d, rows_indices=np.full(5, 10**6)), "the train rows do not fit together"),
+        (lambda d: _edit_arrays(d, rows_log_price=np.zeros(3)), "the train rows do not fit together"),
     ],
 )
 def test_a_damaged_tfidf_model_is_named(fitted, tmp_path, damage, message):
@@ -120,6 +203,28 @@ def test_validation_keeps_the_llm_alone_when_tfidf_only_adds_noise():
     assert blend == Blend(1.0, 1.0)
     assert report["blend_mae"] == report["llm_mae"] < report["best_mix_mae"]
     assert "the LLM alone chosen" in blend_summary(report, 0.8)
+
+
+def test_validation_gives_the_neighbours_their_share_when_their_errors_are_their_own():
+    truth = np.random.default_rng(0).uniform(5, 500, 600)
+    llm, tfidf, near = noisy(truth, 0.5, 1), noisy(truth, 0.5, 2), noisy(truth, 0.5, 3)
+    blend, report = choose_blend(
+        truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False, neighbors=near
+    )
+    assert 0.2 < blend.neighbors < 0.8 and 0.1 < blend.weight < 0.7
+    without, _ = choose_blend(truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False)
+    ridge_only = np.abs(without.apply(llm, llm, llm, tfidf)[0] - truth).mean()
+    assert report["blend_mae"] < 0.95 * ridge_only
+    point = blend.apply(llm, llm, llm, partner_prices(tfidf, near, blend.neighbors))[0]
+    assert np.abs(point - truth).mean() == pytest.approx(report["blend_mae"])
+    assert "the partner" in blend_summary(report, 0.8) and "for the nearest neighbours" in blend_summary(
+        report, 0.8
+    )
+    # neighbours that only add noise get no share: ties go to the ridge
+    useless, report = choose_blend(
+        truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False, neighbors=noisy(truth, 3.0, 4)
+    )
+    assert useless.neighbors == 0.0 and useless.weight == without.weight
 
 
 def test_an_interval_that_holds_too_few_prices_is_widened_on_validation():

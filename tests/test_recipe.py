@@ -84,6 +84,42 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
 
 
 @pytest.mark.slow
+def test_a_blend_with_the_nearest_neighbours_prices_tests_llm_read_with_the_saved_partner(fp4_run, tmp_path):
+    """The same adapter with the neighbours given half of the partner in its recipe: the Space
+    reads them from tfidf.safetensors, and its price is test's LLM read blended with them."""
+    import shutil
+
+    import numpy as np
+
+    from pricer.blend import Blend, TfidfPrice
+    from pricer.prompt import text_from_prompt
+    from pricer.serving import Pricer
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(fp4_run / "adapter", adapter)
+    data = json.loads((adapter / RECIPE_FILE).read_text())
+    data["read"]["blend_neighbors"] = 0.5
+    (adapter / RECIPE_FILE).write_text(json.dumps(data))
+    recipe = read_recipe(adapter)
+    pricer = Pricer.from_adapter(str(adapter))
+    assert (
+        pricer.blend == Blend(recipe.blend_weight, recipe.interval_scale, 0.5) and pricer.blend.uses_neighbors
+    )
+    partner = TfidfPrice.load(adapter)
+    rows = list(csv.DictReader((fp4_run / "predictions.csv").open()))
+    moved = 0
+    for row in rows:
+        quote = pricer.quote(row["title"], BODY, "Sturdy build\nEasy to clean", "Brand: Acme")
+        text = text_from_prompt(quote.prompt)
+        llm = [float(row[k]) for k in ("llm_predicted", "llm_low", "llm_high")]
+        expected = pricer.blend.apply(*llm, partner.predict([text], 0.5))
+        for got, want in zip((quote.price, quote.low, quote.high), expected, strict=True):
+            assert round(got, 2) == round(float(np.ravel(want)[0]), 2), row["title"]
+        moved += abs(quote.price - float(row["predicted"])) > 0.01  # the neighbours moved it
+    assert moved > 0
+
+
+@pytest.mark.slow
 def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, capsys):
     """The card's three lines, extracted from the staged README and run as they are; the Hub
     serves me/pricer-tiny from the staged folder (the test double fills the download cache)."""
@@ -175,6 +211,10 @@ def changed(path: str, value):
         (changed("read.extra", 1), r"read: unknown fields \['extra'\]"),
         (changed("read.blend_weight", 1.5), r"read.blend_weight must be a number in \[0, 1\], got 1.5"),
         (changed("read.interval_scale", 0), "read.interval_scale must be a positive number, got 0"),
+        (
+            changed("read.blend_neighbors", -0.1),
+            r"read.blend_neighbors must be a number in \[0, 1\], got -0.1",
+        ),
         (changed("read.precision", "bf16"), r"read.precision must be one of \('32-true', 'bf16-mixed'"),
     ],
 )
@@ -189,11 +229,12 @@ def test_a_recipe_from_before_the_blend_reads_as_the_llm_alone_in_full_precision
     """pricer.json files written before the blend, the interval scale and the precision were
     recorded still load: as the LLM alone, unscaled, read without autocast (how they ran)."""
     data = changed("read.blend_weight", KeyError)
-    for name in ("interval_scale", "precision"):
+    for name in ("interval_scale", "precision", "blend_neighbors"):
         del data["read"][name]
     (tmp_path / RECIPE_FILE).write_text(json.dumps(data))
     recipe = read_recipe(tmp_path)
     assert (recipe.blend_weight, recipe.interval_scale, recipe.precision) == (1.0, 1.0, "32-true")
+    assert recipe.blend_neighbors == 0.0  # the partner was the TF-IDF ridge alone
 
 
 def test_a_recipe_reads_back_as_it_was_written(tmp_path):

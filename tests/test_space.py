@@ -240,8 +240,12 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
         ({"quantization": "3bit"}, r"quantization must be one of \('4bit', '8bit', 'none'\), got '3bit'"),
         ({"point": "average"}, r"point must be one of \('median', 'mean'\), got 'average'"),
         ({"coverage": 80}, "coverage must be between 0 and 1, got 80"),
-        ({"blend_weight": "0.6"}, r"blend_weight must be in \[0, 1\] and interval_scale positive, got '0.6'"),
-        ({"interval_scale": 0}, "interval_scale positive, got 1.0 and 0"),
+        (
+            {"blend_weight": "0.6"},
+            r"blend_weight and blend_neighbors must be in \[0, 1\] and interval_scale positive, got '0.6'",
+        ),
+        ({"interval_scale": 0}, "interval_scale positive, got 1.0, 0.0 and 0"),
+        ({"blend_neighbors": 2}, "interval_scale positive, got 1.0, 2 and 1.0"),
     ],
 )
 def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message):
@@ -354,7 +358,13 @@ def test_the_page_says_when_the_price_is_a_blend_and_what_the_llm_alone_made():
     metrics = {"n": 600, "mae": 35.2, "hit_rate": 0.78}
     blended = {**metrics, "blend": {"weight": 0.6, "interval_scale": 1.0, "llm_alone": {"mae": 39.9}}}
     about = SpaceSettings(base_model="me/base", adapter="me/pricer-tiny", metrics=blended).about()
-    assert "blends the LLM's with a TF-IDF model's (0.6 LLM, chosen on validation)" in about
+    assert (
+        "blends the LLM's with a classical model's (0.6 LLM, 0.4 a TF-IDF ridge, chosen on validation)"
+        in about
+    )
     assert "the LLM alone was off by $39.90" in about
+    near = {**blended, "blend": {**blended["blend"], "neighbors": 0.25}}
+    about = SpaceSettings(base_model="me/base", adapter="me/pricer-tiny", metrics=near).about()
+    assert "(0.6 LLM, 0.4 the classical model: 0.75 of it a TF-IDF ridge, 0.25 the 5 most similar" in about
     alone = {**metrics, "blend": {"weight": 1.0, "interval_scale": 1.0, "llm_alone": {"mae": 35.2}}}
-    assert "TF-IDF model's" not in SpaceSettings(base_model="me/base", metrics=alone).about()
+    assert "classical model's" not in SpaceSettings(base_model="me/base", metrics=alone).about()
