@@ -213,3 +213,36 @@ def test_the_staged_folders_name_hub_ids_and_load_by_them_elsewhere(published, t
     serve_from_hub_cache(model, "me/pricer-tiny")
     loaded = AutoPeftModelForCausalLM.from_pretrained("me/pricer-tiny")
     assert loaded.peft_config["default"].base_model_name_or_path == "me/tiny-llama"
+
+
+@pytest.mark.parametrize(
+    "neighbors, said",
+    [
+        (0.0, "(0.6 LLM, 0.4 the classical model, a TF-IDF ridge; chosen on the validation split"),
+        (0.25, "0.4 the classical model: of that, 0.75 a TF-IDF ridge and 0.25 the mean of the 5 nearest"),
+    ],
+)
+def test_the_model_card_says_what_the_price_blends(neighbors, said):
+    from pricer.cards import model_card
+
+    metrics = {
+        "n": 600,
+        "mae": 35.2,
+        "rmsle": 0.7,
+        "hit_rate": 0.78,
+        "smape": 30.0,
+        "median_ae": 15.0,
+        "mae_ci95": [30.0, 40.0],
+        "blend": {
+            "weight": 0.6,
+            "interval_scale": 1.0,
+            "neighbors": neighbors,
+            "llm_alone": {"mae": 39.9, "interval_coverage": 0.7},
+        },
+    }
+    card = model_card(
+        "me/pricer-tiny", "me/base", None, ["Appliances"], {}, metrics, None, "1 min", "cpu", (0.5, 999.0)
+    )
+    text = str(card)
+    assert "The price blends the LLM's with a classical model's in log price" in text
+    assert said in text and "The LLM alone was off by $39.90" in text
