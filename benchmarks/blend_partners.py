@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pricer.blend import NEIGHBORS, TfidfPrice, choose_blend, mix_text
-from pricer.metrics import mae_gap
+from pricer.metrics import gap_text, mae_gap
 
 K_TRIED = (3, 5, 8, 10)
 
@@ -90,15 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
         r = measure(model, texts, truth, read_validation(path, truth), args.coverage)
         results[str(path)] = r
         near = ", ".join(f"k {k} ${v:.2f}" for k, v in r["neighbors"].items())
-        new = r["blend_ridge_and_neighbors"]
-        gap = r["gain"]
+        old, new = r["blend_ridge"], r["blend_ridge_and_neighbors"]
+        print(f"{path}: LLM ${r['llm']:.2f}, ridge ${r['ridge']:.2f}, neighbours {near}")
+        print(f"  blend with the ridge: ${old['mae']:.2f} at {old['weight']:g} LLM")
         print(
-            f"{path}: LLM ${r['llm']:.2f}, ridge ${r['ridge']:.2f}, neighbours {near}\n"
-            f"  blend with the ridge: ${r['blend_ridge']['mae']:.2f} at {r['blend_ridge']['weight']:g} LLM; "
-            f"with ridge and neighbours: ${new['mae']:.2f} at {mix_text(new['weight'], new['neighbors'])}; "
-            f"difference ${gap['mae_gap']:+.2f} (paired 95% CI ${gap['mae_gap_ci95'][0]:+.2f} to "
-            f"${gap['mae_gap_ci95'][1]:+.2f})"
+            f"  with ridge and neighbours: ${new['mae']:.2f} at {mix_text(new['weight'], new['neighbors'])}"
         )
+        print(f"  new minus old, paired 95% CI: {gap_text(r['gain'])}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
