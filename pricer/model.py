@@ -83,11 +83,12 @@ class PriceModel(L.LightningModule):
             exact 4-bit weights dequantized once a pass, the LoRA update merged in fp32 (kept
             as LoRA layers under a mixed precision); faster, the same prices to float rounding.
             4bit: layer by layer as trained. On a GPU it is always read in 4-bit.
-        blend: At the end of fit, blend the LLM's price with the TF-IDF baseline's (fitted on
-            the train split) in log price, with the weight that gives the lowest MAE on the
-            validation split; the weight may be 1, the LLM alone. The TF-IDF model is saved
-            beside the adapter, and test, predict and the Space read the blend. False: the LLM
-            alone, always.
+        blend: At the end of fit, blend the LLM's price in log price with a classical
+            partner fitted on the train split: the TF-IDF baseline's ridge and its 5 nearest
+            train items, mixed in log price. The LLM's weight and the neighbours' share of the
+            partner are those with the lowest MAE on the validation split; the weight may be 1,
+            the LLM alone. The classical model is saved beside the adapter, and test, predict
+            and the Space read the blend. False: the LLM alone, always.
         calibrate_interval: At the end of fit, when the interval's coverage on the validation
             split misses interval_coverage by more than 5 points, scale its width in log price
             to the coverage asked for (saved with the blend).
