@@ -135,6 +135,8 @@ class TfidfPrice:
     def predict(self, texts: list[str], neighbors: float = 0.0) -> np.ndarray:
         """The partner's prices, the neighbours' share `neighbors` (0, the default: the ridge
         alone, the TF-IDF baseline row's prices; 1: the neighbours alone, their row's)."""
+        if neighbors == 1:  # the ridge is not needed
+            return np.expm1(self.neighbors_log_price(texts))
         ridge = np.clip(np.expm1(self.log_price(texts)), 0.0, None)
         if neighbors == 0:
             return ridge
