@@ -287,6 +287,11 @@ class Pricer:
         """The price of one product; raises ProductError for input that cannot be priced."""
         record = product_record(title, description, features, details)
         _, prompt = product_prompt(record, self.rules, self.tokenizer)
+        return self.quote_prompt(prompt)
+
+    def quote_prompt(self, prompt: str) -> Quote:
+        """The price of one prompt as curation writes it (a curated split's `prompt` column):
+        what `quote` reads once it has built the prompt from the product's fields."""
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)

@@ -120,6 +120,28 @@ def test_a_blend_with_the_nearest_neighbours_prices_tests_llm_read_with_the_save
 
 
 @pytest.mark.slow
+def test_space_vs_test_finds_the_spaces_quotes_equal_to_tests_prices(fp4_run, tmp_path):
+    """The benchmark quotes each curated test prompt alone through Pricer.from_adapter, the
+    Space's model with the run's blend, and compares with predictions.csv: equal to the cent
+    for this fp32 run. A predictions.csv of other items, or in another order, is refused."""
+    from benchmarks.space_vs_test import main
+
+    (data,) = {p.parent for p in (fp4_run.parent.parent / "cache").rglob("test-*.parquet")}
+    result = main([str(fp4_run), "--splits", str(data), "--json", str(tmp_path / "r.json")])
+    assert result["n"] == 6 and result["blend"]["weight"] == read_recipe(fp4_run / "adapter").blend_weight < 1
+    for share in ("close", "to_the_cent", "interval_close", "llm_close"):
+        assert result[share] == 1, share
+    assert result["largest_gap"] < 0.005
+    assert json.loads((tmp_path / "r.json").read_text()) == result
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = (fp4_run / "predictions.csv").read_text().splitlines()
+    (other / "predictions.csv").write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    with pytest.raises(SystemExit, match="not the test items of"):
+        main([str(other), "--splits", str(data)])
+
+
+@pytest.mark.slow
 def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, capsys):
     """The card's three lines, extracted from the staged README and run as they are; the Hub
     serves me/pricer-tiny from the staged folder (the test double fills the download cache)."""
