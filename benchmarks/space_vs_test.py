@@ -23,6 +23,8 @@ import numpy as np
 from benchmarks.blend_partners import split_frame
 from benchmarks.training_speed import machine
 
+PRICES = ("predicted", "low", "high", "llm_predicted")  # test's columns, in the quotes' order
+
 
 def close(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.abs(got - want) <= np.maximum(0.5, 0.01 * np.abs(want))
@@ -33,7 +35,14 @@ def compare(run: Path, splits: Path, base_model: str | None, items: int | None) 
 
     from pricer.serving import Pricer
 
+    if items is not None and items < 1:
+        raise SystemExit(f"--items must be at least 1, got {items}")
     wrote = pd.read_csv(run / "predictions.csv")
+    missing = [c for c in ("title", *PRICES) if c not in wrote.columns]
+    if missing:
+        raise SystemExit(
+            f"{run / 'predictions.csv'}: no {', '.join(missing)} column: not a test report of pricer's"
+        )
     test = split_frame(splits, "test")
     n = min(len(wrote), items or len(wrote))
     if len(test) < n or list(test["title"][:n]) != list(wrote["title"][:n]):
@@ -43,7 +52,7 @@ def compare(run: Path, splits: Path, base_model: str | None, items: int | None) 
     quotes = [pricer.quote_prompt(prompt) for prompt in test["prompt"][:n]]
     seconds = time.perf_counter() - start
     got = np.array([[q.price, q.low, q.high, q.llm_price] for q in quotes])
-    want = wrote[["predicted", "low", "high", "llm_predicted"]].to_numpy(dtype=np.float64)[:n]
+    want = wrote[list(PRICES)].to_numpy(dtype=np.float64)[:n]
     gap = np.abs(got[:, 0] - want[:, 0])
     return {
         "run": str(run),

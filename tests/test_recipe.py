@@ -139,6 +139,11 @@ def test_space_vs_test_finds_the_spaces_quotes_equal_to_tests_prices(fp4_run, tm
     (other / "predictions.csv").write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
     with pytest.raises(SystemExit, match="not the test items of"):
         main([str(other), "--splits", str(data)])
+    (other / "predictions.csv").write_text("title,price,predicted\nFridge model 1,11.0,12.0\n")
+    with pytest.raises(SystemExit, match="no low, high, llm_predicted column"):
+        main([str(other), "--splits", str(data)])
+    with pytest.raises(SystemExit, match="--items must be at least 1, got 0"):
+        main([str(fp4_run), "--splits", str(data), "--items", "0"])
 
 
 @pytest.mark.slow
