@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import gc
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -20,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from pricer import rng
+from pricer.paged_state import is_paged_optimizer, restore_in_place
 
 GIB = 2**30
 
@@ -146,8 +148,6 @@ class _Snapshot:
         self.scaler = getattr(trainer.precision_plugin, "scaler", None)
         self.weights = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
         self.optimizer_states = [copy.deepcopy(o.state_dict()) for o in self.optimizers]
-        # bitsandbytes' paged optimizers list every paged buffer they allocate in a global manager
-        self.paged = [len(o.page_mng.paged_tensors) if hasattr(o, "page_mng") else 0 for o in self.optimizers]
         self.scaler_state = copy.deepcopy(self.scaler.state_dict()) if self.scaler is not None else None
         self.random = rng.capture()
 
@@ -157,19 +157,34 @@ class _Snapshot:
                 if name in self.weights:
                     p.copy_(self.weights[name])
                 p.grad = None
-        for optimizer, state, paged in zip(self.optimizers, self.optimizer_states, self.paged, strict=True):
-            optimizer.load_state_dict(state)
-            if hasattr(optimizer, "page_mng"):
-                del optimizer.page_mng.paged_tensors[paged:]
+        for optimizer, state in zip(self.optimizers, self.optimizer_states, strict=True):
+            if is_paged_optimizer(optimizer):
+                restore_in_place(optimizer, state)  # its paged buffers are never freed: reuse them
+            else:
+                optimizer.load_state_dict(state)
         if self.scaler is not None:
             self.scaler.load_state_dict(self.scaler_state)
+            reset_scaler_step(self.scaler)
         rng.restore(self.random)
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
+    """Give the memory of a pass that ran out of it back to the card. Called outside the `except`
+    block that caught the error: inside it, the traceback still holds the failed pass's frames and
+    their activations, which neither `gc.collect()` nor `empty_cache()` can then release."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def reset_scaler_step(scaler) -> None:
+    """Forget a GradScaler's record of an optimizer step that did not finish. A step that ran out
+    of memory after `unscale_` (in the clipping, or in the optimizer's own step) leaves it marked
+    unscaled, and the next step's `unscale_` would raise "unscale_() has already been called";
+    `GradScaler.update()` clears it the same way after every finished step."""
+    from torch.amp.grad_scaler import _refresh_per_optimizer_state
+
+    scaler._per_optimizer_states = defaultdict(_refresh_per_optimizer_state)
 
 
 class FitBatchSize(Callback):
@@ -285,12 +300,16 @@ class FitBatchSize(Callback):
             )
         finally:
             snapshot.restore()
-            _free_memory()
+            free_memory()
+            device = trainer.strategy.root_device
+            if device.type == "cuda":  # the training's peak, not the trials'
+                torch.cuda.reset_peak_memory_stats(device)
 
     def _fits(self, trainer: L.Trainer, module: L.LightningModule, size: int) -> bool:
         batch = trainer.strategy.batch_to_device(trainer.datamodule.trial_batch(size))
         precision = trainer.precision_plugin
         optimizer = trainer.strategy.optimizers[0]
+        fitted = True
         try:
             for _ in range(self.steps_per_trial):
                 with precision.train_step_context():
@@ -299,10 +318,14 @@ class FitBatchSize(Callback):
                     )
                 optimizer.zero_grad(set_to_none=True)
         except torch.cuda.OutOfMemoryError:
+            fitted = False
+        if not fitted:  # out of the except block, so the failed pass is gone before freeing
             optimizer.zero_grad(set_to_none=True)
-            _free_memory()
-            return False
-        return True
+            scaler = getattr(precision, "scaler", None)
+            if scaler is not None:
+                reset_scaler_step(scaler)
+            free_memory()
+        return fitted
 
     def state_dict(self) -> dict:
         return {"found": self.found}

@@ -5,6 +5,8 @@ than its limit raises `torch.cuda.OutOfMemoryError`, as a card would. What a pas
 its tokens, which is what decides the batch on a T4.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -278,3 +280,194 @@ def test_the_logger_gets_the_batch_the_learning_rate_and_the_speed(tiny_llama, r
         "items_per_step": 8, "items_per_pass": 4, "passes_per_step": 2, "processes": 1,
         "search_found": 4, "memory_budget_gib": 14.0,
     }  # fmt: skip
+
+
+# --- what a GPU's memory needs of the search and the retry, simulated on the CPU
+
+
+class Traced(TightMemory):
+    """Each pass keeps a tensor standing in for its activations, watched by a weak reference:
+    alive for as long as anything (a traceback's frames, say) still holds the failed pass."""
+
+    def completion_loss(self, input_ids, attention_mask, labels):
+        import weakref
+
+        activations = torch.ones(1024)
+        self.last_pass = weakref.ref(activations)
+        return super().completion_loss(input_ids, attention_mask, labels)
+
+
+def freed_when_cleaning(monkeypatch, module, where: str) -> list[bool]:
+    """For each clean-up after running out of memory: whether the failed pass was gone by then."""
+    import pricer.batch_size
+    import pricer.model
+
+    seen = []
+    original = pricer.batch_size.free_memory
+
+    def free_memory():
+        seen.append(module.last_pass() is None)
+        original()
+
+    monkeypatch.setattr(getattr(pricer, where), "free_memory", free_memory)
+    return seen
+
+
+def test_a_step_cleans_up_only_after_the_failed_pass_is_released(
+    tiny_llama, raw_items, tmp_path, monkeypatch
+):
+    dm = tiny_datamodule(raw_items, tiny_llama)
+    longest = longest_train_item(dm)
+    dm.batch_size = 8  # passes of 4: the second one runs out
+    module = tight(tiny_llama, micro_batch_size=4)
+    module.__class__ = Traced
+    module.limit = staticmethod(lambda step, index: float("inf") if index != 1 else 2 * longest)
+    seen = freed_when_cleaning(monkeypatch, module, "model")
+    cpu_trainer(tmp_path, [], max_steps=1).fit(module, datamodule=dm)
+    assert seen == [True] and module.micro_batch_size == 2
+
+
+def test_the_search_cleans_up_only_after_the_failed_trial_is_released(
+    tiny_llama, raw_items, tmp_path, monkeypatch
+):
+    dm = tiny_datamodule(raw_items, tiny_llama)
+    longest = longest_train_item(dm)
+    module = tight(tiny_llama)
+    module.__class__ = Traced
+    module.limit = staticmethod(lambda step, index: 4 * longest)
+    seen = freed_when_cleaning(monkeypatch, module, "batch_size")
+    finder = FitBatchSize(effective_batch_size=16, max_val=16, steps_per_trial=1)
+    cpu_trainer(tmp_path, [finder], max_steps=1).fit(module, datamodule=dm)
+    assert finder.tried == {1: True, 2: True, 4: True, 8: False}
+    assert seen and all(seen), seen  # after the failed trial, and after the search
+
+
+class FailsAfterUnscaling(TightMemory):
+    """Runs out of memory in the clipping, after the GradScaler has unscaled the gradients: in
+    trials of more than `fits` items a pass."""
+
+    fits = 2
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if (self.micro_batch_size_in_trial or 0) > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated, in the clipping)")
+        super().on_before_optimizer_step(optimizer)
+
+    def accumulate_gradients(self, batch, micro_batch_size=None, recover=True):
+        self.micro_batch_size_in_trial = micro_batch_size if not recover else None
+        return super().accumulate_gradients(batch, micro_batch_size, recover)
+
+
+def test_a_trial_that_fails_after_the_scaler_unscaled_leaves_the_scaler_ready(
+    tiny_llama, raw_items, tmp_path
+):
+    """16-mixed's GradScaler (torch's CPU scaler, enabled): a trial that runs out of memory after
+    `unscale_` must not leave it marked unscaled for the next trial ("unscale_() has already
+    been called"), nor for training."""
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    L.seed_everything(42)
+    module = FailsAfterUnscaling(
+        base_model=tiny_llama, quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0
+    )
+    scaler = torch.amp.GradScaler("cpu")
+    precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    finder = FitBatchSize(effective_batch_size=8, max_val=8, steps_per_trial=1, init_val=4)
+    fit = cpu_trainer(tmp_path, [finder], max_steps=2, plugins=[precision])
+    fit.fit(module, datamodule=tiny_datamodule(raw_items, tiny_llama))
+    assert finder.tried == {4: False, 2: True} and finder.found == 2
+    assert fit.global_step == 2 and scaler.is_enabled()
+
+
+class PagedOnTheCpu:
+    """Stands in for bitsandbytes' paged buffers (CUDA managed memory, never freed): every moment
+    is a buffer of its own, marked paged, and counted."""
+
+    def __init__(self):
+        self.allocated = []
+
+    def optimizer(self, params, **kwargs):
+        import bitsandbytes as bnb
+
+        allocated = self.allocated
+
+        class Paged(bnb.optim.PagedAdamW):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.page_mng = SimpleNamespace(paged_tensors=[])  # bitsandbytes' list of them
+
+            def get_state_buffer(self, p, dtype=torch.float32):
+                buffer = torch.zeros_like(p, dtype=dtype)
+                buffer.is_paged = True
+                self.page_mng.paged_tensors.append(buffer)
+                allocated.append(buffer)
+                return buffer
+
+            def prefetch_state(self, p):  # the page-in call needs CUDA
+                pass
+
+        return Paged(params, **kwargs)
+
+
+class PagedModel(TightMemory):
+    paged: PagedOnTheCpu
+
+    def configure_optimizers(self):
+        configured = super().configure_optimizers()
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.paged.optimizer(params, lr=self.hparams.learning_rate, weight_decay=0.001)
+        scheduler = configured["lr_scheduler"]["scheduler"]
+        scheduler.optimizer = optimizer
+        return {"optimizer": optimizer, "lr_scheduler": configured["lr_scheduler"]}
+
+
+def paged_model(tiny_llama, micro_batch_size=None) -> PagedModel:
+    module = tight(tiny_llama, micro_batch_size=micro_batch_size)
+    module.__class__ = PagedModel
+    module.paged = PagedOnTheCpu()
+    return module
+
+
+def test_the_search_reuses_paged_adamw_buffers_and_trains_as_without_it(tiny_llama, raw_items, tmp_path):
+    searched, told = Losses(), Losses()
+    module = paged_model(tiny_llama)
+    finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=2)
+    cpu_trainer(tmp_path / "searched", [finder, searched], max_steps=3).fit(
+        module, datamodule=tiny_datamodule(raw_items, tiny_llama)
+    )
+    lora = [p for p in module.parameters() if p.requires_grad]
+    # two moments a LoRA weight, allocated once: by the first trial, reused by training
+    assert len(module.paged.allocated) == 2 * len(lora)
+    state = module.trainer.optimizers[0].state
+    assert all(state[p]["state1"] is module.paged.allocated[2 * i] for i, p in enumerate(lora))
+
+    dm = tiny_datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    cpu_trainer(tmp_path / "told", [told], max_steps=3).fit(
+        paged_model(tiny_llama, micro_batch_size=4), datamodule=dm
+    )
+    assert searched.by_step == pytest.approx(told.by_step, rel=1e-6)
+
+
+def test_a_resumed_runs_adamw_moments_are_paged_again(tiny_llama, raw_items, tmp_path):
+    dm = tiny_datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    with pytest.raises(Died):
+        cpu_trainer(tmp_path, [Kill(step=2)], every=1).fit(paged_model(tiny_llama, 4), datamodule=dm)
+
+    class Moments(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            optimizer = trainer.optimizers[0]
+            buffers = {id(b) for b in optimizer.page_mng.paged_tensors}
+            self.paged = [id(s[k]) in buffers for s in optimizer.state.values() for k in ("state1", "state2")]
+
+    moments, module = Moments(), paged_model(tiny_llama, 4)
+    dm = tiny_datamodule(raw_items, tiny_llama)
+    dm.batch_size = 8
+    cpu_trainer(tmp_path, [moments], every=1, max_steps=3).fit(
+        module, datamodule=dm, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt")
+    )
+    lora = [p for p in module.parameters() if p.requires_grad]
+    assert moments.paged == [True] * (2 * len(lora))
+    assert len(module.paged.allocated) == 2 * len(lora)  # copied in once, not allocated again
