@@ -180,6 +180,33 @@ def load_base(
     return model
 
 
+# Non-reentrant checkpointing, said explicitly: peft hands transformers an empty dict of options,
+# which transformers fills with this default only when it gets none, so torch would take its
+# reentrant path (with a warning that it is to become an error).
+CHECKPOINTING = {"use_reentrant": False}
+
+
+def prepare_base(model, quantization: str, gradient_checkpointing: bool = False):
+    """The loaded base as pricer computes with it, the same in training and in every read (fit's
+    test, `test`, `predict`, the Space): no generation cache, every weight frozen, and a quantized
+    base prepared by peft's `prepare_model_for_kbit_training` (the weights it does not quantize,
+    norms, embeddings and LM head, in fp32). Reading a 4-bit base without that preparation
+    computes its norms and head in 16-bit on a GPU, where fit's test read them in fp32."""
+    model.config.use_cache = False
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=dict(CHECKPOINTING),
+        )
+    model.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(CHECKPOINTING))
+    return model
+
+
 def keep_4bit_weights_as_loaded(model) -> int:
     """Turn off bitsandbytes' CPU repacking of 4-bit weights; returns the layers changed.
 

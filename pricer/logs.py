@@ -12,7 +12,6 @@ NOT_FOR_USERS = (
     r"'set_vital' is deprecated",  # torchdata's loader calling a deprecated torch function
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree helper
     r"Precision .* is not supported by the model summary",  # the summary's size estimate
-    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen 4-bit base
 )
 
 

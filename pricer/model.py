@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import time
 import warnings
@@ -17,13 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from pricer import rng
-from pricer.base_model import is_local, load_base, load_tokenizer
-from pricer.batch_size import smaller_micro_batch
+from pricer.base_model import is_local, load_base, load_tokenizer, prepare_base
+from pricer.batch_size import free_memory, smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
 from pricer.blend import Blend, TfidfPrice, blend_summary, choose_blend, load_partner
 from pricer.dense_read import CpuRead, can_read_dense, dense_weights
 from pricer.hub import adapter_folder
 from pricer.options import OptionError
+from pricer.paged_state import page_restored_state
 from pricer.precision import ComputeDtype
 from pricer.quantization import Quantization, lora_config
 from pricer.reading import Point, PriceReader
@@ -161,9 +161,18 @@ class PriceModel(L.LightningModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        if self.model is None:
+            self.model = self._build_model()
+            self.model.train()
+        # transformers loads the base in eval mode, and Lightning (since 2.2) keeps the mode it
+        # finds: the decoder layers would train in eval mode, where transformers skips gradient
+        # checkpointing. Every fit starts in train mode; the evaluation loops switch to eval
+        # and back by themselves.
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.model.train()
+
+    def _build_model(self):
+        from peft import get_peft_model
 
         hp = self.hparams
         base = load_base(
@@ -174,11 +183,7 @@ class PriceModel(L.LightningModule):
             hp.compute_dtype,
             self.target_device,
         )
-        base.config.use_cache = False
-        if hp.quantization != "none":
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=hp.gradient_checkpointing)
-        elif hp.gradient_checkpointing:
-            base.gradient_checkpointing_enable()
+        base = prepare_base(base, hp.quantization, hp.gradient_checkpointing)
         if hp.adapter:
             from peft import PeftModel
 
@@ -190,12 +195,12 @@ class PriceModel(L.LightningModule):
                     f"{', '.join(differences)}; it prices differently from how its run measured it",
                     file=sys.stderr,
                 )
-            self.model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+            model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
             self._load_blend(folder)
-        else:
-            self.model = get_peft_model(
-                base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
-            )
+            return model
+        return get_peft_model(
+            base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
+        )
 
     @property
     def reader(self) -> PriceReader:
@@ -256,7 +261,7 @@ class PriceModel(L.LightningModule):
         else:
             base = self.model.get_base_model()
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+            logits = head_outside_autocast(base.get_output_embeddings(), hidden[:, :-1][keep])
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), count
 
     def accumulate_gradients(self, batch: dict, micro_batch_size: int | None = None, recover: bool = True):
@@ -266,62 +271,91 @@ class PriceModel(L.LightningModule):
         A pass that runs out of GPU memory drops the step's partial gradients and the step
         starts again with half as many items a pass (the largest that divides the batch), so no
         item is skipped or seen twice; the smaller size is kept for the rest of the run and in
-        checkpoints. `recover=False` lets the error through (the batch size search).
+        checkpoints. Under DDP every process learns whether any ran out before gradients are
+        averaged, and all repeat the step together (see `_passes`). `recover=False` lets the
+        error through (the batch size search).
         """
         items = len(batch["input_ids"])
         targets = max(1, int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
         while True:
             micro = min(micro_batch_size or self.micro_batch_size or items, items)
+            loss, failed = None, False
             try:
-                return self._passes(batch, micro, targets)
-            except torch.cuda.OutOfMemoryError as error:
-                self._drop_gradients()
-                smaller = smaller_micro_batch(items, micro)
+                loss = self._passes(batch, micro, targets)
+            except torch.cuda.OutOfMemoryError:
                 if not recover:
                     raise
-                if smaller is None:
-                    raise torch.cuda.OutOfMemoryError(
-                        f"out of GPU memory at global step {self.global_step} with one item a pass: "
-                        "nothing smaller to try; lower data.rules.max_tokens, turn on "
-                        "model.gradient_checkpointing or use a larger GPU"
-                    ) from error
-                print(
-                    f"out of GPU memory at global step {self.global_step} with {micro} items a pass: "
-                    f"repeating the step with {smaller} a pass ({items // smaller} passes, the same "
-                    f"{items} items)",
-                    flush=True,
+                failed = True
+            # out of the except block: the failed pass's frames, and its activations, are gone
+            if not self._any_process(failed):
+                self._average_gradients()
+                return loss
+            self._drop_gradients()
+            smaller = smaller_micro_batch(items, micro)
+            if smaller is None:
+                raise torch.cuda.OutOfMemoryError(
+                    f"out of GPU memory at global step {self.global_step} with one item a pass: "
+                    "nothing smaller to try; lower data.rules.max_tokens, turn on "
+                    "model.gradient_checkpointing or use a larger GPU"
                 )
-                micro_batch_size = None
-                self.micro_batch_size = smaller
+            print(
+                f"out of GPU memory at global step {self.global_step} with {micro} items a pass: "
+                f"repeating the step with {smaller} a pass ({items // smaller} passes, the same "
+                f"{items} items)",
+                flush=True,
+            )
+            micro_batch_size = None
+            self.micro_batch_size = smaller
 
     def _passes(self, batch: dict, micro: int, targets: int) -> torch.Tensor:
+        """The passes of one step. Under DDP no pass synchronises in its backward (DDP's
+        `no_sync`): a process that runs out of memory midway through a synchronising backward
+        leaves the others waiting in the reduction until the process group times out (30
+        minutes). The gradients are averaged once, after every process says it finished."""
         items = len(batch["input_ids"])
         total = torch.zeros((), device=batch["input_ids"].device)
-        starts = range(0, items, micro)
-        for index, start in enumerate(starts):
+        for start in range(0, items, micro):
             part = {k: batch[k][start : start + micro] for k in ("input_ids", "attention_mask", "labels")}
             length = int(part["attention_mask"].sum(-1).max())  # padded on the right: trim
             part = {k: v[:, :length] for k, v in part.items()}
             loss_sum, _ = self.completion_loss(**part)
-            # Gradients are synchronised across processes once, on the step's last pass.
-            last = index == len(starts) - 1
-            sync = contextlib.nullcontext() if last or self._trainer is None else self._no_sync()
-            with sync:
+            with self._no_sync():
                 self.manual_backward(loss_sum / targets)
             total += loss_sum.detach()
         return total / targets
 
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def _no_sync(self):
-        strategy = self.trainer.strategy
-        block = getattr(strategy, "block_backward_sync", None)
+        block = getattr(self.trainer.strategy, "block_backward_sync", None) if self._distributed() else None
         return block() if block is not None else contextlib.nullcontext()
+
+    def _any_process(self, failed: bool) -> bool:
+        """Whether this process or any other ran out of memory in this step's passes."""
+        if not self._distributed():
+            return failed
+        flag = torch.tensor(float(failed), device=self.target_device)
+        return bool(self.trainer.strategy.reduce(flag, reduce_op="max") > 0)
+
+    def _average_gradients(self) -> None:
+        """The step's gradients averaged over the processes, as DDP's own reduction does."""
+        if not self._distributed():
+            return
+        grads = [p.grad for p in self.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
 
     def _drop_gradients(self) -> None:
         for p in self.parameters():
             p.grad = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
@@ -373,7 +407,9 @@ class PriceModel(L.LightningModule):
             batch["completion_mask"],
         )
         loss = loss_sum / count.clamp(min=1)
-        self.log("val_loss", loss, prog_bar=True, batch_size=size)
+        # sync_dist: under DDP each process reads its own shard of the split; the best weights
+        # are chosen on the whole split's numbers, not on rank 0's shard
+        self.log("val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         # val_mae is the configured read-out; every read-out is logged beside it, from the same
         # distributions, so choosing one on the validation split takes a single pass.
         truth = batch["price"]
@@ -382,9 +418,9 @@ class PriceModel(L.LightningModule):
                 [d.point(kind) for d in distributions], dtype=truth.dtype, device=truth.device
             )
             mae = (predicted - truth).abs().mean()
-            self.log(f"val_mae_{kind}", mae, batch_size=size)
+            self.log(f"val_mae_{kind}", mae, batch_size=size, sync_dist=True)
             if kind == self.hparams.point:
-                self.log("val_mae", mae, prog_bar=True, batch_size=size)
+                self.log("val_mae", mae, prog_bar=True, batch_size=size, sync_dist=True)
         self._val_rows.extend(self._validation_rows(batch, distributions))
         return loss
 
@@ -487,6 +523,10 @@ class PriceModel(L.LightningModule):
         if loop.restarting and loop._combined_loader_states_to_load:
             loop._load_combined_loader_states()
             iter(loop._data_fetcher)
+        # A resumed run's paged AdamW moments were restored as ordinary tensors (inside torch's
+        # memory cap, where the batch found has no room for them): paged again (paged_state.py).
+        for optimizer in self.trainer.optimizers:
+            page_restored_state(optimizer)
 
     def _stop_on_sigterm(self) -> None:
         # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
@@ -548,6 +588,9 @@ class PriceModel(L.LightningModule):
         self._load_best()
         self.validation_rows = self._val_reads.get(self.weights_from["step"], [])
         self._choose_blend(self.weights_from["step"])
+        # Saved now, before Lightning's teardown: nothing the run chose waits on a later hook
+        if self.trainer.is_global_zero and self.trainer.default_root_dir:
+            self.save_adapter(Path(self.trainer.default_root_dir) / "adapter")
 
     def _load_best(self) -> None:
         best = self.best_on_validation()
@@ -637,9 +680,12 @@ class PriceModel(L.LightningModule):
         if self.blend.uses_tfidf:
             self.tfidf = load_partner(folder, self.blend)
 
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.default_root_dir:
-            self.save_adapter(Path(self.trainer.default_root_dir) / "adapter")
+    def cpu(self) -> PriceModel:
+        """Left where it is. Lightning's teardown calls this at the end of every fit, test and
+        predict, before `on_fit_end`: for the 8B job it would copy about 7.8 GB (the 4-bit
+        weights, the fp32 embeddings and LM head) into host memory, more than a Colab T4 host
+        can spare, and fit's test would move it all back. `.to("cpu")` still moves it."""
+        return self
 
     def save_adapter(self, folder: Path, metrics: dict | None = None) -> Path:
         """The adapter, loadable with `PeftModel.from_pretrained(base, folder)`, and beside it its
@@ -676,6 +722,15 @@ class PriceModel(L.LightningModule):
         factor = cosine_with_warmup(hp.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def head_outside_autocast(head: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """The LM head on a few rows, in the head's own dtype (fp32 once peft has prepared the base),
+    outside autocast. Under 16-mixed or bf16-mixed the head's linear would cast its whole weight
+    to 16-bit at every pass (Lightning's autocast caches no cast) and keep the copy for backward:
+    about 1 GiB for Llama 3's 128k-token head, for the sake of a few price rows."""
+    with torch.autocast(rows.device.type, enabled=False):
+        return head(rows.to(head.weight.dtype))
 
 
 def _plain_lm_head(model) -> bool:

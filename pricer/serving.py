@@ -15,11 +15,11 @@ from typing import get_args
 import numpy as np
 import torch
 
-from pricer.base_model import base_for_here, load_base, load_tokenizer
+from pricer.base_model import base_for_here, load_base, load_tokenizer, prepare_base
 from pricer.blend import Blend, BlendError, load_partner
 from pricer.dense_read import CpuRead, can_read_dense, to_dense
 from pricer.hub import adapter_folder
-from pricer.precision import resolve_dtype
+from pricer.precision import emulated_bf16, resolve_dtype
 from pricer.products import product_prompt
 from pricer.prompt import text_from_prompt
 from pricer.quantization import Quantization
@@ -227,6 +227,15 @@ class Pricer:
                 )
             self.tfidf = load_partner(adapter, self.blend)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        emulated = emulated_bf16(precision, self.device) if self.device.type == "cuda" else None
+        if emulated:
+            warnings.warn(
+                f"Pricer: the adapter was tested under {precision}, and is read so here, but {emulated} "
+                "has no bf16 tensor cores and emulates bf16, several times slower; precision='16-mixed' "
+                "reads natively, with prices that may differ from the ones its test measured",
+                UserWarning,
+                stacklevel=2,
+            )
         self.point, self.coverage = point, coverage
         self.rules = rules or CurationRules()
         self.base_model, self.adapter = base_model, adapter
@@ -236,6 +245,7 @@ class Pricer:
         # on, fp32 on the CPU.
         self.dtype = resolve_dtype(compute_dtype, self.device)
         model = load_base(base_model, quantization, quant_type, double_quant, compute_dtype, self.device)
+        model = prepare_base(model, quantization)  # as training and fit's test prepared it
         if adapter:
             from peft import PeftModel
 

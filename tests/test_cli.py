@@ -308,10 +308,14 @@ def test_warnings_about_the_stacks_own_code_are_not_shown_and_others_are():
         for text in (
             "'set_vital' is deprecated, please do not call",
             "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
-            "Found 397 module(s) in eval mode at the start of training. This may lead to ...",
             "Precision bf16-mixed is not supported by the model summary.  Estimated model size ...",
             "`isinstance(treespec, LeafSpec)` is deprecated, use ...",
             "data.source has 3 bad lines",  # anything else still reaches the user
+            # pricer trains its whole model in train mode: this one would mean a real defect
+            "Found 397 module(s) in eval mode at the start of training. This may lead to ...",
         ):
             warnings.warn(text, UserWarning, stacklevel=1)
-    assert [str(w.message) for w in seen] == ["data.source has 3 bad lines"]
+    assert [str(w.message) for w in seen] == [
+        "data.source has 3 bad lines",
+        "Found 397 module(s) in eval mode at the start of training. This may lead to ...",
+    ]
