@@ -4,10 +4,19 @@
 be emulated there; Turing's tensor cores run fp16 only (bitsandbytes' own dispatch: "sm75 has
 fp16 MMA only"), so bf16 on a T4 runs several times slower than fp16. The rule here asks the
 compute capability instead: bf16 from Ampere (8.0) on, fp16 below it, fp32 on the CPU.
+
+The question is asked without initialising CUDA in this process: the CLI decides the precision
+before Lightning starts its processes, and a process that has initialised CUDA cannot fork
+them (`ddp_fork`, `ddp_notebook`, Kaggle's 2 x T4 notebooks: "Cannot re-initialize CUDA in
+forked subprocess"). Until CUDA is initialised here, a child process answers.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import subprocess
+import sys
 from typing import Literal
 
 import torch
@@ -18,14 +27,40 @@ ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 # Volta (7.0) and Turing (T4 7.5) do not.
 NATIVE_BF16_FROM = (8, 0)
 
+_ASK = (
+    "import json, sys, torch; i = int(sys.argv[1]); "
+    "print(json.dumps([list(torch.cuda.get_device_capability(i)), torch.cuda.get_device_name(i)]))"
+)
+
+
+def cuda_present() -> bool:
+    """Whether there is a CUDA device, asked the way torch's `device_count` does (through NVML
+    where it can), which initialises nothing."""
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+@functools.cache
+def _ask_a_child(index: int) -> tuple[tuple[int, int], str]:
+    """A CUDA device's compute capability and name, from a short-lived process of its own."""
+    answer = subprocess.run(
+        [sys.executable, "-c", _ASK, str(index)], capture_output=True, text=True, timeout=300, check=True
+    )
+    capability, name = json.loads(answer.stdout.strip().splitlines()[-1])
+    return (int(capability[0]), int(capability[1])), str(name)
+
+
+def card(device: torch.device | int | None = None) -> tuple[tuple[int, int], str]:
+    """(compute capability, name) of a CUDA device, without initialising CUDA here."""
+    index = device.index if isinstance(device, torch.device) else device
+    index = 0 if index is None else index
+    if torch.cuda.is_initialized():
+        return tuple(torch.cuda.get_device_capability(index)), torch.cuda.get_device_name(index)
+    return _ask_a_child(index)
+
 
 def native_bf16(device: torch.device | int | None = None) -> bool:
     """Whether a CUDA device computes bf16 in hardware (compute capability 8.0 or later)."""
-    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16_FROM
-
-
-def _cuda_index(device: torch.device) -> int | None:
-    return device.index if device.index is not None else None
+    return card(device)[0] >= NATIVE_BF16_FROM
 
 
 def resolve_dtype(name: ComputeDtype, device: torch.device) -> torch.dtype:
@@ -34,7 +69,7 @@ def resolve_dtype(name: ComputeDtype, device: torch.device) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cuda":
-        return torch.bfloat16 if native_bf16(_cuda_index(device)) else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
 
 
@@ -42,20 +77,29 @@ def default_precision(accelerator: str | None) -> str:
     """Lightning precision for the device: 16-mixed below compute capability 8.0 (a T4),
     bf16-mixed from it, 32-true on the CPU. Set trainer.precision to override (bf16 on a CPU is
     fair when accuracy holds)."""
-    if accelerator == "cpu" or not torch.cuda.is_available():
+    if accelerator == "cpu" or not cuda_present():
         return "32-true"
     return "bf16-mixed" if native_bf16() else "16-mixed"
 
 
+def emulated_bf16(precision: str | None, device: torch.device | int | None = None) -> str | None:
+    """'<card> (compute capability x.y)' when bf16 is asked of a CUDA card that only emulates it."""
+    if precision is None or "bf16" not in str(precision) or not cuda_present():
+        return None
+    (major, minor), name = card(device)
+    if (major, minor) >= NATIVE_BF16_FROM:
+        return None
+    return f"{name} (compute capability {major}.{minor})"
+
+
 def emulated_bf16_warning(precision: str | None, accelerator: str | None) -> str | None:
     """A warning when bf16 was asked for on a GPU that would only emulate it, else None."""
-    if precision is None or "bf16" not in str(precision):
+    if accelerator == "cpu":
         return None
-    if accelerator == "cpu" or not torch.cuda.is_available() or native_bf16():
+    emulated = emulated_bf16(precision)
+    if emulated is None:
         return None
-    major, minor = torch.cuda.get_device_capability()
     return (
-        f"trainer.precision={precision} on {torch.cuda.get_device_name()} (compute capability "
-        f"{major}.{minor}): this GPU has no bf16 tensor cores and emulates it, several times slower "
-        "than 16-mixed; leave trainer.precision unset to get 16-mixed"
+        f"trainer.precision={precision} on {emulated}: this GPU has no bf16 tensor cores and "
+        "emulates it, several times slower than 16-mixed; leave trainer.precision unset to get 16-mixed"
     )

@@ -5,6 +5,8 @@ simulated card below says so too, as the real ones do, so only the compute capab
 a T4 (fp16 tensor cores only) from an Ampere card.
 """
 
+import warnings
+
 import pytest
 import torch
 
@@ -29,6 +31,7 @@ def card(monkeypatch):
     def simulate(name: str) -> None:
         capability = CARDS[name][0]
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
@@ -105,3 +108,72 @@ def test_training_and_serving_load_the_base_in_the_cards_dtype(
             assert kwargs["quantization_config"].bnb_4bit_compute_dtype == expected
         else:
             assert kwargs.get("quantization_config") is None
+
+
+def test_the_card_is_asked_without_initialising_cuda_in_this_process(card, monkeypatch):
+    """The CLI decides the precision before Lightning starts its processes: asking torch here
+    would initialise CUDA, and `ddp_fork`/`ddp_notebook` (Kaggle's 2 x T4) then fail with
+    "Cannot re-initialize CUDA in forked subprocess". A child process answers instead."""
+    import pricer.precision
+
+    card("Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+
+    def initialises(*args, **kwargs):
+        raise AssertionError("this would initialise CUDA in the process that forks the workers")
+
+    for name in ("get_device_capability", "get_device_name", "get_device_properties"):
+        monkeypatch.setattr(torch.cuda, name, initialises)
+    asked = []
+
+    def child(index):
+        asked.append(index)
+        return (7, 5), "Tesla T4"
+
+    monkeypatch.setattr(pricer.precision, "_ask_a_child", child)
+    assert default_precision("auto") == "16-mixed"
+    assert "Tesla T4 (compute capability 7.5)" in emulated_bf16_warning("bf16-mixed", "gpu")
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
+    assert asked and set(asked) == {0}
+
+
+def test_the_child_that_answers_runs_torch_in_its_own_process(monkeypatch):
+    """The child's command, run for real on a stand-in torch that reports a card."""
+    import subprocess
+    import sys
+
+    import pricer.precision
+
+    fake = (
+        "import sys, types; torch = types.ModuleType('torch'); cuda = types.SimpleNamespace("
+        "get_device_capability=lambda i: (8, 9), get_device_name=lambda i: 'NVIDIA L4'); "
+        "torch.cuda = cuda; sys.modules['torch'] = torch; "
+    )
+    real_run = subprocess.run
+
+    def run(command, **kwargs):
+        assert command[:2] == [sys.executable, "-c"]
+        return real_run([command[0], "-c", fake + command[2], *command[3:]], **kwargs)
+
+    monkeypatch.setattr(pricer.precision.subprocess, "run", run)
+    pricer.precision._ask_a_child.cache_clear()
+    try:
+        assert pricer.precision._ask_a_child(0) == ((8, 9), "NVIDIA L4")
+    finally:
+        pricer.precision._ask_a_child.cache_clear()
+
+
+def test_serving_a_bf16_adapter_on_a_t4_warns_that_it_is_emulated(card, monkeypatch, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from pricer.serving import Pricer
+
+    recorder = LoadRecorder(AutoModelForCausalLM.from_pretrained)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorder)
+    card("Tesla T4")
+    with pytest.warns(UserWarning, match=r"Tesla T4 \(compute capability 7.5\) has no bf16 tensor cores"):
+        Pricer(tiny_llama, adapter=None, device="cuda", quantization="none", precision="bf16-mixed")
+    card("NVIDIA L4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Pricer(tiny_llama, adapter=None, device="cuda", quantization="none", precision="bf16-mixed")
