@@ -66,3 +66,124 @@ def test_ddp_two_processes_train_one_adapter(tiny_llama, raw_items, tmp_path):
     assert all("lora_" in k for k in checkpoint["state_dict"])
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert (run / "config.yaml").is_file()
+
+
+# Run as `python launch.py fit ...`: Lightning's DDP launcher starts rank 1 by running the same
+# command again, so both processes get these changes. Rank 1 runs out of memory in the backward
+# of the last pass of step 0 (where DDP would reduce the gradients), and each rank prints what
+# it validated and the LoRA weights it ended with.
+LAUNCH = """
+import os, sys
+import torch
+from pricer.model import PriceModel
+
+RANK = int(os.environ.get("LOCAL_RANK", "0"))
+original = PriceModel.completion_loss
+passes = []
+
+def completion_loss(self, input_ids, attention_mask, labels):
+    loss, count = original(self, input_ids, attention_mask, labels)
+    if self.trainer.training:
+        passes.append(self.global_step)
+    if RANK == 1 and passes.count(0) == 2 and self.global_step == 0 and not getattr(self, "failed", False):
+        self.failed = True
+        lora = next(p for n, p in self.named_parameters() if "layers.0." in n and "lora_A" in n)
+
+        def out_of_memory(grad):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated, in backward)")
+
+        self.hook = lora.register_hook(out_of_memory)
+    elif getattr(self, "hook", None) is not None and passes.count(0) > 2:
+        self.hook.remove()
+        self.hook = None
+    return loss, count
+
+def on_validation_end(self):
+    metrics = self.trainer.callback_metrics
+    print(f"rank {RANK} validated val_mae {float(metrics['val_mae']):.6f}", flush=True)
+
+def on_fit_end(self):
+    total = sum(float(p.detach().double().abs().sum()) for p in self.parameters() if p.requires_grad)
+    print(f"rank {RANK} ended with lora {total:.9f}", flush=True)
+
+PriceModel.completion_loss = completion_loss
+PriceModel.on_validation_end = on_validation_end
+PriceModel.on_fit_end = on_fit_end
+
+from pricer.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validation_is_synced(
+    tiny_llama, raw_items, tmp_path
+):
+    """A rank that runs out of memory midway through the backward that reduces gradients left
+    the other waiting in the reduction until the process group's 30-minute timeout; here both
+    learn of it, repeat the step with smaller passes, and end with the same weights. The
+    validation metric that chooses the best weights is the whole split's, on every rank."""
+    import re
+    import signal
+
+    launch = tmp_path / "launch.py"
+    launch.write_text(LAUNCH)
+    overlay = tmp_path / "ddp.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  strategy: ddp\n"
+        "  devices: 2\n"
+        "  accelerator: cpu\n"
+        "  max_steps: 2\n"
+        "  val_check_interval: 2\n"
+        "  limit_val_batches: 1\n"
+        "  logger: false\n"
+        "  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {monitor: val_mae, save_last: true, save_top_k: 1}\n"
+        "    - class_path: pricer.batch_size.FitBatchSize\n"
+        "      init_args: {effective_batch_size: 8, max_val: 4}\n"
+        "model:\n  blend: false\n  calibrate_interval: false\n"
+        "data:\n  train_size: 32\n  val_size: 8\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
+    env["PYTHONPATH"] = str(REPO)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(launch),
+            "fit",
+            "--config",
+            str(REPO / "configs" / "smoke.yaml"),
+            "--config",
+            str(overlay),
+            "--model.base_model",
+            tiny_llama,
+            "--model.lora_r",
+            "8",
+            "--data.source",
+            str(raw_items),
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "runs"),
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        pytest.fail(f"the two processes hung:\n{out[-3000:]}")
+    assert process.returncode == 0, out[-3000:]
+    assert "out of GPU memory at global step 0 with 2 items a pass: repeating the step with 1 a pass" in out
+    validated = dict(re.findall(r"rank (\d) validated val_mae (\d+\.\d{6})", out))
+    assert set(validated) == {"0", "1"} and validated["0"] == validated["1"], out[-2000:]
+    ended = dict(re.findall(r"rank (\d) ended with lora (\d+\.\d{9})", out))
+    assert set(ended) == {"0", "1"} and ended["0"] == ended["1"], out[-2000:]
