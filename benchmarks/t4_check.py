@@ -136,6 +136,11 @@ def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int
     lora_bytes = lora * 8  # fp32 weights and gradients (paged AdamW's 8 more live outside)
     dequantized = 2 * hidden * inter * 2  # the largest weight dequantized for a matmul, and its backward
     fixed = quantized + dense + lora_bytes + dequantized
+    # Under 16-mixed the LM head's linear casts its fp32 weight to fp16 at every call (Lightning's
+    # autocast caches no cast). pricer's training runs its head outside autocast on the price
+    # rows (no copy); a full-logits pass keeps the copy for backward, and every read (validation,
+    # test) makes it for the length of its forward.
+    head_copy = vocab * hidden * 2
     # With checkpointing: each layer's input (the residual stream is fp32, as the embeddings are),
     # and one layer recomputed in fp16 during backward (q, k, v, o, norms, the MLP's four)
     per_sample = layers * seq_len * hidden * 4 + seq_len * (12 * hidden + 4 * inter) * 2
@@ -144,19 +149,22 @@ def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int
     logits_completion = completion * vocab * 12
     sizes = [1, 2, 4, 8, 16]
 
-    def largest(extra: int) -> int:
-        room = budget_gib * GIB - fixed
+    def largest(extra: int, copy: int) -> int:
+        room = budget_gib * GIB - fixed - copy
         return max([s for s in sizes if s * (per_sample + extra) <= room] or [0])
 
     return {
         "lora_parameters": lora,
         "fixed_gib": fixed / GIB,
+        "head_copy_gib": head_copy / GIB,
+        "fixed_gib_full_logits": (fixed + head_copy) / GIB,
+        "read_fixed_gib": (fixed + head_copy) / GIB,
         "per_sample_gib_completion_logits": (per_sample + logits_completion) / GIB,
         "per_sample_gib_full_logits": (per_sample + logits_full) / GIB,
-        "pass_size_completion_logits": largest(logits_completion),
-        "pass_size_full_logits": largest(logits_full),
+        "pass_size_completion_logits": largest(logits_completion, 0),
+        "pass_size_full_logits": largest(logits_full, head_copy),
         "at_16_gib_completion_logits": (fixed + 16 * (per_sample + logits_completion)) / GIB,
-        "at_16_gib_full_logits": (fixed + 16 * (per_sample + logits_full)) / GIB,
+        "at_16_gib_full_logits": (fixed + head_copy + 16 * (per_sample + logits_full)) / GIB,
     }
 
 
@@ -194,13 +202,31 @@ def datamodule(items: list[dict], batch_size: int):
 
 
 def memory(device: torch.device) -> dict:
+    """torch's own counters, and the driver's view (`mem_get_info`): a T4 runs out when the card
+    is full, which includes what torch's allocator never sees (the CUDA context, paged AdamW's
+    managed memory)."""
     if device.type != "cuda":
         return {}
+    free, total = torch.cuda.mem_get_info(device)
+    reserved = torch.cuda.memory_reserved(device)
     return {
         "allocated_gib": torch.cuda.memory_allocated(device) / GIB,
         "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+        "reserved_gib": reserved / GIB,
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+        "card_used_gib": (total - free) / GIB,
+        "outside_torch_gib": (total - free - reserved) / GIB,
     }
+
+
+def cuda_context_gib(device: torch.device) -> float | None:
+    """What the card holds before torch allocates anything: the CUDA context and its kernels."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.init()
+    torch.empty(1, device=device)  # the context is made lazily, by the first allocation
+    free, total = torch.cuda.mem_get_info(device)
+    return (total - free - torch.cuda.memory_reserved(device)) / GIB
 
 
 def sync(device: torch.device) -> None:
@@ -229,7 +255,10 @@ def meter(result: dict, phase: str, save, device: torch.device, deadline: float)
         def on_train_start(self, trainer, pl_module):
             result[phase]["search_seconds"] = time.perf_counter() - self.search_started
             result[phase]["after_search"] = memory(device)
-            self.lora = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+            # on the host: a copy on the card would sit inside the budget the run is measured in
+            self.lora = {
+                n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters() if p.requires_grad
+            }
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             save()
@@ -251,7 +280,7 @@ def meter(result: dict, phase: str, save, device: torch.device, deadline: float)
             seconds = sum(self.times[steady])
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             changed = max(
-                float((p.detach() - self.lora[n]).abs().max())
+                float((p.detach().cpu() - self.lora[n]).abs().max())
                 for n, p in pl_module.named_parameters()
                 if n in self.lora
             )
@@ -310,6 +339,31 @@ def versions() -> dict:
     return found
 
 
+class Phases:
+    """Each phase in its own guard: its result, or its error, is in the JSON before the next
+    phase starts, so a phase that fails (out of memory, a crash in a library) loses nothing
+    measured before it and stops nothing after it that does not need it."""
+
+    def __init__(self, result: dict, save) -> None:
+        self.result, self.save = result, save
+
+    def run(self, name: str, work, needs: tuple[str, ...] = ()) -> None:
+        missing = [n for n in needs if not self.ok(n)]
+        if missing:
+            self.result[name] = {"skipped": f"needs {', '.join(missing)}, which did not finish"}
+        else:
+            self.result.setdefault(name, {})
+            try:
+                work()
+            except Exception as error:  # noqa: BLE001: recorded in the JSON, never lost
+                self.result[name]["error"] = f"{type(error).__name__}: {error}"[:2000]
+        self.save()
+
+    def ok(self, name: str) -> bool:
+        phase = self.result.get(name)
+        return isinstance(phase, dict) and "error" not in phase and "skipped" not in phase
+
+
 def run(args) -> dict:
     from pricer.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
     from pricer.model import PriceModel
@@ -320,15 +374,13 @@ def run(args) -> dict:
     config = toy_config() if args.toy else json.loads(args.config.read_text())
     budget = args.budget_gib if args.budget_gib is not None else T4_BUDGET_GIB
     args.out.mkdir(parents=True, exist_ok=True)
+    cuda = device.type == "cuda"
     result: dict = {
         "scale": "toy" if args.toy else f"{args.config.name} architecture",
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "capability": list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
-        "card_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB
-        if device.type == "cuda"
-        else None,
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "capability": list(torch.cuda.get_device_capability(device)) if cuda else None,
+        "card_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None,
+        "cuda_context_gib": cuda_context_gib(device),
         "budget_gib": budget,
         "versions": versions(),
         "setup": {
@@ -343,87 +395,99 @@ def run(args) -> dict:
         (args.out / "t4_check.md").write_text(table(result))
 
     save()
+    phases = Phases(result, save)
+    items = synthetic_items(
+        args.effective_batch * max(args.steps, args.course_steps), args.seq_len, args.completion_tokens,
+        config["vocab_size"], seed=0,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         folder = Path(tmp) / "model"
-        result["build"] = write_random_model(config, folder, device)
-        save()
+        state: dict = {}
 
-        module = PriceModel(
-            base_model=str(folder),
-            quantization="4bit",
-            quant_type="nf4",
-            double_quant=True,
-            compute_dtype="float16" if device.type == "cuda" else "auto",
-            lora_r=args.lora_r,
-            lora_alpha=2 * args.lora_r,
-            lora_dropout=0.1,
-            lora_target_modules=TARGETS,
-            gradient_checkpointing=True,
-            learning_rate=1e-4,
-            max_grad_norm=0.3,
-        )
-        items = synthetic_items(
-            args.effective_batch * max(args.steps, args.course_steps), args.seq_len, args.completion_tokens,
-            config["vocab_size"], seed=0,
-        )  # fmt: skip
-        result["found"] = {}
-        finder = FitBatchSize(
-            effective_batch_size=args.effective_batch,
-            memory_budget_gib=budget,
-            max_val=args.effective_batch,
-            steps_per_trial=args.steps_per_trial,
-        )
-        fit = trainer_for(
-            device, args.steps, [meter(result, "found", save, device, deadline), finder], Path(tmp)
-        )
-        fit.fit(
-            module, datamodule=datamodule(items[: args.effective_batch * args.steps], args.effective_batch)
-        )
-        result["found"].update({"search_found": finder.found, "search_tried": finder.tried})
-        save()
-        del fit
+        def build() -> None:
+            result["build"] = write_random_model(config, folder, device)
+            state["module"] = PriceModel(
+                base_model=str(folder),
+                quantization="4bit",
+                quant_type="nf4",
+                double_quant=True,
+                compute_dtype="float16" if cuda else "auto",
+                lora_r=args.lora_r,
+                lora_alpha=2 * args.lora_r,
+                lora_dropout=0.1,
+                lora_target_modules=TARGETS,
+                gradient_checkpointing=True,
+                learning_rate=1e-4,
+                max_grad_norm=0.3,
+            )
 
-        if time.monotonic() < deadline and args.course_steps:
-            result["course"] = {}
+        def found() -> None:
+            finder = FitBatchSize(
+                effective_batch_size=args.effective_batch,
+                memory_budget_gib=budget,
+                max_val=args.effective_batch,
+                steps_per_trial=args.steps_per_trial,
+            )
+            state["finder"] = finder
+            callbacks = [meter(result, "found", save, device, deadline), finder]
+            fit = trainer_for(device, args.steps, callbacks, Path(tmp))
+            try:
+                fit.fit(
+                    state["module"],
+                    datamodule=datamodule(items[: args.effective_batch * args.steps], args.effective_batch),
+                )
+            finally:  # what the search tried is kept even when training then fails
+                result["found"].update({"search_found": finder.found, "search_tried": finder.tried})
+
+        def course() -> None:
+            if time.monotonic() > deadline or not args.course_steps:
+                result["course"]["skipped"] = "no time left" if args.course_steps else "--course-steps 0"
+                return
             apply_memory_budget(budget, device)
+            module = state["module"]
             data = datamodule(items[: args.effective_batch * args.course_steps], args.effective_batch)
             module.micro_batch_size = 4  # the course's per-device batch, the same 16 a step
-            course = trainer_for(
-                device, args.course_steps, [meter(result, "course", save, device, deadline)], Path(tmp)
-            )
-            course.fit(module, datamodule=data)
+            callbacks = [meter(result, "course", save, device, deadline)]
+            trainer_for(device, args.course_steps, callbacks, Path(tmp)).fit(module, datamodule=data)
             found, four = result["found"].get("tokens_per_s"), result["course"].get("tokens_per_s")
             result["ratio_found_to_course_batch"] = found / four if found and four else None
-            save()
-            del course
 
-        if time.monotonic() < deadline:
+        def read() -> None:
+            if time.monotonic() > deadline:
+                result["read"]["skipped"] = "no time left"
+                return
+            module = state["module"]
+            module.to(device)  # wherever a fit's teardown left it: the prompts go to the device
             prompts = torch.tensor(
                 [i["input_ids"][: args.seq_len - args.completion_tokens] for i in items[: args.read_items]]
             ).to(device)
             mask = torch.ones_like(prompts)
             reader = PriceReader(WholeNumbers())
             module.model.eval()
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            autocast = torch.autocast(
-                device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16
-            )
+            autocast = torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16)
             with torch.no_grad(), autocast:
                 sync(device)
                 started = time.perf_counter()
                 distributions = reader.read(module.model, prompts, mask)
                 sync(device)
                 seconds = time.perf_counter() - started
-            result["read"] = {
-                "kind": reader.kind,
-                "items": len(distributions),
-                "items_per_s": len(distributions) / seconds,
-                "placed_mass": [round(1 - d.left_out, 4) for d in distributions],
-                "medians": [d.median for d in distributions],
-                **memory(device),
-            }
-            save()
+            result["read"].update(
+                {
+                    "kind": reader.kind,
+                    "items": len(distributions),
+                    "items_per_s": len(distributions) / seconds,
+                    "placed_mass": [round(1 - d.left_out, 4) for d in distributions],
+                    "medians": [d.median for d in distributions],
+                    **memory(device),
+                }
+            )
+
+        phases.run("build", build)
+        phases.run("found", found, needs=("build",))
+        phases.run("course", course, needs=("build",))
+        phases.run("read", read, needs=("build",))
     result["finished"] = True
     save()
     return result
@@ -457,6 +521,14 @@ def table(result: dict) -> str:
         f"{found.get('grad_scaler_scale', '-')} |",
         f"| steps, LoRA max change | {found.get('steps', '-')}, {found.get('lora_max_change', '-')} |",
         f"| price read: items/s | {number(result.get('read', {}).get('items_per_s'), 1)} |",
+        f"| CUDA context (outside torch's counters) | {gib(result.get('cuda_context_gib'))} |",
+        f"| card memory used while training (driver) | {gib(found.get('training', {}).get('card_used_gib'))} |",
+        *(
+            f"| {phase}: did not finish | {str(result[phase].get('error') or result[phase].get('skipped'))[:200]} |"
+            for phase in ("build", "found", "course", "read")
+            if isinstance(result.get(phase), dict)
+            and ("error" in result[phase] or "skipped" in result[phase])
+        ),
         "",
         *arithmetic_table(arithmetic, result["budget_gib"]),
     ]
@@ -470,13 +542,17 @@ def arithmetic_table(arithmetic: dict, budget: float) -> list[str]:
     return [
         "| arithmetic (not measured) | completion-only logits | full logits |",
         "|---|---:|---:|",
-        f"| fixed memory | {gib(arithmetic['fixed_gib'])} | {gib(arithmetic['fixed_gib'])} |",
+        f"| fixed memory | {gib(arithmetic['fixed_gib'])} | {gib(arithmetic['fixed_gib_full_logits'])} |",
+        f"| of which the LM head's fp16 copy | none (head run outside autocast) | "
+        f"{gib(arithmetic['head_copy_gib'])} |",
         f"| memory per sample of a pass | {gib(arithmetic['per_sample_gib_completion_logits'])} | "
         f"{gib(arithmetic['per_sample_gib_full_logits'])} |",
         f"| at 16 a pass | {gib(arithmetic['at_16_gib_completion_logits'])} | "
         f"{gib(arithmetic['at_16_gib_full_logits'])} |",
         f"| largest pass size within {budget} GiB | {arithmetic['pass_size_completion_logits']} | "
         f"{arithmetic['pass_size_full_logits']} |",
+        f"| a read (validation, test): fixed memory with the head's copy | "
+        f"{gib(arithmetic['read_fixed_gib'])} | {gib(arithmetic['read_fixed_gib'])} |",
     ]
 
 

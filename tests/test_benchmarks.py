@@ -385,6 +385,35 @@ def test_t4_check_runs_every_phase_at_toy_scale(tmp_path: Path) -> None:
     assert result["arithmetic"]["fixed_gib"] > 0
 
 
+@pytest.mark.slow
+def test_t4_check_reports_every_other_phase_when_one_fails(tmp_path: Path, monkeypatch) -> None:
+    """On a lent GPU there is one try: a phase that fails writes its error and the rest still run
+    and report (the read runs on the device whatever the fits before it did with the module)."""
+    import lightning as L
+
+    import benchmarks.t4_check as t4
+
+    class Crash(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("simulated crash in the course's phase")
+
+    metered = t4.meter
+    monkeypatch.setattr(
+        t4, "meter", lambda result, phase, *a: Crash() if phase == "course" else metered(result, phase, *a)
+    )
+    out = tmp_path / "out"
+    t4.main(
+        ["--toy", "--out", str(out), "--work", str(tmp_path), "--steps", "2", "--course-steps", "2"]
+        + ["--steps-per-trial", "1", "--read-items", "4", "--seq-len", "40"]
+    )
+    saved = json.loads((out / "t4_check.json").read_text())
+    assert saved["finished"] is True
+    assert saved["course"]["error"] == "RuntimeError: simulated crash in the course's phase"
+    assert saved["found"]["steps"] == 2 and "error" not in saved["found"]
+    assert saved["read"]["items"] == 4 and "error" not in saved["read"]
+    assert "| course: did not finish | RuntimeError: simulated crash" in (out / "t4_check.md").read_text()
+
+
 def test_the_8b_arithmetic_is_what_the_readme_quotes() -> None:
     import re
 
