@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from pricer.baselines import BASELINE_NAMES
@@ -18,13 +16,33 @@ def hits(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return (error < HIT_DOLLARS) | (error < HIT_RATIO * truth)
 
 
-def price_metrics(truth, predicted) -> dict:
-    """n, mae, rmsle, hit_rate, smape (%), median_ae and a 95% interval for the MAE.
+def mean_interval(values, samples: int = 10_000, seed: int = 0) -> list[float]:
+    """The 95% percentile-bootstrap interval of a mean (scipy's `bootstrap`). Every pricer
+    interval of an MAE, or of an MAE difference, comes from here. A percentile interval stays
+    within the values' range: an MAE's never goes below $0, where the normal approximation's
+    did on small or skewed test splits ("$-6.70-73.70")."""
+    from scipy.stats import bootstrap
 
-    The interval is the normal approximation, MAE +- 1.96 s / sqrt(n) with s the standard
-    deviation of the absolute errors: with thousands of test items the MAE's sampling
-    distribution is close to normal, and it is exact to recompute.
-    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.all(values == values[0]):
+        return [float(values.mean()), float(values.mean())]
+    result = bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=samples,
+        confidence_level=0.95,
+        method="percentile",
+        vectorized=True,
+        batch=1000,
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return [float(interval.low), float(interval.high)]
+
+
+def price_metrics(truth, predicted) -> dict:
+    """n, mae, rmsle, hit_rate, smape (%), median_ae and a 95% interval for the MAE (the
+    percentile bootstrap of `mean_interval`: never below zero)."""
     truth = np.asarray(truth, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
     if truth.shape != predicted.shape or truth.ndim != 1 or len(truth) == 0:
@@ -32,7 +50,6 @@ def price_metrics(truth, predicted) -> dict:
     error = np.abs(predicted - truth)
     n = len(truth)
     mae = float(error.mean())
-    half = 1.96 * float(error.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
     denominator = np.abs(truth) + np.abs(predicted)
     smape = np.where(denominator > 0, 2 * error / np.where(denominator > 0, denominator, 1), 0.0)
     return {
@@ -42,7 +59,7 @@ def price_metrics(truth, predicted) -> dict:
         "hit_rate": float(hits(truth, predicted).mean()),
         "smape": float(100 * smape.mean()),
         "median_ae": float(np.median(error)),
-        "mae_ci95": [mae - half, mae + half],
+        "mae_ci95": mean_interval(error),
     }
 
 
@@ -56,10 +73,7 @@ def mae_gap(truth, model, baseline, samples: int = 10_000, seed: int = 0) -> dic
     gaps = np.abs(np.asarray(model, dtype=np.float64) - truth) - np.abs(
         np.asarray(baseline, dtype=np.float64) - truth
     )
-    rng = np.random.default_rng(seed)
-    means = gaps[rng.integers(0, len(gaps), size=(samples, len(gaps)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mae_gap": float(gaps.mean()), "mae_gap_ci95": [float(low), float(high)]}
+    return {"mae_gap": float(gaps.mean()), "mae_gap_ci95": mean_interval(gaps, samples, seed)}
 
 
 def gap_text(metrics: dict) -> str:

@@ -19,9 +19,21 @@ def test_metrics_against_hand_computed_values():
     assert m["rmsle"] == pytest.approx(math.sqrt(sum(x * x for x in logs) / 4))
     smape = [2 * e / (abs(p) + abs(t)) for e, p, t in zip(errors, predicted, truth, strict=True)]
     assert m["smape"] == pytest.approx(100 * sum(smape) / 4)
-    mean = 26.25
-    sd = math.sqrt(sum((e - mean) ** 2 for e in errors) / 3)
-    assert m["mae_ci95"] == pytest.approx([mean - 1.96 * sd / 2, mean + 1.96 * sd / 2])
+    low, high = m["mae_ci95"]
+    assert min(errors) <= low < 26.25 < high <= max(errors)
+
+
+def test_the_mae_interval_never_goes_below_zero():
+    """Skewed errors on a small split: the normal approximation gave "$-6.70-73.70"."""
+    from pricer.metrics import mean_interval
+
+    truth = [10.0] * 9 + [500.0]
+    predicted = [10.0] * 9 + [10.0]  # one big miss, nine exact prices
+    m = price_metrics(truth, predicted)
+    assert m["mae"] == pytest.approx(49.0)
+    assert 0 <= m["mae_ci95"][0] <= 49.0 <= m["mae_ci95"][1] <= 490.0
+    assert mean_interval([3.0, 3.0, 3.0]) == [3.0, 3.0]
+    assert mean_interval([1.0, 2.0, 3.0, 4.0]) == mean_interval([1.0, 2.0, 3.0, 4.0])  # seeded
 
 
 def test_bad_shapes_are_refused():
