@@ -26,7 +26,9 @@ MISSING_FIELDS = "missing_fields"
 # Fields a 2023 metadata record needs for curation.
 REQUIRED_FIELDS = ("title", "price", "description", "features", "details")
 
-_PRICE = re.compile(r"^\d+(\.\d+)?$")
+# ASCII digits only (Python's \d and float() also take Arabic-Indic and other digits); a comma
+# only between groups of three ("1,299.99"): "9,99" is a decimal comma, not $999.
+_PRICE = re.compile(r"^(?:[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+)(?:\.[0-9]+)?$")
 _PUNCTUATION = re.compile(r'[:\[\]"{}【】\s]+')
 
 
@@ -121,12 +123,12 @@ def parse_price(value: object) -> tuple[float | None, str | None]:
     if isinstance(value, (int, float)):
         price = float(value)
     elif isinstance(value, str):
-        text = value.strip().replace("$", "").replace(",", "").strip()
+        text = value.strip().removeprefix("$").strip()
         if text in ("", "None", "none", "null", "NaN", "nan"):
             return None, NO_PRICE
         if not _PRICE.match(text):
             return None, BAD_PRICE
-        price = float(text)
+        price = float(text.replace(",", ""))
     else:
         return None, BAD_PRICE
     if not math.isfinite(price):

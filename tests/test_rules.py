@@ -30,6 +30,12 @@ from pricer.rules import (
         (True, (None, BAD_PRICE)),
         ([3], (None, BAD_PRICE)),
         (math.inf, (None, BAD_PRICE)),
+        ("9,99", (None, BAD_PRICE)),  # a decimal comma: not $999
+        ("1,2,3", (None, BAD_PRICE)),
+        ("12,345,678.50", (12345678.5, None)),
+        ("\u0669\u0669", (None, BAD_PRICE)),  # Arabic-Indic 99
+        ("\uff19.99", (None, BAD_PRICE)),  # a fullwidth 9
+        ("$$5", (None, BAD_PRICE)),
     ],
 )
 def test_parse_price(value, expected):
