@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -12,20 +13,28 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pricer import hub
+from pricer import hub, stopping
 from pricer.base_model import check_model_name
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.logs import quiet_logs
 from pricer.model import PriceModel
-from pricer.options import OptionError
+from pricer.options import OptionError, check_config_files
 from pricer.parse_errors import FullHelp, PricerParser
 from pricer.precision import default_precision, emulated_bf16_warning
 from pricer.progress import ProgressLog
 from pricer.quantization import QuantizationUnavailable
 from pricer.raw import SourceError
-from pricer.run_folder import RunFolderError, evaluation_name, place_evaluation, place_run, trained_run
+from pricer.run_folder import (
+    RunFolderError,
+    evaluation_name,
+    place_evaluation,
+    place_run,
+    read_checkpoint,
+    trained_run,
+)
 
 
 def check_trainer_options(trainer: dict) -> None:
@@ -185,6 +194,7 @@ class PricerCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         given = kwargs.get("args")
         self.typed = [str(a) for a in (sys.argv[1:] if given is None else given)]
+        check_config_files(self.typed)
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -204,6 +214,25 @@ class PricerCLI(LightningCLI):
         sub_parser = parser._subcommands_action._name_parser_map[subcommand]
         print(sub_parser.dump(shown, skip_none=skip_none, skip_link_targets=False), end="")
         raise SystemExit(0)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads a checkpoint's model settings over the config's here, before anything
+        else: the file is checked first (one line when it is not a checkpoint, and never
+        unpickled), and a model option typed on the command line that the checkpoint's
+        settings would silently replace is refused."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best"):
+            trained = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+            model = self.config[subcommand].model
+            for option in sorted(given_on_the_command_line(self.typed, "model")):
+                if option in trained and option in model and model[option] != trained[option]:
+                    raise OptionError(
+                        f"--model.{option} {model[option]}: the checkpoint {ckpt_path} was trained "
+                        f"with {option} {trained[option]}, which it is read with; drop the option "
+                        "(or read its run's adapter with --model.adapter)"
+                    )
+        super()._parse_ckpt_path()
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
@@ -251,9 +280,14 @@ class PricerCLI(LightningCLI):
         check_evaluation_name(config.get("evaluation"), self.subcommand)
         if self.subcommand in ("validate", "test", "predict"):
             self._read_as_the_recipe_says(config.model)
-        self.run_dir, ckpt_path = place_run(config, config.get("run_name"), config.get("ckpt_path"))
+        self.run_dir, ckpt_path = place_run(
+            config, config.get("run_name"), config.get("ckpt_path"), self.subcommand
+        )
+        stopping.context.update(subcommand=self.subcommand, run_dir=self.run_dir)
         if "ckpt_path" in config:
             config.ckpt_path = ckpt_path
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # tensors and plain types only: a checkpoint never runs code
         if self.subcommand == "test" and trained_run(self.run_dir):
             name = config.get("evaluation") or evaluation_name(config.data.source)
             folder = place_evaluation(config, self.run_dir, name)
@@ -365,6 +399,7 @@ class PricerCLI(LightningCLI):
                 publisher.push(self.trainer)
 
     def after_fit(self) -> None:
+        stopping.stop_here(self.trainer)  # a SIGTERM at fit's very end: no test, no push
         # As the course did: train, then measure on the test split, in the same run folder.
         if self.trainer.world_size > 1:
             # A distributed sampler pads and shards the test split; measure on one device.
@@ -373,8 +408,10 @@ class PricerCLI(LightningCLI):
             )
         elif "test" in self.datamodule.datasets:
             self.trainer.test(self.model, datamodule=self.datamodule)
+            stopping.stop_here(self.trainer)
             self._record_metrics_beside_the_adapter()
         self._finish_loggers()
+        stopping.stop_here()
         self._push()
 
     def _record_metrics_beside_the_adapter(self) -> None:
@@ -439,8 +476,20 @@ def _cause(error: BaseException, kind: type) -> BaseException | None:
 
 def main(args: list[str] | None = None) -> None:
     quiet_logs()
+    typed = [str(a) for a in (sys.argv[1:] if args is None else args)]
+    previous = stopping.install()
     try:
         build_cli(args)
+        stopping.stop_here()  # a SIGTERM in the command's last moments still ends it as one
+    except SIGTERMException:
+        raise SystemExit(stopping.stopped(signal.SIGTERM, typed)) from None
+    except KeyboardInterrupt:
+        raise SystemExit(stopping.stopped(signal.SIGINT, typed)) from None
+    except SystemExit as exit_:
+        # Lightning answers Ctrl-C during a run with sys.exit(1)
+        if stopping.requested == signal.SIGINT and exit_.code == 1:
+            raise SystemExit(stopping.stopped(signal.SIGINT, typed)) from None
+        raise
     except (
         SourceError,
         CurationError,
@@ -462,6 +511,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"pricer: error: {option}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
+        stopping.uninstall(previous)
         # A command that failed midway must not leave its W&B run open for the next one.
         wandb = sys.modules.get("wandb")
         if wandb is not None and wandb.run is not None:

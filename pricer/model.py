@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pricer import rng
+from pricer import rng, stopping
 from pricer.base_model import is_local, load_base, load_tokenizer, prepare_base
 from pricer.batch_size import free_memory, smaller_micro_batch
 from pricer.batches import IGNORE_INDEX
@@ -28,6 +30,7 @@ from pricer.precision import ComputeDtype
 from pricer.quantization import Quantization, lora_config
 from pricer.reading import Point, PriceReader
 from pricer.recipe import Recipe, base_differences, max_digits, read_recipe
+from pricer.run_folder import replace_folder
 from pricer.schedule import cosine_with_warmup
 
 # Lightning 2.6 warns that a checkpoint saved under manual optimization holds the weights after
@@ -530,12 +533,10 @@ class PriceModel(L.LightningModule):
 
     def _stop_on_sigterm(self) -> None:
         # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
-        # and its evaluation loops exit with status 0; here both stop before the next batch,
-        # with the status a killed process has (128 + 15).
-        if self.trainer.received_sigterm:
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-            raise SIGTERMException(143)
+        # its evaluation loops read their last batch whatever comes, and a SIGTERM during
+        # fit's end was forgotten when fit's test started: each pricer phase stops at its next
+        # batch (pricer/stopping.py)
+        stopping.stop_here(self._trainer)
 
     def on_predict_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._stop_on_sigterm()
@@ -584,6 +585,7 @@ class PriceModel(L.LightningModule):
         """The adapter fit saves, tests and publishes is the best on validation (val_mae, the
         configured read-out), when a checkpoint callback monitors it; last.ckpt, written at the
         final step, stays for resuming. Without one, the final step's weights."""
+        self._stop_on_sigterm()
         self.weights_from = {"step": self.trainer.global_step, "chosen_by": "the final step"}
         self._load_best()
         self.validation_rows = self._val_reads.get(self.weights_from["step"], [])
@@ -629,6 +631,7 @@ class PriceModel(L.LightningModule):
             return
         train = datamodule.train_prices_and_texts() if hp.blend else None
         rows = self._val_reads.get(step) or self._read_validation()
+        self._stop_on_sigterm()
         self._val_reads = {}
         self.validation_rows = rows
         truth = [r["price"] for r in rows]
@@ -661,6 +664,7 @@ class PriceModel(L.LightningModule):
         try:
             with trainer.precision_plugin.forward_context():
                 for index, batch in enumerate(trainer.datamodule.val_dataloader()):
+                    self._stop_on_sigterm()
                     if index >= limit:
                         break
                     batch = self.transfer_batch_to_device(batch, self.target_device, 0)
@@ -690,10 +694,17 @@ class PriceModel(L.LightningModule):
     def save_adapter(self, folder: Path, metrics: dict | None = None) -> Path:
         """The adapter, loadable with `PeftModel.from_pretrained(base, folder)`, and beside it its
         recipe, `pricer.json`: how it was trained and is read (`Pricer.from_adapter` uses it)."""
-        self.model.save_pretrained(folder)
+        self._stop_on_sigterm()
+        # written whole beside it, then moved into place: a stop or a crash midway leaves the
+        # previous adapter (or none), never half of one
+        folder = Path(folder)
+        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.model.save_pretrained(partial)
         if self.tfidf is not None:
-            self.tfidf.save(folder)
-        self.recipe().with_metrics(metrics).save(folder)
+            self.tfidf.save(partial)
+        self.recipe().with_metrics(metrics).save(partial)
+        replace_folder(partial, folder)
         return folder
 
     def recipe(self) -> Recipe:

@@ -1,0 +1,144 @@
+"""A finished run is never changed by what is typed next, and bad input ends in one line
+before any run folder exists."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pricer.cli import main
+from tests.conftest import cli_args, record, write_raw
+
+OVERLAY = (
+    "trainer:\n"
+    "  max_epochs: 1\n"
+    "  limit_val_batches: 1\n"
+    "  callbacks:\n"
+    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+    "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
+    "    - class_path: pricer.report.PriceReport\n"
+    "    - class_path: pricer.publish.HubPublisher\n"
+    "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+    "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
+)
+
+
+def folder_hash(folder: Path) -> dict[str, str]:
+    """Every file under a folder, by relative path, with the SHA-256 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("finished")
+    write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = root / "overlay.yaml"
+    overlay.write_text(OVERLAY)
+    args = cli_args(overlay, tiny_llama, root, root)
+    main(["fit", *args, "--run_name", "done"])
+    run = root / "runs" / "done"
+    assert (run / "metrics.json").is_file() and (run / "adapter" / "pricer.json").is_file()
+    return args, run
+
+
+def refused(capsys, command: list[str]) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main(command)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def test_the_same_run_name_again_is_refused_and_changes_nothing(finished, capsys):
+    args, run = finished
+    before = folder_hash(run)
+    err = refused(capsys, ["fit", *args, "--run_name", "done"])
+    assert "already holds a trained run; nothing was changed" in err and "--ckpt_path last" in err
+    assert folder_hash(run) == before
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(finished, capsys):
+    args, run = finished
+    before = folder_hash(run)
+    err = refused(capsys, ["fit", *args, "--run_name", "done", "--ckpt_path", "last"])
+    assert f"run {run} has finished" in err and "--model.adapter" in err
+    err = refused(capsys, ["fit", *args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "has finished" in err
+    assert folder_hash(run) == before
+    assert json.loads((run / "adapter" / "pricer.json").read_text())  # still the fit's own recipe
+
+
+def test_a_checkpoint_that_is_not_one_is_named_and_never_unpickled(finished, tmp_path, capsys):
+    args, run = finished
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    for path, words in (
+        (text, "not a checkpoint (not one)"),
+        (run / "adapter" / "adapter_model.safetensors", "a safetensors file"),
+        (run / "checkpoints", "a folder"),
+        (tmp_path / "missing.ckpt", "no such checkpoint file"),
+    ):
+        err = refused(capsys, ["test", *args, "--ckpt_path", str(path), "--run_name", "probe"])
+        assert words in err and "weights_only" not in err, err
+    pickled = tmp_path / "code.ckpt"
+    torch.save({"state_dict": {}, "call": print}, pickled)  # a pickle that would import code
+    err = refused(capsys, ["test", *args, "--ckpt_path", str(pickled), "--run_name", "probe"])
+    assert "cannot be read as a checkpoint" in err and "weights_only" not in err and "False" not in err
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:2000])
+    err = refused(capsys, ["test", *args, "--ckpt_path", str(truncated), "--run_name", "probe"])
+    assert "truncated.ckpt" in err and "not a checkpoint" in err
+    assert not (run.parent / "probe").exists()
+
+
+@pytest.mark.parametrize(
+    "write, words",
+    [
+        (None, "no such file"),
+        ("folder", "a folder, not a YAML file"),
+        ("", "the file is empty"),
+        ("# only a comment\n", "the file holds only comments"),
+        ("trainer: [1, 2\nmodel: x\n", "not valid YAML at line"),
+        ("- a\n- b\n", "holds a list, not sections"),
+        (b"\xff\xfe\x00binary", "not a text file"),
+    ],
+)
+def test_a_bad_config_file_is_named_in_one_line(tmp_path, capsys, write, words):
+    config = tmp_path / "config.yaml"
+    if write == "folder":
+        config.mkdir()
+    elif isinstance(write, bytes):
+        config.write_bytes(write)
+    elif write is not None:
+        config.write_text(write)
+    err = refused(capsys, ["fit", "--config", str(config)])
+    assert f"--config {config}: {words}" in err, err
+
+
+def test_a_root_folder_that_is_a_file_or_cannot_be_written_is_one_line(finished, tmp_path, capsys):
+    args, _ = finished
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for root, words in (
+        (blocker / "runs", "is a file, not a folder"),
+        (Path("/proc/pricer-runs"), "cannot write"),
+    ):
+        err = refused(capsys, ["fit", *args, "--trainer.default_root_dir", str(root), "--run_name", "x"])
+        assert f"trainer.default_root_dir {root}" in err and words in err, err
+
+
+def test_a_model_option_a_checkpoint_would_override_is_refused(finished, capsys):
+    """Lightning reads a checkpoint's own settings over the config's: `--model.lora_r 4` was
+    silently read as the checkpoint's 8."""
+    args, run = finished
+    last = str(run / "checkpoints" / "last.ckpt")
+    err = refused(capsys, ["test", *args, "--ckpt_path", last, "--model.lora_r", "4", "--run_name", "probe"])
+    assert "--model.lora_r 4: the checkpoint" in err and "trained with lora_r 8" in err
+    assert not (run.parent / "probe").exists()
