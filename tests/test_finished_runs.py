@@ -142,3 +142,115 @@ def test_a_model_option_a_checkpoint_would_override_is_refused(finished, capsys)
     err = refused(capsys, ["test", *args, "--ckpt_path", last, "--model.lora_r", "4", "--run_name", "probe"])
     assert "--model.lora_r 4: the checkpoint" in err and "trained with lora_r 8" in err
     assert not (run.parent / "probe").exists()
+
+
+# Run as `python launch.py fit ...`: the real CLI, with a pause at the start of one phase
+# (PRICER_STOP_AT) so a real signal sent on its marker arrives in that phase.
+LAUNCH = """
+import os, sys, time
+from pricer.model import PriceModel
+
+AT = os.environ["PRICER_STOP_AT"]
+
+def pause(phase):
+    if phase == AT:
+        print(f"PHASE {phase}", flush=True)
+        time.sleep(4)
+
+def wrap(name, phase, when=lambda *a: True):
+    original = getattr(PriceModel, name)
+    def wrapped(self, *args, **kwargs):
+        if when(self, *args):
+            pause(phase)
+        return original(self, *args, **kwargs)
+    setattr(PriceModel, name, wrapped)
+
+wrap("training_step", "train", lambda self, batch, index: self.global_step == 2)
+wrap("_choose_blend", "blend")
+wrap("save_adapter", "save", lambda self, folder, *a: folder.name == "adapter")
+wrap("test_step", "test", lambda self, batch, index: index == 0)
+
+from pricer.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run_until(args: list[str], root: Path, phase: str, signum: int):
+    """The CLI in its own process; the signal sent when it reaches `phase`. Returns (exit status,
+    output, seconds from the signal to the exit)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    launch = root / "launch.py"
+    launch.write_text(LAUNCH)
+    env = {**os.environ, "PRICER_STOP_AT": phase, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(launch), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines, sent = [], None
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(f"PHASE {phase}") and sent is None:
+            process.send_signal(signum)
+            sent = time.monotonic()
+    process.wait(timeout=120)
+    assert sent is not None, "".join(lines)[-3000:]
+    return process.returncode, "".join(lines), time.monotonic() - sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "phase, signum",
+    [
+        ("train", "SIGTERM"),
+        ("blend", "SIGTERM"),
+        ("save", "SIGTERM"),
+        ("test", "SIGTERM"),
+        ("train", "SIGINT"),
+    ],
+)
+def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, phase, signum):
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = tmp_path / "overlay.yaml"
+    # two test batches, so a stop in the first is before the report
+    overlay.write_text(OVERLAY.replace("test_size: 4\n", "test_size: 8\n  eval_batch_size: 4\n"))
+    args = ["fit", *cli_args(overlay, tiny_llama, tmp_path, tmp_path), "--run_name", "stopped"]
+    status, out, seconds = run_until(args, tmp_path, phase, getattr(signal, signum))
+    run = tmp_path / "runs" / "stopped"
+    assert status == 128 + getattr(signal, signum), out[-3000:]
+    assert seconds < 30, seconds  # stopped at the phase's next safe point, not at its end
+    assert f"pricer: stopped by {signum}; run {run}" in out and "--ckpt_path last" in out, out[-2000:]
+    assert not (run / "metrics.json").exists()  # the report of a stopped test is never written
+    assert not list(run.glob(".adapter*"))  # no half-written adapter
+    if phase in ("train", "blend", "save"):
+        assert not (run / "adapter").exists()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] >= 2
+
+    if (phase, signum) in (("train", "SIGTERM"), ("test", "SIGTERM")):  # the line it printed resumes it
+        line = out[out.index("python -m pricer") :].splitlines()[0]
+        from tests.conftest import REPO
+
+        resumed = subprocess.run(
+            [sys.executable, *shlex.split(line)[1:]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert (run / "metrics.json").is_file() and (run / "adapter" / "pricer.json").is_file()
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
