@@ -33,6 +33,7 @@ def close(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 def compare(run: Path, splits: Path, base_model: str | None, items: int | None) -> dict:
     import pandas as pd
 
+    from pricer.report import spreadsheet_safe
     from pricer.serving import Pricer
 
     if items is not None and items < 1:
@@ -45,7 +46,8 @@ def compare(run: Path, splits: Path, base_model: str | None, items: int | None) 
         )
     test = split_frame(splits, "test")
     n = min(len(wrote), items or len(wrote))
-    if len(test) < n or list(test["title"][:n]) != list(wrote["title"][:n]):
+    titles = [spreadsheet_safe(t) for t in test["title"][:n]]  # as the report writes them
+    if len(test) < n or titles != list(wrote["title"][:n]):
         raise SystemExit(f"{run / 'predictions.csv'}: not the test items of {splits}, in that order")
     pricer = Pricer.from_adapter(str(run / "adapter"), base_model=base_model, device="cpu")
     start = time.perf_counter()

@@ -31,10 +31,25 @@ def _gguf_folder(gguf: Path) -> Path:
     return pricer_cache() / "models" / f"{gguf.stem}-{digest[:12]}"
 
 
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file (the format's own magic)
+
+
+def _check_gguf_bytes(path: Path, option: str = "base model") -> None:
+    if path.is_dir():
+        raise FileNotFoundError(f"{option}: {path} is a folder, not a .gguf file")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head != GGUF_MAGIC:
+        raise FileNotFoundError(
+            f"{option}: {path} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})"
+        )
+
+
 def _check_gguf(name: str) -> Path:
     path = Path(name).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"base model: GGUF file {path} does not exist")
+    _check_gguf_bytes(path)
     return path
 
 
@@ -93,8 +108,9 @@ def is_local(name: str) -> bool:
     return is_gguf(name) or name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
 
 
-def check_model_name(name: str | None, option: str) -> None:
-    """Before any work: a local base or adapter is here, and offline a Hub model is in the cache."""
+def check_model_name(name: str | None, option: str, weights: bool = True) -> None:
+    """Before any work: a local base or adapter is here, and offline a Hub model is in the cache.
+    `weights=False`: only the base's tokenizer is needed (curate)."""
     if not name:
         return
     from huggingface_hub import constants, try_to_load_from_cache
@@ -105,6 +121,17 @@ def check_model_name(name: str | None, option: str) -> None:
             raise FileNotFoundError(
                 f"{option}: {name} does not exist (neither a folder nor a .gguf file here)"
             )
+        if is_gguf(name):
+            _check_gguf_bytes(path, option)
+        elif path.is_dir() and option.endswith("base_model"):
+            needed = ("config.json",) if weights else ("config.json", "tokenizer_config.json")
+            if not any((path / n).is_file() for n in needed):
+                raise FileNotFoundError(
+                    f"{option}: {name} is a folder without {' or '.join(needed)}: not a Hugging Face "
+                    f"{'model' if weights else 'model or tokenizer'} folder"
+                )
+        elif not path.is_dir():
+            raise FileNotFoundError(f"{option}: {name} is a file: name a model folder or a .gguf file")
         return
     cached = any(
         isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "adapter_config.json")
@@ -116,6 +143,61 @@ def check_model_name(name: str | None, option: str) -> None:
         )
 
 
+def check_adapter_files(folder: Path, option: str, base: str | None = None) -> None:
+    """Before the base is loaded: an adapter folder holds peft's config and weights, the weights
+    are a readable safetensors file, and their LoRA shapes are the config's rank and fit the
+    base's layer sizes (when its config.json is here)."""
+    import json
+
+    config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    for needed in (config_file, weights):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{option}: {folder} has no {needed.name}: not a peft adapter folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        rank = int(config["r"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FileNotFoundError(f"{option}: {config_file} cannot be read ({type(error).__name__})") from None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors' own errors: a damaged header, a cut file
+        raise FileNotFoundError(
+            f"{option}: {weights} is not a readable safetensors file ({str(error).splitlines()[0][:160]})"
+        ) from None
+    lora = {k: v for k, v in shapes.items() if ".lora_A." in k or ".lora_B." in k}
+    if not lora:
+        raise FileNotFoundError(f"{option}: {weights} holds no LoRA weights")
+    wrong = [k for k, v in lora.items() if len(v) != 2 or (v[0] if ".lora_A." in k else v[1]) != rank]
+    if wrong:
+        raise FileNotFoundError(
+            f"{option}: {weights}: {wrong[0]} has shape {lora[wrong[0]]}, not rank {rank} as "
+            f"{config_file.name} says"
+        )
+    base_config = Path(base).expanduser() / "config.json" if base and not is_gguf(base) else None
+    if base_config is not None and base_config.is_file():
+        sizes = _layer_sizes(json.loads(base_config.read_text()))
+        outside = [k for k, v in lora.items() if (v[1] if ".lora_A." in k else v[0]) not in sizes]
+        if sizes and outside:
+            raise FileNotFoundError(
+                f"{option}: {weights} does not fit the base {base}: {outside[0]} has shape "
+                f"{lora[outside[0]]}, and the base's layers are {sorted(sizes)} wide"
+            )
+
+
+def _layer_sizes(config: dict) -> set[int]:
+    """The widths a decoder's linear layers have: hidden, MLP, and the attention heads'."""
+    config = config.get("text_config", config)
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if not hidden or not heads:
+        return set()
+    head_dim = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    return {hidden, config.get("intermediate_size") or hidden, heads * head_dim, kv * head_dim}
+
+
 def base_for_here(recipe) -> str:
     """The base model an adapter's recipe names, as this machine can load it: the name it was
     trained with when that is a Hub id or a path that is here, else its Hub id."""
@@ -123,7 +205,23 @@ def base_for_here(recipe) -> str:
     if not is_local(name) or Path(name).expanduser().exists():
         return name
     if recipe.base_model_id:
-        return recipe.base_model_id
+        hub_id = recipe.base_model_id
+        try:
+            check_model_name(hub_id, "the adapter's base model")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the adapter's base model {name} is not on this machine, and its Hub id {hub_id} "
+                "cannot be read here (HF_HUB_OFFLINE is set and it is not in the cache): pass "
+                "base_model= (PRICER_BASE_MODEL for the Space, --model.base_model for the CLI)"
+            ) from None
+        import warnings
+
+        warnings.warn(
+            f"the adapter's base model {name} is not on this machine; reading its Hub id {hub_id} instead",
+            UserWarning,
+            stacklevel=3,
+        )
+        return hub_id
     raise FileNotFoundError(
         f"the adapter's base model {name} is a local file that is not on this machine, and its "
         "pricer.json names no Hub id for it (base.base_model_id): pass base_model="

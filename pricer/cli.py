@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pricer import hub, stopping
 from pricer.base_model import check_model_name
+from pricer.blend import BlendError
 from pricer.curate import CurationError
 from pricer.data import PriceDataModule
 from pricer.logs import quiet_logs
@@ -27,6 +28,7 @@ from pricer.precision import default_precision, emulated_bf16_warning
 from pricer.progress import ProgressLog
 from pricer.quantization import QuantizationUnavailable
 from pricer.raw import SourceError
+from pricer.recipe import RecipeError
 from pricer.run_folder import (
     RunFolderError,
     evaluation_name,
@@ -87,6 +89,40 @@ def check_evaluation_name(name: str | None, subcommand: str) -> None:
             f"--evaluation {name!r}: one folder name of letters, digits, '.', '_' and '-' "
             "(it goes under <run>/evaluations/)"
         )
+
+
+def check_predict_source(source: str) -> None:
+    """data.predict_source is a JSONL of products, or a curated dataset predict can read."""
+    from pricer.curated import load_curated
+
+    path = Path(source).expanduser()
+    if path.suffix in (".jsonl", ".json"):
+        if not path.is_file():
+            raise SourceError(f"data.predict_source {source}: no such file")
+        return  # each line is checked once the tokenizer is loaded, before a run starts
+    if path.is_file() and path.suffix not in (".parquet",):
+        raise SourceError(
+            f"data.predict_source {source}: a {path.suffix or 'plain'} file; predict reads a JSONL of "
+            "products (one JSON object a line: title, description, ...) or a curated dataset "
+            "(a folder or Hub id with prompt and title columns)"
+        )
+    from datasets.utils import logging as datasets_logging
+
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()  # a check, not a load: no bars in its one line
+    try:
+        splits = load_curated(source)
+    except Exception as error:  # datasets' own errors for a folder that holds no dataset
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SourceError(
+            f"data.predict_source {source}: not a curated dataset predict can read ({first})"
+        ) from None
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
+    split = splits["test"] if "test" in splits else next(iter(splits.values()), None)
+    if split is None or not {"prompt", "title"} <= set(split.column_names):
+        raise SourceError(f"data.predict_source {source}: no split with prompt and title columns")
 
 
 class PricerTrainer(L.Trainer):
@@ -366,9 +402,20 @@ class PricerCLI(LightningCLI):
             print(f"model.adapter {model.adapter}: read as its pricer.json says: {shown}")
 
     def _check_models(self) -> None:
-        """After the options' own checks, before any curation or loading: the models are here."""
-        check_model_name(self.model.hparams.base_model, "model.base_model")
-        check_model_name(self.model.hparams.adapter, "model.adapter")
+        """After the options' own checks, before any curation, loading, run folder or W&B run:
+        the base and the adapter are here and are what they claim (a GGUF file's magic, an
+        adapter's safetensors and LoRA shapes, its recipe)."""
+        from pricer.base_model import check_adapter_files
+        from pricer.hub import adapter_folder
+        from pricer.recipe import read_recipe
+
+        hp = self.model.hparams
+        check_model_name(hp.base_model, "model.base_model")
+        if hp.adapter:
+            check_model_name(hp.adapter, "model.adapter")
+            folder = adapter_folder(hp.adapter)
+            check_adapter_files(folder, "model.adapter", hp.base_model)
+            read_recipe(folder)
 
     def before_fit(self) -> None:
         self._check_models()
@@ -382,13 +429,15 @@ class PricerCLI(LightningCLI):
         self._check_models()
 
     def before_curate(self) -> None:
-        check_model_name(self.model.hparams.base_model, "model.base_model")  # its tokenizer
+        check_model_name(self.model.hparams.base_model, "model.base_model", weights=False)  # its tokenizer
 
     def before_deploy(self) -> None:
         self._check_models()
 
     def before_predict(self) -> None:
         self._check_models()
+        if self.datamodule.predict_source is not None:
+            check_predict_source(self.datamodule.predict_source)
         # every line of a JSONL predict source is checked before a run folder or W&B run exists
         self.datamodule.products()
 
@@ -493,6 +542,8 @@ def main(args: list[str] | None = None) -> None:
     except (
         SourceError,
         CurationError,
+        RecipeError,
+        BlendError,
         RunFolderError,
         OptionError,
         QuantizationUnavailable,

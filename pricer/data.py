@@ -97,6 +97,11 @@ class PriceDataModule(L.LightningDataModule):
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if size is not None and size < 0:
                 raise OptionError(f"data.{name} must be 0 or more, got {size}")
+        if train_size == 0:
+            raise OptionError(
+                "data.train_size 0: training needs items; null takes every usable item that is not "
+                "in validation or test"
+            )
         self.source = source
         self.data_source = parse_source(source)  # checked now: a path that is not here stops early
         if not str(revision).strip():

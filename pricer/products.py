@@ -9,11 +9,80 @@ dropped: every product gets a price, and a line that cannot be read stops with i
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from pricer.prompt import PREFIX, QUESTION, cut_to_tokens, make_prompt, title_from_prompt
 from pricer.raw import SourceError
 from pricer.rules import CurationRules, product_text
+
+MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
+# The same words wherever a product is refused: the Space's page, its API, and `predict`'s lines
+NOTHING_TO_PRICE = "Please enter a product title or description to price."
+NO_WORDS = "Please describe the product in words: the text has no letters or digits."
+
+
+class ProductError(ValueError):
+    """A product that cannot be priced; the message says which field and why."""
+
+
+def clean_field(name: str, value) -> str:
+    """A product field as text, checked: a string (or nothing), not too long, readable."""
+    if value is not None and not isinstance(value, str):
+        raise ProductError(f"The {name} must be text, not {type(value).__name__} ({json.dumps(value)[:80]}).")
+    text = unicodedata.normalize("NFKC", value or "").strip()
+    if len(text) > MAX_CHARS:
+        raise ProductError(
+            f"The {name} is {len(text):,} characters long; please keep it under {MAX_CHARS:,}."
+        )
+    odd = sorted(
+        {c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\n\t\r"}
+    )
+    if odd:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in odd[:3])
+        raise ProductError(
+            f"The {name} contains characters that cannot be read ({shown}); please remove them."
+        )
+    return text
+
+
+def check_product(title: str, description: str, *other: str) -> None:
+    """What every product needs to be priced: a title or a description, and some words."""
+    if not title and not description:
+        raise ProductError(NOTHING_TO_PRICE)
+    if not any(c.isalnum() for c in " ".join((title, description, *other))):
+        raise ProductError(NO_WORDS)
+
+
+def product_record(title, description, features="", details="") -> dict:
+    """A raw-metadata-like record from what a person typed, checked field by field."""
+    fields = {
+        "title": clean_field("title", title),
+        "description": clean_field("description", description),
+        "features": clean_field("features", features),
+        "details": clean_field("details", details),
+    }
+    check_product(fields["title"], fields["description"], fields["features"], fields["details"])
+    details_lines = [line.split(":", 1) for line in fields["details"].splitlines() if line.strip()]
+    return {
+        "title": fields["title"],
+        "description": [fields["description"]] if fields["description"] else [],
+        "features": [line.strip() for line in fields["features"].splitlines() if line.strip()],
+        "details": {k.strip(): (v[0].strip() if v else "") for k, *v in details_lines},
+    }
+
+
+def _check_raw_record(record: dict) -> None:
+    """A JSONL product as raw metadata: the checks the Space makes of a person's fields."""
+    title = clean_field("title", record.get("title"))
+    parts = record.get("description") or []
+    parts = [parts] if isinstance(parts, str) else parts
+    if not isinstance(parts, list):
+        raise ProductError(f"The description must be text or a list of texts, not {type(parts).__name__}.")
+    description = " ".join(clean_field("description", part) for part in parts).strip()
+    check_product(
+        title, description, json.dumps(record.get("features") or ""), json.dumps(record.get("details") or "")
+    )
 
 
 def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, str]:
@@ -29,6 +98,8 @@ def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, 
         body = prompt.rstrip().removesuffix(PREFIX.strip()).strip().removeprefix(QUESTION).strip()
         ((body, _),) = cut_to_tokens([body], tokenizer, rules.max_tokens)
         return str(record.get("title") or title_from_prompt(prompt)), make_prompt(body)
+    if "text" not in record:
+        _check_raw_record(record)
     title = str(record.get("title") or "").strip()
     text = record["text"] if "text" in record else product_text(record, rules)
     if not text.strip():

@@ -31,7 +31,19 @@ def write_predictions(rows: list[dict], path: Path, columns=COLUMNS, cents: bool
             row = {k: row[k] for k in columns}
             if cents:
                 row = {k: round(v, 2) if isinstance(v, float) else printable(v) for k, v in row.items()}
-            writer.writerow(row)
+            writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...) in a
+# product title): such text cells are written with a leading apostrophe, as OWASP advises.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """Text a spreadsheet would run as a formula, made inert; numbers and other text as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def printable(value):

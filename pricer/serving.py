@@ -7,7 +7,6 @@ imports Lightning, so a Space needs only torch, transformers, peft and bitsandby
 
 from __future__ import annotations
 
-import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import get_args
@@ -20,57 +19,12 @@ from pricer.blend import Blend, BlendError, load_partner
 from pricer.dense_read import CpuRead, can_read_dense, to_dense
 from pricer.hub import adapter_folder
 from pricer.precision import emulated_bf16, resolve_dtype
-from pricer.products import product_prompt
+from pricer.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
 from pricer.prompt import text_from_prompt
 from pricer.quantization import Quantization
 from pricer.reading import Point, PriceDistribution, PriceReader
 from pricer.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
 from pricer.rules import CurationRules
-
-MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
-
-
-class ProductError(ValueError):
-    """Input a person typed that cannot be priced; the message says which field and why."""
-
-
-def _clean_field(name: str, value: str | None) -> str:
-    text = unicodedata.normalize("NFKC", value or "").strip()
-    if len(text) > MAX_CHARS:
-        raise ProductError(
-            f"The {name} is {len(text):,} characters long; please keep it under {MAX_CHARS:,}."
-        )
-    odd = sorted(
-        {c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\n\t\r"}
-    )
-    if odd:
-        shown = ", ".join(f"U+{ord(c):04X}" for c in odd[:3])
-        raise ProductError(
-            f"The {name} contains characters that cannot be read ({shown}); please remove them."
-        )
-    return text
-
-
-def product_record(title: str | None, description: str | None, features: str = "", details: str = "") -> dict:
-    """A raw-metadata-like record from what a person typed, checked field by field."""
-    fields = {
-        "title": _clean_field("title", title),
-        "description": _clean_field("description", description),
-        "features": _clean_field("features", features),
-        "details": _clean_field("details", details),
-    }
-    if not fields["title"] and not fields["description"]:
-        raise ProductError("Please enter a product title or description to price.")
-    if not any(c.isalnum() for c in " ".join(fields.values())):
-        raise ProductError("Please describe the product in words: the text has no letters or digits.")
-    details_lines = [line.split(":", 1) for line in fields["details"].splitlines() if line.strip()]
-    return {
-        "title": fields["title"],
-        "description": [fields["description"]] if fields["description"] else [],
-        "features": [line.strip() for line in fields["features"].splitlines() if line.strip()],
-        "details": {k.strip(): (v[0].strip() if v else "") for k, *v in details_lines},
-    }
-
 
 BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
 

@@ -19,6 +19,23 @@ from pricer.baselines import BASELINE_NAMES
 SETTINGS_FILE = "pricer_space.json"
 
 
+class StartUpError(ValueError):
+    """A Space setting that cannot be used; the message names it and what to set."""
+
+
+def start_up_limits(environ) -> tuple[int, int]:
+    """(requests priced at once, requests that may wait) from PRICER_CONCURRENCY (default 1)
+    and PRICER_QUEUE_SIZE (default 32): whole numbers of 1 or more, checked before anything
+    loads."""
+    limits = []
+    for name, default in (("PRICER_CONCURRENCY", "1"), ("PRICER_QUEUE_SIZE", "32")):
+        value = environ.get(name, default).strip()
+        if not value.isascii() or not value.isdigit() or int(value) < 1:
+            raise StartUpError(f"{name}={value!r}: must be a whole number of 1 or more (default {default})")
+        limits.append(int(value))
+    return limits[0], limits[1]
+
+
 @dataclass
 class SpaceSettings:
     """What the Space serves and shows."""

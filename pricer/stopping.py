@@ -11,6 +11,7 @@ printing the command that resumes the run.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
 import sys
@@ -22,8 +23,17 @@ requested: int | None = None  # the signal received, until the command ends
 context: dict = {}
 
 
+_owner: int | None = None  # the process that installed the handlers
+
+
 def _record(signum, frame) -> None:
     global requested
+    if os.getpid() != _owner:
+        # a forked worker (curation's pool, a data loader's) inherits the handler: it dies of
+        # the signal as it would have without pricer, so `Pool.terminate()` can end it
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     requested = signum
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
@@ -32,8 +42,8 @@ def _record(signum, frame) -> None:
 def install() -> dict:
     """pricer's handlers for this process (the main thread only, where Python allows them);
     returns the handlers they replaced, for `uninstall`."""
-    global requested
-    requested = None
+    global requested, _owner
+    requested, _owner = None, os.getpid()
     context.clear()
     previous = {}
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -8,22 +8,24 @@ The model is loaded once at start; Gradio serves on its usual port (or GRADIO_SE
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import gradio as gr
 
 from pricer.logs import quiet_logs
 from pricer.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
-from pricer.space import SpaceSettings, example_label
+from pricer.space import SpaceSettings, StartUpError, example_label, start_up_limits
 
 HERE = Path(__file__).resolve().parent
-CONCURRENCY = int(os.environ.get("PRICER_CONCURRENCY", "1"))  # requests priced at once
-QUEUE_SIZE = int(os.environ.get("PRICER_QUEUE_SIZE", "32"))  # waiting requests before "busy"
 
 EMPTY_CHART = {"price range": [], "probability": []}
 
 
-def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
+def build_demo(
+    settings: SpaceSettings, pricer: Pricer, concurrency: int = 1, queue_size: int = 32
+) -> gr.Blocks:
+    """The page and the /price API; `concurrency` requests priced at once, `queue_size` waiting."""
     coverage = pricer.coverage
 
     def price_page(title: str, description: str, features: str, details: str):
@@ -89,19 +91,30 @@ def build_demo(settings: SpaceSettings, pricer: Pricer) -> gr.Blocks:
         outputs = [predicted, interval, chart]
         # The page's events are not the API; the API is one endpoint, /price, that answers in
         # numbers and makes bad input an error.
-        button.click(price_page, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY)
+        button.click(price_page, inputs, outputs, api_visibility="private", concurrency_limit=concurrency)
         description.submit(
-            price_page, inputs, outputs, api_visibility="private", concurrency_limit=CONCURRENCY
+            price_page, inputs, outputs, api_visibility="private", concurrency_limit=concurrency
         )
-        gr.api(price_api, api_name="price", concurrency_limit=CONCURRENCY)
-    return demo.queue(max_size=QUEUE_SIZE)
+        gr.api(price_api, api_name="price", concurrency_limit=concurrency)
+    return demo.queue(max_size=queue_size)
 
 
 def main() -> None:
     quiet_logs()
-    settings = SpaceSettings.load(HERE)
-    pricer = settings.pricer()  # the adapter's own recipe: what its run measured
-    build_demo(settings, pricer).launch()  # honours GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
+    try:
+        limits = start_up_limits(os.environ)
+        settings = SpaceSettings.load(HERE)
+        if not settings.adapter:
+            raise StartUpError(
+                "no adapter to serve: set PRICER_ADAPTER to a trained run's adapter folder "
+                "(runs/<run>/adapter) or its Hub id, and PRICER_BASE_MODEL when its base is not here"
+            )
+        pricer = settings.pricer()  # the adapter's own recipe: what its run measured
+    except (StartUpError, ValueError, OSError) as error:  # recipes, files, models: said in one line
+        text = " ".join(str(error).split()) or type(error).__name__
+        print(f"pricer space: error: {text}", file=sys.stderr)
+        raise SystemExit(2) from None
+    build_demo(settings, pricer, *limits).launch()  # honours GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
 
 
 if __name__ == "__main__":

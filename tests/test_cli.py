@@ -142,9 +142,9 @@ def test_a_source_that_is_neither_here_nor_raw_names_both_readings(tmp_path, cap
     ],
 )
 def test_a_model_that_is_not_here_stops_before_curation(
-    raw_items, byte_tokenizer, tmp_path, capsys, options, message
+    raw_items, tiny_llama, tmp_path, capsys, options, message
 ):
-    base = ["--model.base_model", byte_tokenizer] if options[0] != "--model.base_model" else []
+    base = ["--model.base_model", tiny_llama] if options[0] != "--model.base_model" else []
     with pytest.raises(SystemExit):
         main(["fit", "--config", SMOKE, "--data.source", str(raw_items), "--data.cache_dir", str(tmp_path / "cache"),
               "--trainer.default_root_dir", str(tmp_path / "runs"), *base, *options])  # fmt: skip

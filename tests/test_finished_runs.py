@@ -254,3 +254,106 @@ def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, p
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert (run / "metrics.json").is_file() and (run / "adapter" / "pricer.json").is_file()
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def copy_adapter(run: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run / "adapter", to))
+
+
+def runs_after(run: Path) -> list[str]:
+    return sorted(p.name for p in run.parent.iterdir())
+
+
+def test_a_damaged_adapter_is_named_in_one_line_before_anything_loads(finished, tmp_path, capsys):
+    args, run = finished
+    before = runs_after(run)
+    version = copy_adapter(run, tmp_path / "version")
+    recipe = json.loads((version / "pricer.json").read_text())
+    (version / "pricer.json").write_text(json.dumps({**recipe, "version": 99}))
+    cut = copy_adapter(run, tmp_path / "cut")
+    weights = cut / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    noise = copy_adapter(run, tmp_path / "noise")
+    (noise / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 40)
+    rank = copy_adapter(run, tmp_path / "rank")
+    config = json.loads((rank / "adapter_config.json").read_text())
+    (rank / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
+    for adapter, words in (
+        (version, "pricer.json"),
+        (cut, "adapter_model.safetensors is not a readable safetensors file"),
+        (noise, "adapter_model.safetensors is not a readable safetensors file"),
+        (rank, "not rank 4 as adapter_config.json says"),
+        (tmp_path / "nowhere", "does not exist"),
+    ):
+        for command in ("predict", "test"):
+            err = refused(capsys, [command, *args, "--model.adapter", str(adapter), "--run_name", "probe"])
+            assert words in err and str(adapter) in err, err
+    assert runs_after(run) == before
+
+
+def test_a_base_that_is_not_a_model_is_named_in_one_line(finished, tmp_path, capsys):
+    args, run = finished
+    text = tmp_path / "model.gguf"
+    text.write_text("not a model\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for base, words in (
+        (text, "is not a GGUF file (it starts with b'not '"),
+        (empty, "folder without config.json"),
+    ):
+        for command in ("fit", "curate"):
+            err = refused(capsys, [command, *args, "--model.base_model", str(base), "--run_name", "probe"])
+            assert f"model.base_model: {base}" in err and words in err, err
+    assert not (run.parent / "probe").exists()
+
+
+def test_no_training_items_is_refused_when_parsed(finished, capsys):
+    args, run = finished
+    for command in ("curate", "fit"):
+        err = refused(capsys, [command, *args, "--data.train_size", "0", "--run_name", "probe"])
+        assert "data.train_size 0: training needs items" in err
+    assert not (run.parent / "probe").exists()
+
+
+def test_predict_refuses_what_the_space_refuses_and_writes_inert_cells(finished, tmp_path, capsys):
+    import csv
+
+    from pricer.products import NOTHING_TO_PRICE
+
+    args, run = finished
+    adapter = ["--model.adapter", str(run / "adapter")]
+    before = runs_after(run)
+    products = tmp_path / "products.jsonl"
+    products.write_text(
+        json.dumps({"title": "Kettle", "description": "A kettle."})
+        + "\n"
+        + json.dumps({"features": ["Red"]})
+        + "\n"
+    )
+    table = tmp_path / "products.csv"
+    table.write_text("title,description\nKettle,A kettle\n")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello\n")
+    for source, words in (
+        (products, f"{products}:2: {NOTHING_TO_PRICE}"),
+        (table, "a .csv file; predict reads a JSONL of products"),
+        (folder, "not a curated dataset predict can read"),
+        (tmp_path / "missing.jsonl", "no such file"),
+    ):
+        err = refused(
+            capsys, ["predict", *args, *adapter, "--data.predict_source", str(source), "--run_name", "probe"]
+        )
+        assert words in err, err
+    assert runs_after(run) == before
+
+    products.write_text(
+        json.dumps({"title": '=HYPERLINK("http://x.example","click")', "description": "A kettle."})
+    )
+    main(["predict", *args, *adapter, "--data.predict_source", str(products), "--run_name", "priced"])
+    capsys.readouterr()
+    (row,) = list(csv.DictReader((run.parent / "priced" / "predict.csv").open()))
+    assert row["title"] == "'" + '=HYPERLINK("http://x.example","click")'
+    assert float(row["predicted"]) > 0

@@ -189,12 +189,27 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
     assert pricer.reader.beam == 3
 
 
-def test_a_local_base_that_is_not_here_is_replaced_by_its_hub_id(tmp_path):
-    from pricer.base_model import base_for_here
+def test_a_local_base_that_is_not_here_is_replaced_by_its_hub_id_and_says_so(tmp_path):
+    import warnings
 
-    recipe = Recipe(base_model=str(tmp_path / "gone" / "model.gguf"), base_model_id="me/base")
-    assert base_for_here(recipe) == "me/base"
-    assert base_for_here(Recipe(base_model="meta-llama/Llama-3.1-8B")) == "meta-llama/Llama-3.1-8B"
+    from pricer.base_model import base_for_here
+    from tests.conftest import serve_from_hub_cache
+
+    gone = tmp_path / "gone" / "model.gguf"
+    recipe = Recipe(base_model=str(gone), base_model_id="me/base-not-cached")
+    with pytest.raises(
+        FileNotFoundError, match=rf"{gone} is not on this machine, and its Hub id me/base-not-cached"
+    ):
+        base_for_here(recipe)  # offline, and not in the cache: said, never a "couldn't connect"
+    cached = tmp_path / "cached"
+    cached.mkdir()
+    (cached / "config.json").write_text("{}")
+    serve_from_hub_cache(cached, "me/base")
+    with pytest.warns(UserWarning, match=rf"{gone} is not on this machine; reading its Hub id me/base"):
+        assert base_for_here(Recipe(base_model=str(gone), base_model_id="me/base")) == "me/base"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert base_for_here(Recipe(base_model="meta-llama/Llama-3.1-8B")) == "meta-llama/Llama-3.1-8B"
     with pytest.raises(FileNotFoundError, match="names no Hub id"):
         base_for_here(Recipe(base_model=str(tmp_path / "gone")))
 

@@ -210,7 +210,49 @@ def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, traine
             client.predict("", "  ", api_name="/price")  # an error to an API caller, not a result
         with pytest.raises(AppError, match="please keep it under 5,000"):
             client.predict("Kettle", "x" * (MAX_CHARS + 5), api_name="/price")
-    assert "Traceback" not in (tmp_path / "app.log").read_text()
+        for title, kind in ((42, "int"), (["a", "b"], "list")):  # what the page's box never sends
+            with pytest.raises(AppError, match=f"The title must be text, not {kind}"):
+                client.predict(title, "A kettle.", api_name="/price")
+    log = (tmp_path / "app.log").read_text()
+    assert "Traceback" not in log and "upstream Gradio app has raised" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({}, "no adapter to serve: set PRICER_ADAPTER"),
+        ({"PRICER_CONCURRENCY": "abc"}, "PRICER_CONCURRENCY='abc': must be a whole number of 1 or more"),
+        ({"PRICER_QUEUE_SIZE": "0"}, "PRICER_QUEUE_SIZE='0': must be a whole number"),
+        ({"PRICER_ADAPTER": "/nowhere/adapter"}, "/nowhere/adapter"),
+        ({"PRICER_ADAPTER": "BAD_RECIPE"}, "pricer.json"),
+    ],
+)
+def test_the_space_checks_its_settings_first_and_says_what_is_wrong_in_one_line(tmp_path, env, words):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    if env.get("PRICER_ADAPTER") == "BAD_RECIPE":
+        adapter = tmp_path / "adapter"
+        adapter.mkdir()
+        (adapter / "pricer.json").write_text(json.dumps({"version": 99}))
+        env = {"PRICER_ADAPTER": str(adapter), "PRICER_BASE_MODEL": str(tmp_path)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PRICER_")}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "space" / "app.py")],
+        env={**clean, **env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pricer space: error: ") and words in lines[0], (
+        result.stderr
+    )
 
 
 @pytest.mark.slow
