@@ -52,6 +52,61 @@ def name_the_base_by_its_hub_id(folder: Path, hub_id: str | None) -> None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def name_the_base_in_the_recipe(folder: Path, hub_id: str | None) -> None:
+    """The staged pricer.json names its base by its Hub id: the run folder's own recipe keeps
+    the local path (it helps the machine that trained), the published one never does. With no
+    Hub id, the file's name alone, and `Pricer.from_adapter` asks for base_model=."""
+    from pricer.base_model import is_local
+    from pricer.recipe import RECIPE_FILE
+
+    path = folder / RECIPE_FILE
+    recipe = json.loads(path.read_text())
+    base = recipe.get("base", {})
+    name = base.get("base_model")
+    if isinstance(name, str) and is_local(name):
+        base["base_model"] = hub_id or base.get("base_model_id") or Path(name).name
+        path.write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def local_paths(trainer: L.Trainer, pl_module, datamodule) -> list[str]:
+    """The paths of the training machine that a staged folder must not name: the run folder and
+    its root, the Hugging Face home and caches, a local base (and its folder), a local data
+    source and the curation cache."""
+    from huggingface_hub import constants
+
+    from pricer.base_model import is_local
+
+    found = {Path(trainer.default_root_dir), Path(constants.HF_HOME), Path(constants.HF_HUB_CACHE)}
+    found.add(Path(trainer.default_root_dir).parent)
+    base = str(pl_module.hparams.get("base_model", ""))
+    if base and is_local(base):
+        found |= {Path(base).expanduser(), Path(base).expanduser().parent}
+    for name in ("source", "cache_dir", "predict_source"):
+        value = getattr(datamodule, name, None) if datamodule is not None else None
+        if value and Path(str(value)).expanduser().exists():
+            found.add(Path(str(value)).expanduser())
+    shown = set()
+    for path in found:
+        for form in (path, path.resolve()):
+            text = str(form).rstrip("/")
+            if text.count("/") >= 2:  # never "/" or "/tmp" alone: those are words in any text
+                shown.add(text)
+    return sorted(shown, key=len, reverse=True)
+
+
+def check_no_local_paths(folder: Path, paths: list[str]) -> None:
+    """Every text file staged for the Hub is free of the training machine's paths."""
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or file.suffix not in (".json", ".md", ".yaml", ".yml", ".txt", ".csv"):
+            continue
+        text = file.read_text(encoding="utf-8", errors="replace")
+        for path in paths:
+            if path in text:
+                raise hub.HubPublishError(
+                    f"{file}: names {path}, a path of this machine, in a folder staged for the Hub"
+                )
+
+
 def _items_per_step(datamodule, trainer: L.Trainer) -> int | None:
     per_process = getattr(datamodule, "batch_size", None)
     return per_process * trainer.world_size if per_process else None
@@ -205,6 +260,7 @@ class HubPublisher(Callback):
         dataset_card(repo, curation, curated.accounting, splits, self.card_templates).save(
             folder / "README.md"
         )
+        check_no_local_paths(folder, local_paths(trainer, trainer.lightning_module, datamodule))
         if self.dataset_upload:
             self.pending["dataset"] = (folder, repo, "dataset", self.dataset_private)
         return folder
@@ -216,7 +272,9 @@ class HubPublisher(Callback):
         metrics_file = run / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         pl_module.save_adapter(folder, metrics)  # peft rewrites README.md here: the card comes after
-        name_the_base_by_its_hub_id(folder, self.base_model_id or pl_module.recipe().base_model_id)
+        hub_id = self.base_model_id or pl_module.recipe().base_model_id
+        name_the_base_by_its_hub_id(folder, hub_id)
+        name_the_base_in_the_recipe(folder, hub_id)
         if metrics and (run / "scatter.png").is_file():
             shutil.copy2(run / "scatter.png", folder / "scatter.png")
         hp = dict(pl_module.hparams)
@@ -224,7 +282,7 @@ class HubPublisher(Callback):
         rules = getattr(datamodule, "rules", None)
         card = model_card(
             repo_id=self.model_name,
-            base_model=self.base_model_id or hp["base_model"],
+            base_model=shown_model(hp["base_model"], self.base_model_id),
             dataset_repo=self.dataset_repo,
             categories=list(getattr(datamodule, "categories", [])),
             hyperparameters={
@@ -256,6 +314,7 @@ class HubPublisher(Callback):
             recipe=pl_module.recipe(),
         )
         card.save(folder / "README.md")
+        check_no_local_paths(folder, local_paths(trainer, pl_module, datamodule))
         if self.upload and self.model_repo:
             self.pending["model"] = (folder, self.model_repo, "model", self.private)
         return folder

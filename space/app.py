@@ -104,10 +104,11 @@ def main() -> None:
     try:
         limits = start_up_limits(os.environ)
         settings = SpaceSettings.load(HERE)
-        if not settings.adapter:
+        if not settings.adapter and not settings.base_override:
             raise StartUpError(
                 "no adapter to serve: set PRICER_ADAPTER to a trained run's adapter folder "
-                "(runs/<run>/adapter) or its Hub id, and PRICER_BASE_MODEL when its base is not here"
+                "(runs/<run>/adapter) or its Hub id, and PRICER_BASE_MODEL when its base is not here "
+                "(PRICER_BASE_MODEL alone serves that base untrained)"
             )
         pricer = settings.pricer()  # the adapter's own recipe: what its run measured
     except (StartUpError, ValueError, OSError) as error:  # recipes, files, models: said in one line

@@ -246,3 +246,52 @@ def test_the_model_card_says_what_the_price_blends(neighbors, said):
     text = str(card)
     assert "The price blends the LLM's with a classical model's in log price" in text
     assert said in text and "The LLM alone was off by $39.90" in text
+
+
+@pytest.mark.slow
+def test_folders_staged_from_a_local_gguf_and_local_data_name_no_path_of_this_machine(gguf, tmp_path, capsys):
+    """The smoke job's shape (SmolLM2 from its local GGUF, a local raw folder), one step: every
+    staged file, text or not, is free of the GGUF's folder, the data folder, the run root and
+    $HF_HOME; the run folder's own recipe keeps the local base, which helps this machine."""
+    import os
+
+    from huggingface_hub import constants
+
+    from pricer.serving import Pricer
+    from tests.conftest import SMOKE, record, write_raw
+
+    write_raw(
+        tmp_path / "data", "Appliances", [record(f"Fridge model {i}", 10.0 + i, words=120) for i in range(30)]
+    )
+    overlay = tmp_path / "tiny.yaml"
+    overlay.write_text(
+        "trainer:\n  max_steps: 1\n  limit_val_batches: 1\n  logger: false\n"
+        "data:\n  train_size: 8\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
+    )
+    runs = tmp_path / "runs"
+    main(["fit", "--config", SMOKE, "--config", str(overlay), "--model.base_model", str(gguf),
+          "--data.source", str(tmp_path / "data"), "--data.cache_dir", str(tmp_path / "cache"),
+          "--trainer.default_root_dir", str(runs), "--run_name", "local"])  # fmt: skip
+    capsys.readouterr()
+    run = runs / "local"
+    forbidden = {
+        str(gguf.parent),
+        str(tmp_path / "data"),
+        str(runs),
+        str(run),
+        constants.HF_HOME,
+        str(tmp_path),
+    }
+    staged = [p for p in (run / "hub").rglob("*") if p.is_file()]
+    assert {p.parent.name for p in staged} >= {"model", "dataset"} and len(staged) > 6
+    for path in staged:
+        data = path.read_bytes()
+        for local in forbidden:
+            assert local.encode() not in data, f"{path} names {local}"
+    published = json.loads((run / "hub" / "model" / "pricer.json").read_text())
+    assert published["base"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((run / "adapter" / "pricer.json").read_text())["base"]["base_model"] == str(gguf)
+    # the staged folder, read as on another machine: the base by its Hub id (here a local copy)
+    pricer = Pricer.from_adapter(str(run / "hub" / "model"), base_model=str(gguf), device="cpu")
+    assert pricer.quote("Fridge model 3", "A fridge.").price > 0
+    assert os.path.isabs(str(gguf))
