@@ -267,19 +267,29 @@ def tiny_model(tiny_llama, **kwargs):
 # --- fit runs through the CLI
 
 
+# The tiny fit's overlay on the smoke config: one epoch of 16 items, checkpoints every 2 steps
+# and the test report; `extra_callbacks` are YAML list entries added after them.
+FIT_OVERLAY = (
+    "trainer:\n"
+    "  max_epochs: 1\n"
+    "  limit_val_batches: 1\n"
+    "  callbacks:\n"
+    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+    "      init_args: {{every_n_train_steps: 2, save_last: true, save_top_k: 1}}\n"
+    "    - class_path: pricer.report.PriceReport\n"
+    "{extra_callbacks}"
+    "data:\n  train_size: 16\n  val_size: 4\n  test_size: {test_size}\n  num_proc: 1\n  batch_size: 4\n"
+)
+
+
+def fit_overlay(extra_callbacks: str = "", test_size: int | str = 4) -> str:
+    return FIT_OVERLAY.format(extra_callbacks=extra_callbacks, test_size=test_size)
+
+
 @pytest.fixture
 def fit_args(tiny_llama, raw_items, tmp_path):
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(
-        "trainer:\n"
-        "  max_epochs: 1\n"
-        "  limit_val_batches: 1\n"
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
-        "    - class_path: pricer.report.PriceReport\n"
-        "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
-    )
+    overlay.write_text(fit_overlay())
     return cli_args(overlay, tiny_llama, raw_items, tmp_path)
 
 

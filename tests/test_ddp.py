@@ -7,18 +7,16 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_args
+
+DDP_TRAINER = "trainer:\n  strategy: ddp\n  devices: 2\n  accelerator: cpu\n"
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_train_one_adapter(tiny_llama, raw_items, tmp_path):
     overlay = tmp_path / "ddp.yaml"
     overlay.write_text(
-        "trainer:\n"
-        "  strategy: ddp\n"
-        "  devices: 2\n"
-        "  accelerator: cpu\n"
-        "  limit_val_batches: 1\n"
+        DDP_TRAINER + "  limit_val_batches: 1\n"
         "  logger: false\n"
         "  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
@@ -29,26 +27,7 @@ def test_ddp_two_processes_train_one_adapter(tiny_llama, raw_items, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pricer",
-            "fit",
-            "--config",
-            str(REPO / "configs" / "smoke.yaml"),
-            "--config",
-            str(overlay),
-            "--model.base_model",
-            tiny_llama,
-            "--model.lora_r",
-            "8",
-            "--data.source",
-            str(raw_items),
-            "--data.cache_dir",
-            str(tmp_path / "cache"),
-            "--trainer.default_root_dir",
-            str(tmp_path / "runs"),
-        ],  # fmt: skip
+        [sys.executable, "-m", "pricer", "fit", *cli_args(overlay, tiny_llama, raw_items, tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -130,11 +109,7 @@ def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validat
     launch.write_text(LAUNCH)
     overlay = tmp_path / "ddp.yaml"
     overlay.write_text(
-        "trainer:\n"
-        "  strategy: ddp\n"
-        "  devices: 2\n"
-        "  accelerator: cpu\n"
-        "  max_steps: 2\n"
+        DDP_TRAINER + "  max_steps: 2\n"
         "  val_check_interval: 2\n"
         "  limit_val_batches: 1\n"
         "  logger: false\n"
@@ -149,25 +124,7 @@ def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validat
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
     env["PYTHONPATH"] = str(REPO)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(launch),
-            "fit",
-            "--config",
-            str(REPO / "configs" / "smoke.yaml"),
-            "--config",
-            str(overlay),
-            "--model.base_model",
-            tiny_llama,
-            "--model.lora_r",
-            "8",
-            "--data.source",
-            str(raw_items),
-            "--data.cache_dir",
-            str(tmp_path / "cache"),
-            "--trainer.default_root_dir",
-            str(tmp_path / "runs"),
-        ],  # fmt: skip
+        [sys.executable, str(launch), "fit", *cli_args(overlay, tiny_llama, raw_items, tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 from pricer.cli import main
-from tests.conftest import cli_args, record, write_raw
+from tests.conftest import cli_args, fit_overlay, record, write_raw
 
-OVERLAY = (
-    "trainer:\n"
-    "  max_epochs: 1\n"
-    "  limit_val_batches: 1\n"
-    "  callbacks:\n"
-    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-    "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
-    "    - class_path: pricer.report.PriceReport\n"
+PUBLISHER = (
     "    - class_path: pricer.publish.HubPublisher\n"
     "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
-    "data:\n  train_size: 16\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 4\n"
 )
+OVERLAY = fit_overlay(PUBLISHER)
 
 
 def folder_hash(folder: Path) -> dict[str, str]:
@@ -226,7 +219,7 @@ def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, p
     write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
     overlay = tmp_path / "overlay.yaml"
     # two test batches, so a stop in the first is before the report
-    overlay.write_text(OVERLAY.replace("test_size: 4\n", "test_size: 8\n  eval_batch_size: 4\n"))
+    overlay.write_text(fit_overlay(PUBLISHER, test_size="8\n  eval_batch_size: 4"))
     args = ["fit", *cli_args(overlay, tiny_llama, tmp_path, tmp_path), "--run_name", "stopped"]
     status, out, seconds = run_until(args, tmp_path, phase, getattr(signal, signum))
     run = tmp_path / "runs" / "stopped"

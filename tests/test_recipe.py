@@ -3,6 +3,7 @@
 
 import copy
 import csv
+import dataclasses
 import json
 import re
 import warnings
@@ -37,7 +38,9 @@ def test_fit_writes_the_recipe_beside_the_adapter_and_the_staged_model(fp4_run, 
     metrics = json.loads((fp4_run / "metrics.json").read_text())
     assert recipe.metrics == {k: metrics[k] for k in HEADLINE if k in metrics}
     staged = read_recipe(fp4_run / "hub" / "model")
-    assert staged == recipe  # pushed with the adapter
+    # pushed with the adapter, naming the base by its Hub id: the local path stays in the run
+    assert staged.base_model == "me/tiny-llama"
+    assert staged == dataclasses.replace(recipe, base_model="me/tiny-llama")
 
 
 @pytest.mark.slow
