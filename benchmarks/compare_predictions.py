@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pricer.metrics import mae_gap
+from pricer.metrics import mae_gap, prices_agree
 
 
 def read(path: Path) -> list[dict]:
@@ -36,7 +36,7 @@ def compare(a_rows: list[dict], b_rows: list[dict]) -> dict:
     a = np.array([float(r["predicted"]) for r in a_rows])
     b = np.array([float(r["predicted"]) for r in b_rows])
     gap = np.abs(a - b)
-    close = (gap <= 0.5) | (gap <= 0.01 * np.maximum(np.abs(a), np.abs(b)))
+    close = prices_agree(a, b)
     mae_a, mae_b = float(np.abs(a - truth).mean()), float(np.abs(b - truth).mean())
     return {
         "items": len(a_rows),

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from benchmarks.training_speed import Dims, machine
+from pricer.metrics import prices_agree
 
 SIDES = ("course", "pricer-4bit", "pricer", "pricer-shared")
 LABELS = {
@@ -163,7 +164,7 @@ def load_pricer_model(args):
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
     """How two sides' predictions of the same items compare."""
     gap = np.abs(a - b)
-    close = (gap <= 0.5) | (gap <= 0.01 * np.maximum(np.abs(a), np.abs(b)))
+    close = prices_agree(a, b)
     return {
         "within_50c_or_1pct": float(close.mean()),
         "mean_abs_difference": float(gap.mean()),

@@ -48,7 +48,6 @@ RIDGE_ALPHA = 1.0
 # 5 was chosen on the validation split of the learning-rate lever runs (RESULTS.md): alone it
 # beat 3, 8 and 10 there, and mixed with the ridge it was within $0.20 of the best.
 NEIGHBORS = 5
-QUERY_CHUNK = 256  # queries whose similarities to every train item are held at once
 NEIGHBOR_ARRAYS = ("rows_data", "rows_indices", "rows_indptr", "rows_log_price")
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the LLM's weights tried on validation
 SHARES = WEIGHTS  # the neighbours' shares of the partner tried on validation
@@ -114,23 +113,26 @@ class TfidfPrice:
                 "it has no nearest neighbours"
             )
         queries = self.vectorizer.transform(list(texts)).tocsr()
-        found = np.empty(queries.shape[0], dtype=np.float64)
         k = min(k, self.rows.shape[0])
-        for start in range(0, queries.shape[0], QUERY_CHUNK):
-            chunk = queries[start : start + QUERY_CHUNK]
-            similarity = np.asarray((chunk @ self.rows.T).todense())
-            distance = np.clip(1.0 - similarity, 0.0, 2.0)  # scikit-learn's cosine distance
-            nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]  # ties: the earlier item
-            near = np.take_along_axis(distance, nearest, axis=1)
-            with np.errstate(divide="ignore"):
-                weights = 1.0 / near
-            exact = np.isinf(weights)
-            on_top = exact.any(axis=1)
-            weights[on_top] = exact[on_top]
-            mean = (weights * self.rows_log_price[nearest]).sum(axis=1) / weights.sum(axis=1)
-            mean[chunk.getnnz(axis=1) == 0] = self.rows_log_price.mean()
-            found[start : start + QUERY_CHUNK] = mean
-        return found
+        # scikit-learn's own: brute force on the sparse rows, cosine distance, weighted by
+        # 1 / distance (an item at distance 0 alone decides)
+        found = self._neighbors(k).predict(queries)
+        # a text with no known term is equally far from every train item: their mean, where
+        # the k that scikit-learn's partition happens to pick would be arbitrary
+        found[queries.getnnz(axis=1) == 0] = self.rows_log_price.mean()
+        return np.asarray(found, dtype=np.float64)
+
+    def _neighbors(self, k: int):
+        from sklearn.neighbors import KNeighborsRegressor
+
+        cached = getattr(self, "_fitted_neighbors", None)
+        if cached is None or cached.n_neighbors != k:
+            cached = KNeighborsRegressor(
+                n_neighbors=k, weights="distance", metric="cosine", algorithm="brute"
+            )
+            cached.fit(self.rows, self.rows_log_price)
+            self._fitted_neighbors = cached
+        return cached
 
     def predict(self, texts: list[str], neighbors: float = 0.0) -> np.ndarray:
         """The partner's prices, the neighbours' share `neighbors` (0, the default: the ridge

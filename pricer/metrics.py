@@ -11,6 +11,19 @@ HIT_DOLLARS = 40.0
 HIT_RATIO = 0.2
 
 
+# Two reads of the same item's price agree when within $0.50, or 1% of the larger of the two.
+AGREE_DOLLARS = 0.5
+AGREE_RATIO = 0.01
+
+
+def prices_agree(a, b) -> np.ndarray:
+    """Item by item, whether two reads of the same items' prices agree: the one definition of
+    "within $0.50 or 1%" every comparison pricer reports uses (symmetric in a and b)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    gap = np.abs(a - b)
+    return (gap <= AGREE_DOLLARS) | (gap <= AGREE_RATIO * np.maximum(np.abs(a), np.abs(b)))
+
+
 def hits(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     error = np.abs(predicted - truth)
     return (error < HIT_DOLLARS) | (error < HIT_RATIO * truth)
@@ -47,18 +60,19 @@ def price_metrics(truth, predicted) -> dict:
     predicted = np.asarray(predicted, dtype=np.float64)
     if truth.shape != predicted.shape or truth.ndim != 1 or len(truth) == 0:
         raise ValueError(f"need two equal, non-empty 1-D arrays, got {truth.shape} and {predicted.shape}")
+    from sklearn.metrics import mean_absolute_error, median_absolute_error, root_mean_squared_log_error
+
     error = np.abs(predicted - truth)
-    n = len(truth)
-    mae = float(error.mean())
     denominator = np.abs(truth) + np.abs(predicted)
     smape = np.where(denominator > 0, 2 * error / np.where(denominator > 0, denominator, 1), 0.0)
     return {
-        "n": n,
-        "mae": mae,
-        "rmsle": float(np.sqrt(np.mean((np.log1p(np.maximum(predicted, 0)) - np.log1p(truth)) ** 2))),
+        "n": len(truth),
+        "mae": float(mean_absolute_error(truth, predicted)),
+        # a price read below zero counts as $0 (the log needs it)
+        "rmsle": float(root_mean_squared_log_error(truth, np.maximum(predicted, 0))),
         "hit_rate": float(hits(truth, predicted).mean()),
         "smape": float(100 * smape.mean()),
-        "median_ae": float(np.median(error)),
+        "median_ae": float(median_absolute_error(truth, predicted)),
         "mae_ci95": mean_interval(error),
     }
 

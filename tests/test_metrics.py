@@ -80,3 +80,14 @@ def test_the_scatter_has_log_axes_and_a_legend_for_its_colours(tmp_path):
         "predicted = true",
     ]
     assert (tmp_path / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_reads_agree_within_50_cents_or_1_percent_of_the_larger_either_way_round():
+    import numpy as np
+
+    from pricer.metrics import prices_agree
+
+    a = np.array([10.0, 10.0, 100.0, 100.0, 200.0, 0.0])
+    b = np.array([10.5, 10.51, 101.0, 101.02, 197.99, 0.5])
+    assert prices_agree(a, b).tolist() == [True, False, True, False, False, True]
+    assert prices_agree(b, a).tolist() == prices_agree(a, b).tolist()  # one definition, symmetric
