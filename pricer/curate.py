@@ -137,7 +137,16 @@ def _pool(num_proc: int):
     # re-runs the caller's script). They never touch torch, only json and the fast tokenizer.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return context.Pool(num_proc)
+    return context.Pool(num_proc, initializer=_default_signals)
+
+
+def _default_signals() -> None:
+    """A worker dies of SIGTERM and Ctrl-C as a plain process does: the command's own handlers
+    (pricer/stopping.py), inherited through fork, are the parent's to run."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _results(spec: CurationSpec, tokenizer_source: str, num_proc: int, chunk_size: int, commit: str | None):
