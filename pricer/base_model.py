@@ -143,6 +143,28 @@ def check_model_name(name: str | None, option: str, weights: bool = True) -> Non
         )
 
 
+def check_target_modules(base: str, targets: list[str], option: str = "model.lora_target_modules") -> None:
+    """Before any work: every LoRA target names modules of the base (built on the meta device
+    from its config, no weights read). peft itself stops only when none matches, and skips a
+    misspelt one beside others silently."""
+    if not targets or "all-linear" in targets:
+        return
+    from accelerate import init_empty_weights
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_source(base))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise FileNotFoundError(
+            f"{option}: {', '.join(missing)} not in {base}; its linear layers are {', '.join(linear)}"
+        )
+
+
 def check_adapter_files(folder: Path, option: str, base: str | None = None) -> None:
     """Before the base is loaded: an adapter folder holds peft's config and weights, the weights
     are a readable safetensors file, and their LoRA shapes are the config's rank and fit the

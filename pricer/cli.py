@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -319,7 +320,9 @@ class PricerCLI(LightningCLI):
         self.run_dir, ckpt_path = place_run(
             config, config.get("run_name"), config.get("ckpt_path"), self.subcommand
         )
-        stopping.context.update(subcommand=self.subcommand, run_dir=self.run_dir)
+        stopping.context.update(
+            subcommand=self.subcommand, run_dir=self.run_dir, created=not self.run_dir.exists()
+        )
         if "ckpt_path" in config:
             config.ckpt_path = ckpt_path
         if "weights_only" in config and config.weights_only is None:
@@ -418,7 +421,11 @@ class PricerCLI(LightningCLI):
             read_recipe(folder)
 
     def before_fit(self) -> None:
+        from pricer.base_model import check_target_modules
+
         self._check_models()
+        if not self.model.hparams.adapter:
+            check_target_modules(self.model.hparams.base_model, self.model.lora_target_modules)
         for publisher in self._publishers():
             publisher.check_before_work()
 
@@ -523,6 +530,19 @@ def _cause(error: BaseException, kind: type) -> BaseException | None:
     return None
 
 
+def _remove_an_empty_run_folder() -> None:
+    """A run folder this command made before its input was found bad (the W&B logger makes its
+    folder when it is built) goes again, when it holds nothing a run produced."""
+    import shutil
+
+    run_dir = stopping.context.get("run_dir")
+    if run_dir is None or not stopping.context.get("created") or not run_dir.is_dir():
+        return
+    produced = ("checkpoints", "adapter", "metrics.json", "predict.csv", "validation.csv", "hub")
+    if not any((run_dir / name).exists() for name in produced):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def main(args: list[str] | None = None) -> None:
     quiet_logs()
     typed = [str(a) for a in (sys.argv[1:] if args is None else args)]
@@ -550,9 +570,20 @@ def main(args: list[str] | None = None) -> None:
         FileNotFoundError,
         PermissionError,
         hub.HubPublishError,
+        MisconfigurationException,
     ) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
-        print(f"pricer: error: {error}", file=sys.stderr)
+        where = "trainer: " if isinstance(error, MisconfigurationException) else ""
+        print(f"pricer: error: {where}{' '.join(str(error).split())}", file=sys.stderr)
+        _remove_an_empty_run_folder()
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as error:
+        # Lightning's own requirement checks ("Requirement 'torch_xla>=1.13' not met") for an
+        # accelerator or logger that this machine lacks: an option to change, not a crash
+        if "Requirement" not in str(error):
+            raise
+        print(f"pricer: error: trainer: {' '.join(str(error).split())}", file=sys.stderr)
+        _remove_an_empty_run_folder()
         raise SystemExit(2) from None
     except ValueError as error:
         # jsonargparse wraps an option's own check (a dataclass's, say) in its own ValueError
@@ -560,6 +591,7 @@ def main(args: list[str] | None = None) -> None:
         if option is None:
             raise
         print(f"pricer: error: {option}", file=sys.stderr)
+        _remove_an_empty_run_folder()
         raise SystemExit(2) from None
     finally:
         stopping.uninstall(previous)

@@ -13,7 +13,7 @@ from pricer.batches import IGNORE_INDEX, PadCollator, tokenize_examples
 from pricer.categories import CATEGORIES, Category
 from pricer.curate import Curated, CurationSpec, curate, split_file
 from pricer.curated import load_curated
-from pricer.options import OptionError
+from pricer.options import OptionError, check_range
 from pricer.products import load_products
 from pricer.prompt import text_from_prompt
 from pricer.raw import RAW_URL, SourceError
@@ -91,12 +91,19 @@ class PriceDataModule(L.LightningDataModule):
         if categories is not None and len(categories) == 0:
             raise OptionError("data.categories is empty: name at least one category (null means Appliances)")
         categories = list(categories or ["Appliances"])
+        twice = sorted({c for c in categories if categories.count(c) > 1})
+        if twice:
+            raise OptionError(f"data.categories names {', '.join(twice)} more than once")
         unknown = [c for c in categories if c not in CATEGORIES]
         if unknown:
             raise OptionError(f"data.categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if size is not None and size < 0:
                 raise OptionError(f"data.{name} must be 0 or more, got {size}")
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.eval_batch_size", eval_batch_size, 1, null=True)
+        check_range("data.num_workers", num_workers, 0)
+        check_range("data.num_proc", num_proc, 1, null=True)
         if train_size == 0:
             raise OptionError(
                 "data.train_size 0: training needs items; null takes every usable item that is not "

@@ -24,7 +24,7 @@ from pricer.batches import IGNORE_INDEX
 from pricer.blend import Blend, TfidfPrice, blend_summary, choose_blend, load_partner
 from pricer.dense_read import CpuRead, can_read_dense, dense_weights
 from pricer.hub import adapter_folder
-from pricer.options import OptionError
+from pricer.options import OptionError, check_range
 from pricer.paged_state import page_restored_state
 from pricer.precision import ComputeDtype
 from pricer.quantization import Quantization, lora_config
@@ -134,6 +134,14 @@ class PriceModel(L.LightningModule):
             raise OptionError(f"model.lora_dropout must be in [0, 1), got {lora_dropout}")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise OptionError(f"model.micro_batch_size must be positive or null, got {micro_batch_size}")
+        check_range("model.lora_alpha", lora_alpha, 0, low_open=True)
+        check_range("model.learning_rate", learning_rate, 0, low_open=True)
+        check_range("model.weight_decay", weight_decay, 0)
+        check_range("model.warmup_ratio", warmup_ratio, 0, 1, high_open=True)
+        check_range("model.max_grad_norm", max_grad_norm, 0, null=True)
+        check_range("model.interval_coverage", interval_coverage, 0, 1, low_open=True, high_open=True)
+        check_range("model.read_beam", read_beam, 1)
+        check_range("model.read_min_mass", read_min_mass, 0, 1, high_open=True)
         self.save_hyperparameters()
         # Each training step is one optimizer step over its batch, accumulated here in passes of
         # micro_batch_size items: a pass that runs out of memory can then be retried smaller
@@ -201,9 +209,20 @@ class PriceModel(L.LightningModule):
             model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
             self._load_blend(folder)
             return model
-        return get_peft_model(
-            base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
-        )
+        try:
+            return get_peft_model(
+                base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
+            )
+        except ValueError as error:  # peft's NoMatchingPeftModuleError is one
+            if "not found in the base model" not in str(error):
+                raise
+            linear = sorted(
+                {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+            )
+            raise OptionError(
+                f"model.lora_target_modules {self.lora_target_modules}: not in {hp.base_model}; its "
+                f"linear layers are {', '.join(linear)}"
+            ) from None
 
     @property
     def reader(self) -> PriceReader:

@@ -44,3 +44,23 @@ def check_config_files(args: list[str]) -> None:
             raise OptionError(
                 f"--config {name}: holds a {type(loaded).__name__}, not sections (trainer:, model:, data:)"
             )
+
+
+def check_range(option: str, value, low=None, high=None, low_open=False, high_open=False, null=False) -> None:
+    """One option's value in its range, or one line naming it, the range and the value."""
+    if value is None and null:
+        return
+    fine = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if fine and low is not None:
+        fine = value > low if low_open else value >= low
+    if fine and high is not None:
+        fine = value < high if high_open else value <= high
+    if fine:
+        return
+    if low is not None and high is not None:
+        wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        wanted = f"{'above' if low_open else 'at least'} {low:g}"
+    else:
+        wanted = f"{'below' if high_open else 'at most'} {high:g}"
+    raise OptionError(f"{option} must be {wanted}{' or null' if null else ''}, got {value!r}")

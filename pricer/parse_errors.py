@@ -100,9 +100,11 @@ def short_message(message: str, args: list[str], parser) -> str:
         key = parser_key.group(1)
         place = where(key, args)
         given = GIVEN.search(message)
-        literal = LITERAL.search(message)
-        if literal and given:
-            choices = re.findall(r"'([^']*)'", literal.group(1))
+        literals = LITERAL.findall(message)
+        if literals and given:
+            # every Literal of a union (trainer.precision has three), quoted or not
+            named = (c.strip().strip("'") for group in literals for c in group.split(",") if c.strip())
+            choices = list(dict.fromkeys(named))
             values = re.findall(r"'([^']*)'", given.group(1)) or [given.group(1).strip()]
             wrong = [v for v in values if v not in choices]
             if wrong:
@@ -112,7 +114,7 @@ def short_message(message: str, args: list[str], parser) -> str:
                     parts.append(f"{value!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
                 listed = (
                     f"choose from {', '.join(choices)}"
-                    if len(choices) <= 6
+                    if len(choices) <= 12
                     else f"the {len(choices)} choices are listed by `{_prog(parser)} --help`"
                 )
                 return (

@@ -8,6 +8,7 @@ anything is instantiated, so nothing lands elsewhere.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def read_checkpoint(path: str) -> dict:
     import torch
 
     option = f"--ckpt_path {path}"
+    if not str(path).strip():
+        raise RunFolderError("--ckpt_path is empty: name a .ckpt file, or `last`")
     file = Path(path).expanduser()
     if file.is_dir():
         raise RunFolderError(f"{option}: a folder; name a .ckpt file (<run>/checkpoints/last.ckpt)")
@@ -184,6 +187,13 @@ def place_run(
     and the checkpoint path to use.
     """
     trainer = config.trainer
+    if run_name is not None and (
+        not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(run_name)) or ".." in str(run_name)
+    ):
+        raise RunFolderError(
+            f"--run_name {run_name!r}: one folder name of letters, digits, '.', '_' and '-' (it goes "
+            "under trainer.default_root_dir)"
+        )
     root = Path(trainer.default_root_dir or "runs")
     if ckpt_path not in (None, "last", "best"):
         read_checkpoint(ckpt_path)  # before any folder exists: a checkpoint, and a readable one

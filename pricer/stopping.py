@@ -90,7 +90,11 @@ def stopped(signum: int, args: list[str]) -> int:
     """Say where the command stopped and how to go on; the exit status to use."""
     name = signal.Signals(signum).name
     run_dir = context.get("run_dir")
-    where = f" run {run_dir}" if run_dir is not None else ""
+    parts = [f"pricer: stopped by {name}"]
+    if run_dir is not None:
+        parts.append(f"run {run_dir}")
     how = resume_line(args)
-    print(f"pricer: stopped by {name};{where}{' ' + how if how else ''}", file=sys.stderr)
+    if how:
+        parts.append(how)
+    print("; ".join(parts), file=sys.stderr)
     return 128 + signum
