@@ -116,7 +116,7 @@ def load_products(path: str, rules: CurationRules, tokenizer) -> list[dict]:
         raise SourceError(f"data.predict_source: {file} does not exist")
     for number, raw_line in enumerate(file.read_bytes().splitlines(), start=1):
         try:
-            line = raw_line.decode("utf-8")
+            line = raw_line.decode("utf-8-sig" if number == 1 else "utf-8")  # a Windows editor's BOM
         except UnicodeDecodeError as error:
             raise SourceError(
                 f"{file}:{number}: not UTF-8 text ({error.reason} at byte {error.start})"
