@@ -347,9 +347,8 @@ def test_predict_refuses_what_the_space_refuses_and_writes_inert_cells(finished,
         assert words in err, err
     assert runs_after(run) == before
 
-    products.write_text(
-        json.dumps({"title": '=HYPERLINK("http://x.example","click")', "description": "A kettle."})
-    )
+    line = json.dumps({"title": '=HYPERLINK("http://x.example","click")', "description": "A kettle."})
+    products.write_bytes(b"\xef\xbb\xbf" + line.encode())  # saved by an editor that writes a BOM
     main(["predict", *args, *adapter, "--data.predict_source", str(products), "--run_name", "priced"])
     capsys.readouterr()
     (row,) = list(csv.DictReader((run.parent / "priced" / "predict.csv").open()))
