@@ -9,6 +9,10 @@ from collections.abc import Callable
 def cosine_with_warmup(warmup_ratio: float, total_steps: Callable[[], int]) -> Callable[[int], float]:
     """An lr factor per optimizer step, as transformers' get_cosine_schedule_with_warmup.
 
+    Hand-written on purpose: transformers' function takes the number of training steps when the
+    scheduler is built, and pricer knows it only once fit starts (tests/test_schedule.py
+    compares the two step by step).
+
     The total is asked for when a step needs it, not when the optimizer is built: the batch
     size finder and gradient accumulation settle the number of optimizer steps only at fit
     start, after configure_optimizers. A plain closure, so LambdaLR's state_dict (saved in
