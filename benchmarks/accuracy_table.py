@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pricer.baselines import BASELINE_NAMES
-from pricer.blend import Blend, coverage, mix_text, partner_prices
-from pricer.metrics import gap_text, mae_gap, price_metrics
+from pricer.read.baselines import BASELINE_NAMES
+from pricer.read.blend import Blend, coverage, mix_text
+from pricer.read.metrics import gap_text, mae_gap, price_metrics
+from pricer.read.tfidf import partner_prices
 
 TFIDF = "tfidf_linear_log_price"
 NEIGHBORS = "tfidf_neighbors_log_price"

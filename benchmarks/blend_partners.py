@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pricer.blend import NEIGHBORS, TfidfPrice, choose_blend, mix_text
-from pricer.metrics import gap_text, mae_gap
+from pricer.read.blend import choose_blend, mix_text
+from pricer.read.metrics import gap_text, mae_gap
+from pricer.read.tfidf import NEIGHBORS, TfidfPrice
 
 K_TRIED = (3, 5, 8, 10)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pricer.metrics import mae_gap, prices_agree
+from pricer.read.metrics import mae_gap, prices_agree
 
 
 def read(path: Path) -> list[dict]:

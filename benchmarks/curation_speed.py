@@ -53,10 +53,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pricer.base_model import tokenizer_source  # noqa: E402
-from pricer.curate import CurationSpec, _pool, curate, split_file  # noqa: E402
-from pricer.records import _tokenizer  # noqa: E402
-from pricer.rules import CurationRules  # noqa: E402
+from pricer.base.load import tokenizer_source  # noqa: E402
+from pricer.data.curate import CurationSpec, curate, split_file  # noqa: E402
+from pricer.data.records import _tokenizer  # noqa: E402
+from pricer.data.rules import CurationRules  # noqa: E402
+from pricer.data.workers import _pool  # noqa: E402
 
 # The course's constants (week 6, items.py and loaders.py).
 MIN_TOKENS = 150

@@ -9,7 +9,7 @@ Sides (`--sides`), each as its own project runs it, all in the same compute dtyp
   left-padded prompts, then the pruned digit search on the KV cache) on the same NF4 weights
   loaded by `load_base`, layer by layer in 4-bit.
 - `pricer`: the same reader and model with the dense CPU read that `test`, `predict` and the
-  Space use (pricer/dense_read.py): the same 4-bit weights dequantized once, the adapter merged
+  Space use (pricer/read/dense.py): the same 4-bit weights dequantized once, the adapter merged
   in fp32 (unmerged in 16-bit). The swap is timed with the read.
 - `pricer-shared`: `pricer` with the shared prefix (`model.read_shared_prefix`, off by default):
   the question every prompt starts with computed once a batch, the prompts read from its KV
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from benchmarks.training_speed import Dims, machine
-from pricer.metrics import prices_agree
+from pricer.read.metrics import prices_agree
 
 SIDES = ("course", "pricer-4bit", "pricer", "pricer-shared")
 LABELS = {
@@ -132,8 +132,8 @@ def load_course_model(args):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pricer.base_model import model_source
-    from pricer.quantization import bnb_config
+    from pricer.base.load import model_source
+    from pricer.base.quantization import bnb_config
 
     dtype = torch_dtype(args.dtype)
     model = AutoModelForCausalLM.from_pretrained(
@@ -151,7 +151,7 @@ def load_pricer_model(args):
     """pricer's side, loaded as pricer loads every base (`load_base`), with the adapter."""
     from peft import PeftModel
 
-    from pricer.base_model import load_base
+    from pricer.base.load import load_base
 
     model = load_base(
         str(args.gguf), "4bit", "nf4", True, "bfloat16" if args.dtype == "bf16" else "float32", "cpu"
@@ -198,10 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoConfig
 
     from benchmarks.matmul_peak import matmul_gflops
-    from pricer.base_model import model_source
-    from pricer.data import PriceDataModule
-    from pricer.dense_read import dense_weights
-    from pricer.reading import PriceReader
+    from pricer.base.load import model_source
+    from pricer.data.module import PriceDataModule
+    from pricer.read.dense import dense_weights
+    from pricer.read.reading import PriceReader
 
     with tempfile.TemporaryDirectory() as cache:
         datamodule = PriceDataModule(

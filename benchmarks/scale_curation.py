@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pricer.base_model import tokenizer_source
-from pricer.curate import CurationSpec, curate
-from pricer.rules import CurationRules
+from pricer.base.load import tokenizer_source
+from pricer.data.curate import CurationSpec, curate
+from pricer.data.rules import CurationRules
 
 
 def replicate(sample: Path, lines: int, out: Path) -> Path:

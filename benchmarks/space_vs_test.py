@@ -5,7 +5,7 @@ Each test item's prompt (the curated test split's `prompt` column) is quoted alo
 compared with the price `test` wrote for it in the run's predictions.csv. The two read the
 same weights under the same precision; `test` reads 16 left-padded prompts at once and the
 Space one, so 16-bit rounding may move a price a little. A price is "close" when within $0.50
-or 1% of the larger of the two (`pricer.metrics.prices_agree`, as every comparison counts it).
+or 1% of the larger of the two (`pricer.read.metrics.prices_agree`, as every comparison counts it).
 
     python -m benchmarks.space_vs_test runs/sample/epochs2-lr6e-4 --splits <curated folder>/data \
         --base-model <SmolLM2-135M-Instruct.Q4_1.gguf> --items 600
@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.blend_partners import split_frame
 from benchmarks.training_speed import machine
-from pricer.metrics import prices_agree
+from pricer.read.metrics import prices_agree
 
 PRICES = ("predicted", "low", "high", "llm_predicted")  # test's columns, in the quotes' order
 
@@ -34,8 +34,8 @@ def close(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 def compare(run: Path, splits: Path, base_model: str | None, items: int | None) -> dict:
     import pandas as pd
 
-    from pricer.report import spreadsheet_safe
-    from pricer.serving import Pricer
+    from pricer.read.report import spreadsheet_safe
+    from pricer.read.serving import Pricer
 
     if items is not None and items < 1:
         raise SystemExit(f"--items must be at least 1, got {items}")

@@ -182,7 +182,7 @@ def datamodule(items: list[dict], batch_size: int):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from pricer.batches import PadCollator
+    from pricer.data.batches import PadCollator
 
     class Synthetic(L.LightningDataModule):
         """Synthetic token ids, batched and padded as pricer's DataModule does."""
@@ -365,9 +365,9 @@ class Phases:
 
 
 def run(args) -> dict:
-    from pricer.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
-    from pricer.model import PriceModel
-    from pricer.reading import PriceReader
+    from pricer.read.reading import PriceReader
+    from pricer.train.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
+    from pricer.train.model import PriceModel
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     deadline = time.monotonic() + args.deadline_s
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.arithmetic:
         config = toy_config() if args.toy else json.loads(args.config.read_text())
-        from pricer.batch_size import T4_BUDGET_GIB
+        from pricer.train.batch_size import T4_BUDGET_GIB
 
         budget = args.budget_gib if args.budget_gib is not None else T4_BUDGET_GIB
         estimate = arithmetic_estimate(config, args.seq_len, args.completion_tokens, args.lora_r, budget)

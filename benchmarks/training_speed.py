@@ -133,8 +133,8 @@ def prepare(args, work: Path) -> None:
     import pyarrow.parquet as pq
     from safetensors.torch import save_file
 
-    from pricer.data import PriceDataModule
-    from pricer.model import PriceModel
+    from pricer.data.module import PriceDataModule
+    from pricer.train.model import PriceModel
 
     items = args.steps * args.batch_size
     datamodule = PriceDataModule(
@@ -217,8 +217,8 @@ def run_pricer(args, work: Path, completion_logits: bool = True) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from pricer.batches import PadCollator
-    from pricer.model import PriceModel
+    from pricer.data.batches import PadCollator
+    from pricer.train.model import PriceModel
 
     rows = examples(work)
     model = PriceModel(**model_options(args), completion_logits=completion_logits)
@@ -329,8 +329,8 @@ def run_trl(args, work: Path, defaults: bool = False) -> dict:
     from trl import SFTConfig, SFTTrainer
     from trl.kernels.chunked_logprob import _use_triton
 
-    from pricer.base_model import load_tokenizer, model_source
-    from pricer.quantization import bnb_config, lora_config
+    from pricer.base.load import load_tokenizer, model_source
+    from pricer.base.quantization import bnb_config, lora_config
 
     options = model_options(args)
     rows = examples(work)
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = args.peak_gflops or matmul_gflops(dtype)
     from transformers import AutoConfig
 
-    from pricer.base_model import model_source
+    from pricer.base.load import model_source
 
     dims = Dims.of(AutoConfig.from_pretrained(model_source(str(args.gguf))))
     summary = {

@@ -1,4 +1,4 @@
-from pricer.cli import main
+from pricer.cli.main import main
 
 if __name__ == "__main__":
     main()

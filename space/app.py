@@ -13,9 +13,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from pricer.logs import quiet_logs
-from pricer.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
-from pricer.space import SpaceSettings, StartUpError, example_label, start_up_limits
+from pricer.cli.logs import quiet_logs
+from pricer.hub.space import SpaceSettings, StartUpError, example_label, start_up_limits
+from pricer.read.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
 
 HERE = Path(__file__).resolve().parent
 

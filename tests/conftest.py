@@ -161,7 +161,7 @@ def raw_items(tmp_path) -> Path:
 
 def small_datamodule(source, tokenizer, cache, **overrides):
     """A DataModule at test scale: 32 train, 4 validation, 4 test items, batches of 4, in-process."""
-    from pricer.data import PriceDataModule
+    from pricer.data.module import PriceDataModule
 
     options = dict(
         source=str(source),
@@ -259,7 +259,7 @@ def tiny_model(tiny_llama, **kwargs):
     L.seed_everything(42)
     options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.1, learning_rate=5e-3)
     options.update(kwargs)
-    from pricer.model import PriceModel
+    from pricer.train.model import PriceModel
 
     return PriceModel(**options)
 
@@ -276,7 +276,7 @@ FIT_OVERLAY = (
     "  callbacks:\n"
     "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
     "      init_args: {{every_n_train_steps: 2, save_last: true, save_top_k: 1}}\n"
-    "    - class_path: pricer.report.PriceReport\n"
+    "    - class_path: pricer.read.report.PriceReport\n"
     "{extra_callbacks}"
     "data:\n  train_size: 16\n  val_size: 4\n  test_size: {test_size}\n  num_proc: 1\n  batch_size: 4\n"
 )
@@ -311,7 +311,7 @@ def publishing_fit(
 ):
     """A CLI fit of the tiny model on 40 fridges that stages for me/pricer-tiny (and, with
     `dataset_repo`, me/pricer-data); returns (CLI args, run folder)."""
-    from pricer.cli import main
+    from pricer.cli.main import main
 
     write_raw(root, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
     overlay = root / "overlay.yaml"
@@ -321,8 +321,8 @@ def publishing_fit(
         "  max_epochs: 1\n"
         "  limit_val_batches: 1\n"
         "  callbacks:\n"
-        "    - class_path: pricer.report.PriceReport\n"
-        "    - class_path: pricer.publish.HubPublisher\n"
+        "    - class_path: pricer.read.report.PriceReport\n"
+        "    - class_path: pricer.hub.publish.HubPublisher\n"
         f"      init_args: {{model_repo: me/pricer-tiny, base_model_id: me/tiny-llama{dataset}}}\n"
         f"data:\n  train_size: 16\n  val_size: 4\n  test_size: {test_size}\n  num_proc: 1\n  batch_size: 4\n"
     )
@@ -356,7 +356,7 @@ def trained(tmp_path_factory, tiny_llama):
 
 @pytest.fixture(scope="module")
 def staged(trained):
-    from pricer.cli import main
+    from pricer.cli.main import main
 
     args, run = trained
     main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pricer.batch_size import (
+from pricer.train.batch_size import (
     BatchSearchOutOfMemory,
     FitBatchSize,
     largest_that_fits,
@@ -19,7 +19,7 @@ from pricer.batch_size import (
     smaller_micro_batch,
     split_effective_batch,
 )
-from pricer.model import PriceModel
+from pricer.train.model import PriceModel
 from tests.conftest import Died, Kill, Losses, cpu_trainer, tiny_datamodule
 
 
@@ -299,17 +299,17 @@ class Traced(TightMemory):
 
 def freed_when_cleaning(monkeypatch, module, where: str) -> list[bool]:
     """For each clean-up after running out of memory: whether the failed pass was gone by then."""
-    import pricer.batch_size
-    import pricer.model
+    import pricer.train.batch_size
+    import pricer.train.model
 
     seen = []
-    original = pricer.batch_size.free_memory
+    original = pricer.train.batch_size.free_memory
 
     def free_memory():
         seen.append(module.last_pass() is None)
         original()
 
-    monkeypatch.setattr(getattr(pricer, where), "free_memory", free_memory)
+    monkeypatch.setattr(getattr(pricer.train, where), "free_memory", free_memory)
     return seen
 
 

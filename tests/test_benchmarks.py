@@ -269,8 +269,9 @@ def test_accuracy_table_pairs_every_row_with_tfidf_and_checks_the_targets(tmp_pa
     import pandas as pd
 
     from benchmarks.accuracy_table import main
-    from pricer.blend import Blend, partner_prices
-    from pricer.metrics import mae_gap
+    from pricer.read.blend import Blend
+    from pricer.read.metrics import mae_gap
+    from pricer.read.tfidf import partner_prices
 
     rng = np.random.default_rng(0)
     n = 300
@@ -414,15 +415,15 @@ def test_t4_check_reports_every_other_phase_when_one_fails(tmp_path: Path, monke
     assert "| course: did not finish | RuntimeError: simulated crash" in (out / "t4_check.md").read_text()
 
 
-def test_the_8b_arithmetic_is_what_the_readme_quotes() -> None:
+def test_the_8b_arithmetic_is_what_the_training_guide_quotes() -> None:
     import re
 
     from benchmarks.t4_check import LLAMA_8B, arithmetic_estimate
 
     estimate = arithmetic_estimate(json.loads(LLAMA_8B.read_text()), 182, 3, 32, 14.0)
-    assert estimate["lora_parameters"] == 27_262_976  # r 32 on q/k/v/o of 32 layers: the README's 27.3M
-    readme = (REPO / "README.md").read_text()
-    quoted = re.search(r"about ([\d.]+) GiB fixed and\s+([\d.]+) GiB a sample", readme)
+    assert estimate["lora_parameters"] == 27_262_976  # r 32 on q/k/v/o of 32 layers: 27.3M
+    guide = (REPO / "docs" / "training.md").read_text()
+    quoted = re.search(r"about ([\d.]+) GiB fixed and\s+([\d.]+) GiB a sample", guide)
     assert quoted and float(quoted[1]) == round(estimate["fixed_gib"], 1)
     assert float(quoted[2]) == round(estimate["per_sample_gib_completion_logits"], 2)
 

@@ -1,22 +1,12 @@
-"""The TF-IDF model beside the adapter and the blend fit chooses on validation (pricer/blend.py)."""
+"""The TF-IDF model beside the adapter and the blend fit chooses on validation (pricer/read/blend.py)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from pricer.blend import (
-    NEIGHBORS,
-    TFIDF_JSON,
-    TFIDF_WEIGHTS,
-    Blend,
-    BlendError,
-    TfidfPrice,
-    blend_summary,
-    choose_blend,
-    load_partner,
-    partner_prices,
-)
+from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
+from pricer.read.tfidf import NEIGHBORS, TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
 
 WORDS = [f"word{i}" for i in range(200)] + ["café", "Ünïcode", "a-b", "12v", "3000w"]
 
@@ -39,7 +29,7 @@ def test_the_tfidf_model_is_the_baseline_rows_fit(fitted):
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
 
-    from pricer.baselines import baseline_predictions
+    from pricer.read.baselines import baseline_predictions
 
     model, texts, prices = fitted
     pipeline = make_pipeline(
@@ -67,7 +57,7 @@ def test_the_neighbours_are_the_k_nearest_by_cosine_weighted_by_inverse_distance
     """The nearest-neighbours row (scikit-learn's KNeighborsRegressor underneath), checked
     against the definition worked out here with dense numpy, in log price; and the baseline row
     is that model's."""
-    from pricer.baselines import baseline_predictions
+    from pricer.read.baselines import baseline_predictions
 
     model, texts, prices = fitted
     rows = model.vectorizer.transform(texts).toarray()

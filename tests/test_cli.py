@@ -2,7 +2,7 @@
 
 import pytest
 
-from pricer.cli import main
+from pricer.cli.main import main
 from tests.conftest import REPO, SAMPLE_2018, write_raw
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -185,7 +185,7 @@ def test_the_program_is_pricer_and_its_logs_carry_nothing_a_user_cannot_act_on(
 )
 def test_wandb_is_online_whenever_it_has_credentials(monkeypatch, tmp_path, environment, netrc, expected):
     """A person logged in with `wandb login` (no environment variable) used to run offline."""
-    from pricer.run_folder import wandb_offline
+    from pricer.cli.run_folder import wandb_offline
 
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -300,7 +300,7 @@ def test_fit_help_puts_pricers_options_first_and_points_to_the_trainers(capsys):
 def test_warnings_about_the_stacks_own_code_are_not_shown_and_others_are():
     import warnings
 
-    from pricer.logs import quiet_logs
+    from pricer.cli.logs import quiet_logs
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

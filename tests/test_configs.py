@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pricer.cli import build_cli
-from pricer.data import PriceDataModule
-from pricer.model import PriceModel
+from pricer.cli.commands import build_cli
+from pricer.data.module import PriceDataModule
+from pricer.train.model import PriceModel
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -97,7 +97,7 @@ def test_offline_true_in_a_config_stays_offline_with_credentials(monkeypatch, tm
     with pytest.raises(SystemExit):
         build_cli(["fit", "--config", str(config), "--config", str(told), "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]["init_args"]["offline"] is True
-    from pricer.run_folder import place_run
+    from pricer.cli.run_folder import place_run
 
     cli = build_cli(
         ["--config", str(config), "--config", str(told), "--trainer.default_root_dir", str(tmp_path)],

@@ -3,9 +3,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pricer.curate import CurationError, CurationSpec, curate, split_file
-from pricer.raw import SourceError
-from pricer.rules import CurationRules
+from pricer.data.curate import CurationError, CurationSpec, curate, split_file
+from pricer.data.raw import SourceError
+from pricer.data.rules import CurationRules
 from tests.conftest import SAMPLE_2018, record, write_raw
 
 
@@ -151,7 +151,7 @@ def test_each_row_counts_its_prompt_and_completion_tokens_in_the_workers(raw_ite
 
 
 def test_second_run_reuses_the_cache(raw_items, byte_tokenizer, monkeypatch):
-    from pricer import raw
+    from pricer.data import raw
 
     spec = spec_for(raw_items, byte_tokenizer)
     first = curate(spec, byte_tokenizer, raw_items / "cache")

@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pricer.curated import load_curated
-from pricer.raw import SourceError
+from pricer.data.curated import load_curated
+from pricer.data.raw import SourceError
 from tests.conftest import course_format_dataset
 
 TEXT = "How much does this cost to the nearest dollar?\n\nAcme Kettle 1.7L\nA fast kettle.\n\nPrice is $"
@@ -61,14 +61,14 @@ def test_a_path_that_is_nothing_is_explained(tmp_path):
     ],
 )
 def test_a_source_is_parsed_once_into_its_kind_and_location(given, kind, location):
-    from pricer.source import parse_source
+    from pricer.data.source import parse_source
 
     parsed = parse_source(given)
     assert (parsed.kind, parsed.location, parsed.given) == (kind, location, given)
 
 
 def test_local_sources_are_told_apart_by_what_is_there(raw_items, tmp_path):
-    from pricer.source import parse_source
+    from pricer.data.source import parse_source
 
     assert parse_source(str(raw_items)).kind == "raw_local"
     assert parse_source(str(raw_items)).category_file("Software") == str(
@@ -91,7 +91,7 @@ def test_local_sources_are_told_apart_by_what_is_there(raw_items, tmp_path):
 def test_a_curated_hub_source_is_read_at_data_revision(tmp_path, monkeypatch, byte_tokenizer):
     import datasets
 
-    from pricer.data import PriceDataModule
+    from pricer.data.module import PriceDataModule
 
     folder = course_format_dataset(tmp_path / "lite")
     real_load, asked = datasets.load_dataset, []
@@ -107,7 +107,7 @@ def test_a_curated_hub_source_is_read_at_data_revision(tmp_path, monkeypatch, by
 
 
 def test_a_revision_for_a_local_source_is_refused_not_ignored(raw_items, byte_tokenizer):
-    from pricer.data import PriceDataModule
+    from pricer.data.module import PriceDataModule
     from pricer.options import OptionError
 
     with pytest.raises(

@@ -1,6 +1,6 @@
 import torch
 
-from pricer.batches import IGNORE_INDEX
+from pricer.data.batches import IGNORE_INDEX
 from tests.conftest import small_datamodule
 
 

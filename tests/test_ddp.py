@@ -21,7 +21,7 @@ def test_ddp_two_processes_train_one_adapter(tiny_llama, raw_items, tmp_path):
         "  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 1, save_last: true, save_top_k: 1}\n"
-        "    - class_path: pricer.batch_size.FitBatchSize\n"
+        "    - class_path: pricer.train.batch_size.FitBatchSize\n"
         "      init_args: {effective_batch_size: 8, max_val: 4}\n"
         "data:\n  train_size: 32\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
     )
@@ -54,7 +54,7 @@ def test_ddp_two_processes_train_one_adapter(tiny_llama, raw_items, tmp_path):
 LAUNCH = """
 import os, sys
 import torch
-from pricer.model import PriceModel
+from pricer.train.model import PriceModel
 
 RANK = int(os.environ.get("LOCAL_RANK", "0"))
 original = PriceModel.completion_loss
@@ -89,7 +89,7 @@ PriceModel.completion_loss = completion_loss
 PriceModel.on_validation_end = on_validation_end
 PriceModel.on_fit_end = on_fit_end
 
-from pricer.cli import main
+from pricer.cli.main import main
 main(sys.argv[1:])
 """
 
@@ -116,7 +116,7 @@ def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validat
         "  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {monitor: val_mae, save_last: true, save_top_k: 1}\n"
-        "    - class_path: pricer.batch_size.FitBatchSize\n"
+        "    - class_path: pricer.train.batch_size.FitBatchSize\n"
         "      init_args: {effective_batch_size: 8, max_val: 4}\n"
         "model:\n  blend: false\n  calibrate_interval: false\n"
         "data:\n  train_size: 32\n  val_size: 8\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"

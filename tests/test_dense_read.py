@@ -1,4 +1,4 @@
-"""The dense CPU read (pricer/dense_read.py) reads the prices the 4-bit read does, and leaves
+"""The dense CPU read (pricer/read/dense.py) reads the prices the 4-bit read does, and leaves
 the model being trained exactly as it was."""
 
 import bitsandbytes as bnb
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pricer.dense_read import DenseLinear, dense_weights
+from pricer.read.dense import DenseLinear, dense_weights
 from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
 
 PROMPTS = [
@@ -116,7 +116,7 @@ def test_validation_reads_dense_and_training_goes_on_as_with_the_4bit_read(
 
 
 def test_the_space_reader_is_dense_on_the_cpu_and_quotes_what_the_4bit_one_does(tiny_llama, tmp_path):
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
 
     trained_like(tiny_llama).save_adapter(tmp_path / "adapter")
     quotes = {}
@@ -133,7 +133,7 @@ def test_the_space_reader_is_dense_on_the_cpu_and_quotes_what_the_4bit_one_does(
 def test_on_a_gpu_the_4bit_layers_stay(tiny_llama, monkeypatch):
     """The dense read is for the CPU: on a GPU (simulated: the model's device as the trainer's
     root device) validation, test and predict keep the 4-bit layers, where memory matters."""
-    from pricer.dense_read import can_read_dense
+    from pricer.read.dense import can_read_dense
 
     model = trained_like(tiny_llama)
     assert can_read_dense(model.model, torch.device("cpu"))
@@ -147,7 +147,7 @@ def test_the_space_reads_a_bf16_mixed_run_as_its_test_did(tiny_llama, tmp_path):
     """An adapter tested under bf16-mixed is quoted under the same autocast with its LoRA layers
     kept (recipe.precision): the probabilities test's read gives for the same prompt, where a
     merged fp32 read differs."""
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
 
     model = trained_like(tiny_llama)
     model.save_adapter(tmp_path / "adapter")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pricer.cli import main
+from pricer.cli.main import main
 from tests.conftest import cli_args, fit_overlay, record, write_raw
 
 PUBLISHER = (
-    "    - class_path: pricer.publish.HubPublisher\n"
+    "    - class_path: pricer.hub.publish.HubPublisher\n"
     "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
 )
 OVERLAY = fit_overlay(PUBLISHER)
@@ -144,7 +144,7 @@ def test_a_model_option_a_checkpoint_would_override_is_refused(finished, capsys)
 # (PRICER_STOP_AT) so a real signal sent on its marker arrives in that phase.
 LAUNCH = """
 import os, sys, time
-from pricer.model import PriceModel
+from pricer.train.model import PriceModel
 
 AT = os.environ["PRICER_STOP_AT"]
 
@@ -166,7 +166,7 @@ wrap("_choose_blend", "blend")
 wrap("save_adapter", "save", lambda self, folder, *a: folder.name == "adapter")
 wrap("test_step", "test", lambda self, batch, index: index == 0)
 
-from pricer.cli import main
+from pricer.cli.main import main
 main(sys.argv[1:])
 """
 
@@ -318,7 +318,7 @@ def test_no_training_items_is_refused_when_parsed(finished, capsys):
 def test_predict_refuses_what_the_space_refuses_and_writes_inert_cells(finished, tmp_path, capsys):
     import csv
 
-    from pricer.products import NOTHING_TO_PRICE
+    from pricer.data.products import NOTHING_TO_PRICE
 
     args, run = finished
     adapter = ["--model.adapter", str(run / "adapter")]

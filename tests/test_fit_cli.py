@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pricer.cli import main
+from pricer.cli.main import main
 from tests.conftest import SECRET, course_format_dataset
 
 
@@ -111,7 +111,7 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     assert again == metrics
     # a checkpoint holds the LLM's weights alone: test reads the LLM, as the blend's llm_alone,
     # and says so when the run's adapter has a blend or a scaled interval
-    from pricer.recipe import read_recipe
+    from pricer.read.recipe import read_recipe
 
     capsys.readouterr()
     main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
@@ -199,10 +199,10 @@ def test_every_predict_line_is_priced_or_stopped_with_its_line_number(byte_token
     "None"), a prompt of any length (read whole: 60k tokens ran for 8 minutes)."""
     import json
 
-    from pricer.base_model import load_tokenizer
-    from pricer.products import load_products
-    from pricer.raw import SourceError
-    from pricer.rules import CurationRules
+    from pricer.base.load import load_tokenizer
+    from pricer.data.products import load_products
+    from pricer.data.raw import SourceError
+    from pricer.data.rules import CurationRules
 
     rules, tokenizer = CurationRules(), load_tokenizer(byte_tokenizer)
     products = tmp_path / "products.jsonl"
@@ -224,7 +224,7 @@ def test_every_predict_line_is_priced_or_stopped_with_its_line_number(byte_token
 def test_predict_csv_holds_cents_and_printable_titles(tmp_path):
     import csv
 
-    from pricer.report import PREDICT_COLUMNS, write_predictions
+    from pricer.read.report import PREDICT_COLUMNS, write_predictions
 
     rows = [
         {"title": "Kettle\u202e evil\x07\nnext line", "predicted": 12.345678, "low": 10.0, "high": 15.0000001}
@@ -292,9 +292,9 @@ def test_testing_on_another_dataset_leaves_the_fits_report_card_and_space_note_a
 
     publish = tmp_path / "publish.yaml"
     publish.write_text(
-        "trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n"
+        "trainer:\n  callbacks:\n    - class_path: pricer.read.report.PriceReport\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args: {save_last: true}\n"
-        "    - class_path: pricer.publish.HubPublisher\n      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
+        "    - class_path: pricer.hub.publish.HubPublisher\n      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
     )
     main(["fit", *fit_args, "--config", str(publish), "--run_name", "own"])
     run = tmp_path / "runs" / "own"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pricer.batch_size import FitBatchSize, apply_memory_budget
-from pricer.precision import default_precision, resolve_dtype
+from pricer.base.precision import default_precision, resolve_dtype
+from pricer.train.batch_size import FitBatchSize, apply_memory_budget
 
 pytestmark = pytest.mark.gpu
 
@@ -99,7 +99,7 @@ def test_fp16_training_loads_on_the_card_scales_and_pages_and_moves_lora_only(
     import bitsandbytes as bnb
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from pricer.model import PriceModel
+    from pricer.train.model import PriceModel
     from tests.conftest import cpu_trainer, small_datamodule
 
     base = midsize_llama(tmp_path / "model", vocab=300)
@@ -157,7 +157,7 @@ def test_the_search_runs_out_of_memory_and_training_stays_under_the_budget(tmp_p
     peak in training must stay under the budget."""
     from benchmarks.t4_check import datamodule as synthetic
     from benchmarks.t4_check import synthetic_items, trainer_for
-    from pricer.model import PriceModel
+    from pricer.train.model import PriceModel
 
     base = midsize_llama(tmp_path / "model", layers=8)
     device = torch.device("cuda", 0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from pricer.model import PriceModel
+from pricer.train.model import PriceModel
 from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
 
 
@@ -119,8 +119,8 @@ def test_gradient_checkpointing_really_runs_in_training_and_is_non_reentrant(
 def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_path):
     """A 16-bit compute dtype (a GPU's) on the CPU: fit's test reads the base as peft prepared it
     for training (norms, embeddings and head in fp32); the Space must read the same model."""
-    from pricer.reading import PriceReader
-    from pricer.serving import Pricer
+    from pricer.read.reading import PriceReader
+    from pricer.read.serving import Pricer
 
     trained = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, compute_dtype="bfloat16")
     trained.configure_model()

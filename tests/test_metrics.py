@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pricer.metrics import price_metrics
+from pricer.read.metrics import price_metrics
 
 
 def test_metrics_against_hand_computed_values():
@@ -25,7 +25,7 @@ def test_metrics_against_hand_computed_values():
 
 def test_the_mae_interval_never_goes_below_zero():
     """Skewed errors on a small split: the normal approximation gave "$-6.70-73.70"."""
-    from pricer.metrics import mean_interval
+    from pricer.read.metrics import mean_interval
 
     truth = [10.0] * 9 + [500.0]
     predicted = [10.0] * 9 + [10.0]  # one big miss, nine exact prices
@@ -48,7 +48,7 @@ def test_the_mae_gap_interval_is_paired():
     gap is exactly -1 with no spread; a coin-flip gap has an interval around zero."""
     import numpy as np
 
-    from pricer.metrics import mae_gap, price_metrics
+    from pricer.read.metrics import mae_gap, price_metrics
 
     rng = np.random.default_rng(1)
     truth = rng.uniform(10, 500, 300)
@@ -66,8 +66,8 @@ def test_the_mae_gap_interval_is_paired():
 def test_the_scatter_has_log_axes_and_a_legend_for_its_colours(tmp_path):
     import numpy as np
 
-    from pricer.metrics import price_metrics
-    from pricer.report import scatter
+    from pricer.read.metrics import price_metrics
+    from pricer.read.report import scatter
 
     truth = np.array([2.0, 50.0, 400.0, 900.0])
     predicted = np.array([2.5, 120.0, 150.0, 880.0])
@@ -85,7 +85,7 @@ def test_the_scatter_has_log_axes_and_a_legend_for_its_colours(tmp_path):
 def test_two_reads_agree_within_50_cents_or_1_percent_of_the_larger_either_way_round():
     import numpy as np
 
-    from pricer.metrics import prices_agree
+    from pricer.read.metrics import prices_agree
 
     a = np.array([10.0, 10.0, 100.0, 100.0, 200.0, 0.0])
     b = np.array([10.5, 10.51, 101.0, 101.02, 197.99, 0.5])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pricer.model import PriceModel
+from pricer.train.model import PriceModel
 
 
 def lora_and_base(module):
@@ -74,7 +74,7 @@ def test_eight_bit_on_the_cpu_is_refused_before_loading(tiny_llama):
 def test_smollm2_from_gguf_in_4bit_with_lora(gguf):
     import bitsandbytes as bnb
 
-    from pricer.base_model import load_tokenizer
+    from pricer.base.load import load_tokenizer
 
     model = PriceModel(base_model=str(gguf))
     model.configure_model()
@@ -258,9 +258,9 @@ def test_val_loss_comes_from_the_reading_pass_and_equals_a_pass_of_its_own(
     """read_and_score: the completion rides after the prompt in the reading's forward pass. Its
     distributions are `read`'s, and its loss is `completion_loss`'s over the right-padded
     batch (the old second pass), on every validation batch, with the shared prefix or without."""
-    from pricer.base_model import load_tokenizer
-    from pricer.batches import PadCollator, tokenize_examples
-    from pricer.prompt import make_prompt
+    from pricer.base.load import load_tokenizer
+    from pricer.data.batches import PadCollator, tokenize_examples
+    from pricer.data.prompt import make_prompt
     from tests.conftest import tiny_datamodule
 
     module = PriceModel(

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from pricer.precision import default_precision, emulated_bf16_warning, resolve_dtype
+from pricer.base.precision import default_precision, emulated_bf16_warning, resolve_dtype
 
 CARDS = {
     "Tesla V100": ((7, 0), "16-mixed", torch.float16),
@@ -87,8 +87,8 @@ def test_training_and_serving_load_the_base_in_the_cards_dtype(
 ):
     from transformers import AutoModelForCausalLM
 
-    from pricer.model import PriceModel
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
+    from pricer.train.model import PriceModel
 
     recorder = LoadRecorder(AutoModelForCausalLM.from_pretrained)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorder)
@@ -114,7 +114,7 @@ def test_the_card_is_asked_without_initialising_cuda_in_this_process(card, monke
     """The CLI decides the precision before Lightning starts its processes: asking torch here
     would initialise CUDA, and `ddp_fork`/`ddp_notebook` (Kaggle's 2 x T4) then fail with
     "Cannot re-initialize CUDA in forked subprocess". A child process answers instead."""
-    import pricer.precision
+    import pricer.base.precision
 
     card("Tesla T4")
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
@@ -130,7 +130,7 @@ def test_the_card_is_asked_without_initialising_cuda_in_this_process(card, monke
         asked.append(index)
         return (7, 5), "Tesla T4"
 
-    monkeypatch.setattr(pricer.precision, "_ask_a_child", child)
+    monkeypatch.setattr(pricer.base.precision, "_ask_a_child", child)
     assert default_precision("auto") == "16-mixed"
     assert "Tesla T4 (compute capability 7.5)" in emulated_bf16_warning("bf16-mixed", "gpu")
     assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
@@ -142,7 +142,7 @@ def test_the_child_that_answers_runs_torch_in_its_own_process(monkeypatch):
     import subprocess
     import sys
 
-    import pricer.precision
+    import pricer.base.precision
 
     fake = (
         "import sys, types; torch = types.ModuleType('torch'); cuda = types.SimpleNamespace("
@@ -155,18 +155,18 @@ def test_the_child_that_answers_runs_torch_in_its_own_process(monkeypatch):
         assert command[:2] == [sys.executable, "-c"]
         return real_run([command[0], "-c", fake + command[2], *command[3:]], **kwargs)
 
-    monkeypatch.setattr(pricer.precision.subprocess, "run", run)
-    pricer.precision._ask_a_child.cache_clear()
+    monkeypatch.setattr(pricer.base.precision.subprocess, "run", run)
+    pricer.base.precision._ask_a_child.cache_clear()
     try:
-        assert pricer.precision._ask_a_child(0) == ((8, 9), "NVIDIA L4")
+        assert pricer.base.precision._ask_a_child(0) == ((8, 9), "NVIDIA L4")
     finally:
-        pricer.precision._ask_a_child.cache_clear()
+        pricer.base.precision._ask_a_child.cache_clear()
 
 
 def test_serving_a_bf16_adapter_on_a_t4_warns_that_it_is_emulated(card, monkeypatch, tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
 
     recorder = LoadRecorder(AutoModelForCausalLM.from_pretrained)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorder)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from pricer.base_model import load_tokenizer, tokenizer_source
-from pricer.products import product_prompt
-from pricer.records import curate_chunk
-from pricer.rules import CurationRules
+from pricer.base.load import load_tokenizer, tokenizer_source
+from pricer.data.products import product_prompt
+from pricer.data.records import curate_chunk
+from pricer.data.rules import CurationRules
 from tests.conftest import record
 
 LONG = " ".join(

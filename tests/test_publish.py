@@ -6,9 +6,9 @@ import pathlib
 
 import pytest
 
-from pricer import hub
-from pricer.cli import main
-from pricer.publish import HubPublisher
+from pricer.cli.main import main
+from pricer.hub import calls as hub
+from pricer.hub.publish import HubPublisher
 from tests.conftest import SECRET, RecordingApi
 
 
@@ -20,8 +20,8 @@ def published(fit_args, tmp_path, monkeypatch):
         "  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: 1}\n"
-        "    - class_path: pricer.report.PriceReport\n"
-        "    - class_path: pricer.publish.HubPublisher\n"
+        "    - class_path: pricer.read.report.PriceReport\n"
+        "    - class_path: pricer.hub.publish.HubPublisher\n"
         "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama, dataset_repo: me/pricer-data}\n"
     )
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -152,8 +152,8 @@ def test_a_failed_push_at_the_end_of_fit_loses_nothing_and_retries_privately(
     monkeypatch.setenv("HF_TOKEN", SECRET)
     overlay = tmp_path / "push.yaml"
     overlay.write_text(
-        "trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n"
-        "    - class_path: pricer.publish.HubPublisher\n      init_args: {model_repo: me/pricer-tiny, upload: true,"
+        "trainer:\n  callbacks:\n    - class_path: pricer.read.report.PriceReport\n"
+        "    - class_path: pricer.hub.publish.HubPublisher\n      init_args: {model_repo: me/pricer-tiny, upload: true,"
         " private: true, base_model_id: me/tiny-llama, dataset_repo: me/pricer-data, dataset_upload: true}\n"
     )
     with pytest.raises(SystemExit) as stop:
@@ -187,7 +187,7 @@ def test_the_token_is_checked_before_curation(fit_args, tmp_path, monkeypatch, c
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: RecordingApi(name="someone"))
     monkeypatch.setenv("HF_TOKEN", SECRET)
     with pytest.raises(SystemExit):
-        main(["fit", *fit_args, "--trainer.callbacks+=pricer.publish.HubPublisher",
+        main(["fit", *fit_args, "--trainer.callbacks+=pricer.hub.publish.HubPublisher",
               "--trainer.callbacks.model_repo=me/pricer-tiny", "--trainer.callbacks.upload=true"])  # fmt: skip
     assert (
         "me/pricer-tiny: the token belongs to someone, which cannot write to 'me'" in capsys.readouterr().err
@@ -223,7 +223,7 @@ def test_the_staged_folders_name_hub_ids_and_load_by_them_elsewhere(published, t
     ],
 )
 def test_the_model_card_says_what_the_price_blends(neighbors, said):
-    from pricer.cards import model_card
+    from pricer.hub.cards import model_card
 
     metrics = {
         "n": 600,
@@ -257,7 +257,7 @@ def test_folders_staged_from_a_local_gguf_and_local_data_name_no_path_of_this_ma
 
     from huggingface_hub import constants
 
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
     from tests.conftest import SMOKE, record, write_raw
 
     write_raw(

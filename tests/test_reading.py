@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pricer.reading import PriceReader
+from pricer.read.reading import PriceReader
 
 NEG = -1e9
 
@@ -179,7 +179,7 @@ def test_the_shared_prefix_goes_through_the_model_once_and_reads_the_same(tiny_l
     every distribution equals the one read without sharing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pricer.prompt import QUESTION, make_prompt
+    from pricer.data.prompt import QUESTION, make_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()

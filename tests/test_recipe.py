@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 
-from pricer.cli import main
-from pricer.recipe import HEADLINE, RECIPE_FILE, Recipe, RecipeError, read_recipe
+from pricer.cli.main import main
+from pricer.read.recipe import HEADLINE, RECIPE_FILE, Recipe, RecipeError, read_recipe
 from tests.conftest import SMOKE, publishing_fit, serve_from_hub_cache
 
 BODY = " ".join(f"word{i % 10}x" for i in range(80))  # conftest.record's description
@@ -50,9 +50,9 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
     wrote, to the cent."""
     import bitsandbytes as bnb
 
-    from pricer.dense_read import DenseLinear
-    from pricer.serving import Pricer
-    from pricer.space import SpaceSettings
+    from pricer.hub.space import SpaceSettings
+    from pricer.read.dense import DenseLinear
+    from pricer.read.serving import Pricer
 
     space = tmp_path / "space"
     space.mkdir()
@@ -94,9 +94,10 @@ def test_a_blend_with_the_nearest_neighbours_prices_tests_llm_read_with_the_save
 
     import numpy as np
 
-    from pricer.blend import Blend, TfidfPrice
-    from pricer.prompt import text_from_prompt
-    from pricer.serving import Pricer
+    from pricer.data.prompt import text_from_prompt
+    from pricer.read.blend import Blend
+    from pricer.read.serving import Pricer
+    from pricer.read.tfidf import TfidfPrice
 
     adapter = tmp_path / "adapter"
     shutil.copytree(fp4_run / "adapter", adapter)
@@ -170,7 +171,7 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
 ):
     import shutil
 
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
 
     bare = tmp_path / "bare"
     shutil.copytree(fp4_run / "adapter", bare)
@@ -195,7 +196,7 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
 def test_a_local_base_that_is_not_here_is_replaced_by_its_hub_id_and_says_so(tmp_path):
     import warnings
 
-    from pricer.base_model import base_for_here
+    from pricer.base.load import base_for_here
     from tests.conftest import serve_from_hub_cache
 
     gone = tmp_path / "gone" / "model.gguf"
@@ -296,7 +297,7 @@ def test_a_recipe_reads_back_as_it_was_written(tmp_path):
 
 @pytest.mark.slow
 def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, tiny_llama, capsys):
-    from pricer.model import PriceModel
+    from pricer.train.model import PriceModel
 
     PriceModel(base_model=tiny_llama, adapter=str(fp4_run / "adapter")).configure_model()
     err = capsys.readouterr().err

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pricer.rules import (
+from pricer.data.rules import (
     BAD_PRICE,
     NO_PRICE,
     TOO_SHORT,

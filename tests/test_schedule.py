@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from pricer.schedule import cosine_with_warmup
+from pricer.train.schedule import cosine_with_warmup
 
 
 @pytest.mark.parametrize("total, ratio", [(100, 0.03), (7, 0.03), (50, 0.0), (1, 0.03)])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from pricer.cli import main
-from pricer.serving import MAX_CHARS, ProductError, product_record
+from pricer.cli.main import main
+from pricer.read.serving import MAX_CHARS, ProductError, product_record
 from tests.conftest import REPO, SECRET, RecordingApi, serve
 
 
@@ -152,7 +152,7 @@ def test_deploy_needs_a_trained_run(trained, capsys):
     assert "deploy --space_repo: 'not a repo' is not a Hub repo id" in capsys.readouterr().err
     # no published adapter: the Space would serve the untrained base under the run's claims
     unpublished = args[-1] + "/../unpublished.yaml"
-    Path(unpublished).write_text("trainer:\n  callbacks:\n    - class_path: pricer.report.PriceReport\n")
+    Path(unpublished).write_text("trainer:\n  callbacks:\n    - class_path: pricer.read.report.PriceReport\n")
     with pytest.raises(SystemExit):
         main(["deploy", *args, "--config", unpublished, "--run_name", "space"])
     assert (
@@ -169,7 +169,7 @@ def test_deploy_from_a_locally_curated_source_names_no_local_path(trained, capsy
     local = run / "hub" / "dataset"
     overlay = run.parent / "no-dataset-repo.yaml"
     overlay.write_text(
-        "trainer:\n  callbacks:\n    - class_path: pricer.publish.HubPublisher\n"
+        "trainer:\n  callbacks:\n    - class_path: pricer.hub.publish.HubPublisher\n"
         "      init_args: {model_repo: me/pricer-tiny, base_model_id: me/tiny-llama}\n"
     )
     main(["deploy", *args, "--config", str(overlay), "--run_name", "space", "--data.source", str(local)])
@@ -259,8 +259,8 @@ def test_the_space_checks_its_settings_first_and_says_what_is_wrong_in_one_line(
 def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recipe(trained, tmp_path):
     """PRICER_ADAPTER=<run>/adapter: the run's metrics and categories for the page; the read-out
     comes from the adapter's pricer.json."""
-    from pricer.recipe import read_recipe
-    from pricer.space import SpaceSettings
+    from pricer.hub.space import SpaceSettings
+    from pricer.read.recipe import read_recipe
 
     _, run = trained
     defaults = tmp_path / "space"
@@ -291,7 +291,7 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
     ],
 )
 def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message):
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
 
     # The base model does not exist: the setting is refused before any loading is tried.
     with pytest.raises(ValueError, match=message):
@@ -303,7 +303,7 @@ def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message)
 def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantization, point):
     """The Space's prompt and reading are predict's: the same products, the same prices, with
     the base quantized or not and either read-out."""
-    from pricer.serving import Pricer
+    from pricer.read.serving import Pricer
 
     args, run = trained
     products = [
@@ -358,13 +358,13 @@ def test_the_app_serves_smollm2(gguf, tmp_path):
     ],
 )
 def test_the_page_names_the_adapter_a_reader_can_follow(adapter, phrase):
-    from pricer.space import SpaceSettings
+    from pricer.hub.space import SpaceSettings
 
     assert SpaceSettings(base_model="me/base", adapter=adapter).about().startswith(phrase)
 
 
 def test_a_local_adapter_is_named_by_its_run_not_as_adapter_adapter(tmp_path):
-    from pricer.space import SpaceSettings
+    from pricer.hub.space import SpaceSettings
 
     (tmp_path / "smoke-run" / "adapter").mkdir(parents=True)
     about = SpaceSettings(base_model="me/base", adapter=str(tmp_path / "smoke-run" / "adapter")).about()
@@ -372,7 +372,7 @@ def test_a_local_adapter_is_named_by_its_run_not_as_adapter_adapter(tmp_path):
 
 
 def test_the_page_says_how_often_the_range_held_the_real_price():
-    from pricer.space import SpaceSettings
+    from pricer.hub.space import SpaceSettings
 
     metrics = {
         "n": 600,
@@ -385,7 +385,7 @@ def test_the_page_says_how_often_the_range_held_the_real_price():
 
 
 def test_example_labels_are_cut_between_words():
-    from pricer.space import example_label
+    from pricer.hub.space import example_label
 
     title = "Replacement refrigerator water filter, pack of 3, certified to reduce chlorine taste"
     label = example_label(title)
@@ -395,7 +395,7 @@ def test_example_labels_are_cut_between_words():
 
 
 def test_the_page_says_when_the_price_is_a_blend_and_what_the_llm_alone_made():
-    from pricer.space import SpaceSettings
+    from pricer.hub.space import SpaceSettings
 
     metrics = {"n": 600, "mae": 35.2, "hit_rate": 0.78}
     blended = {**metrics, "blend": {"weight": 0.6, "interval_scale": 1.0, "llm_alone": {"mae": 39.9}}}

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pricer.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample
+from pricer.data.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample
 
 
 def test_balanced_sampling_caps_cheap_buckets_and_keeps_dear_ones():

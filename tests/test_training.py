@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pricer.model import PriceModel
+from pricer.train.model import PriceModel
 from tests.conftest import Died, Kill, Losses, cpu_trainer, small_datamodule, tiny_datamodule, tiny_model
 
 
@@ -176,7 +176,7 @@ def test_the_blend_is_chosen_on_the_kept_weights_reads_and_a_second_pass_reads_t
     the same prices, so the same choice."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from pricer.model import PriceModel
+    from pricer.train.model import PriceModel
 
     module = tiny_model(tiny_llama, learning_rate=0.3, warmup_ratio=0.0)
     best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_mae", mode="min", save_top_k=1)

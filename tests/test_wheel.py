@@ -23,9 +23,9 @@ def test_the_wheel_ships_the_card_templates(tmp_path):
         timeout=300,
     )
     code = (
-        "import pricer.cards as c; "
+        "import pricer.hub.cards as c; "
         "print(c.template('dataset_card.md')); print(c.template('model_card.md')); print(c.__file__); "
-        "import pricer.space as s; print(s.app_folder()); "
+        "import pricer.hub.space as s; print(s.app_folder()); "
         f"print(s.stage_space(__import__('pathlib').Path({str(tmp_path / 'space')!r}), s.SpaceSettings('me/base')))"
     )
     out = subprocess.run(
@@ -42,5 +42,6 @@ def test_the_wheel_ships_the_card_templates(tmp_path):
     staged = tmp_path / "space"
     assert (staged / "app.py").read_bytes() == (REPO / "space" / "app.py").read_bytes()
     # the Space gets the package's modules, not the folders the wheel adds inside it
-    copied = sorted(p.name for p in (staged / "pricer").iterdir())
-    assert copied == sorted(p.name for p in (REPO / "pricer").glob("*.py"))
+    copied = sorted(str(p.relative_to(staged)) for p in (staged / "pricer").rglob("*") if p.is_file())
+    assert copied == sorted(str(p.relative_to(REPO)) for p in (REPO / "pricer").rglob("*.py"))
+    assert "pricer/read/serving.py" in copied

@@ -27,7 +27,7 @@ def baseline_predictions(train_prices, train_texts, test_texts, tfidf=None) -> d
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.pipeline import make_pipeline
 
-    from pricer.blend import TfidfPrice
+    from pricer.read.tfidf import TfidfPrice
 
     prices = np.asarray(train_prices, dtype=np.float64)
     n = len(test_texts)

@@ -14,9 +14,13 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pricer.baselines import BASELINE_NAMES
+from pricer.read.baselines import BASELINE_NAMES
 
 SETTINGS_FILE = "pricer_space.json"
+
+
+# pricer/, above pricer/hub/: the package the Space gets a copy of.
+PACKAGE = Path(__file__).resolve().parent.parent
 
 
 class StartUpError(ValueError):
@@ -92,7 +96,7 @@ class SpaceSettings:
     def pricer(self, device: str | None = None):
         """The model the Space serves: the adapter as its run measured it (its pricer.json), or
         the bare base model when there is no adapter."""
-        from pricer.serving import Pricer
+        from pricer.read.serving import Pricer
 
         if self.adapter:
             return Pricer.from_adapter(
@@ -193,7 +197,7 @@ def examples_from_rows(rows: list[dict]) -> list[dict]:
 
 def app_folder() -> Path:
     """The Space's source: `space/` in a checkout, `pricer/space_app` in an installed wheel."""
-    package = Path(__file__).resolve().parent
+    package = PACKAGE
     for candidate in (package / "space_app", package.parent / "space"):
         if (candidate / "app.py").is_file():
             return candidate
@@ -217,7 +221,7 @@ def stage_space(folder: Path, settings: SpaceSettings, hardware: str = "t4-small
     folder.mkdir(parents=True)
     for name in APP_FILES:
         shutil.copy2(source / name, folder / name)
-    shutil.copytree(Path(__file__).resolve().parent, folder / "pricer", ignore=NOT_CODE)
+    shutil.copytree(PACKAGE, folder / "pricer", ignore=NOT_CODE)
     (folder / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
     card = SpaceCard.load(folder / "README.md")
     card.data.models = [m for m in (settings.base_model, settings.adapter) if m]
@@ -241,9 +245,9 @@ def deploy_space(
     push it when asked. The Space serves the published adapter (its recipe decides how), names
     the published dataset (or a curated source that is a Hub id; never a local path), quotes the
     run's test metrics and offers test-split products as examples."""
-    from pricer import hub
-    from pricer.publish import HubPublisher
-    from pricer.run_folder import RunFolderError
+    from pricer.files import RunFolderError
+    from pricer.hub import calls as hub
+    from pricer.hub.publish import HubPublisher
 
     if space_repo is not None:
         hub.check_repo_id(space_repo, "deploy --space_repo")

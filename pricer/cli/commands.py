@@ -1,36 +1,21 @@
-"""`python -m pricer`: LightningCLI with fit/validate/test/predict, plus `curate` and `deploy`."""
+"""The LightningCLI subclass behind `python -m pricer`: its subcommands (fit, validate, test,
+predict, curate, deploy), the checks run before anything is built, and where each run writes."""
 
 from __future__ import annotations
 
-import functools
 import json
-import re
-import signal
 import sys
-from pathlib import Path
 
 import lightning as L
-import yaml
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pricer import hub, stopping
-from pricer.base_model import check_model_name
-from pricer.blend import BlendError
-from pricer.curate import CurationError
-from pricer.data import PriceDataModule
-from pricer.logs import quiet_logs
-from pricer.model import PriceModel
-from pricer.options import OptionError, check_config_files
-from pricer.parse_errors import FullHelp, PricerParser
-from pricer.precision import default_precision, emulated_bf16_warning
-from pricer.progress import ProgressLog
-from pricer.quantization import QuantizationUnavailable
-from pricer.raw import SourceError
-from pricer.recipe import RecipeError
-from pricer.run_folder import (
+from pricer.base.load import check_model_name
+from pricer.base.precision import default_precision, emulated_bf16_warning
+from pricer.cli.config_files import check_config_files
+from pricer.cli.parse_errors import FullHelp, PricerParser
+from pricer.cli.progress import ProgressLog
+from pricer.cli.run_folder import (
     RunFolderError,
     evaluation_name,
     place_evaluation,
@@ -38,160 +23,18 @@ from pricer.run_folder import (
     read_checkpoint,
     trained_run,
 )
-
-
-def check_trainer_options(trainer: dict) -> None:
-    """pricer runs each optimizer step itself (so a pass that runs out of memory can be
-    retried smaller), which Lightning's own clipping and accumulation cannot be combined with."""
-    if trainer.get("gradient_clip_val"):
-        raise OptionError(
-            f"trainer.gradient_clip_val={trainer['gradient_clip_val']}: pricer clips in its own "
-            "optimizer step; set model.max_grad_norm instead (the course's 0.3 is the default)"
-        )
-    if (trainer.get("accumulate_grad_batches") or 1) != 1:
-        raise OptionError(
-            f"trainer.accumulate_grad_batches={trainer['accumulate_grad_batches']}: pricer accumulates "
-            "inside each optimizer step; set data.batch_size (items a step) and model.micro_batch_size "
-            "(items a pass), or FitBatchSize.effective_batch_size"
-        )
-
-
-# pricer's meaning of the arguments the subcommands add (Lightning's own text describes its
-# registry and HPC keywords, which pricer's run folders do not use)
-METHOD_ARGS = """Args:
-    ckpt_path: A checkpoint to resume from (fit) or read (validate, test, predict): a `.ckpt`
-        file, or `last`: the last checkpoint of the run named by --run_name (without one, of the
-        latest run under trainer.default_root_dir that has one).
-    verbose: Print the metrics table at the end (validate, test).
-    weights_only: Passed to torch.load: True restricts loading to tensors and plain types (pricer's
-        checkpoints need nothing more); null leaves it to Lightning."""
-
-
-def _described(method, summary: str):
-    """Lightning's method under pricer's one-line summary (the subcommand's help), its signature
-    kept and its arguments described as pricer uses them."""
-
-    @functools.wraps(method)
-    def described(self, *args, **kwargs):
-        return method(self, *args, **kwargs)
-
-    described.__doc__ = f"{summary}\n\n{METHOD_ARGS}"
-    return described
-
-
-def check_evaluation_name(name: str | None, subcommand: str) -> None:
-    """`--evaluation` is a folder under <run>/evaluations/ for `test`: one plain name."""
-    if name is None:
-        return
-    if subcommand != "test":
-        raise OptionError(f"--evaluation {name}: names a test report's folder; {subcommand} has none")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
-        raise OptionError(
-            f"--evaluation {name!r}: one folder name of letters, digits, '.', '_' and '-' "
-            "(it goes under <run>/evaluations/)"
-        )
-
-
-def check_predict_source(source: str) -> None:
-    """data.predict_source is a JSONL of products, or a curated dataset predict can read."""
-    from pricer.curated import load_curated
-
-    path = Path(source).expanduser()
-    if path.suffix in (".jsonl", ".json"):
-        if not path.is_file():
-            raise SourceError(f"data.predict_source {source}: no such file")
-        return  # each line is checked once the tokenizer is loaded, before a run starts
-    if path.is_file() and path.suffix not in (".parquet",):
-        raise SourceError(
-            f"data.predict_source {source}: a {path.suffix or 'plain'} file; predict reads a JSONL of "
-            "products (one JSON object a line: title, description, ...) or a curated dataset "
-            "(a folder or Hub id with prompt and title columns)"
-        )
-    from datasets.utils import logging as datasets_logging
-
-    shown = datasets_logging.is_progress_bar_enabled()
-    datasets_logging.disable_progress_bar()  # a check, not a load: no bars in its one line
-    try:
-        splits = load_curated(source)
-    except Exception as error:  # datasets' own errors for a folder that holds no dataset
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SourceError(
-            f"data.predict_source {source}: not a curated dataset predict can read ({first})"
-        ) from None
-    finally:
-        if shown:
-            datasets_logging.enable_progress_bar()
-    split = splits["test"] if "test" in splits else next(iter(splits.values()), None)
-    if split is None or not {"prompt", "title"} <= set(split.column_names):
-        raise SourceError(f"data.predict_source {source}: no split with prompt and title columns")
-
-
-class PricerTrainer(L.Trainer):
-    """Lightning's Trainer, plus the `curate` and `deploy` subcommands."""
-
-    fit = _described(
-        L.Trainer.fit,
-        "Train the LoRA adapter, then measure it on the test split; everything lands in one run folder.",
-    )
-    validate = _described(
-        L.Trainer.validate, "Read the validation split's prices and report val_mae for each read-out."
-    )
-    test = _described(
-        L.Trainer.test,
-        "Measure a trained run on a test split: metrics beside baselines, predictions and a chart.",
-    )
-    predict = _described(
-        L.Trainer.predict,
-        "Price products (a JSONL of product texts, a curated dataset, or the test split) into predict.csv.",
-    )
-
-    def curate(self, model: L.LightningModule, datamodule: PriceDataModule) -> None:
-        """Curate the data alone: read the raw metadata, apply the rules, write the cached splits.
-
-        Accepts the same config as `fit`; only the `data` section (and the base model, for its
-        tokenizer) matters. Users curate once and train many times.
-        """
-        curated = datamodule.curate()
-        state = "reused from the cache" if curated.cached else "written"
-        print(f"curated splits {state}: {curated.folder}")
-        print(curated.accounting.table())
-
-    def deploy(
-        self,
-        model: L.LightningModule,
-        datamodule: PriceDataModule,
-        space_repo: str | None = None,
-        upload: bool = False,
-        private: bool = False,
-        hardware: str = "t4-small",
-        examples: int = 6,
-    ) -> Path:
-        """Stage the Gradio Space for a trained run in `<run>/hub/space/` and push it when asked.
-
-        Takes the run's config (and `--run_name`): the Space serves the published adapter
-        (HubPublisher.model_repo) on its base model, names the dataset (HubPublisher.dataset_repo), quotes the
-        run's test metrics and offers test-split products as examples.
-
-        Args:
-            space_repo: The Space's Hub id (owner/name).
-            upload: Push the staged folder as one commit (needs a login or HF_TOKEN).
-            private: Create the Space private.
-            hardware: The hardware the card suggests (an 8B base in 4-bit needs a GPU: t4-small).
-            examples: How many test-split products to offer as one-click examples.
-        """
-        from pricer.space import deploy_space
-
-        return deploy_space(self, model, datamodule, space_repo, upload, private, hardware, examples)
-
-
-class LoggedConfig(SaveConfigCallback):
-    """Saves the resolved config.yaml in the run folder and logs it to the loggers (W&B)."""
-
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config})
-
+from pricer.cli.trainer import (
+    LoggedConfig,
+    PricerTrainer,
+    check_evaluation_name,
+    check_predict_source,
+    check_trainer_options,
+)
+from pricer.data.module import PriceDataModule
+from pricer.options import OptionError
+from pricer.read.recipe import RecipeError
+from pricer.train import stopping
+from pricer.train.model import PriceModel
 
 # How an adapter was read, from its recipe: model option -> Recipe field
 RECIPE_OPTIONS = {
@@ -214,7 +57,7 @@ def given_on_the_command_line(args: list[str], section: str) -> set[str]:
 
 def resolved_config(config):
     """The subcommand's config with what is decided at run time filled in, as it will run."""
-    from pricer.run_folder import wandb_offline
+    from pricer.cli.run_folder import wandb_offline
 
     shown = config.clone()
     trainer = shown.trainer
@@ -356,14 +199,14 @@ class PricerCLI(LightningCLI):
                 logger.experiment.finish()
 
     def _publishers(self) -> list:
-        from pricer.publish import HubPublisher
+        from pricer.hub.publish import HubPublisher
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
 
     def _say_a_checkpoint_reads_the_llm_alone(self) -> None:
         """A checkpoint holds the LoRA weights only; the blend fit chose lives in the adapter."""
-        from pricer.blend import mix_text
-        from pricer.recipe import RecipeError, read_recipe
+        from pricer.read.blend import mix_text
+        from pricer.read.recipe import read_recipe
 
         folder = self.run_dir / "adapter"
         try:
@@ -381,8 +224,8 @@ class PricerCLI(LightningCLI):
     def _read_as_the_recipe_says(self, model) -> None:
         """An adapter with a pricer.json is read as its run measured it: the recipe's base
         quantization and read-out replace the config file's, unless typed on the command line."""
-        from pricer.hub import adapter_folder
-        from pricer.recipe import read_recipe
+        from pricer.hub.calls import adapter_folder
+        from pricer.read.recipe import read_recipe
 
         if not model.get("adapter"):
             return
@@ -408,9 +251,9 @@ class PricerCLI(LightningCLI):
         """After the options' own checks, before any curation, loading, run folder or W&B run:
         the base and the adapter are here and are what they claim (a GGUF file's magic, an
         adapter's safetensors and LoRA shapes, its recipe)."""
-        from pricer.base_model import check_adapter_files
-        from pricer.hub import adapter_folder
-        from pricer.recipe import read_recipe
+        from pricer.base.load import check_adapter_files
+        from pricer.hub.calls import adapter_folder
+        from pricer.read.recipe import read_recipe
 
         hp = self.model.hparams
         check_model_name(hp.base_model, "model.base_model")
@@ -421,7 +264,7 @@ class PricerCLI(LightningCLI):
             read_recipe(folder)
 
     def before_fit(self) -> None:
-        from pricer.base_model import check_target_modules
+        from pricer.base.load import check_target_modules
 
         self._check_models()
         if not self.model.hparams.adapter:
@@ -472,7 +315,7 @@ class PricerCLI(LightningCLI):
 
     def _record_metrics_beside_the_adapter(self) -> None:
         """fit's own test report, headline numbers, in the adapter's recipe."""
-        from pricer.recipe import read_recipe
+        from pricer.read.recipe import read_recipe
 
         adapter, metrics = self.run_dir / "adapter", self.run_dir / "metrics.json"
         recipe = read_recipe(adapter) if self.trainer.is_global_zero else None
@@ -518,84 +361,3 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
         args=args,
         run=run,
     )
-
-
-def _cause(error: BaseException, kind: type) -> BaseException | None:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, kind):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _remove_an_empty_run_folder() -> None:
-    """A run folder this command made before its input was found bad (the W&B logger makes its
-    folder when it is built) goes again, when it holds nothing a run produced."""
-    import shutil
-
-    run_dir = stopping.context.get("run_dir")
-    if run_dir is None or not stopping.context.get("created") or not run_dir.is_dir():
-        return
-    produced = ("checkpoints", "adapter", "metrics.json", "predict.csv", "validation.csv", "hub")
-    if not any((run_dir / name).exists() for name in produced):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def main(args: list[str] | None = None) -> None:
-    quiet_logs()
-    typed = [str(a) for a in (sys.argv[1:] if args is None else args)]
-    previous = stopping.install()
-    try:
-        build_cli(args)
-        stopping.stop_here()  # a SIGTERM in the command's last moments still ends it as one
-    except SIGTERMException:
-        raise SystemExit(stopping.stopped(signal.SIGTERM, typed)) from None
-    except KeyboardInterrupt:
-        raise SystemExit(stopping.stopped(signal.SIGINT, typed)) from None
-    except SystemExit as exit_:
-        # Lightning answers Ctrl-C during a run with sys.exit(1)
-        if stopping.requested == signal.SIGINT and exit_.code == 1:
-            raise SystemExit(stopping.stopped(signal.SIGINT, typed)) from None
-        raise
-    except (
-        SourceError,
-        CurationError,
-        RecipeError,
-        BlendError,
-        RunFolderError,
-        OptionError,
-        QuantizationUnavailable,
-        FileNotFoundError,
-        PermissionError,
-        hub.HubPublishError,
-        MisconfigurationException,
-    ) as error:
-        # Bad input is the user's to fix: say what and where, without a traceback.
-        where = "trainer: " if isinstance(error, MisconfigurationException) else ""
-        print(f"pricer: error: {where}{' '.join(str(error).split())}", file=sys.stderr)
-        _remove_an_empty_run_folder()
-        raise SystemExit(2) from None
-    except ModuleNotFoundError as error:
-        # Lightning's own requirement checks ("Requirement 'torch_xla>=1.13' not met") for an
-        # accelerator or logger that this machine lacks: an option to change, not a crash
-        if "Requirement" not in str(error):
-            raise
-        print(f"pricer: error: trainer: {' '.join(str(error).split())}", file=sys.stderr)
-        _remove_an_empty_run_folder()
-        raise SystemExit(2) from None
-    except ValueError as error:
-        # jsonargparse wraps an option's own check (a dataclass's, say) in its own ValueError
-        option = _cause(error, OptionError)
-        if option is None:
-            raise
-        print(f"pricer: error: {option}", file=sys.stderr)
-        _remove_an_empty_run_folder()
-        raise SystemExit(2) from None
-    finally:
-        stopping.uninstall(previous)
-        # A command that failed midway must not leave its W&B run open for the next one.
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:
-            wandb.finish(exit_code=1)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pricer.raw import RAW_REPO, RAW_URL, SourceError
+from pricer.data.raw import RAW_REPO, RAW_URL, SourceError
 
 Kind = Literal["raw_hub", "raw_local", "curated_hub", "curated_local"]
 CURATED_FILES = (".parquet", ".jsonl", ".json", ".csv")

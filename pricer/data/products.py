@@ -12,9 +12,9 @@ import json
 import unicodedata
 from pathlib import Path
 
-from pricer.prompt import PREFIX, QUESTION, cut_to_tokens, make_prompt, title_from_prompt
-from pricer.raw import SourceError
-from pricer.rules import CurationRules, product_text
+from pricer.data.prompt import PREFIX, QUESTION, cut_to_tokens, make_prompt, title_from_prompt
+from pricer.data.raw import SourceError
+from pricer.data.rules import CurationRules, product_text
 
 MAX_CHARS = 5_000  # per field: far more than the 160 tokens the model reads
 # The same words wherever a product is refused: the Space's page, its API, and `predict`'s lines

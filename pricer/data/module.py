@@ -8,18 +8,18 @@ from pathlib import Path
 import lightning as L
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from pricer.base_model import load_tokenizer, pricer_cache, tokenizer_source
-from pricer.batches import IGNORE_INDEX, PadCollator, tokenize_examples
-from pricer.categories import CATEGORIES, Category
-from pricer.curate import Curated, CurationSpec, curate, split_file
-from pricer.curated import load_curated
+from pricer.base.load import load_tokenizer, pricer_cache, tokenizer_source
+from pricer.data.batches import IGNORE_INDEX, PadCollator, tokenize_examples
+from pricer.data.categories import CATEGORIES, Category
+from pricer.data.curate import Curated, CurationSpec, curate, split_file
+from pricer.data.curated import load_curated
+from pricer.data.products import load_products
+from pricer.data.prompt import text_from_prompt
+from pricer.data.raw import RAW_URL, SourceError
+from pricer.data.rules import CurationRules
+from pricer.data.source import parse_source
+from pricer.data.splits import SPLITS
 from pricer.options import OptionError, check_range
-from pricer.products import load_products
-from pricer.prompt import text_from_prompt
-from pricer.raw import RAW_URL, SourceError
-from pricer.rules import CurationRules
-from pricer.source import parse_source
-from pricer.splits import SPLITS
 
 # kept beside the tokens in every batch: reports name the item, the blend reads its text
 KEPT_COLUMNS = ("price", "title", "category", "text")
@@ -143,7 +143,7 @@ class PriceDataModule(L.LightningDataModule):
             if value is not None:
                 raise OptionError(
                     f"data.{old}={value!r}: publishing moved to the publisher; set "
-                    f"HubPublisher.{new} (under trainer.callbacks, pricer.publish.HubPublisher init_args)"
+                    f"HubPublisher.{new} (under trainer.callbacks, pricer.hub.publish.HubPublisher init_args)"
                 )
         self.datasets: dict = {}
         self.curated: Curated | None = None

@@ -14,17 +14,18 @@ from typing import get_args
 import numpy as np
 import torch
 
-from pricer.base_model import base_for_here, load_base, load_tokenizer, prepare_base
-from pricer.blend import Blend, BlendError, load_partner
-from pricer.dense_read import CpuRead, can_read_dense, to_dense
-from pricer.hub import adapter_folder
-from pricer.precision import emulated_bf16, resolve_dtype
-from pricer.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
-from pricer.prompt import text_from_prompt
-from pricer.quantization import Quantization
-from pricer.reading import Point, PriceDistribution, PriceReader
-from pricer.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
-from pricer.rules import CurationRules
+from pricer.base.load import base_for_here, load_base, load_tokenizer, prepare_base
+from pricer.base.precision import emulated_bf16, resolve_dtype
+from pricer.base.quantization import Quantization
+from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
+from pricer.data.prompt import text_from_prompt
+from pricer.data.rules import CurationRules
+from pricer.hub.calls import adapter_folder
+from pricer.read.blend import Blend, load_partner
+from pricer.read.dense import CpuRead, can_read_dense, to_dense
+from pricer.read.reading import Point, PriceDistribution, PriceReader
+from pricer.read.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
+from pricer.read.tfidf import BlendError
 
 BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
 

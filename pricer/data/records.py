@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pricer.prompt import cut_to_tokens, make_completion, make_prompt
-from pricer.rules import (
+from pricer.data.prompt import cut_to_tokens, make_completion, make_prompt
+from pricer.data.rules import (
     MISSING_FIELDS,
     OUT_OF_RANGE,
     REQUIRED_FIELDS,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pricer import hub
-from pricer.prompt import PREFIX, make_completion, make_prompt, text_from_prompt, title_from_prompt
-from pricer.raw import SourceError
-from pricer.rules import normalise_title, parse_price
+from pricer.data.prompt import PREFIX, make_completion, make_prompt, text_from_prompt, title_from_prompt
+from pricer.data.raw import SourceError
+from pricer.data.rules import normalise_title, parse_price
+from pricer.hub import calls as hub
 
 COLUMNS = ("key", "title", "category", "price", "text", "prompt", "completion")
 _SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
@@ -25,7 +25,7 @@ def load_curated(source, revision: str | None = None):
     columns, at `revision` when it is on the Hub; stops on what it cannot read."""
     from datasets import DatasetDict, load_dataset
 
-    from pricer.source import parse_source
+    from pricer.data.source import parse_source
 
     parsed = parse_source(source) if isinstance(source, str) else source
     if parsed.is_raw:

@@ -14,14 +14,12 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
+from pricer.files import RunFolderError
+
 LAST = "last.ckpt"
 # Lightning's DDP launcher starts the other processes by running the same command again: they
 # must land in the run folder rank 0 named, not in one named by their own clock.
 RUN_NAME_ENV = "PRICER_RUN_NAME"
-
-
-class RunFolderError(ValueError):
-    """A run folder or checkpoint asked for does not exist; the message says where it looked."""
 
 
 def timestamp() -> str:
@@ -245,20 +243,6 @@ def place_run(
         if _is(callback, "ModelCheckpoint"):
             callback.init_args.dirpath = str(run_dir / "checkpoints")
     return run_dir, ckpt_path
-
-
-def replace_folder(new: Path, final: Path) -> None:
-    """Move a folder written in full into place, over an older one, so that at every moment
-    `final` is the old folder or the new one, never a mix (a crash between the two renames
-    leaves the old one beside, named `.<name>.old-<pid>`)."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    if old.exists():
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def evaluation_name(source: str, split: str = "test") -> str:

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_args
 
-from pricer.precision import ComputeDtype
-from pricer.prompt import PREFIX, QUESTION
-from pricer.quantization import Quantization
-from pricer.reading import Point
-from pricer.rules import CurationRules
+from pricer.base.precision import ComputeDtype
+from pricer.base.quantization import Quantization
+from pricer.data.prompt import PREFIX, QUESTION
+from pricer.data.rules import CurationRules
+from pricer.read.reading import Point
 
 RECIPE_FILE = "pricer.json"
 # Lightning's trainer precisions; the mixed ones are read under the same autocast
@@ -72,7 +72,7 @@ class Recipe:
     min_mass: float = 1e-4
     max_digits: int = 3
     weights: str = "4bit"  # the weights' form when read: as loaded for training
-    # fit's choice on validation (pricer/blend.py): the LLM's share of the price in log price
+    # fit's choice on validation (pricer/read/blend.py): the LLM's share of the price in log price
     # beside the TF-IDF model saved with the adapter (1: the LLM alone), the interval's scale
     blend_weight: float = 1.0
     interval_scale: float = 1.0
@@ -113,7 +113,7 @@ class Recipe:
         precision: str = "32-true",
     ) -> Recipe:
         """The recipe of a PriceModel's hyperparameters, the curation rules it trained on, the
-        blend fit chose (a pricer.blend.Blend; None: the LLM alone) and the trainer precision
+        blend fit chose (a pricer.read.blend.Blend; None: the LLM alone) and the trainer precision
         it was measured under."""
         rules = rules or CurationRules()
         return cls(

@@ -17,21 +17,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pricer import rng, stopping
-from pricer.base_model import is_local, load_base, load_tokenizer, prepare_base
-from pricer.batch_size import free_memory, smaller_micro_batch
-from pricer.batches import IGNORE_INDEX
-from pricer.blend import Blend, TfidfPrice, blend_summary, choose_blend, load_partner
-from pricer.dense_read import CpuRead, can_read_dense, dense_weights
-from pricer.hub import adapter_folder
+from pricer.base.load import is_local, load_base, load_tokenizer, prepare_base
+from pricer.base.precision import ComputeDtype
+from pricer.base.quantization import Quantization, lora_config
+from pricer.data.batches import IGNORE_INDEX
+from pricer.files import replace_folder
+from pricer.hub.calls import adapter_folder
 from pricer.options import OptionError, check_range
-from pricer.paged_state import page_restored_state
-from pricer.precision import ComputeDtype
-from pricer.quantization import Quantization, lora_config
-from pricer.reading import Point, PriceReader
-from pricer.recipe import Recipe, base_differences, max_digits, read_recipe
-from pricer.run_folder import replace_folder
-from pricer.schedule import cosine_with_warmup
+from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
+from pricer.read.dense import CpuRead, can_read_dense, dense_weights
+from pricer.read.reading import Point, PriceReader
+from pricer.read.recipe import Recipe, base_differences, max_digits, read_recipe
+from pricer.read.tfidf import TfidfPrice
+from pricer.train import rng, stopping
+from pricer.train.batch_size import free_memory, smaller_micro_batch
+from pricer.train.paged_state import page_restored_state
+from pricer.train.schedule import cosine_with_warmup
 
 # Lightning 2.6 warns that a checkpoint saved under manual optimization holds the weights after
 # the step. That is what pricer wants: the weights, optimizer and loop progress of the same step,
@@ -460,7 +461,7 @@ class PriceModel(L.LightningModule):
 
     def _read_dense(self) -> None:
         """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
-        (pricer/dense_read.py) until the pass ends."""
+        (pricer/read/dense.py) until the pass ends."""
         if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
             return
         if can_read_dense(self.model, self.target_device):
@@ -554,7 +555,7 @@ class PriceModel(L.LightningModule):
         # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
         # its evaluation loops read their last batch whatever comes, and a SIGTERM during
         # fit's end was forgotten when fit's test started: each pricer phase stops at its next
-        # batch (pricer/stopping.py)
+        # batch (pricer/train/stopping.py)
         stopping.stop_here(self._trainer)
 
     def on_predict_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -638,7 +639,7 @@ class PriceModel(L.LightningModule):
 
     def _choose_blend(self, step: int) -> None:
         """The blend and interval scale for the weights fit keeps, chosen on the validation
-        split (pricer/blend.py): the reads of that step's validation, or a pass made now."""
+        split (pricer/read/blend.py): the reads of that step's validation, or a pass made now."""
         hp = self.hparams
         self.blend, self.tfidf, self.blend_report = Blend(), None, None
         if not (hp.blend or hp.calibrate_interval):

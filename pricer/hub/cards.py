@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pricer.metrics import metrics_table
+from pricer.read.metrics import metrics_table
 
 RAW_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 CITATION_ARXIV = "arXiv:2403.03952"
@@ -17,7 +17,7 @@ def template(name: str, folder: str | None = None) -> Path:
     """A card template: from `folder` if given, else the one shipped in the wheel, else the
     repository's `cards/`."""
     candidates = [Path(folder) / name] if folder else []
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # pricer/, above pricer/hub/
     candidates += [package / "cards" / name, package.parent / "cards" / name]
     for path in candidates:
         if path.is_file():

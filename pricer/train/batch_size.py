@@ -20,8 +20,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pricer import rng
-from pricer.paged_state import is_paged_optimizer, restore_in_place
+from pricer.train import rng
+from pricer.train.paged_state import is_paged_optimizer, restore_in_place
 
 GIB = 2**30
 

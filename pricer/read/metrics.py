@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pricer.baselines import BASELINE_NAMES
+from pricer.read.baselines import BASELINE_NAMES
 
 # The course's "green": off by less than $40, or by less than 20% of the price.
 HIT_DOLLARS = 40.0

@@ -276,9 +276,9 @@ def load_base(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pricer.hub import explain_load_error
-    from pricer.precision import resolve_dtype
-    from pricer.quantization import bnb_config, check_bitsandbytes
+    from pricer.base.precision import resolve_dtype
+    from pricer.base.quantization import bnb_config, check_bitsandbytes
+    from pricer.hub.calls import explain_load_error
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     check_bitsandbytes(quantization, device)

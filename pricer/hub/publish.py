@@ -13,16 +13,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pricer import hub
-from pricer.cards import dataset_card, model_card, price_histogram
-from pricer.curate import split_file
-from pricer.splits import SPLITS
+from pricer.data.curate import split_file
+from pricer.data.splits import SPLITS
+from pricer.hub import calls as hub
+from pricer.hub.cards import dataset_card, model_card, price_histogram
 
 
 def shown_source(source: str) -> str:
     """The data source as a reader on the Hub can follow it."""
-    from pricer.raw import RAW_REPO
-    from pricer.source import parse_source
+    from pricer.data.raw import RAW_REPO
+    from pricer.data.source import parse_source
 
     parsed = parse_source(source)
     if parsed.kind == "raw_hub":
@@ -34,7 +34,7 @@ def shown_source(source: str) -> str:
 
 def shown_model(name: str, hub_id: str | None) -> str:
     """A model as a reader on the Hub can follow it: its Hub id, never a local path."""
-    from pricer.base_model import is_local
+    from pricer.base.load import is_local
 
     if not is_local(name):
         return name
@@ -56,8 +56,8 @@ def name_the_base_in_the_recipe(folder: Path, hub_id: str | None) -> None:
     """The staged pricer.json names its base by its Hub id: the run folder's own recipe keeps
     the local path (it helps the machine that trained), the published one never does. With no
     Hub id, the file's name alone, and `Pricer.from_adapter` asks for base_model=."""
-    from pricer.base_model import is_local
-    from pricer.recipe import RECIPE_FILE
+    from pricer.base.load import is_local
+    from pricer.read.recipe import RECIPE_FILE
 
     path = folder / RECIPE_FILE
     recipe = json.loads(path.read_text())
@@ -74,7 +74,7 @@ def local_paths(trainer: L.Trainer, pl_module, datamodule) -> list[str]:
     source and the curation cache."""
     from huggingface_hub import constants
 
-    from pricer.base_model import is_local
+    from pricer.base.load import is_local
 
     found = {Path(trainer.default_root_dir), Path(constants.HF_HOME), Path(constants.HF_HUB_CACHE)}
     found.add(Path(trainer.default_root_dir).parent)

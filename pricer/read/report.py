@@ -12,9 +12,9 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from pricer.baselines import baseline_predictions
-from pricer.blend import coverage
-from pricer.metrics import mae_gap, metrics_table, price_metrics
+from pricer.read.baselines import baseline_predictions
+from pricer.read.blend import coverage
+from pricer.read.metrics import mae_gap, metrics_table, price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")

@@ -1,0 +1,188 @@
+"""The blend of the LLM's price with the classical model's (`tfidf.TfidfPrice`), chosen on
+validation.
+
+`fit` chooses on the validation split the neighbours' share of the partner and how much of the
+partner to blend into the LLM's price: a weighted mean in log price, the LLM's interval shifted
+with its point. When the 80% interval's coverage on validation misses by more than 5 points,
+its widths in log price are scaled until it holds. Weight 1 and scale 1 read the LLM alone,
+unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pricer.read.tfidf import TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
+
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the LLM's weights tried on validation
+SHARES = WEIGHTS  # the neighbours' shares of the partner tried on validation
+SCALES = np.round(np.arange(0.5, 3.001, 0.05), 2)  # interval scales tried when it misses
+COVERAGE_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Blend:
+    """How the LLM's read-out is combined with the classical partner's price.
+
+    weight: the LLM's share of the point in log price (1: the LLM alone).
+    interval_scale: the interval's distances from the point in log price, times this.
+    neighbors: the nearest neighbours' share of the partner in log price, the rest the TF-IDF
+        ridge's (0: the ridge alone, the blend before there were neighbours).
+    """
+
+    weight: float = 1.0
+    interval_scale: float = 1.0
+    neighbors: float = 0.0
+
+    @property
+    def uses_tfidf(self) -> bool:
+        return self.weight < 1.0
+
+    @property
+    def uses_neighbors(self) -> bool:
+        return self.uses_tfidf and self.neighbors > 0
+
+    @property
+    def changes_anything(self) -> bool:
+        return self.weight != 1.0 or self.interval_scale != 1.0
+
+    def apply(self, point, low, high, tfidf=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(point, low, high) blended; arrays, or one item's floats. `tfidf`, the partner's
+        prices (`TfidfPrice.predict(texts, blend.neighbors)`), is needed only when the weight
+        is under 1."""
+        point, low, high = (np.asarray(v, dtype=np.float64) for v in (point, low, high))
+        if not self.changes_anything:
+            return point, low, high
+        return tuple(self.move(prices, point, tfidf) for prices in (point, low, high))
+
+    def move(self, prices, point, tfidf=None) -> np.ndarray:
+        """Prices of the LLM's distribution where the blend puts them: shifted in log price
+        with the point toward the partner's price, their distance from the point scaled. A
+        monotone map, so the moved distribution's quantiles are the moved quantiles."""
+        prices = np.asarray(prices, dtype=np.float64)
+        if not self.changes_anything:
+            return prices
+        llm = np.log1p(np.asarray(point, dtype=np.float64))
+        mixed = llm
+        if self.uses_tfidf:
+            if tfidf is None:
+                raise BlendError("the blend needs the TF-IDF model's (the partner's) prices")
+            mixed = self.weight * llm + (1 - self.weight) * np.log1p(np.asarray(tfidf, dtype=np.float64))
+        return np.maximum(np.expm1(mixed + self.interval_scale * (np.log1p(prices) - llm)), 0.0)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_partner(folder: Path, blend: Blend) -> TfidfPrice:
+    """The classical model a blend reads, from the adapter folder; raises BlendError when the
+    blend needs the neighbours and the saved model has no train rows."""
+    partner = TfidfPrice.load(folder)
+    if blend.uses_neighbors and not partner.has_neighbors:
+        raise BlendError(
+            f"{Path(folder) / TFIDF_WEIGHTS}: the recipe gives the nearest neighbours {blend.neighbors:g} "
+            "of the blend's partner, but the TF-IDF model was saved without its train rows"
+        )
+    return partner
+
+
+def coverage(truth, low, high) -> float:
+    truth = np.asarray(truth, dtype=np.float64)
+    return float(((np.asarray(low) <= truth) & (truth <= np.asarray(high))).mean())
+
+
+def choose_blend(
+    truth,
+    point,
+    low,
+    high,
+    tfidf,
+    nominal: float,
+    blend: bool = True,
+    calibrate: bool = True,
+    neighbors=None,
+) -> tuple[Blend, dict]:
+    """The blend with the lowest validation MAE: the LLM's weight and, when `neighbors` (their
+    prices) are given, the neighbours' share of the partner (ties go to the LLM, then to the
+    ridge). Then, when the interval's coverage misses `nominal` by more than 5 points, the
+    scale whose coverage is nearest to it (ties: the narrowest). Returns the blend and what
+    validation measured."""
+    truth = np.asarray(truth, dtype=np.float64)
+    tfidf = None if tfidf is None else np.asarray(tfidf, dtype=np.float64)
+    neighbors = None if neighbors is None or tfidf is None else np.asarray(neighbors, dtype=np.float64)
+    blend = blend and tfidf is not None
+    maes: dict[tuple[float, float], float] = {}
+    for share in SHARES if neighbors is not None else [0.0]:
+        partner = partner_prices(tfidf, neighbors, float(share)) if blend else None
+        for weight in WEIGHTS if blend else [1.0]:
+            if weight == 1.0 and share > 0:
+                continue  # the LLM alone: the partner does not matter
+            predicted, _, _ = Blend(float(weight), 1.0, float(share)).apply(point, low, high, partner)
+            maes[(float(weight), float(share))] = float(np.abs(predicted - truth).mean())
+    order = {key: (mae, -key[0], key[1]) for key, mae in maes.items()}
+    weight, share = min(order, key=order.get)
+    # the best blend that uses the partner, reported even when the LLM alone wins
+    mixes = {key: order[key] for key in maes if key[0] < 1.0}
+    best_mix = min(mixes, key=mixes.get) if mixes else (None, None)
+    chosen = Blend(weight, 1.0, share)
+    partner = partner_prices(tfidf, neighbors, share) if chosen.uses_tfidf else None
+    _, lo, hi = chosen.apply(point, low, high, partner)
+    before = coverage(truth, lo, hi)
+    scale = 1.0
+    if calibrate and abs(before - nominal) > COVERAGE_TOLERANCE:
+        reached = {}
+        for s in SCALES:
+            _, lo, hi = Blend(weight, float(s), share).apply(point, low, high, partner)
+            reached[float(s)] = coverage(truth, lo, hi)
+        scale = min(reached, key=lambda s: (abs(reached[s] - nominal), s))
+        chosen = Blend(weight, scale, share)
+    _, lo, hi = chosen.apply(point, low, high, partner)
+    report = {
+        "n": int(len(truth)),
+        "llm_mae": maes.get((1.0, 0.0), float(np.abs(np.asarray(point) - truth).mean())),
+        "tfidf_mae": None if tfidf is None else float(np.abs(tfidf - truth).mean()),
+        "neighbors_mae": None if neighbors is None else float(np.abs(neighbors - truth).mean()),
+        "blend_mae": maes[(weight, share)],
+        "weight": weight,
+        "neighbors": share,
+        "best_mix_weight": best_mix[0],
+        "best_mix_neighbors": best_mix[1],
+        "best_mix_mae": maes.get(best_mix),
+        "interval_scale": scale,
+        "coverage_before": before,
+        "coverage_after": coverage(truth, lo, hi),
+    }
+    return chosen, report
+
+
+def mix_text(weight: float, neighbors: float | None) -> str:
+    """A blend's weights in words: "0.6 LLM", or "0.6 LLM, the partner 0.4 neighbours"."""
+    return f"{weight:g} LLM" + (f", the partner {neighbors:g} neighbours" if neighbors else "")
+
+
+def blend_summary(report: dict, nominal: float) -> str:
+    """What fit chose on validation, in two lines."""
+    llm, mix = report["llm_mae"], report["best_mix_mae"]
+    if report["tfidf_mae"] is None:
+        first = f"fit: validation MAE ${llm:.2f} for the LLM; no TF-IDF blend (model.blend false or no train split)"
+    else:
+        chosen = (
+            f"the blend chosen: {mix_text(report['weight'], report.get('neighbors'))} in log price"
+            if report["weight"] < 1
+            else "the LLM alone chosen"
+        )
+        near = report.get("neighbors_mae")
+        first = (
+            f"fit: validation MAE ${llm:.2f} for the LLM, ${report['tfidf_mae']:.2f} for TF-IDF, "
+            + (f"${near:.2f} for the nearest neighbours, " if near is not None else "")
+            + f"${mix:.2f} blended at {mix_text(report['best_mix_weight'], report.get('best_mix_neighbors'))}: "
+            f"{chosen} (n={report['n']})"
+        )
+    scale = report["interval_scale"]
+    second = f"     the {nominal:.0%} interval held {report['coverage_before']:.1%} of validation prices"
+    if scale != 1.0:
+        second += f"; widths scaled by {scale:g} in log price: {report['coverage_after']:.1%}"
+    return f"{first}\n{second}"

@@ -1,0 +1,7 @@
+"""Training: the LightningModule (`model.PriceModel`), the batch-size search callback
+(`batch_size.FitBatchSize`), the paged optimizer state, the learning-rate schedule, the random
+state, and stop requests (SIGTERM, Ctrl-C) honoured between phases.
+
+May import: `pricer.read`, `pricer.data`, `pricer.base`, `pricer.hub.calls`, `pricer.options`,
+`pricer.files`.
+"""
