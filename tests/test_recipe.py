@@ -295,6 +295,51 @@ def test_a_recipe_reads_back_as_it_was_written(tmp_path):
         read_recipe(tmp_path)
 
 
+def test_one_map_turns_a_trained_modules_options_into_a_recipe_and_back():
+    """fit writes the recipe from PriceModel's options and test, predict and validate read an
+    adapter back with them: through one map, so every option comes back as it was trained."""
+    import inspect
+
+    from pricer.read.recipe import MODEL_OPTIONS
+    from pricer.train.model import PriceModel
+
+    module = inspect.signature(PriceModel.__init__).parameters
+    assert set(MODEL_OPTIONS) <= set(module)
+    assert set(MODEL_OPTIONS.values()) <= {f.name for f in dataclasses.fields(Recipe)}
+    trained = {
+        "base_model": "me/base",
+        "quantization": "none",
+        "quant_type": "fp4",
+        "double_quant": False,
+        "compute_dtype": "float32",
+        "point": "mean",
+        "interval_coverage": 0.6,
+        "read_beam": 5,
+        "read_min_mass": 0.002,
+    }
+    assert all(module[o].default != trained[o] for o in MODEL_OPTIONS)  # none left at its default
+    recipe = Recipe.from_model(trained, rules=None)
+    assert recipe.model_options() == {o: trained[o] for o in MODEL_OPTIONS}
+    assert (recipe.quantization, recipe.weights, recipe.coverage, recipe.beam) == ("none", "none", 0.6, 5)
+
+
+def test_a_recipe_gives_the_pricer_its_settings_and_the_defaults_agree():
+    """What Pricer.from_adapter passes the constructor; a recipe left at its defaults stands for
+    the constructor's own defaults, so an adapter without one is read as a default run was."""
+    import inspect
+
+    from pricer.read.serving import Pricer
+
+    settings = Recipe(base_model="-").reading_settings()
+    constructor = inspect.signature(Pricer.__init__).parameters
+    assert set(settings) <= set(constructor)
+    assert {k: v for k, v in settings.items() if k != "rules"} == {
+        k: constructor[k].default for k in settings if k != "rules"
+    }
+    read = Recipe(base_model="-", weights="none", beam=7, blend_weight=0.4).reading_settings()
+    assert (read["quantization"], read["beam"], read["blend_weight"]) == ("none", 7, 0.4)
+
+
 @pytest.mark.slow
 def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, tiny_llama, capsys):
     from pricer.train.model import PriceModel

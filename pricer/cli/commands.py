@@ -36,18 +36,6 @@ from pricer.read.recipe import RecipeError
 from pricer.train import stopping
 from pricer.train.model import PriceModel
 
-# How an adapter was read, from its recipe: model option -> Recipe field
-RECIPE_OPTIONS = {
-    "quantization": "weights",
-    "quant_type": "quant_type",
-    "double_quant": "double_quant",
-    "compute_dtype": "compute_dtype",
-    "point": "point",
-    "interval_coverage": "coverage",
-    "read_beam": "beam",
-    "read_min_mass": "min_mass",
-}
-
 
 def given_on_the_command_line(args: list[str], section: str) -> set[str]:
     """The `--section.name` options a person typed (a config file's values are not among them)."""
@@ -236,11 +224,7 @@ class PricerCLI(LightningCLI):
         if recipe is None:
             return
         typed = given_on_the_command_line(self.typed, "model")
-        taken = {
-            o: getattr(recipe, f)
-            for o, f in RECIPE_OPTIONS.items()
-            if o not in typed and model.get(o) != getattr(recipe, f)
-        }
+        taken = {o: v for o, v in recipe.model_options().items() if o not in typed and model.get(o) != v}
         for option, value in taken.items():
             model[option] = value
         if taken:

@@ -40,6 +40,22 @@ HEADLINE = (
 )
 
 
+# The PriceModel options a recipe's reading fields stand for: option -> recipe field. The one map
+# between the two namings, used both ways: a trained module's recipe (Recipe.from_model) and the
+# options an adapter is read with (Recipe.model_options). The module's quantization is the form
+# its base is loaded in, the recipe's `weights`.
+MODEL_OPTIONS = {
+    "quantization": "weights",
+    "quant_type": "quant_type",
+    "double_quant": "double_quant",
+    "compute_dtype": "compute_dtype",
+    "point": "point",
+    "interval_coverage": "coverage",
+    "read_beam": "beam",
+    "read_min_mass": "min_mass",
+}
+
+
 class RecipeError(ValueError):
     """A pricer.json that cannot be used; the message names the file and the field."""
 
@@ -120,16 +136,9 @@ class Recipe:
             base_model=hparams["base_model"],
             base_model_id=base_model_id,
             quantization=hparams["quantization"],
-            quant_type=hparams["quant_type"],
-            double_quant=hparams["double_quant"],
-            compute_dtype=hparams["compute_dtype"],
+            **{field: hparams[option] for option, field in MODEL_OPTIONS.items()},
             rules=rules.as_dict(),
-            point=hparams["point"],
-            coverage=hparams["interval_coverage"],
-            beam=hparams["read_beam"],
-            min_mass=hparams["read_min_mass"],
             max_digits=max_digits(rules.max_price),
-            weights=hparams["quantization"],
             blend_weight=blend.weight if blend is not None else 1.0,
             interval_scale=blend.interval_scale if blend is not None else 1.0,
             blend_neighbors=blend.neighbors if blend is not None else 0.0,
@@ -139,6 +148,30 @@ class Recipe:
     @property
     def curation_rules(self) -> CurationRules:
         return CurationRules(**self.rules)
+
+    def model_options(self) -> dict:
+        """The PriceModel options this recipe reads an adapter with (`read_beam`, ...)."""
+        return {option: getattr(self, field) for option, field in MODEL_OPTIONS.items()}
+
+    def reading_settings(self) -> dict:
+        """The Pricer settings this recipe stands for: the base's form, the read-out, the blend,
+        the precision and the curation rules that shape the prompt."""
+        return {
+            "quantization": self.weights,
+            "quant_type": self.quant_type,
+            "double_quant": self.double_quant,
+            "compute_dtype": self.compute_dtype,
+            "point": self.point,
+            "coverage": self.coverage,
+            "beam": self.beam,
+            "min_mass": self.min_mass,
+            "max_digits": self.max_digits,
+            "blend_weight": self.blend_weight,
+            "interval_scale": self.interval_scale,
+            "blend_neighbors": self.blend_neighbors,
+            "precision": self.precision,
+            "rules": self.curation_rules,
+        }
 
     def with_metrics(self, metrics: dict | None) -> Recipe:
         headline = {k: metrics[k] for k in HEADLINE if k in metrics} if metrics else None

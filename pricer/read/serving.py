@@ -61,31 +61,11 @@ class Quote:
         ]
 
 
-def reading_settings(recipe: Recipe) -> dict:
-    """The Pricer settings a recipe stands for: the base's quantization and the read-out."""
-    return {
-        "quantization": recipe.weights,
-        "quant_type": recipe.quant_type,
-        "double_quant": recipe.double_quant,
-        "compute_dtype": recipe.compute_dtype,
-        "point": recipe.point,
-        "coverage": recipe.coverage,
-        "beam": recipe.beam,
-        "min_mass": recipe.min_mass,
-        "max_digits": recipe.max_digits,
-        "blend_weight": recipe.blend_weight,
-        "interval_scale": recipe.interval_scale,
-        "blend_neighbors": recipe.blend_neighbors,
-        "precision": recipe.precision,
-        "rules": recipe.curation_rules,
-    }
-
-
 # What an adapter without a pricer.json is read with, unless told otherwise: a recipe's defaults.
 # (No blend: without a recipe there is no TF-IDF model beside the adapter either.)
 DEFAULTS = {
     k: v
-    for k, v in reading_settings(Recipe(base_model="-")).items()
+    for k, v in Recipe(base_model="-").reading_settings().items()
     if k not in ("rules", "blend_weight", "interval_scale", "blend_neighbors")
 }
 
@@ -241,7 +221,7 @@ class Pricer:
                     stacklevel=2,
                 )
             return cls(base_model, str(folder), device, **{**DEFAULTS, **settings})
-        measured = reading_settings(recipe)
+        measured = recipe.reading_settings()
         pricer = cls(base_model or base_for_here(recipe), str(folder), device, **{**measured, **settings})
         pricer.recipe = recipe
         return pricer
