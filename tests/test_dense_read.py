@@ -7,33 +7,7 @@ import pytest
 import torch
 
 from pricer.read.dense import DenseLinear, dense_weights
-from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
-
-PROMPTS = [
-    "How much does this cost to the nearest dollar?\n\nAcme Kettle 1.7L, stainless steel\n\nPrice is $",
-    "How much does this cost to the nearest dollar?\n\nA rack\n\nPrice is $",
-    "How much does this cost to the nearest dollar?\n\nWidget pro max with a long description of it\n\nPrice is $",
-]
-ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def trained_like(tiny_llama, **options):
-    """The tiny model with a LoRA update large enough to move its prices."""
-    model = tiny_model(tiny_llama, lora_target_modules=ALL, **options)
-    model.configure_model()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.3)
-    return model.eval()
-
-
-def batch(model):
-    tokenizer = model.reader.tokenizer
-    tokenizer.padding_side = "left"
-    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    return encoded["input_ids"], encoded["attention_mask"]
+from tests.conftest import Losses, batch, cpu_trainer, tiny_datamodule, tiny_model, trained_like
 
 
 def read(model, ids, mask):

@@ -66,7 +66,11 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_state.quant_type == "fp4" and q_proj.weight.quant_state.nested is False
     assert q_proj.support_avx512bf16_for_cpu is False  # one kernel path, as fit measured
-    assert (pricer.reader.beam, pricer.reader.min_mass, pricer.point) == (3, 0.002, "mean")
+    assert (pricer.reader.price_reader.beam, pricer.reader.price_reader.min_mass, pricer.point) == (
+        3,
+        0.002,
+        "mean",
+    )
 
     # a blended run: the tiny untrained-scale model prices these fridges far worse than the
     # TF-IDF model, so validation blends it in; the Space reads the blend from the adapter
@@ -190,7 +194,7 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
         )
         pricer = Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", **explicit)
     assert not [w for w in caught if "pricer.json" in str(w.message)]  # everything given
-    assert pricer.reader.beam == 3
+    assert pricer.reader.price_reader.beam == 3
 
 
 def test_a_local_base_that_is_not_here_is_replaced_by_its_hub_id_and_says_so(tmp_path):

@@ -272,7 +272,11 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
     pricer = settings.pricer(device="cpu")
     recipe = read_recipe(run / "adapter")
     assert recipe.metrics["mae"] == settings.metrics["mae"]  # fit's test report, beside the adapter
-    assert (pricer.point, pricer.coverage, pricer.reader.beam) == (recipe.point, recipe.coverage, recipe.beam)
+    assert (pricer.point, pricer.coverage, pricer.reader.price_reader.beam) == (
+        recipe.point,
+        recipe.coverage,
+        recipe.beam,
+    )
     assert pricer.base_model == recipe.base_model  # the training machine still has it
 
 

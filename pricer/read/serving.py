@@ -23,6 +23,7 @@ from pricer.data.rules import CurationRules
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend, load_partner
 from pricer.read.dense import CpuRead, can_read_dense, to_dense
+from pricer.read.reader import Reader
 from pricer.read.reading import Point, PriceDistribution, PriceReader
 from pricer.read.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
 from pricer.read.tfidf import BlendError
@@ -171,7 +172,6 @@ class Pricer:
                 UserWarning,
                 stacklevel=2,
             )
-        self.point, self.coverage = point, coverage
         self.rules = rules or CurationRules()
         self.base_model, self.adapter = base_model, adapter
         self.tokenizer = load_tokenizer(base_model)
@@ -185,12 +185,20 @@ class Pricer:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
-        self.autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        digits = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
+        self.reader = Reader(digits, point, coverage, self.blend, self.tfidf, precision)
         if cpu_read == "dense" and can_read_dense(model, self.device):
             # under autocast a merged LoRA update would be rounded with the 16-bit weights
-            to_dense(model, merge=self.autocast is None)
+            to_dense(model, merge=self.reader.autocast is None)
         self.model = model.eval()
-        self.reader = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
+
+    @property
+    def point(self) -> Point:
+        return self.reader.point
+
+    @property
+    def coverage(self) -> float:
+        return self.reader.coverage
 
     @classmethod
     def from_adapter(
@@ -240,20 +248,10 @@ class Pricer:
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            (distribution,) = self.reader.read(self.model, ids, mask)
-        llm = float(distribution.point(self.point))
-        low, high = distribution.interval(self.coverage)
-        if not self.blend.changes_anything:
-            return Quote(llm, low, high, distribution, prompt, llm_price=llm)
-        tfidf = (
-            self.tfidf.predict([text_from_prompt(prompt)], self.blend.neighbors)
-            if self.tfidf is not None
-            else None
+        (read,) = self.reader.price(self.model, ids, mask, [text_from_prompt(prompt)])
+        return Quote(
+            read.predicted, read.low, read.high, read.distribution, prompt, read.prices, read.llm_predicted
         )
-        price, low, high = (float(v[0]) for v in self.blend.apply([llm], [low], [high], tfidf))
-        moved = self.blend.move(distribution.prices, llm, None if tfidf is None else tfidf[0])
-        return Quote(price, low, high, distribution, prompt, moved, llm)
 
 
 def interval_text(quote: Quote, coverage: float) -> str:

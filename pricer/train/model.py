@@ -26,6 +26,7 @@ from pricer.hub.calls import adapter_folder
 from pricer.options import OptionError, check_range
 from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
 from pricer.read.dense import CpuRead, can_read_dense, dense_weights
+from pricer.read.reader import Reader
 from pricer.read.reading import Point, PriceReader
 from pricer.read.recipe import Recipe, base_differences, max_digits, read_recipe
 from pricer.read.tfidf import TfidfPrice
@@ -241,27 +242,18 @@ class PriceModel(L.LightningModule):
             )
         return self._reader
 
-    def read_llm(self, batch: dict) -> list[tuple[float, float, float]]:
-        """The LLM's (predicted, low, high) for each prompt of a batch, from its distribution."""
+    def reading(self) -> Reader:
+        """How this module's prices are read (pricer/read/reader.py, as the Space reads them):
+        its read-out options, the blend fit chose and the trainer's precision."""
         hp = self.hparams
-        distributions = self.reader.read(self.model, batch["prompt_ids"], batch["prompt_mask"])
-        return [(d.point(hp.point), *d.interval(hp.interval_coverage)) for d in distributions]
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
+        return Reader(self.reader, hp.point, hp.interval_coverage, self.blend, self.tfidf, precision)
 
     def read_prices(self, batch: dict) -> list[dict]:
         """The read-out for each prompt of a batch: predicted, low and high (the blend's when
         there is one), and the LLM's own as llm_predicted, llm_low and llm_high."""
-        llm = self.read_llm(batch)
-        rows = [{"llm_predicted": p, "llm_low": lo, "llm_high": hi} for p, lo, hi in llm]
-        if not self.blend.changes_anything:
-            return [
-                {"predicted": p, "low": lo, "high": hi, **r} for (p, lo, hi), r in zip(llm, rows, strict=True)
-            ]
-        tfidf = self.tfidf.predict(batch["text"], self.blend.neighbors) if self.blend.uses_tfidf else None
-        point, low, high = self.blend.apply(*np.array(llm).T, tfidf)
-        return [
-            {"predicted": float(p), "low": float(lo), "high": float(hi), **r}
-            for p, lo, hi, r in zip(point, low, high, rows, strict=True)
-        ]
+        reads = self.reading().price(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["text"])
+        return [read.row() for read in reads]
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)

@@ -1,0 +1,108 @@
+"""A batch of prompts to prices: the LLM's distribution, its point and interval, then the blend.
+
+The one read every price goes through: fit's validation reads for the blend, fit's test, the
+`test` and `predict` commands (through `PriceModel`) and the Space (through `Pricer`). It owns
+the read-out settings, the blend fit chose with its saved partner, and the trainer precision
+the run was tested under (a mixed one is read under the same autocast). Its caller owns the
+model, loaded for training or for serving, and the prompts' tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pricer.read.blend import Blend
+from pricer.read.reading import Point, PriceDistribution, PriceReader
+
+# Lightning's mixed precisions and the autocast dtype each reads under; the others read in the
+# weights' own dtype
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+@dataclass
+class Read:
+    """One prompt's price: the blend's point and interval, the LLM's own before it, and the
+    distribution they were read from (`partner`: the blend partner's price, when it has one)."""
+
+    predicted: float
+    low: float
+    high: float
+    llm_predicted: float
+    llm_low: float
+    llm_high: float
+    distribution: PriceDistribution
+    blend: Blend
+    partner: float | None = None
+
+    def row(self) -> dict:
+        """The six prices, as a report's or a prediction file's columns."""
+        names = ("predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
+        return {name: getattr(self, name) for name in names}
+
+    @property
+    def prices(self) -> np.ndarray:
+        """The distribution's prices where the blend moved them (its own without a blend)."""
+        return self.blend.move(self.distribution.prices, self.llm_predicted, self.partner)
+
+
+class Reader:
+    """Prices a batch of tokenized prompts with a model.
+
+    Args:
+        price_reader: The digit-by-digit reader of the price's distribution.
+        point: median or mean of the distribution.
+        coverage: Probability inside the reported interval.
+        blend: The LLM's share of the price beside its partner, and the interval's scale.
+        partner: The TF-IDF model saved with the adapter; needed when the blend uses it.
+        precision: The trainer precision the run was tested under.
+    """
+
+    def __init__(
+        self,
+        price_reader: PriceReader,
+        point: Point = "median",
+        coverage: float = 0.8,
+        blend: Blend | None = None,
+        partner=None,
+        precision: str = "32-true",
+    ) -> None:
+        self.price_reader, self.point, self.coverage = price_reader, point, coverage
+        self.blend = blend or Blend()
+        self.partner = partner
+        self.autocast = AUTOCAST.get(str(precision))
+
+    def distributions(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The LLM's price distribution for each prompt, read under the run's autocast: inside
+        Lightning's own, the same one again (uncached, as Lightning's is)."""
+        with torch.autocast(
+            input_ids.device.type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
+        ):
+            return self.price_reader.read(model, input_ids, attention_mask)
+
+    def price(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str]
+    ) -> list[Read]:
+        """Each prompt's Read; `texts` are the prompts' product texts, the partner's input."""
+        distributions = self.distributions(model, input_ids, attention_mask)
+        llm = np.array(
+            [(d.point(self.point), *d.interval(self.coverage)) for d in distributions], dtype=np.float64
+        ).reshape(-1, 3)
+        partner = None
+        if self.blend.uses_tfidf:
+            partner = np.asarray(self.partner.predict(list(texts), self.blend.neighbors), dtype=np.float64)
+        point, low, high = self.blend.apply(*llm.T, partner)
+        return [
+            Read(
+                float(point[i]),
+                float(low[i]),
+                float(high[i]),
+                *(float(v) for v in llm[i]),
+                distribution=d,
+                blend=self.blend,
+                partner=None if partner is None else float(partner[i]),
+            )
+            for i, d in enumerate(distributions)
+        ]

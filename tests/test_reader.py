@@ -1,0 +1,89 @@
+"""One read for every price (pricer/read/reader.py): the module that trained an adapter and the
+Space that serves it price a prompt through the same Reader, blend included."""
+
+import numpy as np
+import pytest
+import torch
+
+from pricer.data.prompt import text_from_prompt
+from pricer.read.blend import Blend
+from pricer.read.reader import Reader
+from pricer.read.reading import PriceDistribution
+from pricer.read.tfidf import TfidfPrice
+from tests.conftest import PROMPTS, batch, trained_like
+
+TRAIN = [
+    ("Acme kettle stainless steel fast boil", 35.0),
+    ("A heavy rack for the oven", 18.0),
+    ("Widget pro max with a motor", 240.0),
+    ("Small kettle, plastic", 12.0),
+    ("Oven rack chrome", 22.0),
+    ("Widget mini", 60.0),
+]
+
+
+def blended(tiny_llama):
+    model = trained_like(tiny_llama)
+    model.blend = Blend(weight=0.6, interval_scale=1.4, neighbors=0.5)
+    model.tfidf = TfidfPrice.fit([t for t, _ in TRAIN], np.array([p for _, p in TRAIN]))
+    return model
+
+
+def test_the_space_quotes_the_trained_modules_blended_prices_to_the_cent(tiny_llama, tmp_path):
+    """fit's test reads a left-padded batch through PriceModel.read_prices; the Space reads
+    each prompt alone through Pricer.quote_prompt from the saved adapter: the same prices, to the
+    cent, for the blend's point and interval and for the LLM's own."""
+    from pricer.read.serving import Pricer
+
+    model = blended(tiny_llama)
+    ids, mask = batch(model)
+    rows = model.read_prices(
+        {"prompt_ids": ids, "prompt_mask": mask, "text": [text_from_prompt(p) for p in PROMPTS]}
+    )
+    model.save_adapter(tmp_path / "adapter")
+    pricer = Pricer.from_adapter(str(tmp_path / "adapter"), base_model=tiny_llama, cpu_read="4bit")
+    assert pricer.blend == model.blend
+    moved = 0
+    for prompt, row in zip(PROMPTS, rows, strict=True):
+        quote = pricer.quote_prompt(prompt)
+        got = (quote.price, quote.low, quote.high, quote.llm_price)
+        want = (row["predicted"], row["low"], row["high"], row["llm_predicted"])
+        assert [round(v, 2) for v in got] == [round(v, 2) for v in want], prompt
+        moved += round(quote.price, 2) != round(quote.llm_price, 2)
+    assert moved  # the blend moved prices, so the partner was read on both sides
+
+
+def test_a_read_blends_the_llms_point_and_moves_its_distribution_with_it(tiny_llama):
+    """Each Read's price is the blend of the LLM's point with the partner's price, and its
+    distribution's prices are moved the same way (their median is the blended median)."""
+    model = blended(tiny_llama)
+    ids, mask = batch(model)
+    texts = [text_from_prompt(p) for p in PROMPTS]
+    reader = Reader(model.reader, "median", 0.8, model.blend, model.tfidf)
+    reads = reader.price(model.model, ids, mask, texts)
+    partner = model.tfidf.predict(texts, model.blend.neighbors)
+    for read, alone in zip(reads, partner, strict=True):
+        assert read.partner == pytest.approx(float(alone))
+        expected = np.expm1(0.6 * np.log1p(read.llm_predicted) + 0.4 * np.log1p(alone))
+        assert read.predicted == pytest.approx(expected)
+        d = read.distribution
+        assert PriceDistribution(read.prices, d.probs, d.left_out).median == pytest.approx(read.predicted)
+    llm_only = Reader(model.reader, "median", 0.8).price(model.model, ids, mask, texts)
+    assert [r.llm_predicted for r in llm_only] == [r.llm_predicted for r in reads]
+    assert all(r.predicted == r.llm_predicted and r.partner is None for r in llm_only)
+
+
+def test_a_mixed_precision_is_read_under_its_autocast_and_a_true_one_is_not(tiny_llama):
+    model = trained_like(tiny_llama)
+    seen = []
+
+    class Spy(type(model.reader)):
+        def read(self, model, ids, mask):
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+            return super().read(model, ids, mask)
+
+    spy = Spy(model.reader.tokenizer)
+    ids, mask = batch(model)
+    for precision in ("32-true", "bf16-mixed", "bf16-true"):
+        Reader(spy, precision=precision).price(model.model, ids, mask, ["x"] * len(PROMPTS))
+    assert seen == [False, torch.bfloat16, False]
