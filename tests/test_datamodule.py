@@ -48,3 +48,29 @@ def test_a_curated_source_is_used_whole(raw_items, byte_tokenizer):
     curated = small_datamodule(folder, byte_tokenizer, raw_items / "cache", train_size=1, test_size=1)
     curated.setup("test")
     assert len(curated.datasets["test"]) == 10 and len(curated.datasets["train"]) == 40
+
+
+def test_the_collator_pads_training_rows_right_and_prompts_left():
+    """Two examples of unequal length: inputs and labels padded on the right (labels with the
+    ignored index), the prompts alone on the left so both end at the same column, and the
+    completions on the right; the text columns carried through."""
+    import torch
+
+    from pricer.data.batches import IGNORE_INDEX, PadCollator
+
+    examples = [
+        {"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8], "price": 12.0, "text": "a"},
+        {"input_ids": [9, 8], "labels": [-100, 8], "price": 3.5, "text": "b"},
+    ]
+    batch = PadCollator(0, prompts=True)(examples)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8], [-100, 8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["prompt_ids"].tolist() == [[5, 6], [0, 9]]
+    assert batch["prompt_mask"].tolist() == [[1, 1], [0, 1]]
+    assert batch["completion_ids"].tolist() == [[7, 8], [8, 0]]
+    assert batch["completion_mask"].tolist() == [[1, 1], [1, 0]]
+    assert batch["price"].tolist() == [12.0, 3.5] and batch["text"] == ["a", "b"]
+    assert all(batch[k].dtype == torch.long for k in ("input_ids", "labels", "prompt_ids", "completion_mask"))
+    unpriced = PadCollator(0, prompts=True)([{"input_ids": [4, 2], "labels": [-100, -100]}])
+    assert unpriced["completion_ids"].shape == (1, 0) and "price" not in unpriced

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 IGNORE_INDEX = -100
 
@@ -24,24 +25,35 @@ def tokenize_examples(batch: dict, tokenizer) -> dict:
     return {"input_ids": input_ids, "labels": labels}
 
 
+def pad(rows: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
+    """Rows of token ids as one tensor, padded with `value` to the longest, on `side`."""
+    tensors = [torch.as_tensor(row, dtype=torch.long) for row in rows]
+    return pad_sequence(tensors, batch_first=True, padding_value=value, padding_side=side)
+
+
+def pad_with_mask(
+    rows: list[list[int]], value: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pad`, and the mask of the real tokens."""
+    return pad(rows, value, side), pad([[1] * len(row) for row in rows], 0, side)
+
+
 @dataclass
 class PadCollator:
     """Pads a batch to its own longest sequence (dynamic padding), on the right; with
-    `prompts`, also the prompts alone, on the left, for reading prices."""
+    `prompts`, also the prompts alone, on the left, for reading prices.
+
+    torch's `pad_sequence` pads; transformers' DataCollatorForSeq2Seq would need the tokenizer
+    (the T4 check has none), pads on the tokenizer's side (the Space sets it to the left) and
+    refuses the string columns (title, category, text) the reports carry through.
+    """
 
     pad_token_id: int
     prompts: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(examples), length), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            input_ids[row, :n] = torch.as_tensor(example["input_ids"])
-            labels[row, :n] = torch.as_tensor(example["labels"])
-            attention[row, :n] = 1
+        input_ids, attention = pad_with_mask([e["input_ids"] for e in examples], self.pad_token_id)
+        labels = pad([e["labels"] for e in examples], IGNORE_INDEX)
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         if "price" in examples[0]:
             batch["price"] = torch.tensor([float(e["price"]) for e in examples])
@@ -60,18 +72,8 @@ class PadCollator:
             pairs = list(zip(e["input_ids"], e["labels"], strict=True))
             prompts.append([t for t, label in pairs if label == IGNORE_INDEX])
             completions.append([t for t, label in pairs if label != IGNORE_INDEX])
-        length = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, length - len(prompt) :] = torch.as_tensor(prompt)
-            mask[row, length - len(prompt) :] = 1
-        width = max(len(c) for c in completions)
-        completion_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        completion_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, completion in enumerate(completions):
-            completion_ids[row, : len(completion)] = torch.as_tensor(completion, dtype=torch.long)
-            completion_mask[row, : len(completion)] = 1
+        ids, mask = pad_with_mask(prompts, self.pad_token_id, side="left")
+        completion_ids, completion_mask = pad_with_mask(completions, self.pad_token_id)
         return {
             "prompt_ids": ids,
             "prompt_mask": mask,
