@@ -67,6 +67,7 @@ def compare(run: Path, splits: Path, base_model: str | None, items: int | None) 
         "largest_gap": float(gap.max()),
         "interval_close": float((close(got[:, 1], want[:, 1]) & close(got[:, 2], want[:, 2])).mean()),
         "llm_close": float(close(got[:, 3], want[:, 3]).mean()),
+        "llm_to_the_cent": float((np.round(got[:, 3], 2) == np.round(want[:, 3], 2)).mean()),
         "seconds_a_quote": seconds / n,
     }
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{result['n']} test items quoted alone, {result['seconds_a_quote']:.2f} s each "
         f"({result['machine']}): {result['close']:.1%} within $0.50 or 1% of test's price, "
         f"{result['to_the_cent']:.1%} to the cent, largest gap ${result['largest_gap']:.2f}; "
-        f"interval {result['interval_close']:.1%}, the LLM alone {result['llm_close']:.1%} within the same"
+        f"interval {result['interval_close']:.1%}, the LLM alone {result['llm_close']:.1%} within the same "
+        f"and {result['llm_to_the_cent']:.1%} to the cent"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -87,3 +87,41 @@ def test_a_mixed_precision_is_read_under_its_autocast_and_a_true_one_is_not(tiny
     for precision in ("32-true", "bf16-mixed", "bf16-true"):
         Reader(spy, precision=precision).price(model.model, ids, mask, ["x"] * len(PROMPTS))
     assert seen == [False, torch.bfloat16, False]
+
+
+def test_in_16_bits_each_prompt_is_read_alone_as_the_space_reads_it(tiny_llama, tmp_path):
+    """Under bf16-mixed fit's test reads a left-padded batch through the same Reader as the
+    Space, which reads each prompt alone: every distribution is the Space's exactly, so every
+    price agrees to the cent. In fp32 the batch is kept (its rounding moves no cent)."""
+    from pricer.read.reader import reads_alone
+    from pricer.read.serving import Pricer
+
+    assert reads_alone("bf16-mixed", torch.float32) and reads_alone("16-mixed", torch.float32)
+    assert reads_alone("32-true", torch.float16) and not reads_alone("32-true", torch.float32)
+    model = blended(tiny_llama)
+    ids, mask = batch(model)
+    texts = [text_from_prompt(p) for p in PROMPTS]
+    tested = Reader(model.reader, "median", 0.8, model.blend, model.tfidf, "bf16-mixed", alone=True)
+    reads = tested.price(model.model, ids, mask, texts)
+    model.save_adapter(tmp_path / "adapter")
+    pricer = Pricer.from_adapter(
+        str(tmp_path / "adapter"), base_model=tiny_llama, cpu_read="4bit", precision="bf16-mixed"
+    )
+    assert pricer.reader.alone and pricer.reader.autocast == torch.bfloat16
+    for prompt, read in zip(PROMPTS, reads, strict=True):
+        quote = pricer.quote_prompt(prompt)
+        np.testing.assert_array_equal(quote.distribution.probs, read.distribution.probs)
+        assert (quote.price, quote.low, quote.high) == (read.predicted, read.low, read.high)
+    # each prompt went through the reader alone and unpadded (read in a padded batch, the two
+    # shorter prompts' probabilities moved by up to 9e-6 on the development machine)
+    shapes = []
+
+    class Spy(type(model.reader)):
+        def read(self, model, ids, mask):
+            shapes.append((tuple(ids.shape), int(mask.sum())))
+            return super().read(model, ids, mask)
+
+    Reader(Spy(model.reader.tokenizer), precision="bf16-mixed", alone=True).price(
+        model.model, ids, mask, texts
+    )
+    assert shapes == [((1, int(m.sum())), int(m.sum())) for m in mask]

@@ -20,6 +20,20 @@ from pricer.read.reading import Point, PriceDistribution, PriceReader
 # Lightning's mixed precisions and the autocast dtype each reads under; the others read in the
 # weights' own dtype
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+FULL_PRECISIONS = ("32-true", "64-true")
+
+
+def reads_alone(precision: str, compute_dtype: torch.dtype) -> bool:
+    """Whether prompts are read one at a time: when any of the read is in 16 bits.
+
+    In 16 bits the rounding of a prompt's matmuls and attention depends on the batch it is read
+    in (its padding and the kernels its shape selects), so a batch of test prompts would read
+    other prices than the Space reads for each alone (84% to the cent on the sample run's
+    adapter under bf16-mixed, benchmarks/RESULTS.md). Read alone and unpadded, both compute the
+    same operations on the same shapes: on the smoke job every price agreed to the cent, for a
+    test pass 2.35x as long on the CPU. In fp32 a batch moves no price by a cent, and is kept.
+    """
+    return str(precision) not in FULL_PRECISIONS or compute_dtype in (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -58,6 +72,8 @@ class Reader:
         blend: The LLM's share of the price beside its partner, and the interval's scale.
         partner: The TF-IDF model saved with the adapter; needed when the blend uses it.
         precision: The trainer precision the run was tested under.
+        alone: Read each prompt by itself, without padding (`reads_alone`), so its price does
+            not depend on the batch it came in.
     """
 
     def __init__(
@@ -68,11 +84,13 @@ class Reader:
         blend: Blend | None = None,
         partner=None,
         precision: str = "32-true",
+        alone: bool = False,
     ) -> None:
         self.price_reader, self.point, self.coverage = price_reader, point, coverage
         self.blend = blend or Blend()
         self.partner = partner
         self.autocast = AUTOCAST.get(str(precision))
+        self.alone = alone
 
     def distributions(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The LLM's price distribution for each prompt, read under the run's autocast: inside
@@ -80,7 +98,13 @@ class Reader:
         with torch.autocast(
             input_ids.device.type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
         ):
-            return self.price_reader.read(model, input_ids, attention_mask)
+            if not self.alone or len(input_ids) == 1:
+                return self.price_reader.read(model, input_ids, attention_mask)
+            reads = []
+            for ids, mask in zip(input_ids, attention_mask, strict=True):
+                real = mask.bool()  # a left-padded row's tokens, as the prompt tokenizes alone
+                reads += self.price_reader.read(model, ids[real][None], mask[real][None])
+            return reads
 
     def price(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str]

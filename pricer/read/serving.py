@@ -23,7 +23,7 @@ from pricer.data.rules import CurationRules
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend, load_partner
 from pricer.read.dense import CpuRead, can_read_dense, to_dense
-from pricer.read.reader import Reader
+from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceDistribution, PriceReader
 from pricer.read.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
 from pricer.read.tfidf import BlendError
@@ -186,7 +186,8 @@ class Pricer:
 
             model = PeftModel.from_pretrained(model, adapter)
         digits = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
-        self.reader = Reader(digits, point, coverage, self.blend, self.tfidf, precision)
+        alone = reads_alone(precision, self.dtype)
+        self.reader = Reader(digits, point, coverage, self.blend, self.tfidf, precision, alone)
         if cpu_read == "dense" and can_read_dense(model, self.device):
             # under autocast a merged LoRA update would be rounded with the 16-bit weights
             to_dense(model, merge=self.reader.autocast is None)

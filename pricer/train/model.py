@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pricer.base.load import is_local, load_base, load_tokenizer, prepare_base
-from pricer.base.precision import ComputeDtype
+from pricer.base.precision import ComputeDtype, resolve_dtype
 from pricer.base.quantization import Quantization, lora_config
 from pricer.data.batches import IGNORE_INDEX
 from pricer.files import replace_folder
@@ -26,7 +26,7 @@ from pricer.hub.calls import adapter_folder
 from pricer.options import OptionError, check_range
 from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
 from pricer.read.dense import CpuRead, can_read_dense, dense_weights
-from pricer.read.reader import Reader
+from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceReader
 from pricer.read.recipe import Recipe, base_differences, max_digits, read_recipe
 from pricer.read.tfidf import TfidfPrice
@@ -247,7 +247,8 @@ class PriceModel(L.LightningModule):
         its read-out options, the blend fit chose and the trainer's precision."""
         hp = self.hparams
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
-        return Reader(self.reader, hp.point, hp.interval_coverage, self.blend, self.tfidf, precision)
+        alone = reads_alone(precision, resolve_dtype(hp.compute_dtype, self.target_device))
+        return Reader(self.reader, hp.point, hp.interval_coverage, self.blend, self.tfidf, precision, alone)
 
     def read_prices(self, batch: dict) -> list[dict]:
         """The read-out for each prompt of a batch: predicted, low and high (the blend's when
