@@ -155,6 +155,34 @@ def test_space_vs_test_finds_the_spaces_quotes_equal_to_tests_prices(fp4_run, tm
 
 
 @pytest.mark.slow
+def test_under_bf16_mixed_the_spaces_quotes_equal_tests_prices_to_the_cent(
+    tmp_path_factory, tiny_llama, tmp_path
+):
+    """A run trained and tested under bf16-mixed: its recipe says so, the Space reads it under
+    the same autocast, and each prompt test read in its batch is quoted alone to the cent, the
+    LLM's own price and the interval too. (On the tiny model a batched read would agree as
+    well; tests/test_reader.py proves test reads each prompt alone in 16 bits, and
+    benchmarks/RESULTS.md measures what that changes on SmolLM2.)"""
+    from benchmarks.space_vs_test import main
+
+    _, run = publishing_fit(
+        tmp_path_factory.mktemp("bf16"),
+        tiny_llama,
+        "bf16",
+        "--trainer.precision",
+        "bf16-mixed",
+        test_size=8,
+        dataset_repo=False,
+    )
+    assert read_recipe(run / "adapter").precision == "bf16-mixed"
+    (data,) = {p.parent for p in (run.parent.parent / "cache").rglob("test-*.parquet")}
+    result = main([str(run), "--splits", str(data)])
+    assert result["n"] == 8
+    for share in ("to_the_cent", "llm_to_the_cent", "interval_close"):
+        assert result[share] == 1, share
+
+
+@pytest.mark.slow
 def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, capsys):
     """The card's three lines, extracted from the staged README and run as they are; the Hub
     serves me/pricer-tiny from the staged folder (the test double fills the download cache)."""
