@@ -93,4 +93,4 @@ def test_no_module_over_400_lines(path):
 
 
 # Still over, and never to grow: PriceModel is split when its end-of-fit choices become callbacks.
-OVER_FOR_NOW = {"train/model.py": 769}
+OVER_FOR_NOW = {"train/model.py": 765}

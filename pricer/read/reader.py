@@ -56,6 +56,10 @@ class Read:
         names = ("predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
         return {name: getattr(self, name) for name in names}
 
+    def llm_row(self) -> dict:
+        """The LLM's own price and interval, as predicted, low and high (before any blend)."""
+        return {"predicted": self.llm_predicted, "low": self.llm_low, "high": self.llm_high}
+
     @property
     def prices(self) -> np.ndarray:
         """The distribution's prices where the blend moved them (its own without a blend)."""
@@ -110,7 +114,10 @@ class Reader:
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str]
     ) -> list[Read]:
         """Each prompt's Read; `texts` are the prompts' product texts, the partner's input."""
-        distributions = self.distributions(model, input_ids, attention_mask)
+        return self.priced(self.distributions(model, input_ids, attention_mask), texts)
+
+    def priced(self, distributions: list[PriceDistribution], texts: list[str]) -> list[Read]:
+        """The Reads of distributions already read (validation's, from its scoring pass)."""
         llm = np.array(
             [(d.point(self.point), *d.interval(self.coverage)) for d in distributions], dtype=np.float64
         ).reshape(-1, 3)

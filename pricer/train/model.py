@@ -441,16 +441,12 @@ class PriceModel(L.LightningModule):
         return loss
 
     def _validation_rows(self, batch: dict, distributions) -> list[dict]:
-        hp = self.hparams
-        return [
-            {
-                "price": float(batch["price"][i]),
-                "text": batch["text"][i],
-                "predicted": d.point(hp.point),
-                **dict(zip(("low", "high"), d.interval(hp.interval_coverage), strict=True)),
-            }
-            for i, d in enumerate(distributions)
-        ]
+        """The LLM's own prices of validation's reads, which the blend is chosen on."""
+        reads = Reader(self.reader, self.hparams.point, self.hparams.interval_coverage).priced(
+            distributions, batch["text"]
+        )
+        rows = zip(batch["price"], batch["text"], reads, strict=True)
+        return [{"price": float(p), "text": t, **r.llm_row()} for p, t, r in rows]
 
     def _read_dense(self) -> None:
         """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
