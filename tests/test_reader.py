@@ -125,3 +125,17 @@ def test_in_16_bits_each_prompt_is_read_alone_as_the_space_reads_it(tiny_llama, 
         model.model, ids, mask, texts
     )
     assert shapes == [((1, int(m.sum())), int(m.sum())) for m in mask]
+
+
+def test_on_a_t4_the_module_reads_alone_even_in_32_true(tiny_llama, monkeypatch):
+    """On a GPU (simulated: the trainer's root device is CUDA, the card a T4 of compute
+    capability 7.5) the auto compute dtype is fp16, so the 4-bit layers compute in 16 bits and
+    test reads each prompt alone; on the CPU the same module keeps its batches."""
+    import pricer.base.precision as precision
+
+    model = trained_like(tiny_llama)
+    assert not model.reading().alone  # the CPU: fp32
+    monkeypatch.setattr(precision, "card", lambda device=None: ((7, 5), "Tesla T4"))
+    monkeypatch.setattr(type(model), "target_device", property(lambda self: torch.device("cuda", 0)))
+    reading = model.reading()
+    assert reading.alone and reading.autocast is None  # no trainer: 32-true

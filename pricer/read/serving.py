@@ -154,14 +154,14 @@ class Pricer:
                 f"Pricer: blend_weight and blend_neighbors must be in [0, 1] and interval_scale positive, "
                 f"got {blend_weight!r}, {blend_neighbors!r} and {interval_scale!r}"
             )
-        self.blend = Blend(float(blend_weight), float(interval_scale), float(blend_neighbors))
-        self.tfidf = None
-        if self.blend.uses_tfidf:
+        blend = Blend(float(blend_weight), float(interval_scale), float(blend_neighbors))
+        partner = None
+        if blend.uses_tfidf:
             if not adapter:
                 raise BlendError(
                     "Pricer: blend_weight under 1 needs an adapter folder holding its TF-IDF model"
                 )
-            self.tfidf = load_partner(adapter, self.blend)
+            partner = load_partner(adapter, blend)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         emulated = emulated_bf16(precision, self.device) if self.device.type == "cuda" else None
         if emulated:
@@ -187,7 +187,7 @@ class Pricer:
             model = PeftModel.from_pretrained(model, adapter)
         digits = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
         alone = reads_alone(precision, self.dtype)
-        self.reader = Reader(digits, point, coverage, self.blend, self.tfidf, precision, alone)
+        self.reader = Reader(digits, point, coverage, blend, partner, precision, alone)
         if cpu_read == "dense" and can_read_dense(model, self.device):
             # under autocast a merged LoRA update would be rounded with the 16-bit weights
             to_dense(model, merge=self.reader.autocast is None)
@@ -200,6 +200,11 @@ class Pricer:
     @property
     def coverage(self) -> float:
         return self.reader.coverage
+
+    @property
+    def blend(self) -> Blend:
+        """The blend fit chose, as the reader applies it (one copy of it, the reader's)."""
+        return self.reader.blend
 
     @classmethod
     def from_adapter(
