@@ -230,7 +230,11 @@ def tiny_datamodule(raw_items, tokenizer):
 
 
 def cpu_trainer(root, callbacks, every=None, **kwargs):
-    """A quiet one-epoch CPU Trainer; `every` adds checkpoints every that many steps."""
+    """A quiet one-epoch CPU Trainer, ending with fit's decisions (pricer/train/end_of_fit.py) as
+    the command line's does; `every` adds checkpoints every that many steps."""
+    from pricer.train.end_of_fit import end_of_fit_callbacks
+
+    callbacks = [*callbacks, *end_of_fit_callbacks(callbacks)]
     if every:
         callbacks = [
             *callbacks,

@@ -113,7 +113,7 @@ def test_on_a_gpu_the_4bit_layers_stay(tiny_llama, monkeypatch):
     assert can_read_dense(model.model, torch.device("cpu"))
     assert not can_read_dense(model.model, torch.device("cuda", 0))
     monkeypatch.setattr(type(model), "target_device", property(lambda self: torch.device("cuda", 0)))
-    model._read_dense()
+    model.read_dense()
     assert model._dense is None and any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.modules())
 
 

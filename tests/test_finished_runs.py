@@ -144,6 +144,7 @@ def test_a_model_option_a_checkpoint_would_override_is_refused(finished, capsys)
 # (PRICER_STOP_AT) so a real signal sent on its marker arrives in that phase.
 LAUNCH = """
 import os, sys, time
+from pricer.train.end_of_fit import ChooseBlend
 from pricer.train.model import PriceModel
 
 AT = os.environ["PRICER_STOP_AT"]
@@ -153,16 +154,16 @@ def pause(phase):
         print(f"PHASE {phase}", flush=True)
         time.sleep(4)
 
-def wrap(name, phase, when=lambda *a: True):
-    original = getattr(PriceModel, name)
+def wrap(name, phase, when=lambda *a: True, owner=PriceModel):
+    original = getattr(owner, name)
     def wrapped(self, *args, **kwargs):
         if when(self, *args):
             pause(phase)
         return original(self, *args, **kwargs)
-    setattr(PriceModel, name, wrapped)
+    setattr(owner, name, wrapped)
 
 wrap("training_step", "train", lambda self, batch, index: self.global_step == 2)
-wrap("_choose_blend", "blend")
+wrap("choose", "blend", owner=ChooseBlend)
 wrap("save_adapter", "save", lambda self, folder, *a: folder.name == "adapter")
 wrap("test_step", "test", lambda self, batch, index: index == 0)
 

@@ -176,23 +176,24 @@ def test_the_blend_is_chosen_on_the_kept_weights_reads_and_a_second_pass_reads_t
     the same prices, so the same choice."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from pricer.train.model import PriceModel
+    from pricer.train import end_of_fit
 
     module = tiny_model(tiny_llama, learning_rate=0.3, warmup_ratio=0.0)
     best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_mae", mode="min", save_top_k=1)
     trainer = cpu_trainer(tmp_path, [best], every=8, limit_val_batches=1, val_check_interval=2, max_steps=8)
     reads = []
-    original = PriceModel._read_validation
-    PriceModel._read_validation = lambda self: reads.append(1) or original(self)
+    original = end_of_fit.read_validation
+    end_of_fit.read_validation = lambda *args: reads.append(1) or original(*args)
     try:
         trainer.fit(module, datamodule=tiny_datamodule(raw_items, tiny_llama))
         assert reads == [], "the kept step's validation reads are used, not a second pass"
         chosen, report = module.blend, module.blend_report
         assert report["validation"]["n"] == 4 and report["validation"]["tfidf_mae"] is not None
         assert "fit: validation MAE $" in capsys.readouterr().out
-        module._choose_blend(module.weights_from["step"])  # as a resumed run: nothing kept
+        chooser = next(c for c in trainer.callbacks if isinstance(c, end_of_fit.ChooseBlend))
+        chooser.choose(trainer, module, module.weights_from["step"])  # as a resumed run: nothing kept
         assert reads == [1]
     finally:
-        PriceModel._read_validation = original
+        end_of_fit.read_validation = original
     assert (module.blend, module.blend_report) == (chosen, report)
     assert module.model.training, "training mode is back after the extra pass"

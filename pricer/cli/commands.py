@@ -34,6 +34,7 @@ from pricer.data.module import PriceDataModule
 from pricer.options import OptionError
 from pricer.read.recipe import RecipeError
 from pricer.train import stopping
+from pricer.train.end_of_fit import end_of_fit_callbacks
 from pricer.train.model import PriceModel
 
 
@@ -112,6 +113,9 @@ class PricerCLI(LightningCLI):
         # progress as lines where there is no terminal for a bar (unless the config has its own)
         if not any(isinstance(c, ProgressLog) for c in trainer.callbacks):
             trainer.callbacks.append(ProgressLog())
+        if self.subcommand == "fit":
+            # every fit ends with an adapter: the end-of-fit decisions a config leaves out
+            trainer.callbacks.extend(end_of_fit_callbacks(trainer.callbacks))
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import get_args
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +23,7 @@ from pricer.data.batches import IGNORE_INDEX
 from pricer.files import replace_folder
 from pricer.hub.calls import adapter_folder
 from pricer.options import OptionError, check_range
-from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
+from pricer.read.blend import Blend, load_partner
 from pricer.read.dense import CpuRead, can_read_dense, dense_weights
 from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceReader
@@ -437,10 +436,10 @@ class PriceModel(L.LightningModule):
             self.log(f"val_mae_{kind}", mae, batch_size=size, sync_dist=True)
             if kind == self.hparams.point:
                 self.log("val_mae", mae, prog_bar=True, batch_size=size, sync_dist=True)
-        self._val_rows.extend(self._validation_rows(batch, distributions))
+        self._val_rows.extend(self.validation_reads(batch, distributions))
         return loss
 
-    def _validation_rows(self, batch: dict, distributions) -> list[dict]:
+    def validation_reads(self, batch: dict, distributions) -> list[dict]:
         """The LLM's own prices of validation's reads, which the blend is chosen on."""
         reads = Reader(self.reader, self.hparams.point, self.hparams.interval_coverage).priced(
             distributions, batch["text"]
@@ -448,7 +447,7 @@ class PriceModel(L.LightningModule):
         rows = zip(batch["price"], batch["text"], reads, strict=True)
         return [{"price": float(p), "text": t, **r.llm_row()} for p, t, r in rows]
 
-    def _read_dense(self) -> None:
+    def read_dense(self) -> None:
         """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
         (pricer/read/dense.py) until the pass ends."""
         if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
@@ -459,18 +458,18 @@ class PriceModel(L.LightningModule):
             self._dense = ExitStack()
             self._dense.enter_context(dense_weights(self.model, merge=merge))
 
-    def _read_4bit_again(self) -> None:
+    def read_4bit_again(self) -> None:
         if self._dense is not None:
             self._dense.close()
             self._dense = None
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows = []
-        self._read_dense()
+        self.read_dense()
 
     def on_validation_epoch_end(self) -> None:
         # before any checkpoint is written (ModelCheckpoint saves in on_validation_end)
-        self._read_4bit_again()
+        self.read_4bit_again()
         trainer = self.trainer
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.world_size == 1:
             # the blend is chosen on the reads of the weights fit keeps: no second pass
@@ -481,19 +480,19 @@ class PriceModel(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
-        self._read_dense()
+        self.read_dense()
 
     def on_test_epoch_end(self) -> None:
-        self._read_4bit_again()
+        self.read_4bit_again()
 
     def on_predict_epoch_start(self) -> None:
-        self._read_dense()
+        self.read_dense()
 
     def on_predict_epoch_end(self) -> None:
-        self._read_4bit_again()
+        self.read_4bit_again()
 
     def on_exception(self, exception: BaseException) -> None:
-        self._read_4bit_again()
+        self.read_4bit_again()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         for i, read in enumerate(self.read_prices(batch)):
@@ -582,107 +581,13 @@ class PriceModel(L.LightningModule):
             self.micro_batch_size = checkpoint["pricer_micro_batch_size"]
             self.micro_batch_size_restored = True
 
-    def best_on_validation(self):
-        """The checkpoint callback that keeps the best weights by val_mae, when it saved any."""
-        for callback in self.trainer.checkpoint_callbacks:
-            monitor, best = getattr(callback, "monitor", None), getattr(callback, "best_model_path", "")
-            if monitor == "val_mae" and best and Path(best).is_file():
-                return callback
-        return None
+    def kept_validation_reads(self, step: int) -> list[dict]:
+        """The LLM's reads of the validation made at `step` during this fit (none when the run
+        resumed past it)."""
+        return self._val_reads.get(step, [])
 
-    def on_train_end(self) -> None:
-        """The adapter fit saves, tests and publishes is the best on validation (val_mae, the
-        configured read-out), when a checkpoint callback monitors it; last.ckpt, written at the
-        final step, stays for resuming. Without one, the final step's weights."""
-        self._stop_on_sigterm()
-        self.weights_from = {"step": self.trainer.global_step, "chosen_by": "the final step"}
-        self._load_best()
-        self.validation_rows = self._val_reads.get(self.weights_from["step"], [])
-        self._choose_blend(self.weights_from["step"])
-        # Saved now, before Lightning's teardown: nothing the run chose waits on a later hook
-        if self.trainer.is_global_zero and self.trainer.default_root_dir:
-            self.save_adapter(Path(self.trainer.default_root_dir) / "adapter")
-
-    def _load_best(self) -> None:
-        best = self.best_on_validation()
-        if best is None:
-            return
-        checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-        keep = self.trainable_names()
-        weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        if set(weights) != keep:
-            raise ValueError(f"{best.best_model_path} does not hold this model's LoRA weights")
-        self.load_state_dict(weights, strict=False)
-        score = float(best.best_model_score)
-        self.weights_from = {
-            "step": int(checkpoint["global_step"]),
-            "chosen_by": "val_mae",
-            "val_mae": score,
-            "checkpoint": Path(best.best_model_path).name,
-        }
-        print(
-            f"fit: the adapter is the best on validation: val_mae ${score:.2f} at step "
-            f"{checkpoint['global_step']} of {self.trainer.global_step} ({Path(best.best_model_path).name}); "
-            "last.ckpt keeps the final step for resuming"
-        )
-
-    def _choose_blend(self, step: int) -> None:
-        """The blend and interval scale for the weights fit keeps, chosen on the validation
-        split (pricer/read/blend.py): the reads of that step's validation, or a pass made now."""
-        hp = self.hparams
-        self.blend, self.tfidf, self.blend_report = Blend(), None, None
-        if not (hp.blend or hp.calibrate_interval):
-            return
-        datamodule = self.trainer.datamodule
-        datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
-        if "validation" not in datasets:
-            print("fit: no validation split: the LLM's price is read alone, its interval as it is")
-            return
-        train = datamodule.train_prices_and_texts() if hp.blend else None
-        rows = self._val_reads.get(step) or self._read_validation()
-        self._stop_on_sigterm()
+    def forget_validation_reads(self) -> None:
         self._val_reads = {}
-        self.validation_rows = rows
-        truth = [r["price"] for r in rows]
-        point, low, high = (np.array([r[k] for r in rows]) for k in ("predicted", "low", "high"))
-        self.tfidf = TfidfPrice.fit(train[1], train[0]) if train is not None else None
-        texts = [r["text"] for r in rows]
-        tfidf = self.tfidf.predict(texts) if self.tfidf is not None else None
-        neighbors = self.tfidf.predict_neighbors(texts) if self.tfidf is not None else None
-        self.blend, report = choose_blend(
-            truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval, neighbors
-        )
-        self.blend_report = {"validation": report, **self.blend.as_dict()}
-        if self.trainer.is_global_zero:
-            print(blend_summary(report, hp.interval_coverage))
-        for logger in self.trainer.loggers:
-            logger.log_metrics(
-                {f"val_blend_{k}": v for k, v in report.items() if isinstance(v, (int, float))},
-                step=self.trainer.global_step,
-            )
-
-    @torch.no_grad()
-    def _read_validation(self) -> list[dict]:
-        """The validation split read once with the current weights, as validation reads it."""
-        trainer = self.trainer
-        limit = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
-        rows: list[dict] = []
-        training = self.model.training
-        self.model.eval()
-        self._read_dense()
-        try:
-            with trainer.precision_plugin.forward_context():
-                for index, batch in enumerate(trainer.datamodule.val_dataloader()):
-                    self._stop_on_sigterm()
-                    if index >= limit:
-                        break
-                    batch = self.transfer_batch_to_device(batch, self.target_device, 0)
-                    distributions = self.reader.read(self.model, batch["prompt_ids"], batch["prompt_mask"])
-                    rows.extend(self._validation_rows(batch, distributions))
-        finally:
-            self._read_4bit_again()
-            self.model.train(training)
-        return rows
 
     def _load_blend(self, folder: Path) -> None:
         """The blend an adapter's run chose (its recipe), with its TF-IDF model when it uses one."""

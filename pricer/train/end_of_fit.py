@@ -1,0 +1,167 @@
+"""What fit decides when training ends, as callbacks the configs list (beside ModelCheckpoint
+and PriceReport): which weights become the adapter (`BestWeights`), the blend and interval
+scale read on top of the LLM's price (`ChooseBlend`), and the adapter saved with its recipe
+(`SaveAdapter`). `python -m pricer fit` adds any of them a config leaves out, so every run ends
+with an adapter.
+
+They run in that order, after the checkpoint callbacks: ModelCheckpoint's own `on_train_end`
+writes last.ckpt when it has not yet, and last.ckpt must hold the final step's weights (for
+resuming), not the best ones loaded here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint
+
+from pricer.read.blend import Blend, blend_summary, choose_blend
+from pricer.read.tfidf import TfidfPrice
+from pricer.train import stopping
+
+
+class EndOfFit(Callback):
+    """A decision at the end of fit; `order` places it among the others."""
+
+    order = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # a new list, so the loop calling `setup` on the old one goes on undisturbed
+        trainer.callbacks = after_the_checkpoints(trainer.callbacks)
+
+
+def after_the_checkpoints(callbacks: list[Callback]) -> list[Callback]:
+    """The callbacks with pricer's end-of-fit ones moved after every checkpoint callback, in
+    their order."""
+    ends = sorted((c for c in callbacks if isinstance(c, EndOfFit)), key=lambda c: c.order)
+    others = [c for c in callbacks if not isinstance(c, EndOfFit | Checkpoint)]
+    return others + [c for c in callbacks if isinstance(c, Checkpoint)] + ends
+
+
+def end_of_fit_callbacks(present: list[Callback]) -> list[Callback]:
+    """The end-of-fit callbacks `present` lacks, to be added to a fit."""
+    kinds = (BestWeights, ChooseBlend, SaveAdapter)
+    return [kind() for kind in kinds if not any(isinstance(c, kind) for c in present)]
+
+
+class BestWeights(EndOfFit):
+    """At the end of fit, the adapter is the best on validation by val_mae (the configured
+    read-out), when a checkpoint callback monitors it; last.ckpt, written at the final step,
+    stays for resuming. Without one, the final step's weights."""
+
+    order = 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stopping.stop_here(trainer)
+        pl_module.weights_from = {"step": trainer.global_step, "chosen_by": "the final step"}
+        best = best_on_validation(trainer)
+        if best is None:
+            return
+        checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        keep = pl_module.trainable_names()
+        weights = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if set(weights) != keep:
+            raise ValueError(f"{best.best_model_path} does not hold this model's LoRA weights")
+        pl_module.load_state_dict(weights, strict=False)
+        score, name = float(best.best_model_score), Path(best.best_model_path).name
+        step = int(checkpoint["global_step"])
+        pl_module.weights_from = {"step": step, "chosen_by": "val_mae", "val_mae": score, "checkpoint": name}
+        print(
+            f"fit: the adapter is the best on validation: val_mae ${score:.2f} at step {step} of "
+            f"{trainer.global_step} ({name}); last.ckpt keeps the final step for resuming"
+        )
+
+
+def best_on_validation(trainer: L.Trainer):
+    """The checkpoint callback that keeps the best weights by val_mae, when it saved any."""
+    for callback in trainer.checkpoint_callbacks:
+        monitor, best = getattr(callback, "monitor", None), getattr(callback, "best_model_path", "")
+        if monitor == "val_mae" and best and Path(best).is_file():
+            return callback
+    return None
+
+
+class ChooseBlend(EndOfFit):
+    """At the end of fit, the blend and interval scale for the weights fit keeps, chosen on the
+    validation split (pricer/read/blend.py) as `model.blend` and `model.calibrate_interval`
+    ask: on the reads of that step's validation, or on a pass made now (a resumed run)."""
+
+    order = 2
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = (pl_module.weights_from or {}).get("step", trainer.global_step)
+        pl_module.validation_rows = pl_module.kept_validation_reads(step)
+        self.choose(trainer, pl_module, step)
+
+    def choose(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        hp = pl_module.hparams
+        pl_module.blend, pl_module.tfidf, pl_module.blend_report = Blend(), None, None
+        if not (hp.blend or hp.calibrate_interval):
+            return
+        datamodule = trainer.datamodule
+        datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
+        if "validation" not in datasets:
+            print("fit: no validation split: the LLM's price is read alone, its interval as it is")
+            return
+        train = datamodule.train_prices_and_texts() if hp.blend else None
+        rows = pl_module.kept_validation_reads(step) or read_validation(trainer, pl_module)
+        stopping.stop_here(trainer)
+        pl_module.forget_validation_reads()
+        pl_module.validation_rows = rows
+        truth = [r["price"] for r in rows]
+        point, low, high = (np.array([r[k] for r in rows]) for k in ("predicted", "low", "high"))
+        pl_module.tfidf = TfidfPrice.fit(train[1], train[0]) if train is not None else None
+        texts = [r["text"] for r in rows]
+        tfidf = pl_module.tfidf.predict(texts) if pl_module.tfidf is not None else None
+        neighbors = pl_module.tfidf.predict_neighbors(texts) if pl_module.tfidf is not None else None
+        pl_module.blend, report = choose_blend(
+            truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval, neighbors
+        )
+        pl_module.blend_report = {"validation": report, **pl_module.blend.as_dict()}
+        if trainer.is_global_zero:
+            print(blend_summary(report, hp.interval_coverage))
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"val_blend_{k}": v for k, v in report.items() if isinstance(v, (int, float))},
+                step=trainer.global_step,
+            )
+
+
+@torch.no_grad()
+def read_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
+    """The validation split read once with the current weights, as validation reads it."""
+    limit = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
+    rows: list[dict] = []
+    model = pl_module.model
+    training = model.training
+    model.eval()
+    pl_module.read_dense()
+    try:
+        with trainer.precision_plugin.forward_context():
+            for index, batch in enumerate(trainer.datamodule.val_dataloader()):
+                stopping.stop_here(trainer)
+                if index >= limit:
+                    break
+                batch = pl_module.transfer_batch_to_device(batch, pl_module.target_device, 0)
+                distributions = pl_module.reader.read(model, batch["prompt_ids"], batch["prompt_mask"])
+                rows.extend(pl_module.validation_reads(batch, distributions))
+    finally:
+        pl_module.read_4bit_again()
+        model.train(training)
+    return rows
+
+
+class SaveAdapter(EndOfFit):
+    """At the end of fit, the adapter fit tests and publishes is saved in `<run>/adapter`,
+    loadable with `PeftModel.from_pretrained(base, folder)`, with its recipe `pricer.json` beside
+    it (how it was trained and is read) and the blend's partner when it has one. Saved before
+    Lightning's teardown: nothing the run chose waits on a later hook."""
+
+    order = 3
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.default_root_dir:
+            pl_module.save_adapter(Path(trainer.default_root_dir) / "adapter")
