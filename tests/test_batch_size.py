@@ -300,7 +300,7 @@ class Traced(TightMemory):
 def freed_when_cleaning(monkeypatch, module, where: str) -> list[bool]:
     """For each clean-up after running out of memory: whether the failed pass was gone by then."""
     import pricer.train.batch_size
-    import pricer.train.model
+    import pricer.train.passes
 
     seen = []
     original = pricer.train.batch_size.free_memory
@@ -322,7 +322,7 @@ def test_a_step_cleans_up_only_after_the_failed_pass_is_released(
     module = tight(tiny_llama, micro_batch_size=4)
     module.__class__ = Traced
     module.limit = staticmethod(lambda step, index: float("inf") if index != 1 else 2 * longest)
-    seen = freed_when_cleaning(monkeypatch, module, "model")
+    seen = freed_when_cleaning(monkeypatch, module, "passes")
     cpu_trainer(tmp_path, [], max_steps=1).fit(module, datamodule=dm)
     assert seen == [True] and module.micro_batch_size == 2
 

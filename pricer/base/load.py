@@ -327,6 +327,28 @@ def prepare_base(model, quantization: str, gradient_checkpointing: bool = False)
     return model
 
 
+def load_model(
+    base_model: str,
+    quantization: str,
+    quant_type: str,
+    double_quant: bool,
+    compute_dtype: str,
+    device,
+    adapter: str | Path | None = None,
+    trainable: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """The one load training and every read share: the base, prepared as `prepare_base` says,
+    with a trained adapter on it when one is given (trainable for a fit that goes on training)."""
+    model = load_base(base_model, quantization, quant_type, double_quant, compute_dtype, device)
+    model = prepare_base(model, quantization, gradient_checkpointing)
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+
+
 def keep_4bit_weights_as_loaded(model) -> int:
     """Turn off bitsandbytes' CPU repacking of 4-bit weights; returns the layers changed.
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from pricer.options import OptionError
+
 Quantization = Literal["4bit", "8bit", "none"]
 
 
@@ -58,3 +60,22 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]):
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def add_lora(base, r: int, alpha: int, dropout: float, target_modules: list[str], base_model: str):
+    """A new LoRA adapter on `base`; one line naming the base's linear layers when a target
+    module is not among them."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(base, lora_config(r, alpha, dropout, target_modules))
+    except ValueError as error:  # peft's NoMatchingPeftModuleError is one
+        if "not found in the base model" not in str(error):
+            raise
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise OptionError(
+            f"model.lora_target_modules {list(target_modules)}: not in {base_model}; its "
+            f"linear layers are {', '.join(linear)}"
+        ) from None

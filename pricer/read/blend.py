@@ -89,6 +89,18 @@ def load_partner(folder: Path, blend: Blend) -> TfidfPrice:
     return partner
 
 
+def saved_blend(folder: Path) -> tuple[Blend, TfidfPrice | None]:
+    """The blend an adapter's run chose (its recipe), with its partner when it uses one; the LLM
+    alone when the folder has no recipe."""
+    from pricer.read.recipe import read_recipe
+
+    recipe = read_recipe(folder)
+    if recipe is None:
+        return Blend(), None
+    blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
+    return blend, load_partner(folder, blend) if blend.uses_tfidf else None
+
+
 def coverage(truth, low, high) -> float:
     truth = np.asarray(truth, dtype=np.float64)
     return float(((np.asarray(low) <= truth) & (truth <= np.asarray(high))).mean())

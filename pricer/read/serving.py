@@ -14,7 +14,7 @@ from typing import get_args
 import numpy as np
 import torch
 
-from pricer.base.load import base_for_here, load_base, load_tokenizer, prepare_base
+from pricer.base.load import base_for_here, load_model, load_tokenizer
 from pricer.base.precision import emulated_bf16, resolve_dtype
 from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
@@ -179,12 +179,9 @@ class Pricer:
         # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
         # on, fp32 on the CPU.
         self.dtype = resolve_dtype(compute_dtype, self.device)
-        model = load_base(base_model, quantization, quant_type, double_quant, compute_dtype, self.device)
-        model = prepare_base(model, quantization)  # as training and fit's test prepared it
-        if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter)
+        # as training and fit's test loaded and prepared it
+        quantized = (quantization, quant_type, double_quant, compute_dtype, self.device)
+        model = load_model(base_model, *quantized, adapter or None)
         digits = PriceReader(self.tokenizer, max_digits=max_digits, beam=beam, min_mass=min_mass)
         alone = reads_alone(precision, self.dtype)
         self.reader = Reader(digits, point, coverage, blend, partner, precision, alone)

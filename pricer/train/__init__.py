@@ -1,4 +1,5 @@
-"""Training: the LightningModule (`model.PriceModel`), the batch-size search callback
+"""Training: the LightningModule (`model.PriceModel`, with its passes, reading steps, resume
+hooks and loss beside it), the end-of-fit callbacks (`end_of_fit`), the batch-size search callback
 (`batch_size.FitBatchSize`), the paged optimizer state, the learning-rate schedule, the random
 state, and stop requests (SIGTERM, Ctrl-C) honoured between phases.
 

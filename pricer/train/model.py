@@ -2,47 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
 import time
-import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import get_args
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
-from pricer.base.load import is_local, load_base, load_tokenizer, prepare_base
-from pricer.base.precision import ComputeDtype, resolve_dtype
-from pricer.base.quantization import Quantization, lora_config
-from pricer.data.batches import IGNORE_INDEX
+from pricer.base.load import is_local, load_model
+from pricer.base.precision import ComputeDtype
+from pricer.base.quantization import Quantization, add_lora
 from pricer.files import replace_folder
 from pricer.hub.calls import adapter_folder
 from pricer.options import OptionError, check_range
-from pricer.read.blend import Blend, load_partner
-from pricer.read.dense import CpuRead, can_read_dense, dense_weights
-from pricer.read.reader import Reader, reads_alone
+from pricer.read.blend import Blend, saved_blend
+from pricer.read.dense import CpuRead
 from pricer.read.reading import Point, PriceReader
-from pricer.read.recipe import Recipe, base_differences, max_digits, read_recipe
+from pricer.read.recipe import Recipe, base_differences, read_recipe
 from pricer.read.tfidf import TfidfPrice
-from pricer.train import rng, stopping
-from pricer.train.batch_size import free_memory, smaller_micro_batch
-from pricer.train.paged_state import page_restored_state
+from pricer.train.evaluation import ReadingSteps
+from pricer.train.loss import CompletionLoss
+from pricer.train.passes import MicroBatchPasses
+from pricer.train.resume import Resumable
 from pricer.train.schedule import cosine_with_warmup
 
-# Lightning 2.6 warns that a checkpoint saved under manual optimization holds the weights after
-# the step. That is what pricer wants: the weights, optimizer and loop progress of the same step,
-# so a resumed run continues exactly (tests/test_training.py).
-warnings.filterwarnings(
-    "ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning
-)
 
-
-class PriceModel(L.LightningModule):
+class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
     """A 4-bit LoRA language model that reads a product's text and writes its price.
 
     The model is built in `configure_model()`, never in `__init__`, so printing or checking a
@@ -184,22 +172,9 @@ class PriceModel(L.LightningModule):
             self.model.train()
 
     def _build_model(self):
-        from peft import get_peft_model
-
         hp = self.hparams
-        base = load_base(
-            hp.base_model,
-            hp.quantization,
-            hp.quant_type,
-            hp.double_quant,
-            hp.compute_dtype,
-            self.target_device,
-        )
-        base = prepare_base(base, hp.quantization, hp.gradient_checkpointing)
-        if hp.adapter:
-            from peft import PeftModel
-
-            folder = adapter_folder(hp.adapter)
+        folder = adapter_folder(hp.adapter) if hp.adapter else None
+        if folder is not None:
             differences = base_differences(read_recipe(folder), hp)
             if differences:
                 print(
@@ -207,170 +182,20 @@ class PriceModel(L.LightningModule):
                     f"{', '.join(differences)}; it prices differently from how its run measured it",
                     file=sys.stderr,
                 )
-            model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
-            self._load_blend(folder)
+        quantized = (hp.quantization, hp.quant_type, hp.double_quant, hp.compute_dtype, self.target_device)
+        model = load_model(
+            hp.base_model,
+            *quantized,
+            folder,
+            trainable=True,
+            gradient_checkpointing=hp.gradient_checkpointing,
+        )
+        if folder is not None:
+            self.blend, self.tfidf = saved_blend(folder)  # the read-out its run chose
             return model
-        try:
-            return get_peft_model(
-                base, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules)
-            )
-        except ValueError as error:  # peft's NoMatchingPeftModuleError is one
-            if "not found in the base model" not in str(error):
-                raise
-            linear = sorted(
-                {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-            )
-            raise OptionError(
-                f"model.lora_target_modules {self.lora_target_modules}: not in {hp.base_model}; its "
-                f"linear layers are {', '.join(linear)}"
-            ) from None
-
-    @property
-    def reader(self) -> PriceReader:
-        if self._reader is None:
-            hp = self.hparams
-            trainer = self._trainer
-            rules = getattr(trainer.datamodule, "rules", None) if trainer is not None else None
-            digits = max_digits(rules.max_price) if rules is not None else 3
-            self._reader = PriceReader(
-                load_tokenizer(hp.base_model),
-                max_digits=digits,
-                beam=hp.read_beam,
-                min_mass=hp.read_min_mass,
-                share_prefix=hp.get("read_shared_prefix", False),
-            )
-        return self._reader
-
-    def reading(self) -> Reader:
-        """How this module's prices are read (pricer/read/reader.py, as the Space reads them):
-        its read-out options, the blend fit chose and the trainer's precision."""
-        hp = self.hparams
-        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
-        alone = reads_alone(precision, resolve_dtype(hp.compute_dtype, self.target_device))
-        return Reader(self.reader, hp.point, hp.interval_coverage, self.blend, self.tfidf, precision, alone)
-
-    def read_prices(self, batch: dict) -> list[dict]:
-        """The read-out for each prompt of a batch: predicted, low and high (the blend's when
-        there is one), and the LLM's own as llm_predicted, llm_low and llm_high."""
-        reads = self.reading().price(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["text"])
-        return [read.row() for read in reads]
-
-    def forward(self, input_ids, attention_mask=None, labels=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-
-    def completion_loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The summed cross-entropy of the completion tokens, and how many there are.
-
-        Only the price tokens carry loss, so the LM head runs at their positions alone (as TRL
-        does): the decoder's hidden states, then the head on the few rows that predict a label.
-        Llama 3's 128k-token head at every one of ~180 positions would cost about 0.26 GiB a
-        sample in fp16 and fp32 copies, which decides the T4's batch; here it is a few rows.
-        """
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        count = keep.sum()
-        if not self.hparams.completion_logits or not _plain_lm_head(self.model):
-            logits = self(input_ids, attention_mask).logits[:, :-1][keep]
-        else:
-            base = self.model.get_base_model()
-            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            logits = head_outside_autocast(base.get_output_embeddings(), hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), count
-
-    def accumulate_gradients(self, batch: dict, micro_batch_size: int | None = None, recover: bool = True):
-        """Forward and backward over a step's items in passes of `micro_batch_size`; returns the
-        step's loss (mean over its completion tokens, so the pass size does not change it).
-
-        A pass that runs out of GPU memory drops the step's partial gradients and the step
-        starts again with half as many items a pass (the largest that divides the batch), so no
-        item is skipped or seen twice; the smaller size is kept for the rest of the run and in
-        checkpoints. Under DDP every process learns whether any ran out before gradients are
-        averaged, and all repeat the step together (see `_passes`). `recover=False` lets the
-        error through (the batch size search).
-        """
-        items = len(batch["input_ids"])
-        targets = max(1, int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
-        while True:
-            micro = min(micro_batch_size or self.micro_batch_size or items, items)
-            loss, failed = None, False
-            try:
-                loss = self._passes(batch, micro, targets)
-            except torch.cuda.OutOfMemoryError:
-                if not recover:
-                    raise
-                failed = True
-            # out of the except block: the failed pass's frames, and its activations, are gone
-            if not self._any_process(failed):
-                self._average_gradients()
-                return loss
-            self._drop_gradients()
-            smaller = smaller_micro_batch(items, micro)
-            if smaller is None:
-                raise torch.cuda.OutOfMemoryError(
-                    f"out of GPU memory at global step {self.global_step} with one item a pass: "
-                    "nothing smaller to try; lower data.rules.max_tokens, turn on "
-                    "model.gradient_checkpointing or use a larger GPU"
-                )
-            print(
-                f"out of GPU memory at global step {self.global_step} with {micro} items a pass: "
-                f"repeating the step with {smaller} a pass ({items // smaller} passes, the same "
-                f"{items} items)",
-                flush=True,
-            )
-            micro_batch_size = None
-            self.micro_batch_size = smaller
-
-    def _passes(self, batch: dict, micro: int, targets: int) -> torch.Tensor:
-        """The passes of one step. Under DDP no pass synchronises in its backward (DDP's
-        `no_sync`): a process that runs out of memory midway through a synchronising backward
-        leaves the others waiting in the reduction until the process group times out (30
-        minutes). The gradients are averaged once, after every process says it finished."""
-        items = len(batch["input_ids"])
-        total = torch.zeros((), device=batch["input_ids"].device)
-        for start in range(0, items, micro):
-            part = {k: batch[k][start : start + micro] for k in ("input_ids", "attention_mask", "labels")}
-            length = int(part["attention_mask"].sum(-1).max())  # padded on the right: trim
-            part = {k: v[:, :length] for k, v in part.items()}
-            loss_sum, _ = self.completion_loss(**part)
-            with self._no_sync():
-                self.manual_backward(loss_sum / targets)
-            total += loss_sum.detach()
-        return total / targets
-
-    def _distributed(self) -> bool:
-        return self._trainer is not None and self.trainer.world_size > 1
-
-    def _no_sync(self):
-        block = getattr(self.trainer.strategy, "block_backward_sync", None) if self._distributed() else None
-        return block() if block is not None else contextlib.nullcontext()
-
-    def _any_process(self, failed: bool) -> bool:
-        """Whether this process or any other ran out of memory in this step's passes."""
-        if not self._distributed():
-            return failed
-        flag = torch.tensor(float(failed), device=self.target_device)
-        return bool(self.trainer.strategy.reduce(flag, reduce_op="max") > 0)
-
-    def _average_gradients(self) -> None:
-        """The step's gradients averaged over the processes, as DDP's own reduction does."""
-        if not self._distributed():
-            return
-        grads = [p.grad for p in self.parameters() if p.requires_grad and p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
-        offset = 0
-        for grad in grads:
-            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-            offset += grad.numel()
-
-    def _drop_gradients(self) -> None:
-        for p in self.parameters():
-            p.grad = None
-        free_memory()
+        return add_lora(
+            model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules, hp.base_model
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
@@ -410,193 +235,6 @@ class PriceModel(L.LightningModule):
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
             )
-
-    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        size = len(batch["input_ids"])
-        # val_loss from the reading's own forward pass: the price rides after the prompt
-        distributions, loss_sum, count = self.reader.read_and_score(
-            self.model,
-            batch["prompt_ids"],
-            batch["prompt_mask"],
-            batch["completion_ids"],
-            batch["completion_mask"],
-        )
-        loss = loss_sum / count.clamp(min=1)
-        # sync_dist: under DDP each process reads its own shard of the split; the best weights
-        # are chosen on the whole split's numbers, not on rank 0's shard
-        self.log("val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
-        # val_mae is the configured read-out; every read-out is logged beside it, from the same
-        # distributions, so choosing one on the validation split takes a single pass.
-        truth = batch["price"]
-        for kind in get_args(Point):
-            predicted = torch.tensor(
-                [d.point(kind) for d in distributions], dtype=truth.dtype, device=truth.device
-            )
-            mae = (predicted - truth).abs().mean()
-            self.log(f"val_mae_{kind}", mae, batch_size=size, sync_dist=True)
-            if kind == self.hparams.point:
-                self.log("val_mae", mae, prog_bar=True, batch_size=size, sync_dist=True)
-        self._val_rows.extend(self.validation_reads(batch, distributions))
-        return loss
-
-    def validation_reads(self, batch: dict, distributions) -> list[dict]:
-        """The LLM's own prices of validation's reads, which the blend is chosen on."""
-        reads = Reader(self.reader, self.hparams.point, self.hparams.interval_coverage).priced(
-            distributions, batch["text"]
-        )
-        rows = zip(batch["price"], batch["text"], reads, strict=True)
-        return [{"price": float(p), "text": t, **r.llm_row()} for p, t, r in rows]
-
-    def read_dense(self) -> None:
-        """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
-        (pricer/read/dense.py) until the pass ends."""
-        if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
-            return
-        if can_read_dense(self.model, self.target_device):
-            # under a mixed precision the LoRA layers compute in 16-bit: kept, not merged
-            merge = "mixed" not in str(self.trainer.precision)
-            self._dense = ExitStack()
-            self._dense.enter_context(dense_weights(self.model, merge=merge))
-
-    def read_4bit_again(self) -> None:
-        if self._dense is not None:
-            self._dense.close()
-            self._dense = None
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_rows = []
-        self.read_dense()
-
-    def on_validation_epoch_end(self) -> None:
-        # before any checkpoint is written (ModelCheckpoint saves in on_validation_end)
-        self.read_4bit_again()
-        trainer = self.trainer
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.world_size == 1:
-            # the blend is chosen on the reads of the weights fit keeps: no second pass
-            self._val_reads[trainer.global_step] = self._val_rows
-        elif trainer.state.fn == "validate" and trainer.world_size == 1:
-            self.validation_rows = self._val_rows
-        self._val_rows = []
-
-    def on_test_epoch_start(self) -> None:
-        self.test_rows = []
-        self.read_dense()
-
-    def on_test_epoch_end(self) -> None:
-        self.read_4bit_again()
-
-    def on_predict_epoch_start(self) -> None:
-        self.read_dense()
-
-    def on_predict_epoch_end(self) -> None:
-        self.read_4bit_again()
-
-    def on_exception(self, exception: BaseException) -> None:
-        self.read_4bit_again()
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        for i, read in enumerate(self.read_prices(batch)):
-            self.test_rows.append(
-                {
-                    "title": batch["title"][i],
-                    "category": batch["category"][i],
-                    "price": float(batch["price"][i]),
-                    **read,
-                }
-            )
-
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        # The final step is always checkpointed as last.ckpt, so `test --ckpt_path last` measures
-        # what fit measured (periodic checkpoints alone would leave it up to N steps behind).
-        # Saved here, mid-loop like ModelCheckpoint's own saves, so it is also a resume point.
-        trainer = self.trainer
-        callback = trainer.checkpoint_callback
-        if callback is None or callback.dirpath is None:
-            return
-        by_steps = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        by_epochs = last_batch and trainer.current_epoch + 1 >= (trainer.max_epochs or 1)
-        if by_steps or by_epochs:
-            last = Path(callback.dirpath) / "last.ckpt"
-            # Told first, as Lightning does for its own: otherwise its save_last at the end finds a
-            # last.ckpt it did not write and versions its own as last-v1.ckpt beside it.
-            if callback.save_last:
-                callback.last_model_path = str(last)
-            trainer.save_checkpoint(last)
-
-    def on_train_start(self) -> None:
-        # Lightning restores the data loader's place in the epoch in setup_data(), but
-        # configure_optimizers already ran setup_data() (through estimated_stepping_batches) and
-        # made the epoch's iterator before the checkpoint's loop state was read: a resumed run
-        # would start its epoch over from the first batch. Apply the saved place now and make
-        # the iterator again. tests/test_training.py checks the resumed losses match.
-        loop = self.trainer.fit_loop
-        if loop.restarting and loop._combined_loader_states_to_load:
-            loop._load_combined_loader_states()
-            iter(loop._data_fetcher)
-        # A resumed run's paged AdamW moments were restored as ordinary tensors (inside torch's
-        # memory cap, where the batch found has no room for them): paged again (paged_state.py).
-        for optimizer in self.trainer.optimizers:
-            page_restored_state(optimizer)
-
-    def _stop_on_sigterm(self) -> None:
-        # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
-        # its evaluation loops read their last batch whatever comes, and a SIGTERM during
-        # fit's end was forgotten when fit's test started: each pricer phase stops at its next
-        # batch (pricer/train/stopping.py)
-        stopping.stop_here(self._trainer)
-
-    def on_predict_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._stop_on_sigterm()
-
-    def on_test_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._stop_on_sigterm()
-
-    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return [{"title": batch["title"][i], **read} for i, read in enumerate(self.read_prices(batch))]
-
-    def trainable_names(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The base model is never written: an 8B job's checkpoint is megabytes, not gigabytes.
-        keep = self.trainable_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["pricer_rng"] = rng.capture()
-        # A pass size halved after running out of memory stays halved when the run resumes.
-        checkpoint["pricer_micro_batch_size"] = self.micro_batch_size
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = set(checkpoint["state_dict"])
-        expected = self.trainable_names()
-        if saved != expected:
-            raise ValueError(
-                "checkpoint does not match this model's LoRA adapter: "
-                f"{len(saved - expected)} unexpected and {len(expected - saved)} missing weights "
-                f"(e.g. {sorted(saved ^ expected)[:3]}); check model.lora_* and model.base_model"
-            )
-        if "pricer_rng" in checkpoint:
-            rng.restore(checkpoint["pricer_rng"])
-        if checkpoint.get("pricer_micro_batch_size") is not None:
-            self.micro_batch_size = checkpoint["pricer_micro_batch_size"]
-            self.micro_batch_size_restored = True
-
-    def kept_validation_reads(self, step: int) -> list[dict]:
-        """The LLM's reads of the validation made at `step` during this fit (none when the run
-        resumed past it)."""
-        return self._val_reads.get(step, [])
-
-    def forget_validation_reads(self) -> None:
-        self._val_reads = {}
-
-    def _load_blend(self, folder: Path) -> None:
-        """The blend an adapter's run chose (its recipe), with its TF-IDF model when it uses one."""
-        recipe = read_recipe(folder)
-        if recipe is None:
-            return
-        self.blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
-        if self.blend.uses_tfidf:
-            self.tfidf = load_partner(folder, self.blend)
 
     def cpu(self) -> PriceModel:
         """Left where it is. Lightning's teardown calls this at the end of every fit, test and
@@ -647,24 +285,3 @@ class PriceModel(L.LightningModule):
         factor = cosine_with_warmup(hp.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def head_outside_autocast(head: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """The LM head on a few rows, in the head's own dtype (fp32 once peft has prepared the base),
-    outside autocast. Under 16-mixed or bf16-mixed the head's linear would cast its whole weight
-    to 16-bit at every pass (Lightning's autocast caches no cast) and keep the copy for backward:
-    about 1 GiB for Llama 3's 128k-token head, for the sake of a few price rows."""
-    with torch.autocast(rows.device.type, enabled=False):
-        return head(rows.to(head.weight.dtype))
-
-
-def _plain_lm_head(model) -> bool:
-    """Whether the logits are the output embedding of the decoder's last hidden state, with no
-    scaling or soft-capping after it (Llama, SmolLM2, Mistral, Qwen). Otherwise the full
-    forward is used, so the loss is always the model's own."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    scaled = any(
-        getattr(config, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale")
-    )
-    return not scaled and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None

@@ -1,0 +1,174 @@
+"""PriceModel's validation, test and predict steps: prices read through the same Reader as the
+Space (pricer/read/reader.py), the 4-bit layers swapped for their dense weights while a CPU
+reading pass runs, and a stop request honoured at each batch."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import get_args
+
+import torch
+
+from pricer.base.load import load_tokenizer
+from pricer.base.precision import resolve_dtype
+from pricer.read.dense import can_read_dense, dense_weights
+from pricer.read.reader import Reader, reads_alone
+from pricer.read.reading import Point, PriceReader
+from pricer.read.recipe import max_digits
+from pricer.train import stopping
+
+
+class ReadingSteps:
+    """The reading half of PriceModel (a mixin: it uses the module's hyperparameters, model and
+    trainer)."""
+
+    _reader: PriceReader | None = None
+    _dense: ExitStack | None = None
+
+    @property
+    def reader(self) -> PriceReader:
+        if self._reader is None:
+            hp = self.hparams
+            trainer = self._trainer
+            rules = getattr(trainer.datamodule, "rules", None) if trainer is not None else None
+            digits = max_digits(rules.max_price) if rules is not None else 3
+            self._reader = PriceReader(
+                load_tokenizer(hp.base_model),
+                max_digits=digits,
+                beam=hp.read_beam,
+                min_mass=hp.read_min_mass,
+                share_prefix=hp.get("read_shared_prefix", False),
+            )
+        return self._reader
+
+    def reading(self) -> Reader:
+        """How this module's prices are read (pricer/read/reader.py, as the Space reads them):
+        its read-out options, the blend fit chose and the trainer's precision."""
+        hp = self.hparams
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
+        alone = reads_alone(precision, resolve_dtype(hp.compute_dtype, self.target_device))
+        return Reader(self.reader, hp.point, hp.interval_coverage, self.blend, self.tfidf, precision, alone)
+
+    def read_prices(self, batch: dict) -> list[dict]:
+        """The read-out for each prompt of a batch: predicted, low and high (the blend's when
+        there is one), and the LLM's own as llm_predicted, llm_low and llm_high."""
+        reads = self.reading().price(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["text"])
+        return [read.row() for read in reads]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        size = len(batch["input_ids"])
+        # val_loss from the reading's own forward pass: the price rides after the prompt
+        distributions, loss_sum, count = self.reader.read_and_score(
+            self.model,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            batch["completion_ids"],
+            batch["completion_mask"],
+        )
+        loss = loss_sum / count.clamp(min=1)
+        # sync_dist: under DDP each process reads its own shard of the split; the best weights
+        # are chosen on the whole split's numbers, not on rank 0's shard
+        self.log("val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        # val_mae is the configured read-out; every read-out is logged beside it, from the same
+        # distributions, so choosing one on the validation split takes a single pass.
+        truth = batch["price"]
+        for kind in get_args(Point):
+            predicted = torch.tensor(
+                [d.point(kind) for d in distributions], dtype=truth.dtype, device=truth.device
+            )
+            mae = (predicted - truth).abs().mean()
+            self.log(f"val_mae_{kind}", mae, batch_size=size, sync_dist=True)
+            if kind == self.hparams.point:
+                self.log("val_mae", mae, prog_bar=True, batch_size=size, sync_dist=True)
+        self._val_rows.extend(self.validation_reads(batch, distributions))
+        return loss
+
+    def validation_reads(self, batch: dict, distributions) -> list[dict]:
+        """The LLM's own prices of validation's reads, which the blend is chosen on."""
+        reads = Reader(self.reader, self.hparams.point, self.hparams.interval_coverage).priced(
+            distributions, batch["text"]
+        )
+        rows = zip(batch["price"], batch["text"], reads, strict=True)
+        return [{"price": float(p), "text": t, **r.llm_row()} for p, t, r in rows]
+
+    def read_dense(self) -> None:
+        """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
+        (pricer/read/dense.py) until the pass ends."""
+        if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
+            return
+        if can_read_dense(self.model, self.target_device):
+            # under a mixed precision the LoRA layers compute in 16-bit: kept, not merged
+            merge = "mixed" not in str(self.trainer.precision)
+            self._dense = ExitStack()
+            self._dense.enter_context(dense_weights(self.model, merge=merge))
+
+    def read_4bit_again(self) -> None:
+        if self._dense is not None:
+            self._dense.close()
+            self._dense = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+        self.read_dense()
+
+    def on_validation_epoch_end(self) -> None:
+        # before any checkpoint is written (ModelCheckpoint saves in on_validation_end)
+        self.read_4bit_again()
+        trainer = self.trainer
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.world_size == 1:
+            # the blend is chosen on the reads of the weights fit keeps: no second pass
+            self._val_reads[trainer.global_step] = self._val_rows
+        elif trainer.state.fn == "validate" and trainer.world_size == 1:
+            self.validation_rows = self._val_rows
+        self._val_rows = []
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+        self.read_dense()
+
+    def on_test_epoch_end(self) -> None:
+        self.read_4bit_again()
+
+    def on_predict_epoch_start(self) -> None:
+        self.read_dense()
+
+    def on_predict_epoch_end(self) -> None:
+        self.read_4bit_again()
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.read_4bit_again()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        for i, read in enumerate(self.read_prices(batch)):
+            self.test_rows.append(
+                {
+                    "title": batch["title"][i],
+                    "category": batch["category"][i],
+                    "price": float(batch["price"][i]),
+                    **read,
+                }
+            )
+
+    def _stop_on_sigterm(self) -> None:
+        # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
+        # its evaluation loops read their last batch whatever comes, and a SIGTERM during
+        # fit's end was forgotten when fit's test started: each pricer phase stops at its next
+        # batch (pricer/train/stopping.py)
+        stopping.stop_here(self._trainer)
+
+    def on_predict_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_on_sigterm()
+
+    def on_test_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_on_sigterm()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        return [{"title": batch["title"][i], **read} for i, read in enumerate(self.read_prices(batch))]
+
+    def kept_validation_reads(self, step: int) -> list[dict]:
+        """The LLM's reads of the validation made at `step` during this fit (none when the run
+        resumed past it)."""
+        return self._val_reads.get(step, [])
+
+    def forget_validation_reads(self) -> None:
+        self._val_reads = {}
