@@ -17,12 +17,10 @@ Sides (`--sides`), each as its own project runs it, all in the same compute dtyp
 
 Every side reads the same test items (pricer's curation of the real sample); the predictions are
 kept and compared item by item (`--json`), and each side's MAE is reported. Items/s are medians
-over repeats, the sides alternating. FLOPs are counted from what each side computed (forward
-hooks): per decoder forward of b sequences of w new tokens over a context of k positions,
-layers x (2 W b w + 2 r A b w for an unmerged LoRA + 4 b w k n_h d for attention over the
-masked rectangle) + 2 H V x (rows the LM head computed), with W the sum of in x out of a layer's
-linear layers, A the sum of in + out of its LoRA targets; against the measured matmul peak of
-the dtype the matmuls run in.
+over repeats, the sides alternating, after one untimed pass of each side that counts its FLOPs
+(torch's FlopCounterMode over what the side computed, with bitsandbytes' 4-bit matmuls and the
+CPU's fused attention added: benchmarks/flops.py) and whose prices every timed pass must repeat;
+against the measured matmul peak of the dtype the matmuls run in.
 
     python benchmarks/eval_speed.py --sample ../shared/data/amazon-2023-sample \\
         --gguf <SmolLM2-135M-Instruct.Q4_1.gguf> --adapter <run>/adapter --items 64 --repeats 3 \\
@@ -42,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.training_speed import Dims, machine
+from benchmarks.flops import flop_counter
+from benchmarks.training_speed import machine
 from pricer.read.metrics import prices_agree
 
 SIDES = ("course", "pricer-4bit", "pricer", "pricer-shared")
@@ -80,36 +79,6 @@ def course_loop(model, tokenizer, prompts: list[str]) -> list[float]:
         )
         prices.append(course_price(tokenizer.decode(out[0], skip_special_tokens=True)))
     return prices
-
-
-class FlopCounter:
-    """Counts what a model computes, from forward hooks: decoder positions by context length,
-    and the LM head's rows."""
-
-    def __init__(self, model, dims: Dims, lora_r: int | None) -> None:
-        self.dims, self.lora_r, self.flops = dims, lora_r, 0.0
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.hooks = [
-            base.get_decoder().register_forward_pre_hook(self._decoder, with_kwargs=True),
-            base.get_output_embeddings().register_forward_hook(self._head),
-        ]
-
-    def _decoder(self, module, args, kwargs) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        b, w = ids.shape
-        k = mask.shape[-1] if mask is not None else w
-        d = self.dims
-        lora = 2 * self.lora_r * d.lora_width * b * w if self.lora_r else 0
-        self.flops += d.layers * (2 * d.layer_weights * b * w + lora + 4 * b * w * k * d.attention_width)
-
-    def _head(self, module, args, output) -> None:
-        rows = output.numel() // output.shape[-1]
-        self.flops += 2 * self.dims.hidden * self.dims.vocab * rows
-
-    def remove(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
 
 
 @torch.no_grad()
@@ -194,11 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="write the results and every prediction here")
     args = parser.parse_args(argv)
 
-    from peft import PeftConfig
-    from transformers import AutoConfig
-
     from benchmarks.matmul_peak import matmul_gflops
-    from pricer.base.load import model_source
     from pricer.data.module import PriceDataModule
     from pricer.read.dense import dense_weights
     from pricer.read.reading import PriceReader
@@ -224,8 +189,6 @@ def main(argv: list[str] | None = None) -> dict:
     pricer = load_pricer_model(args) if set(args.sides) - {"course"} else None
     reader = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass)
     shared = PriceReader(tokenizer, beam=args.beam, min_mass=args.min_mass, share_prefix=True)
-    dims = Dims.of(AutoConfig.from_pretrained(model_source(str(args.gguf))))
-    lora_r = PeftConfig.from_pretrained(str(args.adapter)).r if args.adapter else None
 
     def run(side: str) -> list[float]:
         if side == "course":
@@ -238,16 +201,17 @@ def main(argv: list[str] | None = None) -> dict:
     times: dict[str, list[float]] = {side: [] for side in args.sides}
     flops: dict[str, float] = {}
     predictions: dict[str, list[float]] = {}
+    for side in args.sides:  # counted once, untimed: the counter slows every op it sees
+        with flop_counter() as counter:
+            predictions[side] = run(side)
+        flops[side] = counter.get_total_flops()
     for repeat in range(args.repeats):
         for side in args.sides if repeat % 2 == 0 else args.sides[::-1]:
-            # the LoRA is unmerged on every side but the dense read in fp32, where it is merged
-            merged = side in ("pricer", "pricer-shared") and args.dtype == "fp32"
-            counter = FlopCounter(course if side == "course" else pricer, dims, None if merged else lora_r)
             started = time.perf_counter()
-            predictions[side] = run(side)
+            timed = run(side)
             times[side].append(time.perf_counter() - started)
-            counter.remove()
-            flops[side] = counter.flops
+            if timed != predictions[side]:
+                raise SystemExit(f"{side}: the counted pass and a timed pass priced the items differently")
 
     peak = args.peak_gflops or matmul_gflops(torch_dtype(args.dtype))
     sides = {}

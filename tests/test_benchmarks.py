@@ -493,3 +493,64 @@ def test_blend_partners_measures_each_partner_on_the_validation_reads(tmp_path: 
     reads.iloc[::-1].to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(SystemExit, match="not the validation items of these splits"):
         main(["--splits", str(data), str(tmp_path / "other.csv")])
+
+
+@pytest.mark.parametrize("rows", [1, 15])  # one row: bitsandbytes' gemv; more: its gemm
+def test_the_flop_counter_counts_4bit_matmuls_and_cpu_attention(rows: int) -> None:
+    """A 4-bit layer counts as the dense matmul of its shape, and the CPU's fused attention as
+    torch counts the GPU's (benchmarks/flops.py adds both to FlopCounterMode)."""
+    import bitsandbytes as bnb
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    from benchmarks.flops import flop_counter
+
+    layer = bnb.nn.Linear4bit(64, 96, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer = layer.to("cpu")
+    with flop_counter() as counter, torch.no_grad():
+        layer(torch.randn(rows, 64))
+    assert counter.get_total_flops() == 2 * rows * 64 * 96
+
+    q, k, v = torch.randn(2, 4, 7, 16), torch.randn(2, 4, 9, 16), torch.randn(2, 4, 9, 16)
+    mask = torch.ones(2, 1, 7, 9, dtype=torch.bool)
+    with flop_counter() as counter, torch.no_grad():
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert counter.get_total_flops() == sdpa_flop_count(q.shape, k.shape, v.shape) > 0
+
+
+def test_the_training_flops_formula_matches_torchs_count_of_a_real_step(tiny_llama: str, raw_items) -> None:
+    """training_speed.py's model FLOPs of pricer's step (a formula, the usual MFU convention)
+    against FlopCounterMode's count of that step's forward and backward on the tiny 4-bit
+    Llama, to the FLOP once the two ways a real step differs from the convention are added:
+    the CPU's fused attention recomputes its scores in backward (2.5 forwards, not 2), and
+    autograd computes no input gradient for the first layer's q, k and v (their input comes
+    from the frozen embedding)."""
+    from transformers import AutoConfig
+
+    from benchmarks.flops import flop_counter
+    from benchmarks.training_speed import Dims, step_flops
+    from pricer.data.batches import IGNORE_INDEX
+    from tests.conftest import tiny_datamodule, tiny_model
+
+    module = tiny_model(tiny_llama, lora_r=4, lora_alpha=8)
+    module.configure_model()
+    datamodule = tiny_datamodule(raw_items, tiny_llama)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    length = int(batch["attention_mask"].sum(-1).max())  # trimmed, as a pass trims it
+    part = {k: batch[k][:, :length] for k in ("input_ids", "attention_mask", "labels")}
+    with flop_counter() as counter:
+        loss, _ = module.completion_loss(**part)
+        loss.backward()
+    b, t = part["input_ids"].shape
+    shape = {"sequences": b, "length": t, "completion": int((part["labels"][:, 1:] != IGNORE_INDEX).sum())}
+    run = {"lm_head": "completion", "lm_head_recomputed": False, "checkpointing": False}
+    dims = Dims.of(AutoConfig.from_pretrained(tiny_llama))
+    formula, _ = step_flops(dims, shape, run, lora_r=4)
+    attention_forward = 4 * b * t * t * dims.attention_width
+    recomputed = dims.layers * attention_forward // 2
+    qkv_in, qkv_weights = 3 * 64, 64 * 64 + 64 * 32 + 64 * 32  # hidden 64; 2 KV heads of 16
+    first_layer_inputs = 2 * b * t * (qkv_weights + 4 * qkv_in)
+    assert counter.get_total_flops() == formula + recomputed - first_layer_inputs
+    counts = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    assert counts["bitsandbytes.gemm_4bit"] == dims.layers * 2 * dims.layer_weights * b * t
