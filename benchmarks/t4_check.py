@@ -368,6 +368,7 @@ def run(args) -> dict:
     from pricer.read.reading import PriceReader
     from pricer.train.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
     from pricer.train.model import PriceModel
+    from pricer.train.options import LoraOptions, OptimizerOptions, QuantizationOptions
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     deadline = time.monotonic() + args.deadline_s
@@ -408,17 +409,10 @@ def run(args) -> dict:
             result["build"] = write_random_model(config, folder, device)
             state["module"] = PriceModel(
                 base_model=str(folder),
-                quantization="4bit",
-                quant_type="nf4",
-                double_quant=True,
-                compute_dtype="float16" if cuda else "auto",
-                lora_r=args.lora_r,
-                lora_alpha=2 * args.lora_r,
-                lora_dropout=0.1,
-                lora_target_modules=TARGETS,
+                quantization=QuantizationOptions("4bit", "nf4", True, "float16" if cuda else "auto"),
+                lora=LoraOptions(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.1, target_modules=TARGETS),
+                optimizer=OptimizerOptions(learning_rate=1e-4, max_grad_norm=0.3),
                 gradient_checkpointing=True,
-                learning_rate=1e-4,
-                max_grad_norm=0.3,
             )
 
         def found() -> None:

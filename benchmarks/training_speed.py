@@ -112,6 +112,7 @@ COURSE_SETTINGS = {
 
 
 def model_options(args) -> dict:
+    """PriceModel's options for this benchmark, as its flat settings (the TRL sides read them)."""
     return dict(
         base_model=str(args.gguf),
         quantization="4bit",
@@ -135,6 +136,7 @@ def prepare(args, work: Path) -> None:
 
     from pricer.data.module import PriceDataModule
     from pricer.train.model import PriceModel
+    from pricer.train.options import grouped_options
 
     items = args.steps * args.batch_size
     datamodule = PriceDataModule(
@@ -157,7 +159,7 @@ def prepare(args, work: Path) -> None:
             n = int(mask.sum())
             rows.append({"input_ids": ids[:n].tolist(), "labels": labels[:n].tolist(), "batch": batch_index})
     pq.write_table(pa.Table.from_pylist(rows[:items]), work / "batches.parquet")
-    model = PriceModel(**model_options(args))
+    model = PriceModel(**grouped_options(model_options(args)))
     torch.manual_seed(args.seed)
     model.configure_model()
     lora = {k: v.detach().contiguous() for k, v in model.model.named_parameters() if v.requires_grad}
@@ -219,9 +221,10 @@ def run_pricer(args, work: Path, completion_logits: bool = True) -> dict:
 
     from pricer.data.batches import PadCollator
     from pricer.train.model import PriceModel
+    from pricer.train.options import grouped_options
 
     rows = examples(work)
-    model = PriceModel(**model_options(args), completion_logits=completion_logits)
+    model = PriceModel(**grouped_options(model_options(args)), completion_logits=completion_logits)
     model.configure_model()
     load_lora_init(model.model, work)
     clock = Clock()

@@ -264,8 +264,9 @@ def tiny_model(tiny_llama, **kwargs):
     options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.1, learning_rate=5e-3)
     options.update(kwargs)
     from pricer.train.model import PriceModel
+    from pricer.train.options import grouped_options
 
-    return PriceModel(**options)
+    return PriceModel(**grouped_options(options))
 
 
 # --- fit runs through the CLI
@@ -303,7 +304,7 @@ def cli_args(overlay: Path, tiny_llama: str, source: Path, root: Path) -> list[s
         "--config", SMOKE,
         "--config", str(overlay),
         "--model.base_model", tiny_llama,
-        "--model.lora_r", "8",
+        "--model.lora.r", "8",
         "--data.source", str(source),
         "--data.cache_dir", str(root / "cache"),
         "--trainer.default_root_dir", str(root / "runs"),

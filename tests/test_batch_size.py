@@ -20,6 +20,7 @@ from pricer.train.batch_size import (
     split_effective_batch,
 )
 from pricer.train.model import PriceModel
+from pricer.train.options import grouped_options
 from tests.conftest import Died, Kill, Losses, cpu_trainer, tiny_datamodule
 
 
@@ -115,7 +116,7 @@ def tight(tiny_llama, **kwargs):
     L.seed_everything(42)
     options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=5e-3)
     options.update(kwargs)
-    return TightMemory(**options)
+    return TightMemory(**grouped_options(options))
 
 
 def longest_train_item(dm) -> int:
@@ -369,7 +370,9 @@ def test_a_trial_that_fails_after_the_scaler_unscaled_leaves_the_scaler_ready(
 
     L.seed_everything(42)
     module = FailsAfterUnscaling(
-        base_model=tiny_llama, quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0
+        **grouped_options(
+            dict(base_model=tiny_llama, quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0)
+        )
     )
     scaler = torch.amp.GradScaler("cpu")
     precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)

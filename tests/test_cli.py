@@ -1,5 +1,7 @@
 """`python -m pricer curate` on the real sample and on the wrong kind of file."""
 
+import re
+
 import pytest
 
 from pricer.cli.main import main
@@ -49,7 +51,7 @@ def test_curate_stops_on_the_2018_file(gguf, tmp_path, capsys):
 @pytest.mark.parametrize(
     "option, value, names",
     [
-        ("--trainer.gradient_clip_val", "0.5", "model.max_grad_norm"),
+        ("--trainer.gradient_clip_val", "0.5", "model.optimizer.max_grad_norm"),
         ("--trainer.accumulate_grad_batches", "2", "model.micro_batch_size"),
     ],
 )
@@ -94,7 +96,6 @@ def test_the_moved_publishing_options_name_their_new_place(tmp_path, capsys, opt
             ["--data.rules.min_price", "10", "--data.rules.max_price", "5"],
             "data.rules: need 0 <= min_price <= max_price",
         ),
-        (["--model.lora_r", "0"], "model.lora_r must be positive, got 0"),
     ],
 )
 def test_an_out_of_range_option_is_one_line_and_starts_nothing(tmp_path, capsys, options, message):
@@ -242,18 +243,41 @@ def test_an_evaluation_name_is_one_plain_folder_under_the_run(tmp_path, capsys, 
             "data:\n  categories: [Appliance, Software]\n",
             [],
             "pricer fit: error: data.categories in {config}: not a valid choice: 'Appliance' (did you mean "
-            "'Appliances'?); the 33 choices are listed by `pricer fit --help`",
+            "'Appliances'?); the 33 choices are listed by `pricer fit --help_all`",
         ),
         (
             None,
             ["--model.lora_rr", "3"],
-            "pricer fit: error: unknown option on the command line: --model.lora_rr (did you mean --model.lora_r?)",
+            "pricer fit: error: unknown option on the command line: --model.lora_rr (did you mean --model.lora.r?)",
         ),
         (
             None,
-            ["--model.point", "mediann"],
-            "pricer fit: error: model.point on the command line: not a valid choice: 'mediann' (did you mean "
-            "'median'?); choose from median, mean",
+            ["--model.read.point", "mediann"],
+            "pricer fit: error: model.read.point on the command line: not a valid choice: 'mediann' (did you "
+            "mean 'median'?); choose from median, mean",
+        ),
+        (
+            None,
+            ["--model.lora.r", "0"],
+            "pricer fit: error: model.lora.r on the command line: Not of type PositiveInt: 0 does not conform "
+            "to restriction v>0",
+        ),
+        (
+            None,
+            ["--model.lora_r", "8"],
+            "pricer fit: error: unknown option on the command line: --model.lora_r (now --model.lora.r: the "
+            "options are grouped)",
+        ),
+        (
+            "model:\n  lora_r: 8\n",
+            [],
+            "pricer fit: error: model.lora_r in {config} is now model.lora.r (the options are grouped)",
+        ),
+        (
+            "model:\n  quantization: none\n",
+            [],
+            "pricer fit: error: model.quantization in {config}: model.quantization is a group of options now, "
+            "not a value ('none'): set model.quantization.weights: none",
         ),
     ],
 )
@@ -275,26 +299,64 @@ def test_a_bad_key_or_choice_is_one_short_message_naming_where_and_the_closest_n
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("print_config", [False, True])
+def test_an_old_flat_value_where_a_group_goes_is_one_line(tmp_path, capsys, print_config):
+    """`model.blend: false` from before the options were grouped: jsonargparse lets a plain
+    value through where the group goes (a traceback when the module is built; print_config
+    would show it as if it were kept). One line naming the field it belongs in instead."""
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  blend: false\n")
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "fit",
+                "--config",
+                SMOKE,
+                "--config",
+                str(path),
+                "--trainer.default_root_dir",
+                str(tmp_path / "runs"),
+            ]
+            + (["--print_config"] if print_config else [])
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "pricer: error: model.blend is a group of options now, not a value ('false'): "
+        "set model.blend.enabled: false"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_fit_help_puts_pricers_options_first_and_points_to_the_trainers(capsys):
+    """`fit --help`: every one of pricer's options in a sentence, grouped as the config is, in at
+    most 120 lines, then a pointer to `--help_all` (every option in full, the Trainer's too)."""
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     short = capsys.readouterr().out
     lines = short.splitlines()
-    assert lines[0].startswith("usage: pricer fit ") and len(lines) < 300
-    model, data, pointer = (
-        short.index(s) for s in ("--model.base_model", "--data.source", "Lightning's Trainer:")
+    assert lines[0].startswith("usage: pricer fit ") and len(lines) <= 120
+    model, lora, data, pointer = (
+        short.index(s) for s in ("--model.base_model", "--model.lora.r=32", "--data.source", "The rest:")
     )
-    assert model < data < pointer
-    assert "--trainer.gradient_clip_val" not in short and "pricer fit --help_trainer" in short
+    assert model < lora < data < pointer
+    assert "--trainer.gradient_clip_val" not in short and "pricer fit --help_all" in short
     assert "registry" not in short  # pricer's meaning of ckpt_path, not Lightning's registry keywords
     with pytest.raises(SystemExit):
-        main(["fit", "--help_trainer"])
+        main(["fit", "--help_all"])
+    from pricer.train.options import GROUPS
+
     full = capsys.readouterr().out
     assert (
         "--trainer.gradient_clip_val" in full
         and "--model.base_model" in full
         and len(full.splitlines()) > 500
     )
+    options = re.findall(r"^\s+(--(?:model|data)\.[\w.]+)", full, flags=re.M)
+    shown = set(re.findall(r"^\s+(--(?:model|data)\.[\w.]+)", short, flags=re.M))
+    own_config = {"--model", "--data"} | {f"--model.{group}" for group in GROUPS}  # a section's file
+    moved = {o for o in options if ".hub_" in o}  # data.hub_*: "Moved:" notes, one line each
+    assert len(options) > 40 and set(options) - own_config - moved <= shown
 
 
 def test_warnings_about_the_stacks_own_code_are_not_shown_and_others_are():

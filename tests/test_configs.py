@@ -40,7 +40,7 @@ def test_dotted_overrides_and_several_configs(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("data:\n  test_size: 7\n")
     config = CONFIGS[0].parent / "smoke.yaml"
-    cli = build_cli(["--config", str(config), "--config", str(extra), "--model.lora_r", "8"], run=False)
+    cli = build_cli(["--config", str(config), "--config", str(extra), "--model.lora.r", "8"], run=False)
     assert cli.datamodule.test_size == 7 and cli.model.hparams.lora_r == 8
     assert cli.datamodule.train_size == 300
 
@@ -58,7 +58,7 @@ def test_print_config_shows_the_whole_job_offline():
         "base_model: meta-llama/Llama-3.1-8B",
         "train_size: 25000",
         "min_tokens: 150",
-        "lora_r: 32",
+        "  lora:\n    r: 32\n",
     ):
         assert expected in out
 
@@ -83,7 +83,7 @@ def test_print_config_shows_what_will_run(monkeypatch, capsys, mode, offline):
     assert shown["trainer"]["precision"] == "32-true"  # no GPU here
     assert shown["trainer"]["logger"]["init_args"]["offline"] is (offline == "true")
     assert "lr_scheduler" not in shown and "optimizer" not in shown
-    assert shown["model"]["learning_rate"] == 1e-4 and shown["data"]["revision"] == "main"
+    assert shown["model"]["optimizer"]["learning_rate"] == 1e-4 and shown["data"]["revision"] == "main"
 
 
 def test_offline_true_in_a_config_stays_offline_with_credentials(monkeypatch, tmp_path, capsys):

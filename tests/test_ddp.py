@@ -118,7 +118,7 @@ def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validat
         "      init_args: {monitor: val_mae, save_last: true, save_top_k: 1}\n"
         "    - class_path: pricer.train.batch_size.FitBatchSize\n"
         "      init_args: {effective_batch_size: 8, max_val: 4}\n"
-        "model:\n  blend: false\n  calibrate_interval: false\n"
+        "model:\n  blend:\n    enabled: false\n    calibrate_interval: false\n"
         "data:\n  train_size: 32\n  val_size: 8\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}

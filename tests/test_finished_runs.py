@@ -131,12 +131,12 @@ def test_a_root_folder_that_is_a_file_or_cannot_be_written_is_one_line(finished,
 
 
 def test_a_model_option_a_checkpoint_would_override_is_refused(finished, capsys):
-    """Lightning reads a checkpoint's own settings over the config's: `--model.lora_r 4` was
+    """Lightning reads a checkpoint's own settings over the config's: `--model.lora.r 4` was
     silently read as the checkpoint's 8."""
     args, run = finished
     last = str(run / "checkpoints" / "last.ckpt")
-    err = refused(capsys, ["test", *args, "--ckpt_path", last, "--model.lora_r", "4", "--run_name", "probe"])
-    assert "--model.lora_r 4: the checkpoint" in err and "trained with lora_r 8" in err
+    err = refused(capsys, ["test", *args, "--ckpt_path", last, "--model.lora.r", "4", "--run_name", "probe"])
+    assert "--model.lora.r 4: the checkpoint" in err and "trained with lora.r 8" in err
     assert not (run.parent / "probe").exists()
 
 
@@ -363,10 +363,19 @@ def test_predict_refuses_what_the_space_refuses_and_writes_inert_cells(finished,
         (["--trainer.max_epochs", "-5"], "trainer: `max_epochs` must be a non-negative integer or -1"),
         (["--trainer.accelerator", "tpu"], "trainer: Requirement 'torch_xla"),
         (["--trainer.precision", "8-bit"], "not a valid choice: '8-bit'; choose from 64, 32, 16,"),
-        (["--model.learning_rate", "-1"], "model.learning_rate must be above 0, got -1.0"),
-        (["--model.interval_coverage", "1.5"], "model.interval_coverage must be in (0, 1), got 1.5"),
-        (["--model.warmup_ratio", "1"], "model.warmup_ratio must be in [0, 1), got 1.0"),
-        (["--model.lora_target_modules", "[q_proj, v_prj]"], "v_prj not in"),  # peft skips it
+        (
+            ["--model.optimizer.learning_rate", "-1"],
+            "model.optimizer.learning_rate on the command line: Not of type PositiveFloat: -1 does not conform to restriction v>0",
+        ),
+        (
+            ["--model.read.interval_coverage", "1.5"],
+            "model.read.interval_coverage on the command line: Not of type OpenUnitInterval: 1.5 does not",
+        ),
+        (
+            ["--model.optimizer.warmup_ratio", "1"],
+            "model.optimizer.warmup_ratio on the command line: Not of type Fraction: 1 does not conform to restriction v>=0 and v<1",
+        ),
+        (["--model.lora.target_modules", "[q_proj, v_prj]"], "v_prj not in"),  # peft skips it
         (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
         (["--data.eval_batch_size", "0"], "data.eval_batch_size must be at least 1 or null, got 0"),
         (

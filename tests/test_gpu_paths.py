@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from pricer.train.model import PriceModel
+from pricer.train.options import grouped_options
 from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
 
 
@@ -53,7 +54,9 @@ def test_the_adapter_recipe_and_blend_are_on_disk_before_teardown_and_the_model_
 def test_the_lm_head_keeps_no_16_bit_copy_of_its_weight_for_backward(tiny_llama, raw_items):
     """Under 16-mixed the head's fp32 weight (peft's upcast) would be cast to 16-bit at every
     pass and kept for backward: 1 GiB for Llama 3's head, to compute a few price rows."""
-    module = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    module = PriceModel(
+        **grouped_options(dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0))
+    )
     module.configure_model()
     head = module.model.get_base_model().get_output_embeddings()
     assert head.weight.dtype == torch.float32
@@ -122,7 +125,9 @@ def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_p
     from pricer.read.reading import PriceReader
     from pricer.read.serving import Pricer
 
-    trained = PriceModel(base_model=tiny_llama, lora_r=8, lora_alpha=16, compute_dtype="bfloat16")
+    trained = PriceModel(
+        **grouped_options(dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, compute_dtype="bfloat16"))
+    )
     trained.configure_model()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -132,7 +137,9 @@ def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_p
     folder = tmp_path / "adapter"
     trained.model.save_pretrained(folder)
 
-    tested = PriceModel(base_model=tiny_llama, adapter=str(folder), compute_dtype="bfloat16")
+    tested = PriceModel(
+        **grouped_options(dict(base_model=tiny_llama, adapter=str(folder), compute_dtype="bfloat16"))
+    )
     tested.configure_model()
     served = Pricer(tiny_llama, str(folder), device="cpu", compute_dtype="bfloat16", cpu_read="4bit")
 

@@ -20,8 +20,8 @@ BODY = " ".join(f"word{i % 10}x" for i in range(80))  # conftest.record's descri
 @pytest.fixture(scope="module")
 def fp4_run(tmp_path_factory, tiny_llama):
     """Trained on FP4 without double quantization, read with a narrow beam and the mean."""
-    overrides = ["--model.quant_type", "fp4", "--model.double_quant", "false"]
-    overrides += ["--model.read_beam", "3", "--model.read_min_mass", "0.002", "--model.point", "mean"]
+    overrides = ["--model.quantization.type", "fp4", "--model.quantization.double_quant", "false"]
+    overrides += ["--model.read.beam", "3", "--model.read.min_mass", "0.002", "--model.read.point", "mean"]
     _, run = publishing_fit(
         tmp_path_factory.mktemp("fp4"), tiny_llama, "fp4", *overrides, test_size=6, dataset_repo=False
     )
@@ -334,8 +334,11 @@ def test_one_map_turns_a_trained_modules_options_into_a_recipe_and_back():
 
     from pricer.read.recipe import MODEL_OPTIONS
     from pricer.train.model import PriceModel
+    from pricer.train.options import flat_options
 
-    module = inspect.signature(PriceModel.__init__).parameters
+    # the module's settings as it keeps them: its own arguments and its groups' fields, flat
+    signature = inspect.signature(PriceModel.__init__).parameters
+    module = {k: v.default for k, v in signature.items()} | flat_options()
     assert set(MODEL_OPTIONS) <= set(module)
     assert set(MODEL_OPTIONS.values()) <= {f.name for f in dataclasses.fields(Recipe)}
     trained = {
@@ -349,7 +352,7 @@ def test_one_map_turns_a_trained_modules_options_into_a_recipe_and_back():
         "read_beam": 5,
         "read_min_mass": 0.002,
     }
-    assert all(module[o].default != trained[o] for o in MODEL_OPTIONS)  # none left at its default
+    assert all(module[o] != trained[o] for o in MODEL_OPTIONS)  # none left at its default
     recipe = Recipe.from_model(trained, rules=None)
     assert recipe.model_options() == {o: trained[o] for o in MODEL_OPTIONS}
     assert (recipe.quantization, recipe.weights, recipe.coverage, recipe.beam) == ("none", "none", 0.6, 5)
@@ -375,12 +378,20 @@ def test_a_recipe_gives_the_pricer_its_settings_and_the_defaults_agree():
 @pytest.mark.slow
 def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, tiny_llama, capsys):
     from pricer.train.model import PriceModel
+    from pricer.train.options import grouped_options
 
     PriceModel(base_model=tiny_llama, adapter=str(fp4_run / "adapter")).configure_model()
     err = capsys.readouterr().err
-    assert "model.quant_type='nf4' (trained: 'fp4'), model.double_quant=True (trained: False)" in err
+    assert (
+        "model.quantization.type='nf4' (trained: 'fp4'), model.quantization.double_quant=True (trained: False)"
+        in err
+    )
     same = PriceModel(
-        base_model=tiny_llama, adapter=str(fp4_run / "adapter"), quant_type="fp4", double_quant=False
+        **grouped_options(
+            dict(
+                base_model=tiny_llama, adapter=str(fp4_run / "adapter"), quant_type="fp4", double_quant=False
+            )
+        )
     )
     same.configure_model()
     assert "warning" not in capsys.readouterr().err
@@ -394,18 +405,21 @@ def test_test_reads_an_adapter_as_its_recipe_says_unless_told_otherwise(fp4_run,
     root = fp4_run.parent.parent
     args = [
         "--config", SMOKE, "--config", str(root / "overlay.yaml"), "--model.base_model",
-        read_recipe(fp4_run / "adapter").base_model, "--model.lora_r", "8", "--data.source", str(root),
+        read_recipe(fp4_run / "adapter").base_model, "--model.lora.r", "8", "--data.source", str(root),
         "--data.cache_dir", str(root / "cache"), "--trainer.default_root_dir", str(root / "runs"),
         "--model.adapter", str(fp4_run / "adapter"),
     ]  # fmt: skip
     main(["test", *args, "--run_name", "as-recipe"])
     out = capsys.readouterr().out
     assert (
-        "read as its pricer.json says: quant_type='fp4', double_quant=False, point='mean', read_beam=3" in out
+        "read as its pricer.json says: quantization.type='fp4', quantization.double_quant=False, "
+        "read.point='mean', read.beam=3" in out
     )
     assert json.loads((root / "runs" / "as-recipe" / "metrics.json").read_text())["mae"] == pytest.approx(
         json.loads((fp4_run / "metrics.json").read_text())["mae"], abs=0.005
     )
-    main(["test", *args, "--run_name", "typed", "--model.point", "median"])
-    assert "point=" not in capsys.readouterr().out.split("read as its pricer.json says")[-1].split("\n")[0]
+    main(["test", *args, "--run_name", "typed", "--model.read.point", "median"])
+    assert (
+        "read.point=" not in capsys.readouterr().out.split("read as its pricer.json says")[-1].split("\n")[0]
+    )
     assert json.loads((root / "runs" / "typed" / "metrics.json").read_text())["read"]["point"] == "median"

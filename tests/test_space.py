@@ -318,8 +318,8 @@ def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantiz
     source.write_text("".join(json.dumps(p) + "\n" for p in products))
     main(
         [
-            "predict", *args, "--run_name", f"predicted-{quantization}", "--model.quantization",
-            quantization, "--model.point", point, "--model.adapter", str(run / "adapter"),
+            "predict", *args, "--run_name", f"predicted-{quantization}", "--model.quantization.weights",
+            quantization, "--model.read.point", point, "--model.adapter", str(run / "adapter"),
             "--data.predict_source", str(source),
         ]
     )  # fmt: skip

@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from pricer.train.model import PriceModel
+from pricer.train.options import grouped_options
 from tests.conftest import Died, Kill, Losses, cpu_trainer, small_datamodule, tiny_datamodule, tiny_model
 
 
@@ -107,7 +108,9 @@ def test_smollm2_fine_tunes_on_real_items(gguf, sample, tmp_path):
     dm = small_datamodule(sample, gguf, tmp_path / "cache", train_size=48, val_size=8, test_size=8)
     dm.prepare_data()
     dm.setup("fit")
-    module = PriceModel(base_model=str(gguf), learning_rate=1e-3, lora_dropout=0.0, warmup_ratio=0.0)
+    module = PriceModel(
+        **grouped_options(dict(base_model=str(gguf), learning_rate=1e-3, lora_dropout=0.0, warmup_ratio=0.0))
+    )
     module.configure_model()
     before = price_loss(module, dm)
     cpu_trainer(tmp_path, []).fit(module, datamodule=dm)  # one epoch: 12 steps

@@ -143,7 +143,7 @@ def check_model_name(name: str | None, option: str, weights: bool = True) -> Non
         )
 
 
-def check_target_modules(base: str, targets: list[str], option: str = "model.lora_target_modules") -> None:
+def check_target_modules(base: str, targets: list[str], option: str = "model.lora.target_modules") -> None:
     """Before any work: every LoRA target names modules of the base (built on the meta device
     from its config, no weights read). peft itself stops only when none matches, and skips a
     misspelt one beside others silently."""

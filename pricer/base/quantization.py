@@ -23,12 +23,12 @@ def check_bitsandbytes(quantization: Quantization, device: torch.device) -> None
         import bitsandbytes  # noqa: F401
     except Exception as error:  # an ImportError, or a broken native library
         raise QuantizationUnavailable(
-            f"model.quantization={quantization} needs bitsandbytes, which cannot be loaded here "
-            f"({error}); install bitsandbytes>=0.46 or set model.quantization=none"
+            f"model.quantization.weights={quantization} needs bitsandbytes, which cannot be loaded "
+            f"here ({error}); install bitsandbytes>=0.46 or set model.quantization.weights=none"
         ) from error
     if quantization == "8bit" and device.type == "cpu":
         raise QuantizationUnavailable(
-            "model.quantization=8bit does not run on the CPU; use 4bit (bitsandbytes>=0.46 runs "
+            "model.quantization.weights=8bit does not run on the CPU; use 4bit (bitsandbytes>=0.46 runs "
             "NF4 on the CPU) or none"
         )
 
@@ -76,6 +76,6 @@ def add_lora(base, r: int, alpha: int, dropout: float, target_modules: list[str]
             {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
         )
         raise OptionError(
-            f"model.lora_target_modules {list(target_modules)}: not in {base_model}; its "
+            f"model.lora.target_modules {list(target_modules)}: not in {base_model}; its "
             f"linear layers are {', '.join(linear)}"
         ) from None

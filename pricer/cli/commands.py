@@ -3,6 +3,7 @@ predict, curate, deploy), the checks run before anything is built, and where eac
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 
@@ -36,6 +37,7 @@ from pricer.read.recipe import RecipeError
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks
 from pricer.train.model import PriceModel
+from pricer.train.options import FLAT, GROUPED, GROUPS, check_groups, grouped_options
 
 
 def given_on_the_command_line(args: list[str], section: str) -> set[str]:
@@ -71,13 +73,18 @@ class PricerCLI(LightningCLI):
         W&B online or offline as it would start, the schedule the model builds."""
         flags = [a for a in self.typed if a == "--print_config" or a.startswith("--print_config=")]
         if not flags or not isinstance(args, list | type(None)):
-            return super().parse_arguments(parser, args)
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            if subcommand is not None:
+                check_groups(self.config[subcommand].get("model"))
+            return
         given = [str(a) for a in (sys.argv[1:] if args is None else args)]
         self.config = parser.parse_args([a for a in given if a not in flags])
         subcommand = self.config.get("subcommand")
         if subcommand is None:
             return super().parse_arguments(parser, args)
         config = self.config[subcommand]
+        check_groups(config.get("model"))
         shown = resolved_config(config)
         skip_none = "skip_null" in flags[0]
         sub_parser = parser._subcommands_action._name_parser_map[subcommand]
@@ -85,23 +92,29 @@ class PricerCLI(LightningCLI):
         raise SystemExit(0)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads a checkpoint's model settings over the config's here, before anything
-        else: the file is checked first (one line when it is not a checkpoint, and never
-        unpickled), and a model option typed on the command line that the checkpoint's
-        settings would silently replace is refused."""
+        """Lightning's step that reads a checkpoint's model settings over the config's, before
+        anything else, with its flat settings read into the grouped options (options.FLAT).
+        The file is checked first (one line when it is not a checkpoint, and never unpickled),
+        and a model option typed on the command line that the checkpoint's settings would
+        silently replace is refused."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best"):
-            trained = read_checkpoint(ckpt_path).get("hyper_parameters", {})
-            model = self.config[subcommand].model
-            for option in sorted(given_on_the_command_line(self.typed, "model")):
-                if option in trained and option in model and model[option] != trained[option]:
-                    raise OptionError(
-                        f"--model.{option} {model[option]}: the checkpoint {ckpt_path} was trained "
-                        f"with {option} {trained[option]}, which it is read with; drop the option "
-                        "(or read its run's adapter with --model.adapter)"
-                    )
-        super()._parse_ckpt_path()
+        if not ckpt_path or ckpt_path in ("last", "best"):
+            return
+        trained = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+        model = self.config[subcommand].model
+        for option in sorted(given_on_the_command_line(self.typed, "model")):
+            name = FLAT.get(tuple(option.split(".", 1)), option)
+            if name in trained and option in model and model[option] != trained[name]:
+                raise OptionError(
+                    f"--model.{option} {model[option]}: the checkpoint {ckpt_path} was trained "
+                    f"with {option} {trained[name]}, which it is read with; drop the option "
+                    "(or read its run's adapter with --model.adapter)"
+                )
+        known = set(GROUPED) | {p for p in inspect.signature(PriceModel).parameters if p not in GROUPS}
+        settings = grouped_options({k: v for k, v in trained.items() if k in known})
+        if settings:
+            self.config = self.parser.parse_object({subcommand: {"model": settings}}, self.config)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
@@ -126,20 +139,21 @@ class PricerCLI(LightningCLI):
             type=str | None,
             default=None,
             help=(
-                "test: the folder under <run>/evaluations/ for this evaluation's report (default: the "
-                "data source's name and the split); the fit's own report is never replaced."
+                "test: the report's folder in <run>/evaluations/. Default: the data source's name "
+                "and the split; the fit's own report is never replaced."
             ),
         )
         parser.add_argument(
+            "--help_all",
             "--help_trainer",
             action=FullHelp,
-            help="Show this help with every option of Lightning's Trainer, and exit.",
+            help="Every option in full, the Trainer's too.",
         )
         parser.add_argument(
             "--run_name",
             type=str | None,
             default=None,
-            help="Name of the run folder under trainer.default_root_dir (default: a timestamp).",
+            help="The run folder's name. Under trainer.default_root_dir; default: a timestamp.",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -228,7 +242,8 @@ class PricerCLI(LightningCLI):
         if recipe is None:
             return
         typed = given_on_the_command_line(self.typed, "model")
-        taken = {o: v for o, v in recipe.model_options().items() if o not in typed and model.get(o) != v}
+        keys = {GROUPED.get(o, o): v for o, v in recipe.model_options().items()}  # lora.r, ...
+        taken = {k: v for k, v in keys.items() if k not in typed and model.get(k) != v}
         for option, value in taken.items():
             model[option] = value
         if taken:
@@ -342,8 +357,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> PricerCLI:
         parser_class=PricerParser,
         save_config_callback=LoggedConfig,
         seed_everything_default=42,
-        # the model builds its own optimizer and cosine schedule (model.learning_rate,
-        # model.warmup_ratio): no --optimizer / --lr_scheduler that would print as null
+        # the model builds its own optimizer and cosine schedule (model.optimizer.learning_rate,
+        # model.optimizer.warmup_ratio): no --optimizer / --lr_scheduler that would print as null
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -8,6 +8,7 @@ needs to fix it.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import os
 import re
@@ -18,11 +19,14 @@ from typing import NoReturn
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
+from pricer.train.options import GROUPS, moved_key, scalar_for_group
+
 UNKNOWN = re.compile(r"does not accept (?:nested )?(?:option|key)s? '([^']+)'")
 PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 LITERAL = re.compile(r"Literal\[([^\]]*)\]")
 GIVEN = re.compile(r"(?:Given|Got) value: (.*)")
 UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
+LOAD_FAILED = re.compile(r'Unable to load config "([^"]*)"')
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -83,6 +87,8 @@ def short_message(message: str, args: list[str], parser) -> str:
         key = unknown.group(1)
         near = closest(key, option_names(parser))
         place = where(key, args)
+        if moved_key(key):
+            return f"{key}{' ' + place if place else ''} is now {moved_key(key)} (the options are grouped)"
         hint = f"; did you mean {near}?" if near else ""
         return f"unknown option {key}{' ' + place if place else ''}{hint}"
     unrecognized = UNRECOGNIZED.search(message)
@@ -92,6 +98,9 @@ def short_message(message: str, args: list[str], parser) -> str:
         parts = []
         for option in options or [unrecognized.group(1)]:
             key = option.removeprefix("--").split("=")[0]
+            if moved_key(key):
+                parts.append(f"{option} (now --{moved_key(key)}: the options are grouped)")
+                continue
             near = closest(key, names)
             parts.append(f"{option}" + (f" (did you mean --{near}?)" if near else ""))
         return f"unknown option on the command line: {', '.join(parts)}"
@@ -99,6 +108,9 @@ def short_message(message: str, args: list[str], parser) -> str:
     if parser_key:
         key = parser_key.group(1)
         place = where(key, args)
+        loaded = LOAD_FAILED.search(message)
+        if loaded and key.removeprefix("model.") in GROUPS:
+            return f"{key}{' ' + place if place else ''}: {scalar_for_group(key, loaded.group(1))}"
         given = GIVEN.search(message)
         literals = LITERAL.findall(message)
         if literals and given:
@@ -115,7 +127,7 @@ def short_message(message: str, args: list[str], parser) -> str:
                 listed = (
                     f"choose from {', '.join(choices)}"
                     if len(choices) <= 12
-                    else f"the {len(choices)} choices are listed by `{_prog(parser)} --help`"
+                    else f"the {len(choices)} choices are listed by `{_prog(parser)} --help_all`"
                 )
                 return (
                     f"{key}{' ' + place if place else ''}: not a valid choice: {', '.join(parts)}; {listed}"
@@ -175,7 +187,7 @@ def _is_trainer(group) -> bool:
 
 
 class FullHelp(argparse.Action):
-    """`--help_trainer`: the help with every Trainer option, as Lightning describes them."""
+    """`--help_all`: the help with every option described in full, the Trainer's too."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
@@ -186,15 +198,71 @@ class FullHelp(argparse.Action):
         parser.exit()
 
 
+SENTENCE_END = re.compile(r"(?<=[a-z0-9)`'/])\.(?=\s|$)")
+
+
+def first_sentence(text: str) -> str:
+    """The help's first sentence: the rest is in `--help_all` and docs/."""
+    text = " ".join(text.split())
+    end = SENTENCE_END.search(text)
+    return text[: end.end()] if end else text
+
+
+CONFIG_FILE = "Path to a configuration file."  # each section's own --model, --model.lora, ...
+# Lightning's own options, in a sentence
+SHORT = {
+    "print_config": "Print the config the command would run, and exit.",
+    "seed_everything": "The seed of every random generator.",
+    "help": "This help.",
+    "config": "A config file (YAML); several are merged in order.",
+}
+
+
+def _shown_default(action: argparse.Action) -> str | None:
+    default = action.default
+    if action.nargs == 0 or default in (None, argparse.SUPPRESS) or isinstance(default, (dict, list)):
+        return None
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def _compact(action: argparse.Action) -> argparse.Action:
+    """A copy of an option for the short help: the first sentence of its description (the
+    type, the choices and the rest: `--help_all`)."""
+    shown = copy.copy(action)
+    text = SHORT.get(action.dest) or first_sentence(str(action.help or ""))
+    shown.help = text.replace("%", "%%")
+    return shown
+
+
+def _compact_formatter(parser) -> argparse.HelpFormatter:
+    """The parser's formatter, each option as `--name=default` with its help as given."""
+    base = type(parser._get_formatter())
+
+    class Compact(base):
+        def _get_help_string(self, action):
+            return action.help
+
+        def _format_action_invocation(self, action):
+            if not action.option_strings:
+                return action.dest
+            longs = [o for o in action.option_strings if o.startswith("--") and not o.endswith("+")]
+            name = (longs or action.option_strings)[0]
+            default = _shown_default(action)
+            return f"{name}={default}" if default is not None else name
+
+    return Compact(_prog(parser), max_help_position=34)
+
+
 def short_help(parser) -> str | None:
-    """A subcommand's help with pricer's options first and the Trainer's ~90 as a pointer, or
-    None for a parser without a Trainer (the top level)."""
+    """A subcommand's help: pricer's options, one sentence each, and a pointer to the rest (the
+    full descriptions and the Trainer's ~90 options, `--help_all`); None for a parser without a
+    Trainer (the top level)."""
     groups = parser._action_groups
     trainer = [g for g in groups if _is_trainer(g)]
     if not trainer or getattr(parser, "full_help", False):
         return None
     prog = _prog(parser)
-    formatter = parser._get_formatter()
+    formatter = _compact_formatter(parser)
     formatter.add_usage(
         f"{prog} [-h] [-c CONFIG] [--print_config[=flags]] [--model.* VALUE] [--data.* VALUE] "
         "[--trainer.* VALUE] ...",
@@ -206,9 +274,16 @@ def short_help(parser) -> str | None:
     rest = [g for g in groups if g not in trainer and g._group_actions]
     order = sorted(rest, key=lambda g: 0 if g.title == "options" else 1)
     for group in order:
+        shown = [
+            _compact(a)
+            for a in group._group_actions
+            if a.help is not argparse.SUPPRESS and not (a.help == CONFIG_FILE and a.dest != "config")
+        ]
+        shown = [a for a in shown if not a.help.startswith("Moved:")]
+        if not shown:
+            continue
         formatter.start_section(group.title)
-        formatter.add_text(group.description)
-        formatter.add_arguments([a for a in group._group_actions if a.help is not argparse.SUPPRESS])
+        formatter.add_arguments(shown)
         formatter.end_section()
     names = {
         a.dest.removeprefix("trainer.")
@@ -216,12 +291,11 @@ def short_help(parser) -> str | None:
         if a.dest.startswith("trainer.") and not a.dest.endswith(".help")
     }
     common = ", ".join(f"--trainer.{n}" for n in COMMON_TRAINER if n in names)
-    formatter.start_section("Lightning's Trainer")
+    formatter.start_section("The rest")
     formatter.add_text(
-        f"Every argument of lightning.Trainer is an option under --trainer. ({len(names)} in all; "
-        f"pricer's configs set the ones it needs). Most runs touch: {common}. "
-        f"`{prog} --help_trainer` lists them all with Lightning's descriptions "
-        "(https://lightning.ai/docs/pytorch/stable/common/trainer.html)."
+        f"`{prog} --help_all` describes each option in full, with the types and the {len(names)} "
+        f"options of Lightning's Trainer under --trainer (pricer's configs set the ones it needs; "
+        f"most runs touch {common}). The options' guide: docs/command-line.md."
     )
     formatter.end_section()
     return formatter.format_help()

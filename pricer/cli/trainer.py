@@ -23,7 +23,7 @@ def check_trainer_options(trainer: dict) -> None:
     if trainer.get("gradient_clip_val"):
         raise OptionError(
             f"trainer.gradient_clip_val={trainer['gradient_clip_val']}: pricer clips in its own "
-            "optimizer step; set model.max_grad_norm instead (the course's 0.3 is the default)"
+            "optimizer step; set model.optimizer.max_grad_norm instead (the course's 0.3 is the default)"
         )
     if (trainer.get("accumulate_grad_batches") or 1) != 1:
         raise OptionError(
@@ -36,11 +36,11 @@ def check_trainer_options(trainer: dict) -> None:
 # pricer's meaning of the arguments the subcommands add (Lightning's own text describes its
 # registry and HPC keywords, which pricer's run folders do not use)
 METHOD_ARGS = """Args:
-    ckpt_path: A checkpoint to resume from (fit) or read (validate, test, predict): a `.ckpt`
-        file, or `last`: the last checkpoint of the run named by --run_name (without one, of the
-        latest run under trainer.default_root_dir that has one).
+    ckpt_path: A checkpoint to resume (fit) or read. A `.ckpt` file, or `last`: the last
+        checkpoint of the run named by --run_name (without one, of the latest run under
+        trainer.default_root_dir that has one).
     verbose: Print the metrics table at the end (validate, test).
-    weights_only: Passed to torch.load: True restricts loading to tensors and plain types (pricer's
+    weights_only: torch.load's weights_only. True loads tensors and plain types alone (pricer's
         checkpoints need nothing more); null leaves it to Lightning."""
 
 

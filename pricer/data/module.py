@@ -29,37 +29,37 @@ class PriceDataModule(L.LightningDataModule):
     """Curated product splits for price prediction, from raw Amazon metadata or a curated dataset.
 
     Args:
-        source: Raw Amazon Reviews 2023 metadata (`hf://datasets/McAuley-Lab/Amazon-Reviews-2023`
-            or a local folder holding `raw/meta_categories/meta_<Category>.jsonl`), or an already
-            curated dataset (a Hub repo id, a local folder or file), used as it is.
-        revision: The revision of a Hub source to read (a branch, tag or commit). For the raw
+        source: Raw metadata or a curated dataset. Raw: Amazon Reviews 2023
+            (`hf://datasets/McAuley-Lab/Amazon-Reviews-2023` or a local folder holding
+            `raw/meta_categories/meta_<Category>.jsonl`); curated: a Hub repo id, a local folder
+            or file, used as it is.
+        revision: A Hub source's branch, tag or commit. For the raw
             metadata it is resolved to its commit once, every file is read at that commit, and
             the commit is recorded in `curation.json` and the dataset card; set a commit id to
             curate the same data again later.
-        categories: Product categories to curate from a raw source; each item keeps its own.
-        tokenizer: The tokenizer for the token rules and batches; follows `model.base_model`.
-        train_size: Training items (null: every usable item not in validation or test).
+        categories: Categories to curate from a raw source. Each item keeps its own.
+        tokenizer: The tokenizer of the token rules and batches. It follows `model.base_model`.
+        train_size: Training items (null: every usable one).
         val_size: Validation items.
-        test_size: Test items; taken first, so the train size never changes the test split.
-        seed: Seed of the split shuffle (and of balanced sampling).
-        rules: The curation rules (the course's by default).
-        balance: Balanced sampling over price: cap each whole-dollar bucket below
-            `balance_below` at `balance_cap` items (the course's full-data rule).
-        balance_cap: Items per whole-dollar bucket at most.
+        test_size: Test items. Taken first, so the train size never changes the test split.
+        seed: Seed of the split shuffle and balanced sampling.
+        rules: The curation rules (default: the course's).
+        balance: Balanced sampling over price. Each whole-dollar bucket below `balance_below`
+            is capped at `balance_cap` items (the course's full-data rule).
+        balance_cap: Items a whole-dollar bucket at most.
         balance_below: Buckets from this price up are kept whole.
-        balance_weights: Sampling weight per category inside a full bucket (default 1).
-        cache_dir: Where curated splits are cached (default `$HF_HOME/pricer/datasets`).
-        num_proc: Processes for curation (default: the machine's cores, at most 8).
-        batch_size: Items per optimizer step on each process (one training batch), taken in
-            passes of `model.micro_batch_size`; `FitBatchSize` sets it from its
-            `effective_batch_size`.
-        eval_batch_size: Items per validation and test batch (default: batch_size).
+        balance_weights: Category weights inside a full bucket. Default: 1 each.
+        cache_dir: The curated splits' cache. Default: `$HF_HOME/pricer/datasets`.
+        num_proc: Curation processes. Default: the machine's cores, at most 8.
+        batch_size: Items an optimizer step, on each process. Taken in passes of
+            `model.micro_batch_size`; `FitBatchSize` sets it from its `effective_batch_size`.
+        eval_batch_size: Items a validation or test batch (default: batch_size).
         num_workers: DataLoader worker processes.
         hub_repo: Moved: `HubPublisher.dataset_repo` (publishing is the publisher's).
         hub_private: Moved: `HubPublisher.dataset_private`.
         hub_upload: Moved: `HubPublisher.dataset_upload`.
-        predict_source: Products to price with `predict`: a JSONL file of product texts (raw
-            records, `text` or `prompt` per line) or a curated dataset; default: the test split.
+        predict_source: What `predict` prices (default: the test split). A JSONL file of product
+            texts (raw records, `text` or `prompt` per line) or a curated dataset.
     """
 
     def __init__(

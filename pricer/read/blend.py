@@ -179,7 +179,7 @@ def blend_summary(report: dict, nominal: float) -> str:
     """What fit chose on validation, in two lines."""
     llm, mix = report["llm_mae"], report["best_mix_mae"]
     if report["tfidf_mae"] is None:
-        first = f"fit: validation MAE ${llm:.2f} for the LLM; no TF-IDF blend (model.blend false or no train split)"
+        first = f"fit: validation MAE ${llm:.2f} for the LLM; no TF-IDF blend (model.blend.enabled false or no train split)"
     else:
         chosen = (
             f"the blend chosen: {mix_text(report['weight'], report.get('neighbors'))} in log price"

@@ -293,9 +293,10 @@ def read_recipe(folder: Path) -> Recipe | None:
     return Recipe.from_json(data, str(path))
 
 
-def base_differences(recipe: Recipe | None, hparams) -> list[str]:
+def base_differences(recipe: Recipe | None, hparams, shown: dict[str, str] | None = None) -> list[str]:
     """How the base a model is about to load differs from the one its adapter trained on:
-    `model.quant_type=nf4 (trained: fp4)`, ...; empty when they agree or nothing is known."""
+    `model.quantization.type=nf4 (trained: fp4)`, ...; empty when they agree or nothing is known.
+    `shown` names each setting as the options do (`quant_type` -> `quantization.type`)."""
     if recipe is None:
         return []
     trained = {
@@ -306,7 +307,7 @@ def base_differences(recipe: Recipe | None, hparams) -> list[str]:
     if recipe.quantization != "4bit" or hparams["quantization"] != "4bit":
         trained = {"quantization": recipe.quantization}
     return [
-        f"model.{name}={hparams[name]!r} (trained: {value!r})"
+        f"model.{(shown or {}).get(name, name)}={hparams[name]!r} (trained: {value!r})"
         for name, value in trained.items()
         if hparams[name] != value
     ]

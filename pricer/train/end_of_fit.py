@@ -86,7 +86,7 @@ def best_on_validation(trainer: L.Trainer):
 
 class ChooseBlend(EndOfFit):
     """At the end of fit, the blend and interval scale for the weights fit keeps, chosen on the
-    validation split (pricer/read/blend.py) as `model.blend` and `model.calibrate_interval`
+    validation split (pricer/read/blend.py) as `model.blend.enabled` and `model.blend.calibrate_interval`
     ask: on the reads of that step's validation, or on a pass made now (a resumed run)."""
 
     order = 2

@@ -11,20 +11,27 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from jsonargparse.typing import PositiveInt
 
 from pricer.base.load import is_local, load_model
-from pricer.base.precision import ComputeDtype
-from pricer.base.quantization import Quantization, add_lora
+from pricer.base.quantization import add_lora
 from pricer.files import replace_folder
 from pricer.hub.calls import adapter_folder
-from pricer.options import OptionError, check_range
 from pricer.read.blend import Blend, saved_blend
-from pricer.read.dense import CpuRead
-from pricer.read.reading import Point, PriceReader
+from pricer.read.reading import PriceReader
 from pricer.read.recipe import Recipe, base_differences, read_recipe
 from pricer.read.tfidf import TfidfPrice
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import CompletionLoss
+from pricer.train.options import (
+    GROUPED,
+    BlendOptions,
+    LoraOptions,
+    OptimizerOptions,
+    QuantizationOptions,
+    ReadOptions,
+    flat_options,
+)
 from pricer.train.passes import MicroBatchPasses
 from pricer.train.resume import Resumable
 from pricer.train.schedule import cosine_with_warmup
@@ -37,101 +44,45 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
     config stays instant and offline.
 
     Args:
-        base_model: The base LLM: a Hub id, a local folder, or a local `.gguf` file (converted
-            once into a cached Hugging Face folder).
-        quantization: Load the base in 4-bit (NF4, QLoRA), 8-bit, or full precision (none).
-        quant_type: 4-bit data type: nf4 (QLoRA's) or fp4.
-        double_quant: Quantize the 4-bit scales too (saves about 0.4 bits per weight).
-        compute_dtype: dtype of the 4-bit matmuls; auto: fp16 on a T4, bf16 on Ampere and later,
-            fp32 on the CPU.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
-        lora_dropout: Dropout on the LoRA input.
-        lora_target_modules: Modules that get LoRA adapters.
-        learning_rate: Peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_ratio: Fraction of the optimizer steps spent warming up.
-        gradient_checkpointing: Recompute activations in backward to save memory.
-        max_grad_norm: Clip the gradients' norm to this before each optimizer step (the course's
-            0.3); null or 0 leaves them unclipped.
-        micro_batch_size: Items per forward and backward pass; the gradients of a step's
-            `data.batch_size` items are accumulated over passes of this many. Null: the whole
-            batch in one pass, or what `FitBatchSize` finds. A pass that runs out of GPU memory
-            is retried with half as many (same items, same step).
-        completion_logits: Compute the LM head only where the loss is (the price tokens), not at
-            every position: the same loss and gradients, less memory and time. False computes
-            the full logits, as transformers does.
-        adapter: A trained adapter folder to load instead of a new LoRA (for test and predict).
-        point: The price read from the distribution: median (minimises absolute error) or mean.
-        interval_coverage: Probability inside the reported interval (0.8: the 10th to 90th
-            percentile).
-        read_beam: Digit prefixes kept per item when numbers split into digits.
-        read_min_mass: Digit prefixes less likely than this are dropped (their mass reported).
-        read_shared_prefix: Read a batch's prompts from the KV cache of the tokens they all start
-            with (the question), computed once, not once a prompt. The same prices in fp32; in
-            16-bit the rounding moves them (a third of a trained adapter's test prices by more
-            than $0.50 and 1% under bf16-mixed, for 6% less time), so it is off by default.
-        cpu_read: How a 4-bit base is read on the CPU (validation, test, predict): dense: its
-            exact 4-bit weights dequantized once a pass, the LoRA update merged in fp32 (kept
-            as LoRA layers under a mixed precision); faster, the same prices to float rounding.
-            4bit: layer by layer as trained. On a GPU it is always read in 4-bit.
-        blend: At the end of fit, blend the LLM's price in log price with a classical
-            partner fitted on the train split: the TF-IDF baseline's ridge and its 5 nearest
-            train items, mixed in log price. The LLM's weight and the neighbours' share of the
-            partner are those with the lowest MAE on the validation split; the weight may be 1,
-            the LLM alone. The classical model is saved beside the adapter, and test, predict
-            and the Space read the blend. False: the LLM alone, always.
-        calibrate_interval: At the end of fit, when the interval's coverage on the validation
-            split misses interval_coverage by more than 5 points, scale its width in log price
-            to the coverage asked for (saved with the blend).
+        base_model: The base LLM: a Hub id, a folder or a `.gguf` file. A `.gguf` file is
+            converted once into a cached Hugging Face folder.
+        quantization: How the base model's weights are loaded.
+        lora: The LoRA adapter trained on the frozen base.
+        optimizer: The optimizer and its learning-rate schedule.
+        read: How a price is read from the model's distribution.
+        blend: What fit chooses on validation at its end.
+        micro_batch_size: Items a forward and backward pass. A step's `data.batch_size` items are
+            accumulated over passes of this many. Null: the whole batch in one pass, or what
+            `FitBatchSize` finds. A pass that runs out of GPU memory is retried with half as many
+            (same items, same step).
+        gradient_checkpointing: Recompute activations in backward. Less memory, more time.
+        completion_logits: The LM head at the price tokens only. The same loss and gradients,
+            less memory and time; false: at every position, as transformers does.
+        adapter: A trained adapter to read (test, predict). Loaded instead of a new LoRA.
     """
 
     def __init__(
         self,
         base_model: str = "meta-llama/Llama-3.1-8B",
-        quantization: Quantization = "4bit",
-        quant_type: str = "nf4",
-        double_quant: bool = True,
-        compute_dtype: ComputeDtype = "auto",
-        lora_r: int = 32,
-        lora_alpha: int = 64,
-        lora_dropout: float = 0.1,
-        lora_target_modules: list[str] | None = None,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.001,
-        warmup_ratio: float = 0.03,
+        quantization: QuantizationOptions = QuantizationOptions(),
+        lora: LoraOptions = LoraOptions(),
+        optimizer: OptimizerOptions = OptimizerOptions(),
+        read: ReadOptions = ReadOptions(),
+        blend: BlendOptions = BlendOptions(),
+        micro_batch_size: PositiveInt | None = None,
         gradient_checkpointing: bool = False,
-        max_grad_norm: float | None = 0.3,
-        micro_batch_size: int | None = None,
         completion_logits: bool = True,
         adapter: str | None = None,
-        point: Point = "median",
-        interval_coverage: float = 0.8,
-        read_beam: int = 32,
-        read_min_mass: float = 1e-4,
-        read_shared_prefix: bool = False,
-        cpu_read: CpuRead = "dense",
-        blend: bool = True,
-        calibrate_interval: bool = True,
     ) -> None:
         super().__init__()
-        if quant_type not in ("nf4", "fp4"):
-            raise OptionError(f"model.quant_type must be nf4 or fp4, got {quant_type!r}")
-        if lora_r <= 0:
-            raise OptionError(f"model.lora_r must be positive, got {lora_r}")
-        if not 0 <= lora_dropout < 1:
-            raise OptionError(f"model.lora_dropout must be in [0, 1), got {lora_dropout}")
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise OptionError(f"model.micro_batch_size must be positive or null, got {micro_batch_size}")
-        check_range("model.lora_alpha", lora_alpha, 0, low_open=True)
-        check_range("model.learning_rate", learning_rate, 0, low_open=True)
-        check_range("model.weight_decay", weight_decay, 0)
-        check_range("model.warmup_ratio", warmup_ratio, 0, 1, high_open=True)
-        check_range("model.max_grad_norm", max_grad_norm, 0, null=True)
-        check_range("model.interval_coverage", interval_coverage, 0, 1, low_open=True, high_open=True)
-        check_range("model.read_beam", read_beam, 1)
-        check_range("model.read_min_mass", read_min_mass, 0, 1, high_open=True)
-        self.save_hyperparameters()
+        # kept flat, as checkpoints, recipes and cards have always held them (options.FLAT)
+        grouped = flat_options(
+            quantization=quantization, lora=lora, optimizer=optimizer, read=read, blend=blend
+        )
+        flat = {"base_model": base_model, **grouped, "gradient_checkpointing": gradient_checkpointing}
+        flat.update(micro_batch_size=micro_batch_size, completion_logits=completion_logits, adapter=adapter)
+        self.save_hyperparameters(flat)
+        lora_target_modules = flat["lora_target_modules"]
         # Each training step is one optimizer step over its batch, accumulated here in passes of
         # micro_batch_size items: a pass that runs out of memory can then be retried smaller
         # without skipping or repeating an item (Lightning's own accumulation cannot).
@@ -175,7 +126,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         hp = self.hparams
         folder = adapter_folder(hp.adapter) if hp.adapter else None
         if folder is not None:
-            differences = base_differences(read_recipe(folder), hp)
+            differences = base_differences(read_recipe(folder), hp, GROUPED)
             if differences:
                 print(
                     f"pricer: warning: model.adapter {hp.adapter} was trained on another base: "
@@ -209,7 +160,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
                 raise FloatingPointError(
                     f"loss is {loss.item()} at global step {self.global_step} (batch {batch_idx} of "
                     f"epoch {self.current_epoch}); the last good checkpoint is kept. Lower "
-                    "model.learning_rate or check the precision."
+                    "model.optimizer.learning_rate or check the precision."
                 )
             step["loss"] = loss
             return loss
