@@ -91,7 +91,6 @@ def test_the_moved_publishing_options_name_their_new_place(tmp_path, capsys, opt
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--data.val_size", "-1"], "data.val_size must be 0 or more, got -1"),
         (
             ["--data.rules.min_price", "10", "--data.rules.max_price", "5"],
             "data.rules: need 0 <= min_price <= max_price",
@@ -255,6 +254,12 @@ def test_an_evaluation_name_is_one_plain_folder_under_the_run(tmp_path, capsys, 
             ["--model.read.point", "mediann"],
             "pricer fit: error: model.read.point on the command line: not a valid choice: 'mediann' (did you "
             "mean 'median'?); choose from median, mean",
+        ),
+        (
+            None,
+            ["--data.val_size", "-1"],
+            "pricer fit: error: data.val_size on the command line: Not of type NonNegativeInt: -1 does not "
+            "conform to restriction v>=0",
         ),
         (
             None,

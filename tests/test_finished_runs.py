@@ -376,8 +376,14 @@ def test_predict_refuses_what_the_space_refuses_and_writes_inert_cells(finished,
             "model.optimizer.warmup_ratio on the command line: Not of type Fraction: 1 does not conform to restriction v>=0 and v<1",
         ),
         (["--model.lora.target_modules", "[q_proj, v_prj]"], "v_prj not in"),  # peft skips it
-        (["--data.batch_size", "0"], "data.batch_size must be at least 1, got 0"),
-        (["--data.eval_batch_size", "0"], "data.eval_batch_size must be at least 1 or null, got 0"),
+        (
+            ["--data.batch_size", "0"],
+            "data.batch_size on the command line: Not of type PositiveInt: 0 does not conform to restriction v>0",
+        ),
+        (
+            ["--data.eval_batch_size", "0"],
+            "data.eval_batch_size on the command line: Not of type PositiveInt",
+        ),
         (
             ["--data.categories", "[Appliances, Appliances]"],
             "data.categories names Appliances more than once",

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from pricer.base.load import load_tokenizer, pricer_cache, tokenizer_source
@@ -19,7 +20,7 @@ from pricer.data.raw import RAW_URL, SourceError
 from pricer.data.rules import CurationRules
 from pricer.data.source import parse_source
 from pricer.data.splits import SPLITS
-from pricer.options import OptionError, check_range
+from pricer.options import OptionError
 
 # kept beside the tokens in every batch: reports name the item, the blend reads its text
 KEPT_COLUMNS = ("price", "title", "category", "text")
@@ -68,20 +69,20 @@ class PriceDataModule(L.LightningDataModule):
         revision: str = "main",
         categories: list[Category] | None = None,
         tokenizer: str | None = None,
-        train_size: int | None = 25_000,
-        val_size: int = 500,
-        test_size: int = 2_000,
+        train_size: NonNegativeInt | None = 25_000,
+        val_size: NonNegativeInt = 500,
+        test_size: NonNegativeInt = 2_000,
         seed: int = 42,
         rules: CurationRules | None = None,
         balance: bool = False,
-        balance_cap: int = 1200,
-        balance_below: float = 240.0,
+        balance_cap: PositiveInt = 1200,
+        balance_below: NonNegativeFloat = 240.0,
         balance_weights: dict[str, float] | None = None,
         cache_dir: str | None = None,
-        num_proc: int | None = None,
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_proc: PositiveInt | None = None,
+        batch_size: PositiveInt = 4,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
         predict_source: str | None = None,
         hub_repo: str | None = None,
         hub_private: bool | None = None,
@@ -97,13 +98,6 @@ class PriceDataModule(L.LightningDataModule):
         unknown = [c for c in categories if c not in CATEGORIES]
         if unknown:
             raise OptionError(f"data.categories: unknown {unknown}; choose from {', '.join(CATEGORIES)}")
-        for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
-            if size is not None and size < 0:
-                raise OptionError(f"data.{name} must be 0 or more, got {size}")
-        check_range("data.batch_size", batch_size, 1)
-        check_range("data.eval_batch_size", eval_batch_size, 1, null=True)
-        check_range("data.num_workers", num_workers, 0)
-        check_range("data.num_proc", num_proc, 1, null=True)
         if train_size == 0:
             raise OptionError(
                 "data.train_size 0: training needs items; null takes every usable item that is not "
@@ -123,17 +117,19 @@ class PriceDataModule(L.LightningDataModule):
             )
         self.categories = categories
         self.tokenizer_name = tokenizer
-        self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
+        # jsonargparse's range types are int subclasses: plain ints for the cache key and checkpoints
+        self.train_size = None if train_size is None else int(train_size)
+        self.val_size, self.test_size = int(val_size), int(test_size)
         self.seed = seed
         self.rules = rules or CurationRules()
         self.balance = balance
-        self.balance_cap, self.balance_below = balance_cap, balance_below
+        self.balance_cap, self.balance_below = int(balance_cap), float(balance_below)
         self.balance_weights = balance_weights
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else pricer_cache() / "datasets"
-        self.num_proc = num_proc or min(8, os.cpu_count() or 1)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_proc = int(num_proc or min(8, os.cpu_count() or 1))
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
         self.predict_source = predict_source
         for old, value, new in (
             ("hub_repo", hub_repo, "dataset_repo"),

@@ -18,6 +18,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch.callbacks import Callback
 
 from pricer.train import rng
@@ -211,31 +212,19 @@ class FitBatchSize(Callback):
 
     def __init__(
         self,
-        effective_batch_size: int = 16,
-        memory_budget_gib: float | None = T4_BUDGET_GIB,
-        max_val: int = 64,
-        init_val: int = 1,
-        steps_per_trial: int = 3,
+        effective_batch_size: PositiveInt = 16,
+        memory_budget_gib: PositiveFloat | None = T4_BUDGET_GIB,
+        max_val: PositiveInt = 64,
+        init_val: PositiveInt = 1,
+        steps_per_trial: PositiveInt = 3,
         mode: Literal["power", "binsearch"] = "binsearch",
     ) -> None:
-        if effective_batch_size < 1:
-            raise ValueError(f"effective_batch_size must be positive, got {effective_batch_size}")
-        for name, value in (
-            ("max_val", max_val),
-            ("init_val", init_val),
-            ("steps_per_trial", steps_per_trial),
-        ):
-            if value < 1:
-                raise ValueError(f"FitBatchSize.{name} must be positive, got {value}")
-        if memory_budget_gib is not None and memory_budget_gib <= 0:
-            raise ValueError(
-                f"FitBatchSize.memory_budget_gib must be positive or null, got {memory_budget_gib}"
-            )
-        self.effective_batch_size = effective_batch_size
-        self.memory_budget_gib = memory_budget_gib
-        self.max_val = max_val
-        self.init_val = init_val
-        self.steps_per_trial = steps_per_trial
+        # the ranges are checked when a config is parsed; kept as plain numbers (checkpoints)
+        self.effective_batch_size = int(effective_batch_size)
+        self.memory_budget_gib = None if memory_budget_gib is None else float(memory_budget_gib)
+        self.max_val = int(max_val)
+        self.init_val = int(init_val)
+        self.steps_per_trial = int(steps_per_trial)
         self.mode = mode
         self.found: int | None = None
         self.tried: dict[int, bool] = {}

@@ -80,6 +80,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
             quantization=quantization, lora=lora, optimizer=optimizer, read=read, blend=blend
         )
         flat = {"base_model": base_model, **grouped, "gradient_checkpointing": gradient_checkpointing}
+        micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)  # a plain int
         flat.update(micro_batch_size=micro_batch_size, completion_logits=completion_logits, adapter=adapter)
         self.save_hyperparameters(flat)
         lora_target_modules = flat["lora_target_modules"]
