@@ -257,6 +257,13 @@ def test_an_evaluation_name_is_one_plain_folder_under_the_run(tmp_path, capsys, 
         ),
         (
             None,
+            ["--trainer.precision=16-mix"],
+            "pricer fit: error: trainer.precision on the command line: not a valid choice: '16-mix' (did you "
+            "mean '16-mixed'?); choose from 64, 32, 16, transformer-engine, transformer-engine-float16, "
+            "16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16",
+        ),
+        (
+            None,
             ["--data.val_size", "-1"],
             "pricer fit: error: data.val_size on the command line: Not of type NonNegativeInt: -1 does not "
             "conform to restriction v>=0",

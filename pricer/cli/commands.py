@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from pricer.base.load import check_model_name
 from pricer.base.precision import default_precision, emulated_bf16_warning
 from pricer.cli.config_files import check_config_files
-from pricer.cli.parse_errors import FullHelp, PricerParser
+from pricer.cli.parse_errors import PricerParser
 from pricer.cli.progress import ProgressLog
 from pricer.cli.run_folder import (
     RunFolderError,
@@ -24,6 +24,7 @@ from pricer.cli.run_folder import (
     read_checkpoint,
     trained_run,
 )
+from pricer.cli.short_help import FullHelp
 from pricer.cli.trainer import (
     LoggedConfig,
     PricerTrainer,

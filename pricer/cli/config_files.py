@@ -5,8 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pricer.cli.parse_errors import config_files
 from pricer.options import OptionError
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The files named with --config / -c, in order."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
 
 
 def check_config_files(args: list[str]) -> None:
