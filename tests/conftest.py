@@ -468,3 +468,16 @@ def batch(model):
     tokenizer.padding_side = "left"
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     return encoded["input_ids"], encoded["attention_mask"]
+
+
+# --- texts for the classical models
+
+WORDS = [f"word{i}" for i in range(200)] + ["café", "Ünïcode", "a-b", "12v", "3000w"]
+
+
+def corpus(n: int, seed: int, extra: str = "") -> list[str]:
+    """`n` texts of 25 words drawn from WORDS."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, 25)) + extra for _ in range(n)]

@@ -7,13 +7,7 @@ import pytest
 
 from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
 from pricer.read.tfidf import NEIGHBORS, TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
-
-WORDS = [f"word{i}" for i in range(200)] + ["café", "Ünïcode", "a-b", "12v", "3000w"]
-
-
-def corpus(n: int, seed: int, extra: str = "") -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, 25)) + extra for _ in range(n)]
+from tests.conftest import corpus
 
 
 @pytest.fixture(scope="module")

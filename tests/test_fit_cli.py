@@ -60,6 +60,9 @@ def test_resume_last_without_a_checkpoint_is_an_error(fit_args, tmp_path, capsys
 def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_path, capsys):
     import csv
     import json
+    import shutil
+
+    import pyarrow.parquet as pq
 
     main(["fit", *fit_args, "--run_name", "trained"])
     run = tmp_path / "runs" / "trained"
@@ -108,22 +111,87 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
         metrics["read"]["blend_weight"],
         metrics["read"]["interval_scale"],
     )
+    # fit names what it chose; the adapter's test, where it served it from
+    assert metrics["read"].pop("served").startswith("the blend fit chose on validation")
+    assert again["read"].pop("served").startswith(f"the blend fit chose, from {run / 'adapter'}")
     assert again == metrics
-    # a checkpoint holds the LLM's weights alone: test reads the LLM, as the blend's llm_alone,
-    # and says so when the run's adapter has a blend or a scaled interval
+    # a checkpoint tested on a test-only copy of the fit's test split (no train split) serves the
+    # read-out fit chose, from the run's adapter: the fit's prices to the cent, its baselines
+    # from the training items saved beside the adapter, and the report names what it served
     from pricer.read.recipe import read_recipe
 
-    capsys.readouterr()
-    main(["test", *fit_args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     recipe = read_recipe(run / "adapter")
-    said = "test: a checkpoint reads the LLM alone; the run's blend" in capsys.readouterr().out
-    assert said == (recipe.blend_weight < 1 or recipe.interval_scale != 1)
-    evaluation = run / "evaluations" / f"{tmp_path.name}-test"
-    llm = json.loads((evaluation / "metrics.json").read_text())
-    assert llm["mae"] == metrics["blend"]["llm_alone"]["mae"]
-    assert [r["llm_predicted"] for r in rows] == [
-        r["predicted"] for r in csv.DictReader((evaluation / "predictions.csv").open())
+    assert recipe.blend_weight < 1, "the tiny run should choose a blend for this check to mean anything"
+    (curated_test,) = (tmp_path / "cache").rglob("test-00000-of-00001.parquet")
+    lite = tmp_path / "lite"
+    (lite / "data").mkdir(parents=True)
+    shutil.copy2(curated_test, lite / "data" / curated_test.name)
+    capsys.readouterr()
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    main(["test", *fit_args, "--data.source", str(lite), "--ckpt_path", checkpoint])
+    out = capsys.readouterr().out
+    assert f"test: serving the run's read-out: the blend fit chose, from {run / 'adapter'}" in out
+    served = json.loads((run / "evaluations" / "lite-test" / "metrics.json").read_text())
+    assert served["read"]["served"].startswith("the blend fit chose")
+    assert round(served["mae"], 2) == round(metrics["mae"], 2)
+    served_rows = list(csv.DictReader((run / "evaluations" / "lite-test" / "predictions.csv").open()))
+    assert [cents(r["predicted"]) for r in served_rows] == [cents(r["predicted"]) for r in rows]
+    assert {k: v["mae"] for k, v in served["baselines"].items()} == pytest.approx(
+        {k: v["mae"] for k, v in metrics["baselines"].items()}, abs=0.005
+    )
+    assert served["baselines_fitted_on"] == "the run's 16 training items, saved with its adapter"
+
+    # predict and Pricer.from_adapter on a copy of the adapter alone, the training data gone
+    # from this machine: the same prices to the cent
+    adapter = tmp_path / "elsewhere" / "adapter"
+    shutil.copytree(run / "adapter", adapter)
+    shutil.rmtree(Path(fit_args[fit_args.index("--data.source") + 1]) / "raw")
+    shutil.rmtree(tmp_path / "cache")
+    main(
+        [
+            "predict",
+            *fit_args,
+            "--data.source",
+            str(lite),
+            "--model.adapter",
+            str(adapter),
+            "--run_name",
+            "quotes",
+        ]
+    )
+    quoted = list(csv.DictReader((tmp_path / "runs" / "quotes" / "predict.csv").open()))
+    assert [cents(q["predicted"]) for q in quoted] == [cents(r["predicted"]) for r in rows]
+    from pricer.read.serving import Pricer
+
+    prompts = pq.read_table(lite / "data" / curated_test.name).column("prompt").to_pylist()
+    pricer = Pricer.from_adapter(str(adapter))
+    assert [round(pricer.quote_prompt(p).price, 2) for p in prompts] == [cents(r["predicted"]) for r in rows]
+
+    # an adapter saved before its TF-IDF model and training items were: the LLM alone, said
+    # once, and no baselines on a source without a train split
+    older = tmp_path / "older" / "adapter"
+    shutil.copytree(adapter, older)
+    for name in ("tfidf.json", "tfidf.safetensors", "train_items.parquet"):
+        (older / name).unlink()
+    recipe_file = json.loads((older / "pricer.json").read_text())
+    del recipe_file["files"]
+    (older / "pricer.json").write_text(json.dumps(recipe_file))
+    capsys.readouterr()
+    alone = Pricer.from_adapter(str(older))
+    assert capsys.readouterr().err.count("pricer: warning: the LLM alone") == 1
+    assert [round(alone.quote_prompt(p).price, 2) for p in prompts] == [
+        cents(r["llm_predicted"]) for r in rows
     ]
+    main(
+        ["test", *fit_args, "--data.source", str(lite), "--model.adapter", str(older), "--run_name", "older"]
+    )
+    said = json.loads((tmp_path / "runs" / "older" / "metrics.json").read_text())
+    assert said["read"]["served"].startswith(f"the LLM alone: {older} has no tfidf.json or tfidf.safetensors")
+    assert "skipped" in said["baselines"]
+
+
+def cents(value) -> float:
+    return round(float(value), 2)
 
 
 @pytest.mark.slow

@@ -99,6 +99,9 @@ def test_the_staged_adapter_reads_the_same_prices(published, fit_args, tmp_path)
     measured = json.loads((published / "metrics.json").read_text())
     measured.pop("weights_from")  # fit's record of which step it kept, not a measurement
     measured["blend"].pop("validation")  # and of what validation said when it chose the blend
+    # the same read-out, named where it was served from: fit's choice, then the staged folder
+    chosen = measured["read"].pop("served").removeprefix("the blend fit chose on validation")
+    assert again["read"].pop("served") == f"the blend fit chose, from {published / 'hub' / 'model'}{chosen}"
     assert again == measured
 
 

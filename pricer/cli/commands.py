@@ -34,7 +34,6 @@ from pricer.cli.trainer import (
 )
 from pricer.data.module import PriceDataModule
 from pricer.options import OptionError
-from pricer.read.recipe import RecipeError
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks
 from pricer.train.model import PriceModel
@@ -186,12 +185,6 @@ class PricerCLI(LightningCLI):
                 else ""
             )
             print(f"test report: {folder}{again}; the fit's own report in {self.run_dir} stays as it is")
-        if (
-            self.subcommand in ("test", "predict")
-            and config.get("ckpt_path")
-            and not config.model.get("adapter")
-        ):
-            self._say_a_checkpoint_reads_the_llm_alone()
         if config.trainer.precision is None:
             config.trainer.precision = default_precision(config.trainer.accelerator)
         warning = emulated_bf16_warning(config.trainer.precision, config.trainer.accelerator)
@@ -210,23 +203,38 @@ class PricerCLI(LightningCLI):
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
 
-    def _say_a_checkpoint_reads_the_llm_alone(self) -> None:
-        """A checkpoint holds the LoRA weights only; the blend fit chose lives in the adapter."""
-        from pricer.read.blend import mix_text
+    def _serve_the_runs_read_out(self) -> None:
+        """A checkpoint holds the LoRA weights only; the read-out fit chose (the blend, its
+        TF-IDF model, the training items) lives in its run's adapter folder, and is served from
+        there. A checkpoint outside a trained run reads the LLM alone, said in one line."""
         from pricer.read.recipe import read_recipe
+        from pricer.read.saved_read import saved_read_out
 
-        folder = self.run_dir / "adapter"
-        try:
-            recipe = read_recipe(folder)
-        except RecipeError:
+        config = self.config[self.subcommand]
+        if not config.get("ckpt_path") or config.model.get("adapter"):
             return
-        if recipe is not None and (recipe.blend_weight < 1 or recipe.interval_scale != 1):
+        folder = self.run_dir / "adapter"
+        if read_recipe(folder) is None:
+            self.model.served = f"the LLM alone: {folder} holds no adapter with the read-out fit chose"
+            print(f"{self.subcommand}: a checkpoint reads {self.model.served}")
+            return
+        self.model.serve(saved_read_out(folder))
+        print(f"{self.subcommand}: serving the run's read-out: {self.model.served}")
+        chosen = self._adapter_step()
+        step = read_checkpoint(config.ckpt_path).get("global_step")
+        if chosen is not None and step is not None and chosen != step:
             print(
-                f"{self.subcommand}: a checkpoint reads the LLM alone; the run's blend "
-                f"({mix_text(recipe.blend_weight, recipe.blend_neighbors)}, interval scale "
-                f"{recipe.interval_scale:g}) is read "
-                f"with --model.adapter {folder}"
+                f"{self.subcommand}: note: the checkpoint holds step {step}'s weights; fit chose the "
+                f"read-out for step {chosen}'s, the adapter's"
             )
+
+    def _adapter_step(self) -> int | None:
+        """The step whose weights the run's adapter holds, from its fit's metrics.json."""
+        try:
+            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return (metrics.get("weights_from") or {}).get("step") if isinstance(metrics, dict) else None
 
     def _read_as_the_recipe_says(self, model) -> None:
         """An adapter with a pricer.json is read as its run measured it: the recipe's base
@@ -281,6 +289,7 @@ class PricerCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._check_models()
+        self._serve_the_runs_read_out()
 
     def before_curate(self) -> None:
         check_model_name(self.model.hparams.base_model, "model.base_model", weights=False)  # its tokenizer
@@ -290,6 +299,7 @@ class PricerCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_models()
+        self._serve_the_runs_read_out()
         if self.datamodule.predict_source is not None:
             check_predict_source(self.datamodule.predict_source)
         # every line of a JSONL predict source is checked before a run folder or W&B run exists

@@ -24,6 +24,23 @@ def prices_agree(a, b) -> np.ndarray:
     return (gap <= AGREE_DOLLARS) | (gap <= AGREE_RATIO * np.maximum(np.abs(a), np.abs(b)))
 
 
+def coverage_below_nominal(measured: float, nominal: float, n: int) -> str | None:
+    """A sentence when an interval held fewer prices than it claims beyond the binomial noise
+    of `n` items (scipy's one-sided exact test at 5%); None when it did not."""
+    from scipy.stats import binomtest
+
+    held = round(measured * n)
+    if n == 0 or held >= nominal * n:
+        return None
+    p = binomtest(held, n, nominal, alternative="less").pvalue
+    if p >= 0.05:
+        return None
+    return (
+        f"the {nominal:.0%} interval held {measured:.1%} of the {n} prices, below its nominal "
+        f"beyond the noise (one-sided binomial p={p:.2g}): it is too narrow on this data"
+    )
+
+
 def hits(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     error = np.abs(predicted - truth)
     return (error < HIT_DOLLARS) | (error < HIT_RATIO * truth)

@@ -98,6 +98,8 @@ class Recipe:
     precision: str = "32-true"
     # the run's headline test metrics, when measured
     metrics: dict | None = None
+    # the SHA-256 of each file saved beside the adapter for reading (pricer/read/saved_read.py)
+    files: dict | None = None
 
     SECTIONS = {
         "base": ("base_model", "base_model_id"),
@@ -177,12 +179,17 @@ class Recipe:
         headline = {k: metrics[k] for k in HEADLINE if k in metrics} if metrics else None
         return Recipe(**{**asdict(self), "metrics": headline})
 
+    def with_files(self, files: dict[str, str]) -> Recipe:
+        return Recipe(**{**asdict(self), "files": files or None})
+
     def to_json(self) -> dict:
         values = asdict(self)
         data: dict = {"format": FORMAT, "version": VERSION}
         for section, names in self.SECTIONS.items():
             data[section] = {name: values[name] for name in names}
         data["metrics"] = values["metrics"]
+        if values["files"]:
+            data["files"] = values["files"]
         return data
 
     def save(self, folder: Path) -> Path:
@@ -199,7 +206,7 @@ class Recipe:
                 f"{where}: version {data.get('version')!r}; this pricer reads version {VERSION} "
                 "(upgrade pricer, or pass the settings to Pricer.from_adapter)"
             )
-        values: dict = {"metrics": data.get("metrics")}
+        values: dict = {"metrics": data.get("metrics"), "files": data.get("files")}
         for section, names in cls.SECTIONS.items():
             part = data.get(section)
             if not isinstance(part, dict):
@@ -235,6 +242,12 @@ class Recipe:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {allowed}")
+        files = self.files
+        if files is not None and not (
+            isinstance(files, dict)
+            and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items())
+        ):
+            fail("files", "a mapping of file names to SHA-256 hex digests")
         if not isinstance(self.base_model, str) or not self.base_model:
             fail("base_model", "a Hub id, folder or .gguf file")
         if self.base_model_id is not None and not isinstance(self.base_model_id, str):

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from pricer.read.baselines import baseline_predictions
 from pricer.read.blend import coverage
-from pricer.read.metrics import mae_gap, metrics_table, price_metrics
+from pricer.read.metrics import coverage_below_nominal, mae_gap, metrics_table, price_metrics
 
 COLUMNS = ("title", "category", "price", "predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
 PREDICT_COLUMNS = ("title", "predicted", "low", "high")
@@ -151,11 +151,17 @@ class PriceReport(Callback):
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)
-        # fit's own TF-IDF model, fitted on this train split when it chose the blend: not again
-        fitted = pl_module.tfidf if pl_module.blend_report else None
-        metrics["baselines"], baseline_prices = self._baselines(trainer, truth, predicted, fitted)
+        metrics["baselines"], baseline_prices, fitted_on = self._baselines(
+            trainer, pl_module, truth, predicted
+        )
+        if fitted_on:
+            metrics["baselines_fitted_on"] = fitted_on
         blend = pl_module.blend
+        served = getattr(pl_module, "served", None)
+        if served:
+            print(f"test: served {served}")
         metrics["read"] = {
+            "served": served,
             "point": pl_module.hparams.point,
             "interval": pl_module.hparams.interval_coverage,
             "blend_weight": blend.weight,
@@ -164,10 +170,12 @@ class PriceReport(Callback):
         }
         # what the interval means: the share of true prices inside it, beside what it claims
         low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])
-        metrics["interval_coverage"] = {
-            "nominal": pl_module.hparams.interval_coverage,
-            "measured": coverage(truth, low, high),
-        }
+        nominal, measured = pl_module.hparams.interval_coverage, coverage(truth, low, high)
+        metrics["interval_coverage"] = {"nominal": nominal, "measured": measured}
+        below = coverage_below_nominal(measured, nominal, len(truth))
+        if below:
+            metrics["interval_coverage"]["below_nominal"] = below
+            print(f"test: {below}")
         llm = np.array([r["llm_predicted"] for r in rows])
         metrics["blend"] = self._blend(pl_module, rows, truth, llm, baseline_prices)
         if getattr(pl_module, "weights_from", None):
@@ -216,15 +224,24 @@ class PriceReport(Callback):
 
     @staticmethod
     def _baselines(
-        trainer: L.Trainer, truth: np.ndarray, predicted: np.ndarray, tfidf=None
-    ) -> tuple[dict, dict]:
+        trainer: L.Trainer, pl_module: L.LightningModule, truth: np.ndarray, predicted: np.ndarray
+    ) -> tuple[dict, dict, str]:
         """Each baseline's metrics, and the model's MAE minus the baseline's (paired, with its
-        95% interval: below zero throughout means the model is better beyond the noise); and
-        each baseline's prices."""
+        95% interval: below zero throughout means the model is better beyond the noise); each
+        baseline's prices; what they were fitted on, in words. Fitted on the run's own training items when the model has them
+        (saved with its adapter, whatever the data source), else on the source's train split."""
         datamodule = trainer.datamodule
-        train = datamodule.train_prices_and_texts() if datamodule is not None else None
+        items, tfidf = getattr(pl_module, "train_items", None), None
+        if items is not None:
+            # the run's TF-IDF model, fitted on these items when it chose the blend: not again
+            train, tfidf = (items.prices, items.texts), pl_module.tfidf
+            origin = f"the run's {len(items.prices)} training items, saved with its adapter"
+        else:
+            train = datamodule.train_prices_and_texts() if datamodule is not None else None
+            origin = f"the data source's train split ({len(train[0])} items)" if train else ""
         if train is None:
-            return {"skipped": "the data source has no train split to fit the baselines on"}, {}
+            skipped = "no training items: the data source has no train split and the model none saved"
+            return {"skipped": skipped}, {}, ""
         # the items the model read: all of the test split, or its first batches when
         # trainer.limit_test_batches cut the pass short (the loader does not shuffle)
         texts = datamodule.test_texts()[: len(truth)]
@@ -233,4 +250,4 @@ class PriceReport(Callback):
             name: {**price_metrics(truth, values), **mae_gap(truth, predicted, values)}
             for name, values in predictions.items()
         }
-        return metrics, predictions
+        return metrics, predictions, origin

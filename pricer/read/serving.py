@@ -26,6 +26,7 @@ from pricer.read.dense import CpuRead, can_read_dense, to_dense
 from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceDistribution, PriceReader
 from pricer.read.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
+from pricer.read.saved_read import saved_read_out
 from pricer.read.tfidf import BlendError
 
 BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
@@ -232,7 +233,13 @@ class Pricer:
                     stacklevel=2,
                 )
             return cls(base_model, str(folder), device, **{**DEFAULTS, **settings})
-        measured = recipe.reading_settings()
+        read_out = saved_read_out(folder, with_items=False)  # one warning if its files are missing
+        measured = {
+            **recipe.reading_settings(),
+            "blend_weight": read_out.blend.weight,
+            "interval_scale": read_out.blend.interval_scale,
+            "blend_neighbors": read_out.blend.neighbors,
+        }
         pricer = cls(base_model or base_for_here(recipe), str(folder), device, **{**measured, **settings})
         pricer.recipe = recipe
         return pricer

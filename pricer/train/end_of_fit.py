@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from pricer.read.blend import Blend, blend_summary, choose_blend
+from pricer.read.saved_read import TrainItems, describe
 from pricer.read.tfidf import TfidfPrice
 from pricer.train import stopping
 
@@ -99,14 +100,19 @@ class ChooseBlend(EndOfFit):
     def choose(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         hp = pl_module.hparams
         pl_module.blend, pl_module.tfidf, pl_module.blend_report = Blend(), None, None
+        datamodule = trainer.datamodule
+        # saved with the adapter: a test on any source gets the baselines of the fit's own
+        train = datamodule.train_prices_and_texts() if hasattr(datamodule, "train_prices_and_texts") else None
+        pl_module.train_items = TrainItems(*train) if train is not None else None
+        pl_module.served = "the LLM alone: model.blend.enabled and model.blend.calibrate_interval are false"
         if not (hp.blend or hp.calibrate_interval):
             return
-        datamodule = trainer.datamodule
         datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
         if "validation" not in datasets:
+            pl_module.served = "the LLM alone: no validation split to choose a blend on"
             print("fit: no validation split: the LLM's price is read alone, its interval as it is")
             return
-        train = datamodule.train_prices_and_texts() if hp.blend else None
+        train = train if hp.blend else None
         rows = pl_module.kept_validation_reads(step) or read_validation(trainer, pl_module)
         stopping.stop_here(trainer)
         pl_module.forget_validation_reads()
@@ -121,6 +127,7 @@ class ChooseBlend(EndOfFit):
             truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval, neighbors
         )
         pl_module.blend_report = {"validation": report, **pl_module.blend.as_dict()}
+        pl_module.served = describe(pl_module.blend, "fit chose on validation")
         if trainer.is_global_zero:
             print(blend_summary(report, hp.interval_coverage))
         for logger in trainer.loggers:

@@ -17,9 +17,10 @@ from pricer.base.load import is_local, load_model
 from pricer.base.quantization import add_lora
 from pricer.files import replace_folder
 from pricer.hub.calls import adapter_folder
-from pricer.read.blend import Blend, saved_blend
+from pricer.read.blend import Blend
 from pricer.read.reading import PriceReader
 from pricer.read.recipe import Recipe, base_differences, read_recipe
+from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TfidfPrice
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import CompletionLoss
@@ -99,6 +100,10 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         self.blend = Blend()
         self.tfidf: TfidfPrice | None = None
         self.blend_report: dict | None = None
+        # the training items saved with the adapter (baselines on any source), and the
+        # read-out served, in words, as the report names it
+        self.train_items: TrainItems | None = None
+        self.served = "the LLM alone: no adapter's read-out (a base model or a checkpoint alone)"
         self._val_rows: list[dict] = []
         self._val_reads: dict[int, list[dict]] = {}  # each validation's reads, by global step
         # the validation reads of the weights fit kept, or of a `validate` pass: validation.csv
@@ -143,7 +148,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
             gradient_checkpointing=hp.gradient_checkpointing,
         )
         if folder is not None:
-            self.blend, self.tfidf = saved_blend(folder)  # the read-out its run chose
+            self.serve(saved_read_out(folder))  # the read-out its run chose
             return model
         return add_lora(
             model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules, hp.base_model
@@ -188,6 +193,12 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
                 optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
             )
 
+    def serve(self, read_out: ReadOut) -> None:
+        """Read as `read_out` says: the blend and TF-IDF model an adapter's run chose, and its
+        training items for the baselines."""
+        self.blend, self.tfidf = read_out.blend, read_out.partner
+        self.train_items, self.served = read_out.train_items, read_out.served
+
     def cpu(self) -> PriceModel:
         """Left where it is. Lightning's teardown calls this at the end of every fit, test and
         predict, before `on_fit_end`: for the 8B job it would copy about 7.8 GB (the 4-bit
@@ -207,7 +218,9 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         self.model.save_pretrained(partial)
         if self.tfidf is not None:
             self.tfidf.save(partial)
-        self.recipe().with_metrics(metrics).save(partial)
+        if self.train_items is not None:
+            self.train_items.save(partial)
+        self.recipe().with_metrics(metrics).with_files(saved_hashes(partial)).save(partial)
         replace_folder(partial, folder)
         return folder
 

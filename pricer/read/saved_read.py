@@ -1,0 +1,129 @@
+"""What an adapter folder holds for reading besides its weights, and the read-out it serves.
+
+fit saves beside the adapter the TF-IDF model its blend reads (`tfidf.json`, `tfidf.safetensors`)
+and the training items (`train_items.parquet`: each item's text and price), with their SHA-256
+in the recipe. Every read of the adapter (`test` on any data source, `predict`, the Space,
+`Pricer.from_adapter`, a copy pulled from the Hub) serves the read-out fit chose from these
+files and never refits them; the training items give a new source the same baselines as the
+fit's own test. An adapter saved before they were (no TF-IDF file where its blend needs one)
+reads the LLM alone, said in one warning line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pricer.read.blend import Blend, load_partner, mix_text
+from pricer.read.recipe import read_recipe
+from pricer.read.tfidf import TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice
+
+TRAIN_ITEMS = "train_items.parquet"
+SAVED = (TFIDF_JSON, TFIDF_WEIGHTS, TRAIN_ITEMS)  # the files the recipe holds the hashes of
+
+
+@dataclass(frozen=True)
+class TrainItems:
+    """The training items a run fitted its TF-IDF model and baselines on."""
+
+    prices: list[float]
+    texts: list[str]
+
+    def save(self, folder: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(
+            {"text": pa.array(self.texts, pa.string()), "price": pa.array(self.prices, pa.float64())}
+        )
+        pq.write_table(table, Path(folder) / TRAIN_ITEMS)
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainItems | None:
+        """The items saved in `folder`; None when it has none (an older adapter)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(folder) / TRAIN_ITEMS
+        if not path.is_file():
+            return None
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as error:
+            raise BlendError(f"{path}: the training items cannot be read: {error}") from None
+        if not {"text", "price"} <= set(table.column_names):
+            raise BlendError(f"{path}: needs the columns text and price, has {table.column_names}")
+        return cls(table.column("price").to_pylist(), table.column("text").to_pylist())
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def saved_hashes(folder: Path) -> dict[str, str]:
+    """The SHA-256 of each saved read file in `folder`, for its recipe."""
+    return {name: sha256(Path(folder) / name) for name in SAVED if (Path(folder) / name).is_file()}
+
+
+def check_hashes(folder: Path, expected: dict[str, str] | None) -> None:
+    """Each file the recipe has a hash for is there and unchanged, or a BlendError naming it."""
+    for name, digest in (expected or {}).items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise BlendError(f"{path} is missing: fit saved it with the adapter (its recipe holds its hash)")
+        if sha256(path) != digest:
+            raise BlendError(
+                f"{path} is not the file fit saved (its SHA-256 differs from the recipe's): "
+                "restore the adapter folder as fit wrote it, or retrain"
+            )
+
+
+@dataclass(frozen=True)
+class ReadOut:
+    """The read-out a model serves: the blend, the TF-IDF model it reads when it has one, the
+    training items for the baselines, and in words what is served and why."""
+
+    blend: Blend
+    partner: TfidfPrice | None = None
+    train_items: TrainItems | None = None
+    served: str = "the LLM alone"
+
+    def as_dict(self) -> dict:
+        return {"served": self.served, **self.blend.as_dict()}
+
+
+def describe(blend: Blend, where: str) -> str:
+    """The read-out in words, as reports and the console say it."""
+    scale = f", interval scale {blend.interval_scale:g}" if blend.interval_scale != 1 else ""
+    if blend.uses_tfidf:
+        return f"the blend {where} ({mix_text(blend.weight, blend.neighbors)} in log price{scale})"
+    return f"the LLM alone, as {where}{scale}"
+
+
+def saved_read_out(folder: Path, with_items: bool = True) -> ReadOut:
+    """The read-out an adapter folder's run chose, from the files fit saved beside it (with its
+    training items, for the baselines, unless `with_items` is false)."""
+    folder = Path(folder)
+    recipe = read_recipe(folder)
+    if recipe is None:
+        return ReadOut(Blend(), served=f"the LLM alone: {folder} has no recipe (pricer.json)")
+    check_hashes(folder, recipe.files)
+    blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
+    items = TrainItems.load(folder) if with_items else None
+    missing = [name for name in (TFIDF_JSON, TFIDF_WEIGHTS) if not (folder / name).is_file()]
+    if blend.uses_tfidf and missing:
+        served = (
+            f"the LLM alone: {folder} has no {' or '.join(missing)}, the TF-IDF model of the blend "
+            f"its run chose ({mix_text(blend.weight, blend.neighbors)}; saved by later pricer versions)"
+        )
+        print(f"pricer: warning: {served}", file=sys.stderr)
+        return ReadOut(Blend(), None, items, served)
+    # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
+    partner = None if missing else load_partner(folder, blend)
+    return ReadOut(blend, partner, items, describe(blend, f"fit chose, from {folder}"))
