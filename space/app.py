@@ -15,7 +15,7 @@ import gradio as gr
 
 from pricer.cli.logs import quiet_logs
 from pricer.hub.space import SpaceSettings, StartUpError, example_label, start_up_limits
-from pricer.read.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text
+from pricer.read.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text, neighbors_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,9 +34,10 @@ def build_demo(
             quote = pricer.quote(title, description, features, details)
         except ProductError as error:
             return f"⚠️ {error}", "", gr.update(value=None)
+        shown = neighbors_text(quote)
         return (
             f"## ${quote.price:,.0f}",
-            interval_text(quote, coverage),
+            interval_text(quote, coverage) + (f"\n\n{shown}" if shown else ""),
             gr.update(value=bins_frame(quote)),
         )
 
@@ -48,7 +49,10 @@ def build_demo(
             quote = pricer.quote(title, description, features, details)
         except ProductError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        return {"price": round(quote.price, 2), "low": quote.low, "high": quote.high, "coverage": coverage}
+        answer = {"price": round(quote.price, 2), "low": quote.low, "high": quote.high, "coverage": coverage}
+        if quote.neighbors:  # the similar training items the prompt showed
+            answer["neighbors"] = [{"title": t, "price": p} for t, p in quote.neighbors]
+        return answer
 
     with gr.Blocks(title="pricer: what does it cost?") as demo:
         gr.Markdown("# What does it cost?\nDescribe a product and a fine-tuned LLM prices it.")

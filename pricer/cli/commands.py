@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from pricer.base.load import check_model_name
 from pricer.base.precision import default_precision, emulated_bf16_warning
+from pricer.cli.adapter_read import retrieve_as_the_adapter_did, serve_the_runs_read_out
 from pricer.cli.config_files import check_config_files
 from pricer.cli.parse_errors import PricerParser
 from pricer.cli.progress import ProgressLog
@@ -203,39 +204,6 @@ class PricerCLI(LightningCLI):
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
 
-    def _serve_the_runs_read_out(self) -> None:
-        """A checkpoint holds the LoRA weights only; the read-out fit chose (the blend, its
-        TF-IDF model, the training items) lives in its run's adapter folder, and is served from
-        there. A checkpoint outside a trained run reads the LLM alone, said in one line."""
-        from pricer.read.recipe import read_recipe
-        from pricer.read.saved_read import saved_read_out
-
-        config = self.config[self.subcommand]
-        if not config.get("ckpt_path") or config.model.get("adapter"):
-            return
-        folder = self.run_dir / "adapter"
-        if read_recipe(folder) is None:
-            self.model.served = f"the LLM alone: {folder} holds no adapter with the read-out fit chose"
-            print(f"{self.subcommand}: a checkpoint reads {self.model.served}")
-            return
-        self.model.serve(saved_read_out(folder))
-        print(f"{self.subcommand}: serving the run's read-out: {self.model.served}")
-        chosen = self._adapter_step()
-        step = read_checkpoint(config.ckpt_path).get("global_step")
-        if chosen is not None and step is not None and chosen != step:
-            print(
-                f"{self.subcommand}: note: the checkpoint holds step {step}'s weights; fit chose the "
-                f"read-out for step {chosen}'s, the adapter's"
-            )
-
-    def _adapter_step(self) -> int | None:
-        """The step whose weights the run's adapter holds, from its fit's metrics.json."""
-        try:
-            metrics = json.loads((self.run_dir / "metrics.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return (metrics.get("weights_from") or {}).get("step") if isinstance(metrics, dict) else None
-
     def _read_as_the_recipe_says(self, model) -> None:
         """An adapter with a pricer.json is read as its run measured it: the recipe's base
         quantization and read-out replace the config file's, unless typed on the command line."""
@@ -286,10 +254,16 @@ class PricerCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._check_models()
+        retrieve_as_the_adapter_did(
+            self.subcommand, self.config[self.subcommand], self.model, self.datamodule, self.run_dir
+        )
 
     def before_test(self) -> None:
         self._check_models()
-        self._serve_the_runs_read_out()
+        retrieve_as_the_adapter_did(
+            self.subcommand, self.config[self.subcommand], self.model, self.datamodule, self.run_dir
+        )
+        serve_the_runs_read_out(self.subcommand, self.config[self.subcommand], self.model, self.run_dir)
 
     def before_curate(self) -> None:
         check_model_name(self.model.hparams.base_model, "model.base_model", weights=False)  # its tokenizer
@@ -299,7 +273,10 @@ class PricerCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_models()
-        self._serve_the_runs_read_out()
+        retrieve_as_the_adapter_did(
+            self.subcommand, self.config[self.subcommand], self.model, self.datamodule, self.run_dir
+        )
+        serve_the_runs_read_out(self.subcommand, self.config[self.subcommand], self.model, self.run_dir)
         if self.datamodule.predict_source is not None:
             check_predict_source(self.datamodule.predict_source)
         # every line of a JSONL predict source is checked before a run folder or W&B run exists

@@ -14,8 +14,9 @@ from pricer.data.batches import IGNORE_INDEX, PadCollator, tokenize_examples
 from pricer.data.categories import CATEGORIES, Category
 from pricer.data.curate import Curated, CurationSpec, curate, split_file
 from pricer.data.curated import load_curated
+from pricer.data.neighbors import Retriever
 from pricer.data.products import load_products
-from pricer.data.prompt import text_from_prompt
+from pricer.data.prompt import text_from_prompt, with_neighbors
 from pricer.data.raw import RAW_URL, SourceError
 from pricer.data.rules import CurationRules
 from pricer.data.source import parse_source
@@ -61,6 +62,10 @@ class PriceDataModule(L.LightningDataModule):
         hub_upload: Moved: `HubPublisher.dataset_upload`.
         predict_source: What `predict` prices (default: the test split). A JSONL file of product
             texts (raw records, `text` or `prompt` per line) or a curated dataset.
+        neighbors: Similar training items shown in each prompt with their prices, between the
+            question and the product's text (0: none, the course's prompt). Retrieved by cosine
+            on the TF-IDF features of the train split, never an item itself.
+        neighbor_title_tokens: Tokens of a neighbour's title at most, in the prompt.
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class PriceDataModule(L.LightningDataModule):
         hub_repo: str | None = None,
         hub_private: bool | None = None,
         hub_upload: bool | None = None,
+        neighbors: NonNegativeInt = 0,
+        neighbor_title_tokens: PositiveInt = 24,
     ) -> None:
         super().__init__()
         if categories is not None and len(categories) == 0:
@@ -141,6 +148,11 @@ class PriceDataModule(L.LightningDataModule):
                     f"data.{old}={value!r}: publishing moved to the publisher; set "
                     f"HubPublisher.{new} (under trainer.callbacks, pricer.hub.publish.HubPublisher init_args)"
                 )
+        self.neighbors, self.neighbor_title_tokens = int(neighbors), int(neighbor_title_tokens)
+        # the prompts' neighbour index: this source's train split's, or a trained adapter's
+        # (`use_index`), whose items are not this source's
+        self.retriever: Retriever | None = None
+        self._own_index = False
         self.datasets: dict = {}
         self.curated: Curated | None = None
         self._splits = None
@@ -222,11 +234,47 @@ class PriceDataModule(L.LightningDataModule):
                 self._splits = DatasetDict(load_dataset("parquet", data_files=files))
         return self._splits
 
+    def use_index(self, retriever: Retriever) -> None:
+        """Retrieve the prompts' neighbours from a trained adapter's saved training items."""
+        self.retriever, self._own_index = retriever, False
+
+    def neighbor_index(self) -> Retriever:
+        """The index the prompts' neighbours come from: set by `use_index`, or built once from
+        this source's train split."""
+        if self.retriever is None:
+            train = self.load_splits().get("train")
+            if train is None or len(train) == 0:
+                raise OptionError(
+                    f"data.neighbors {self.neighbors}: the prompts' neighbours are training items, and "
+                    f"data.source {self.source!r} has no train split (a trained adapter brings its own: "
+                    "--model.adapter)"
+                )
+            prompts = list(train["prompt"])
+            texts = [text_from_prompt(p) for p in prompts]
+            self.retriever = Retriever.fit(
+                texts, list(train["title"]), list(train["price"]), self.tokenizer, self.neighbor_title_tokens
+            )
+            self._own_index = True
+        return self.retriever
+
+    def neighbor_prompts(self, prompts: list[str], split: str | None = None) -> list[str]:
+        """The prompts with their neighbour blocks (as they are with data.neighbors 0); a train
+        item of this source's own index never retrieves itself."""
+        if not self.neighbors:
+            return list(prompts)
+        index = self.neighbor_index()
+        own = list(range(len(prompts))) if split == "train" and self._own_index else None
+        blocks = index.blocks([text_from_prompt(p) for p in prompts], self.neighbors, own)
+        return [with_neighbors(p, b) for p, b in zip(prompts, blocks, strict=True)]
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         tokenizer = self.tokenizer
         for name, split in self.load_splits().items():
+            if self.neighbors:
+                prompts = self.neighbor_prompts(list(split["prompt"]), name)
+                split = split.remove_columns("prompt").add_column("prompt", prompts)
             self.datasets[name] = split.map(
                 tokenize_examples,
                 batched=True,
@@ -299,7 +347,8 @@ class PriceDataModule(L.LightningDataModule):
             splits = load_curated(source)
             split = splits["test"] if "test" in splits else next(iter(splits.values()))
             items = [{"title": r["title"], "prompt": r["prompt"]} for r in split]
-        prompts = self.tokenizer([i["prompt"] for i in items], add_special_tokens=True)["input_ids"]
+        shown = self.neighbor_prompts([i["prompt"] for i in items])
+        prompts = self.tokenizer(shown, add_special_tokens=True)["input_ids"]
         return Dataset.from_list(
             [
                 {
@@ -319,6 +368,11 @@ class PriceDataModule(L.LightningDataModule):
         if "train" not in splits or len(splits["train"]) == 0:
             return None
         return list(splits["train"]["price"]), list(splits["train"]["text"])
+
+    def train_titles(self) -> list[str] | None:
+        """The train split's titles, in its order, for the neighbours an adapter serves."""
+        splits = self.load_splits()
+        return list(splits["train"]["title"]) if "train" in splits and len(splits["train"]) else None
 
     def test_texts(self) -> list[str]:
         return list(self.load_splits()["test"]["text"])

@@ -2,7 +2,8 @@
 
 Kept in one place so that training, evaluation and the Space can never drift apart: the
 course's "The Price is Right" format, a question, the product text, and "Price is $" with the
-whole-dollar price as the completion.
+whole-dollar price as the completion. With neighbours (`data.neighbors`), a block of similar
+training items and their prices sits between the question and the product text.
 """
 
 from __future__ import annotations
@@ -11,9 +12,39 @@ QUESTION = "How much does this cost to the nearest dollar?"
 PREFIX = "Price is $"
 
 
-def make_prompt(text: str) -> str:
-    """The prompt for a product text, ending right where the price begins."""
-    return f"{QUESTION}\n\n{text}\n\n{PREFIX}"
+NEIGHBORS_HEADER = "Similar items and their prices:"
+
+
+def neighbor_block(neighbors: list[tuple[str, float]]) -> str:
+    """The similar items' lines, each a title and its whole-dollar price ("" for none)."""
+    if not neighbors:
+        return ""
+    lines = [f"- {' '.join(title.split())}: ${round(price)}" for title, price in neighbors]
+    return "\n".join([NEIGHBORS_HEADER, *lines])
+
+
+def make_prompt(text: str, neighbors: str = "") -> str:
+    """The prompt for a product text, ending right where the price begins; `neighbors`, a
+    `neighbor_block`, goes between the question and the text."""
+    middle = f"{neighbors}\n\n{text}" if neighbors else text
+    return f"{QUESTION}\n\n{middle}\n\n{PREFIX}"
+
+
+def with_neighbors(prompt: str, neighbors: str) -> str:
+    """A curated prompt with a `neighbor_block` put after its question ("" leaves it as it is)."""
+    if not neighbors:
+        return prompt
+    if prompt.startswith(QUESTION):
+        return f"{QUESTION}\n\n{neighbors}\n\n{prompt.removeprefix(QUESTION).lstrip()}"
+    return f"{neighbors}\n\n{prompt}"
+
+
+def without_neighbors(body: str) -> str:
+    """A prompt's body (after the question) less its neighbour block, when it has one."""
+    body = body.strip()
+    if body.startswith(NEIGHBORS_HEADER):
+        return body.split("\n\n", 1)[1] if "\n\n" in body else ""
+    return body
 
 
 def make_completion(price: float) -> str:
@@ -27,7 +58,8 @@ def title_from_prompt(prompt: str) -> str:
     Curated datasets in the course's formats have no title column; their text starts with the
     title line, after the question where there is one.
     """
-    for line in prompt.splitlines():
+    body = without_neighbors(prompt.strip().removeprefix(QUESTION))
+    for line in body.splitlines():
         line = line.strip()
         if line and line != QUESTION and not line.startswith(PREFIX):
             return line
@@ -35,8 +67,9 @@ def title_from_prompt(prompt: str) -> str:
 
 
 def text_from_prompt(prompt: str) -> str:
-    """The product text inside a prompt: what lies between the question and "Price is $"."""
-    return prompt.split(PREFIX)[0].removeprefix(QUESTION).strip()
+    """The product text inside a prompt: what lies between the question (and the neighbour
+    block) and "Price is $"."""
+    return without_neighbors(prompt.split(PREFIX)[0].removeprefix(QUESTION))
 
 
 def cut_to_tokens(texts: list[str], tokenizer, max_tokens: int) -> list[tuple[str, int]]:

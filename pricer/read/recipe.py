@@ -81,6 +81,9 @@ class Recipe:
     question: str = QUESTION
     prefix: str = PREFIX
     rules: dict = field(default_factory=lambda: CurationRules().as_dict())
+    # similar training items shown in the prompt (data.neighbors; 0: none) and their titles' budget
+    neighbors: int = 0
+    neighbor_title_tokens: int = 24
     # read
     point: str = "median"
     coverage: float = 0.8
@@ -104,7 +107,7 @@ class Recipe:
     SECTIONS = {
         "base": ("base_model", "base_model_id"),
         "quantization": ("quantization", "quant_type", "double_quant", "compute_dtype"),
-        "prompt": ("question", "prefix", "rules"),
+        "prompt": ("question", "prefix", "rules", "neighbors", "neighbor_title_tokens"),
         "read": (
             "point",
             "coverage",
@@ -119,7 +122,14 @@ class Recipe:
         ),
     }
     # fields a recipe written before they existed may lack: read as their default
-    ADDED = ("blend_weight", "interval_scale", "precision", "blend_neighbors")
+    ADDED = (
+        "blend_weight",
+        "interval_scale",
+        "precision",
+        "blend_neighbors",
+        "neighbors",
+        "neighbor_title_tokens",
+    )
 
     @classmethod
     def from_model(
@@ -129,6 +139,7 @@ class Recipe:
         base_model_id: str | None = None,
         blend=None,
         precision: str = "32-true",
+        neighbors: tuple[int, int] = (0, 24),
     ) -> Recipe:
         """The recipe of a PriceModel's hyperparameters, the curation rules it trained on, the
         blend fit chose (a pricer.read.blend.Blend; None: the LLM alone) and the trainer precision
@@ -145,6 +156,8 @@ class Recipe:
             interval_scale=blend.interval_scale if blend is not None else 1.0,
             blend_neighbors=blend.neighbors if blend is not None else 0.0,
             precision=str(precision),
+            neighbors=int(neighbors[0]),
+            neighbor_title_tokens=int(neighbors[1]),
         )
 
     @property
@@ -173,6 +186,8 @@ class Recipe:
             "blend_neighbors": self.blend_neighbors,
             "precision": self.precision,
             "rules": self.curation_rules,
+            "neighbors": self.neighbors,
+            "neighbor_title_tokens": self.neighbor_title_tokens,
         }
 
     def with_metrics(self, metrics: dict | None) -> Recipe:
@@ -256,7 +271,14 @@ class Recipe:
             fail("double_quant", "true or false")
         if not isinstance(self.coverage, (int, float)) or not 0 < self.coverage < 1:
             fail("coverage", "between 0 and 1")
-        for name in ("beam", "max_digits"):
+        for name in ("neighbors",):
+            if (
+                isinstance(getattr(self, name), bool)
+                or not isinstance(getattr(self, name), int)
+                or getattr(self, name) < 0
+            ):
+                fail(name, "a whole number, 0 or more")
+        for name in ("beam", "max_digits", "neighbor_title_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "a positive whole number")
         if not isinstance(self.min_mass, (int, float)) or not 0 <= self.min_mass < 1:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pricer.data.neighbors import Retriever
 from pricer.read.blend import Blend, load_partner, mix_text
 from pricer.read.recipe import read_recipe
 from pricer.read.tfidf import TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice
@@ -30,15 +31,16 @@ class TrainItems:
 
     prices: list[float]
     texts: list[str]
+    titles: list[str] | None = None  # for the prompts' neighbours
 
     def save(self, folder: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table(
-            {"text": pa.array(self.texts, pa.string()), "price": pa.array(self.prices, pa.float64())}
-        )
-        pq.write_table(table, Path(folder) / TRAIN_ITEMS)
+        columns = {"text": pa.array(self.texts, pa.string()), "price": pa.array(self.prices, pa.float64())}
+        if self.titles is not None:
+            columns["title"] = pa.array(self.titles, pa.string())
+        pq.write_table(pa.table(columns), Path(folder) / TRAIN_ITEMS)
 
     @classmethod
     def load(cls, folder: Path) -> TrainItems | None:
@@ -55,7 +57,8 @@ class TrainItems:
             raise BlendError(f"{path}: the training items cannot be read: {error}") from None
         if not {"text", "price"} <= set(table.column_names):
             raise BlendError(f"{path}: needs the columns text and price, has {table.column_names}")
-        return cls(table.column("price").to_pylist(), table.column("text").to_pylist())
+        titles = table.column("title").to_pylist() if "title" in table.column_names else None
+        return cls(table.column("price").to_pylist(), table.column("text").to_pylist(), titles)
 
 
 def sha256(path: Path) -> str:
@@ -127,3 +130,20 @@ def saved_read_out(folder: Path, with_items: bool = True) -> ReadOut:
     # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
     partner = None if missing else load_partner(folder, blend)
     return ReadOut(blend, partner, items, describe(blend, f"fit chose, from {folder}"))
+
+
+def saved_retriever(folder: Path, tokenizer, title_tokens: int) -> Retriever:
+    """The prompts' neighbour index an adapter's run trained with: its TF-IDF model's rows and
+    its training items' titles and prices, as fit saved them."""
+    folder = Path(folder)
+    items = TrainItems.load(folder)
+    if items is None or items.titles is None:
+        raise BlendError(
+            f"{folder}: its recipe shows neighbours in the prompt, and {TRAIN_ITEMS} with their titles is missing"
+        )
+    tfidf = TfidfPrice.load(folder)
+    if not tfidf.has_neighbors:
+        raise BlendError(
+            f"{folder / TFIDF_WEIGHTS}: saved without the training items' rows, the neighbour index"
+        )
+    return Retriever.of(tfidf.vectorizer, tfidf.rows, items.titles, items.prices, tokenizer, title_tokens)

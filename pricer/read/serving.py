@@ -8,7 +8,7 @@ imports Lightning, so a Space needs only torch, transformers, peft and bitsandby
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import get_args
 
 import numpy as np
@@ -18,7 +18,7 @@ from pricer.base.load import base_for_here, load_model, load_tokenizer
 from pricer.base.precision import emulated_bf16, resolve_dtype
 from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
-from pricer.data.prompt import text_from_prompt
+from pricer.data.prompt import NEIGHBORS_HEADER, neighbor_block, text_from_prompt, with_neighbors
 from pricer.data.rules import CurationRules
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend, load_partner
@@ -26,7 +26,7 @@ from pricer.read.dense import CpuRead, can_read_dense, to_dense
 from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceDistribution, PriceReader
 from pricer.read.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
-from pricer.read.saved_read import saved_read_out
+from pricer.read.saved_read import saved_read_out, saved_retriever
 from pricer.read.tfidf import BlendError
 
 BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
@@ -52,6 +52,7 @@ class Quote:
     prompt: str
     prices: np.ndarray | None = None
     llm_price: float | None = None
+    neighbors: list[tuple[str, float]] = field(default_factory=list)  # (title, price) shown
 
     def bins(self, edges: tuple[float, ...] = BIN_EDGES) -> list[tuple[str, float]]:
         """The distribution's probability in price ranges, for a small chart."""
@@ -68,7 +69,15 @@ class Quote:
 DEFAULTS = {
     k: v
     for k, v in Recipe(base_model="-").reading_settings().items()
-    if k not in ("rules", "blend_weight", "interval_scale", "blend_neighbors")
+    if k
+    not in (
+        "rules",
+        "blend_weight",
+        "interval_scale",
+        "blend_neighbors",
+        "neighbors",
+        "neighbor_title_tokens",
+    )
 }
 
 
@@ -106,6 +115,9 @@ class Pricer:
         precision: The trainer precision the run was tested under: a mixed one (bf16-mixed,
             16-mixed) is read under the same autocast, with the LoRA layers kept unmerged as
             test read them; 32-true reads in the compute dtype.
+        neighbors: Similar training items shown in the prompt, as the adapter trained with
+            them (0: none), retrieved from the training items saved in the adapter folder.
+        neighbor_title_tokens: Tokens of a neighbour's title at most, as trained.
     """
 
     def __init__(
@@ -128,6 +140,8 @@ class Pricer:
         interval_scale: float = 1.0,
         precision: str = "32-true",
         blend_neighbors: float = 0.0,
+        neighbors: int = 0,
+        neighbor_title_tokens: int = 24,
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
@@ -173,10 +187,18 @@ class Pricer:
                 UserWarning,
                 stacklevel=2,
             )
+        if isinstance(neighbors, bool) or not isinstance(neighbors, int) or neighbors < 0:
+            raise ValueError(f"Pricer: neighbors must be a whole number, 0 or more, got {neighbors!r}")
+        if neighbors and not adapter:
+            raise BlendError("Pricer: neighbors need an adapter folder holding the training items")
         self.rules = rules or CurationRules()
         self.base_model, self.adapter = base_model, adapter
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
+        self.neighbors = neighbors
+        self.retriever = (
+            saved_retriever(adapter, self.tokenizer, neighbor_title_tokens) if neighbors else None
+        )
         # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
         # on, fp32 on the CPU.
         self.dtype = resolve_dtype(compute_dtype, self.device)
@@ -255,13 +277,35 @@ class Pricer:
     def quote_prompt(self, prompt: str) -> Quote:
         """The price of one prompt as curation writes it (a curated split's `prompt` column):
         what `quote` reads once it has built the prompt from the product's fields."""
+        text = text_from_prompt(prompt)
+        found: list[tuple[str, float]] = []
+        if self.retriever is not None and NEIGHBORS_HEADER not in prompt:
+            # the similar training items, as the adapter trained and test read with them
+            (found,) = self.retriever.neighbors([text], self.neighbors)
+            prompt = with_neighbors(prompt, neighbor_block(found))
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)
-        (read,) = self.reader.price(self.model, ids, mask, [text_from_prompt(prompt)])
+        (read,) = self.reader.price(self.model, ids, mask, [text])
         return Quote(
-            read.predicted, read.low, read.high, read.distribution, prompt, read.prices, read.llm_predicted
+            read.predicted,
+            read.low,
+            read.high,
+            read.distribution,
+            prompt,
+            read.prices,
+            read.llm_predicted,
+            found,
         )
+
+
+def neighbors_text(quote: Quote) -> str:
+    """The similar training items the prompt showed the model, as a short Markdown list ("" for
+    an adapter trained without them): a user sees what the price leaned on."""
+    if not quote.neighbors:
+        return ""
+    lines = [f"- {title}: ${price:,.0f}" for title, price in quote.neighbors]
+    return "\n".join(["**Similar items it was shown, with their prices:**", *lines])
 
 
 def interval_text(quote: Quote, coverage: float) -> str:

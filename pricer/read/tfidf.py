@@ -18,25 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pricer.data.features import VECTORIZER, tfidf_vectorizer
+
 TFIDF_JSON = "tfidf.json"
 TFIDF_WEIGHTS = "tfidf.safetensors"
 FORMAT = "pricer-tfidf"
 VERSION = 2  # 2: the train items' features and log prices, for the nearest neighbours
 READABLE = (1, 2)  # version 1 (no neighbours) still reads, for a blend without them
-# the baseline's vectorizer; what it leaves at scikit-learn's defaults is saved too, so a later
-# scikit-learn with other defaults still reads the same features
-VECTORIZER = {
-    "ngram_range": [1, 2],
-    "sublinear_tf": True,
-    "min_df": 1,
-    "max_features": 50_000,
-    "lowercase": True,
-    "token_pattern": r"(?u)\b\w\w+\b",
-    "norm": "l2",
-    "smooth_idf": True,
-    "use_idf": True,
-    "strip_accents": None,
-}
 RIDGE_ALPHA = 1.0
 # The nearest neighbours: how many, weighted by 1 / cosine distance (scikit-learn's "distance").
 # 5 was chosen on the validation split of the learning-rate lever runs (RESULTS.md): alone it
@@ -47,15 +35,6 @@ NEIGHBOR_ARRAYS = ("rows_data", "rows_indices", "rows_indptr", "rows_log_price")
 
 class BlendError(ValueError):
     """A saved TF-IDF model or blend that cannot be used; the message names the file and why."""
-
-
-def _vectorizer(settings: dict, vocabulary: dict | None = None):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    kept = {k: v for k, v in settings.items() if k not in ("min_df", "max_features") or vocabulary is None}
-    return TfidfVectorizer(
-        **{**kept, "ngram_range": tuple(settings["ngram_range"]), "dtype": np.float64}, vocabulary=vocabulary
-    )
 
 
 class TfidfPrice:
@@ -75,11 +54,16 @@ class TfidfPrice:
         self.rows_log_price = None if rows_log_price is None else np.asarray(rows_log_price, np.float64)
 
     @classmethod
-    def fit(cls, texts: list[str], prices) -> TfidfPrice:
+    def fit(cls, texts: list[str], prices, features=None) -> TfidfPrice:
+        """Fitted on these training items; `features`, their (vectorizer, rows) already fitted
+        (the prompts' neighbour index, `data.neighbors.Retriever`): one index, not two."""
         from sklearn.linear_model import Ridge
 
-        vectorizer = _vectorizer(VECTORIZER)
-        features = vectorizer.fit_transform(list(texts))
+        if features is None:
+            vectorizer = tfidf_vectorizer(VECTORIZER)
+            features = vectorizer.fit_transform(list(texts))
+        else:
+            vectorizer, features = features
         log_prices = np.log1p(np.asarray(prices, dtype=np.float64))
         ridge = Ridge(alpha=RIDGE_ALPHA).fit(features, log_prices)
         return cls(vectorizer, ridge.coef_, float(ridge.intercept_), features.tocsr(), log_prices)
@@ -213,7 +197,7 @@ class TfidfPrice:
         settings = header.get("vectorizer")
         if not isinstance(settings, dict) or set(settings) != set(VECTORIZER):
             raise BlendError(f"{path}: vectorizer settings must be {sorted(VECTORIZER)}")
-        vectorizer = _vectorizer(settings, {t: i for i, t in enumerate(terms)})
+        vectorizer = tfidf_vectorizer(settings, {t: i for i, t in enumerate(terms)})
         vectorizer.idf_ = arrays["idf"]
         rows = _rows(arrays, len(terms), weights) if header["version"] >= 2 else None
         return cls(

@@ -103,7 +103,13 @@ class ChooseBlend(EndOfFit):
         datamodule = trainer.datamodule
         # saved with the adapter: a test on any source gets the baselines of the fit's own
         train = datamodule.train_prices_and_texts() if hasattr(datamodule, "train_prices_and_texts") else None
-        pl_module.train_items = TrainItems(*train) if train is not None else None
+        pl_module.train_items = TrainItems(*train, datamodule.train_titles()) if train is not None else None
+        # the prompts' neighbour index is the classical model's features: fitted once, saved
+        # with the adapter whether or not the blend reads it
+        index = datamodule.retriever if getattr(datamodule, "_own_index", False) else None
+        features = (index.vectorizer, index.rows) if index is not None else None
+        if features is not None:
+            pl_module.tfidf = TfidfPrice.fit(train[1], train[0], features)
         pl_module.served = "the LLM alone: model.blend.enabled and model.blend.calibrate_interval are false"
         if not (hp.blend or hp.calibrate_interval):
             return
@@ -119,7 +125,8 @@ class ChooseBlend(EndOfFit):
         pl_module.validation_rows = rows
         truth = [r["price"] for r in rows]
         point, low, high = (np.array([r[k] for r in rows]) for k in ("predicted", "low", "high"))
-        pl_module.tfidf = TfidfPrice.fit(train[1], train[0]) if train is not None else None
+        if train is not None and pl_module.tfidf is None:
+            pl_module.tfidf = TfidfPrice.fit(train[1], train[0])
         texts = [r["text"] for r in rows]
         tfidf = pl_module.tfidf.predict(texts) if pl_module.tfidf is not None else None
         neighbors = pl_module.tfidf.predict_neighbors(texts) if pl_module.tfidf is not None else None

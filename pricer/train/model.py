@@ -235,7 +235,9 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         if base_model_id is None and not is_local(self.hparams.base_model):
             base_model_id = self.hparams.base_model
         precision = str(trainer.precision) if trainer is not None else "32-true"
-        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision)
+        datamodule = trainer.datamodule if trainer is not None else None
+        neighbors = (getattr(datamodule, "neighbors", 0), getattr(datamodule, "neighbor_title_tokens", 24))
+        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision, neighbors)
 
     def configure_optimizers(self):
         hp = self.hparams
