@@ -554,3 +554,35 @@ def test_the_training_flops_formula_matches_torchs_count_of_a_real_step(tiny_lla
     assert counter.get_total_flops() == formula + recomputed - first_layer_inputs
     counts = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
     assert counts["bitsandbytes.gemm_4bit"] == dims.layers * 2 * dims.layer_weights * b * t
+
+
+def test_neighbor_prompts_measures_each_k_on_the_validation_split(
+    tmp_path: Path, byte_tokenizer: str
+) -> None:
+    """At toy scale: validation items that are copies of training items find them first (k=1:
+    the neighbour's price is the copy's own), and each k makes the prompt longer."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.neighbor_prompts import main
+    from pricer.data.prompt import make_prompt
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(80)]
+    texts = [f"Item {i}\n" + " ".join(rng.choice(words, 12)) for i in range(60)]
+    prices = rng.uniform(5, 500, 60)
+    train = pd.DataFrame(
+        {
+            "title": [t.split("\n")[0] for t in texts],
+            "prompt": [make_prompt(t) for t in texts],
+            "price": prices,
+        }
+    )
+    copies = train.iloc[:20].assign(price=prices[:20] * 1.5)
+    data = tmp_path / "data"
+    data.mkdir()
+    train.to_parquet(data / "train-00000-of-00001.parquet")
+    copies.to_parquet(data / "validation-00000-of-00001.parquet")
+    result = main(["--splits", str(data), "--tokenizer", byte_tokenizer, "--k", "0", "1", "3"])
+    assert result[1]["median_mae"] == pytest.approx(np.abs(prices[:20] - prices[:20] * 1.5).mean())
+    assert result[0]["tokens_mean"] < result[1]["tokens_mean"] < result[3]["tokens_mean"]
