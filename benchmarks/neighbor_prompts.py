@@ -8,7 +8,7 @@ retrieval took, and the MAE of the neighbours' own prices as a prediction (their
 mean of their log prices). Every number is a validation number: this helps choose k for the
 short training runs, it reports no test result.
 
-    python benchmarks/neighbor_prompts.py --splits <curated folder>/data --tokenizer <gguf or Hub id>
+    python -m benchmarks.neighbor_prompts --splits <curated folder>/data --tokenizer <gguf or Hub id>
 """
 
 from __future__ import annotations
@@ -19,21 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.blend_partners import split_frame
 from pricer.base.load import load_tokenizer
 from pricer.data.neighbors import Retriever
 from pricer.data.prompt import text_from_prompt, with_neighbors
 from pricer.read.metrics import mean_interval
 
 K_TRIED = (0, 3, 5, 10)
-
-
-def split_frame(folder: Path, split: str):
-    import pandas as pd
-
-    files = sorted(folder.glob(f"{split}-*.parquet"))
-    if not files:
-        raise SystemExit(f"{folder}: no {split}-*.parquet: pass the curated splits' data folder")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict]:

@@ -481,3 +481,38 @@ def corpus(n: int, seed: int, extra: str = "") -> list[str]:
 
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, 25)) + extra for _ in range(n)]
+
+
+# --- a trained run read away from its training data
+
+
+def away_from_the_training_data(run: Path, root: Path) -> tuple[Path, Path, list[str]]:
+    """A CLI fit's test split as a test-only curated dataset, and its adapter copied to another
+    folder, with the raw data and the curated cache deleted: (dataset, adapter, the prompts)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    (curated_test,) = (root / "cache").rglob("test-00000-of-00001.parquet")
+    lite = root / "lite"
+    (lite / "data").mkdir(parents=True)
+    shutil.copy2(curated_test, lite / "data" / curated_test.name)
+    adapter = root / "elsewhere" / "adapter"
+    shutil.copytree(run / "adapter", adapter)
+    shutil.rmtree(root / "raw")
+    shutil.rmtree(root / "cache")
+    return lite, adapter, pq.read_table(lite / "data" / curated_test.name).column("prompt").to_pylist()
+
+
+def predicted_cents(args: list[str], source: Path, adapter: Path, root: Path, name: str) -> list[float]:
+    """`predict` of an adapter on a source: predict.csv's prices, in cents."""
+    import csv
+
+    from pricer.cli.main import main
+
+    main(
+        ["predict", *args, "--data.source", str(source), "--model.adapter", str(adapter), "--run_name", name]
+    )
+    return [
+        round(float(r["predicted"]), 2) for r in csv.DictReader((root / "runs" / name / "predict.csv").open())
+    ]

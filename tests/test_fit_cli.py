@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pricer.cli.main import main
-from tests.conftest import SECRET, course_format_dataset
+from tests.conftest import SECRET, away_from_the_training_data, course_format_dataset, predicted_cents
 
 
 @pytest.mark.slow
@@ -61,8 +61,6 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     import csv
     import json
     import shutil
-
-    import pyarrow.parquet as pq
 
     main(["fit", *fit_args, "--run_name", "trained"])
     run = tmp_path / "runs" / "trained"
@@ -122,10 +120,8 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
 
     recipe = read_recipe(run / "adapter")
     assert recipe.blend_weight < 1, "the tiny run should choose a blend for this check to mean anything"
-    (curated_test,) = (tmp_path / "cache").rglob("test-00000-of-00001.parquet")
-    lite = tmp_path / "lite"
-    (lite / "data").mkdir(parents=True)
-    shutil.copy2(curated_test, lite / "data" / curated_test.name)
+    # (the raw data and the curated cache are gone, and the adapter copied elsewhere: it reads alone)
+    lite, adapter, prompts = away_from_the_training_data(run, tmp_path)
     capsys.readouterr()
     checkpoint = str(run / "checkpoints" / "last.ckpt")
     main(["test", *fit_args, "--data.source", str(lite), "--ckpt_path", checkpoint])
@@ -141,29 +137,12 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     )
     assert served["baselines_fitted_on"] == "the run's 16 training items, saved with its adapter"
 
-    # predict and Pricer.from_adapter on a copy of the adapter alone, the training data gone
-    # from this machine: the same prices to the cent
-    adapter = tmp_path / "elsewhere" / "adapter"
-    shutil.copytree(run / "adapter", adapter)
-    shutil.rmtree(Path(fit_args[fit_args.index("--data.source") + 1]) / "raw")
-    shutil.rmtree(tmp_path / "cache")
-    main(
-        [
-            "predict",
-            *fit_args,
-            "--data.source",
-            str(lite),
-            "--model.adapter",
-            str(adapter),
-            "--run_name",
-            "quotes",
-        ]
-    )
-    quoted = list(csv.DictReader((tmp_path / "runs" / "quotes" / "predict.csv").open()))
-    assert [cents(q["predicted"]) for q in quoted] == [cents(r["predicted"]) for r in rows]
+    # predict and Pricer.from_adapter on the copy of the adapter alone: the same prices to the cent
+    assert predicted_cents(fit_args, lite, adapter, tmp_path, "quotes") == [
+        cents(r["predicted"]) for r in rows
+    ]
     from pricer.read.serving import Pricer
 
-    prompts = pq.read_table(lite / "data" / curated_test.name).column("prompt").to_pylist()
     pricer = Pricer.from_adapter(str(adapter))
     assert [round(pricer.quote_prompt(p).price, 2) for p in prompts] == [cents(r["predicted"]) for r in rows]
 

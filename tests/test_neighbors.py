@@ -13,7 +13,7 @@ from pricer.data.prompt import (
     title_from_prompt,
     with_neighbors,
 )
-from tests.conftest import corpus, small_datamodule
+from tests.conftest import away_from_the_training_data, corpus, predicted_cents, small_datamodule
 
 
 def test_a_prompt_carries_its_neighbours_between_the_question_and_the_text():
@@ -120,9 +120,6 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     training items from it and quote the fit's own test prices to the cent."""
     import csv
     import json
-    import shutil
-
-    import pyarrow.parquet as pq
 
     from pricer.cli.main import main
     from pricer.read.recipe import read_recipe
@@ -135,15 +132,7 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     metrics = json.loads((run / "metrics.json").read_text())
 
-    (curated_test,) = (tmp_path / "cache").rglob("test-00000-of-00001.parquet")
-    lite = tmp_path / "lite"
-    (lite / "data").mkdir(parents=True)
-    shutil.copy2(curated_test, lite / "data" / curated_test.name)
-    adapter = tmp_path / "elsewhere" / "adapter"
-    shutil.copytree(run / "adapter", adapter)
-    shutil.rmtree(tmp_path / "raw")
-    shutil.rmtree(tmp_path / "cache")
-
+    lite, adapter, prompts = away_from_the_training_data(run, tmp_path)
     capsys.readouterr()
     main(
         [
@@ -163,25 +152,12 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     )
     again = json.loads((tmp_path / "runs" / "again" / "metrics.json").read_text())
     assert round(again["mae"], 2) == round(metrics["mae"], 2)
-    main(
-        [
-            "predict",
-            *fit_args,
-            "--data.source",
-            str(lite),
-            "--model.adapter",
-            str(adapter),
-            "--run_name",
-            "quotes",
-        ]
-    )
-    quoted = list(csv.DictReader((tmp_path / "runs" / "quotes" / "predict.csv").open()))
-    assert [float(q["predicted"]) for q in quoted] == [round(float(r["predicted"]), 2) for r in rows]
+    cents = [round(float(r["predicted"]), 2) for r in rows]
+    assert predicted_cents(fit_args, lite, adapter, tmp_path, "quotes") == cents
 
     pricer = Pricer.from_adapter(str(adapter))
-    prompts = pq.read_table(lite / "data" / curated_test.name).column("prompt").to_pylist()
     quotes = [pricer.quote_prompt(p) for p in prompts]
-    assert [round(q.price, 2) for q in quotes] == [round(float(r["predicted"]), 2) for r in rows]
+    assert [round(q.price, 2) for q in quotes] == cents
     assert all(len(q.neighbors) == 3 and NEIGHBORS_HEADER in q.prompt for q in quotes)
     # the Space's page lists the items the prompt showed beside the price
     from pricer.read.serving import neighbors_text

@@ -45,6 +45,7 @@ class Retriever:
                 f"{len(self.titles)} titles and {len(self.prices)} prices for {self.rows.shape[0]} "
                 "TF-IDF rows: the training items do not match their features"
             )
+        self._columns = self.rows.T.tocsc()  # once: every query multiplies by it (a Space's each quote)
 
     @classmethod
     def fit(cls, texts: list[str], titles: list[str], prices, tokenizer, title_tokens: int) -> Retriever:
@@ -67,11 +68,12 @@ class Retriever:
         if k <= 0:
             return [[] for _ in texts]
         queries = self.vectorizer.transform(list(texts)).tocsr()
-        rows = self.rows.T.tocsc()
         k = min(k, self.rows.shape[0] - (1 if own_rows is not None else 0))
         found: list[list[int]] = []
         for start in range(0, len(texts), CHUNK):
-            similarity = np.asarray((queries[start : start + CHUNK] @ rows).todense(), dtype=np.float64)
+            similarity = np.asarray(
+                (queries[start : start + CHUNK] @ self._columns).todense(), dtype=np.float64
+            )
             if own_rows is not None:
                 for offset, own in enumerate(own_rows[start : start + CHUNK]):
                     if own is not None:

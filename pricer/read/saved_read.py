@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pricer.data.neighbors import Retriever
+from pricer.options import OptionError
 from pricer.read.blend import Blend, load_partner, mix_text
 from pricer.read.recipe import read_recipe
 from pricer.read.tfidf import TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice
@@ -109,9 +110,10 @@ def describe(blend: Blend, where: str) -> str:
     return f"the LLM alone, as {where}{scale}"
 
 
-def saved_read_out(folder: Path, with_items: bool = True) -> ReadOut:
+def saved_read_out(folder: Path, with_items: bool = True, load: bool = True) -> ReadOut:
     """The read-out an adapter folder's run chose, from the files fit saved beside it (with its
-    training items, for the baselines, unless `with_items` is false)."""
+    training items, for the baselines, unless `with_items` is false; with `load` false, the
+    files are checked and the blend given, for a caller that loads the TF-IDF model itself)."""
     folder = Path(folder)
     recipe = read_recipe(folder)
     if recipe is None:
@@ -128,22 +130,26 @@ def saved_read_out(folder: Path, with_items: bool = True) -> ReadOut:
         print(f"pricer: warning: {served}", file=sys.stderr)
         return ReadOut(Blend(), None, items, served)
     # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
-    partner = None if missing else load_partner(folder, blend)
+    partner = None if missing or not load else load_partner(folder, blend)
     return ReadOut(blend, partner, items, describe(blend, f"fit chose, from {folder}"))
 
 
-def saved_retriever(folder: Path, tokenizer, title_tokens: int) -> Retriever:
+def saved_retriever(folder: Path, tokenizer, title_tokens: int, tfidf: TfidfPrice | None = None) -> Retriever:
     """The prompts' neighbour index an adapter's run trained with: its TF-IDF model's rows and
-    its training items' titles and prices, as fit saved them."""
+    its training items' titles and prices, as fit saved them (`tfidf`: that model, when the
+    caller has loaded it already)."""
     folder = Path(folder)
     items = TrainItems.load(folder)
     if items is None or items.titles is None:
         raise BlendError(
             f"{folder}: its recipe shows neighbours in the prompt, and {TRAIN_ITEMS} with their titles is missing"
         )
-    tfidf = TfidfPrice.load(folder)
+    tfidf = tfidf or TfidfPrice.load(folder)
     if not tfidf.has_neighbors:
         raise BlendError(
             f"{folder / TFIDF_WEIGHTS}: saved without the training items' rows, the neighbour index"
         )
-    return Retriever.of(tfidf.vectorizer, tfidf.rows, items.titles, items.prices, tokenizer, title_tokens)
+    try:
+        return Retriever.of(tfidf.vectorizer, tfidf.rows, items.titles, items.prices, tokenizer, title_tokens)
+    except OptionError as error:
+        raise BlendError(f"{folder}: {error}") from None

@@ -189,6 +189,9 @@ class Pricer:
             )
         if isinstance(neighbors, bool) or not isinstance(neighbors, int) or neighbors < 0:
             raise ValueError(f"Pricer: neighbors must be a whole number, 0 or more, got {neighbors!r}")
+        tokens = neighbor_title_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"Pricer: neighbor_title_tokens must be a positive whole number, got {tokens!r}")
         if neighbors and not adapter:
             raise BlendError("Pricer: neighbors need an adapter folder holding the training items")
         self.rules = rules or CurationRules()
@@ -196,9 +199,7 @@ class Pricer:
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
         self.neighbors = neighbors
-        self.retriever = (
-            saved_retriever(adapter, self.tokenizer, neighbor_title_tokens) if neighbors else None
-        )
+        self.retriever = saved_retriever(adapter, self.tokenizer, tokens, partner) if neighbors else None
         # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
         # on, fp32 on the CPU.
         self.dtype = resolve_dtype(compute_dtype, self.device)
@@ -255,7 +256,8 @@ class Pricer:
                     stacklevel=2,
                 )
             return cls(base_model, str(folder), device, **{**DEFAULTS, **settings})
-        read_out = saved_read_out(folder, with_items=False)  # one warning if its files are missing
+        # the files checked, one warning if the blend's are missing; the constructor loads them
+        read_out = saved_read_out(folder, with_items=False, load=False)
         measured = {
             **recipe.reading_settings(),
             "blend_weight": read_out.blend.weight,
