@@ -559,8 +559,9 @@ def test_the_training_flops_formula_matches_torchs_count_of_a_real_step(tiny_lla
 def test_neighbor_prompts_measures_each_k_on_the_validation_split(
     tmp_path: Path, byte_tokenizer: str
 ) -> None:
-    """At toy scale: validation items that are copies of training items find them first (k=1:
-    the neighbour's price is the copy's own), and each k makes the prompt longer."""
+    """At toy scale: validation items that are near-copies of training items (another title,
+    the same words) find them first (k=1: the neighbour's price is the copy's own), and each k
+    makes the prompt longer."""
     import numpy as np
     import pandas as pd
 
@@ -578,7 +579,12 @@ def test_neighbor_prompts_measures_each_k_on_the_validation_split(
             "price": prices,
         }
     )
-    copies = train.iloc[:20].assign(price=prices[:20] * 1.5)
+    # a copy under its own title: the same title would be the same product, never retrieved
+    copies = train.iloc[:20].assign(
+        price=prices[:20] * 1.5,
+        title=[f"Copy {i}" for i in range(20)],
+        prompt=[make_prompt(f"Copy {i}\n" + t.split("\n", 1)[1]) for i, t in enumerate(texts[:20])],
+    )
     data = tmp_path / "data"
     data.mkdir()
     train.to_parquet(data / "train-00000-of-00001.parquet")

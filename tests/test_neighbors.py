@@ -40,14 +40,40 @@ def index(byte_tokenizer):
 
 def test_the_nearest_are_the_most_similar_first_and_never_the_item_itself(index):
     retriever, texts = index
-    found = retriever.nearest(texts, 5, own_rows=list(range(len(texts))))
+    found = retriever.find(texts, 5)
     similarity = (retriever.rows @ retriever.rows.T).toarray()
-    for row, near in enumerate(found):
+    for row, near in enumerate(found.rows):
         assert row not in near and len(near) == 5
         others = np.delete(similarity[row], row)
         assert similarity[row, near].tolist() == sorted(others, reverse=True)[:5]
-    # an item read as a query from elsewhere (not as a training row) finds itself first
-    assert [near[0] for near in retriever.nearest(texts[:10], 3)] == list(range(10))
+    assert found.left_out == len(texts)  # each training item's own row, and nothing else
+    # a query that is not a training item leaves nothing out
+    assert retriever.find(corpus(7, 9), 3).left_out == 0
+
+
+def test_a_duplicate_under_the_dedup_key_is_never_a_neighbour(byte_tokenizer):
+    """An item whose text starts with the same title as the query's, reduced as curation's dedup
+    key reduces a title (case and punctuation), is the same product: never shown, from any path."""
+    from pricer.base.load import load_tokenizer
+    from pricer.data.neighbors import dedup_key
+
+    texts = [
+        "Acme Kettle 1.7L\nsteel kettle with auto shut off",
+        "ACME kettle, 1.7L!\nsteel kettle with auto shut off and a filter",
+        "Bolt Toaster\nsteel toaster with four slots",
+        "Acme Kettle Pro\nsteel kettle with auto shut off",
+    ]
+    assert dedup_key(texts[0]) == dedup_key(texts[1]) == "acme kettle 1 7l"
+    assert dedup_key("\n\n") is None and dedup_key("1.7 L") != dedup_key("1.7L")
+    retriever = Retriever.fit(
+        texts, ["a", "b", "c", "d"], [10, 20, 30, 40], load_tokenizer(byte_tokenizer), 8
+    )
+    # a typed product, the first item spelled otherwise: it and its spelled-alike twin are left out
+    found = retriever.find(["acme KETTLE 1.7l\nsteel kettle with auto shut off"], 3)
+    assert found.left_out == 2 and found.rows == [[3, 2]]  # the other kettle first, then the toaster
+    # training rows: each item's own and its twin's
+    assert retriever.find(texts, 3).left_out == 2 + 2 + 1 + 1
+    assert retriever.nearest(texts, 3)[0] == [3, 2]
 
 
 def test_the_same_text_retrieves_the_same_items_alone_or_in_a_batch(index, monkeypatch):
@@ -68,8 +94,9 @@ def test_ties_go_to_the_earlier_training_item_and_titles_keep_to_their_budget(by
     texts = ["red kettle steel", "blue oven", "red kettle steel", "red kettle steel"]
     long_title = "A very long title " * 10
     retriever = Retriever.fit(texts, [long_title, "b", "c", "d"], [1, 2, 3, 4], tokenizer, title_tokens=8)
-    assert retriever.nearest(["red kettle steel"], 3) == [[0, 2, 3]]
-    assert retriever.nearest(texts, 2, own_rows=[0, 1, 2, 3])[2] == [0, 3]
+    assert retriever.nearest(["steel red kettle"], 3) == [[0, 2, 3]]
+    # three items with one title are one product: none is another's neighbour
+    assert retriever.nearest(texts, 2)[2] == [1] and retriever.find(texts, 2).left_out == 3 * 3 + 1
     assert len(tokenizer(retriever.titles[0], add_special_tokens=False)["input_ids"]) <= 8
 
 
@@ -98,6 +125,74 @@ def test_the_data_module_shows_train_neighbours_in_every_split(raw_items, byte_t
     assert plain.datasets["test"][0]["input_ids"] == plain.tokenizer(splits["test"][0]["prompt"])[
         "input_ids"
     ] + [t for t in plain.datasets["test"][0]["labels"] if t != -100]
+
+
+def test_a_splits_neighbours_are_cached_beside_the_splits_and_accounted(
+    raw_items, byte_tokenizer, tmp_path, capsys
+):
+    first = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=3)
+    first.prepare_data(), first.setup()
+    printed = capsys.readouterr().out
+    assert "data: neighbours in the prompt" in printed
+    assert "training items in the index (data.neighbors 3)" in printed
+    counts = first.neighbor_accounting
+    assert {name: c["prompts"] for name, c in counts.items()} == {"train": 32, "validation": 4, "test": 4}
+    assert counts["train"]["left_out_as_duplicates"] == 32  # each training item's own row
+    assert counts["validation"]["left_out_as_duplicates"] == 0  # keys are unique across splits
+    assert not any(c["cached"] for c in counts.values())
+    entries = sorted((first.curated.folder / "neighbors").glob("*.parquet"))
+    assert len(entries) == 3
+
+    again = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=3)
+    again.prepare_data(), again.setup()
+    assert all(c["cached"] for c in again.neighbor_accounting.values())
+    assert again.neighbor_rows == first.neighbor_rows
+    for name in ("train", "validation", "test"):
+        assert again.datasets[name]["input_ids"] == first.datasets[name]["input_ids"]
+    # a damaged entry is retrieved again, the same rows
+    entries[0].write_bytes(b"not parquet")
+    third = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=3)
+    third.prepare_data(), third.setup()
+    assert sum(not c["cached"] for c in third.neighbor_accounting.values()) == 1
+    assert third.neighbor_rows == first.neighbor_rows
+    # another k is another entry
+    other = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=2)
+    other.prepare_data(), other.setup()
+    assert not any(c["cached"] for c in other.neighbor_accounting.values())
+    assert [rows[:2] for rows in first.neighbor_rows["test"]] == other.neighbor_rows["test"]
+    # the baseline beside the LLM: the median price of what each test prompt shows
+    prices = np.array(first.neighbor_index().prices)
+    median = first.neighbor_median("test", 3)
+    assert median.tolist() == [float(np.median(prices[r])) for r in first.neighbor_rows["test"][:3]]
+
+
+def test_neighbour_dropout_leaves_a_share_of_training_prompts_without_them(
+    raw_items, byte_tokenizer, tmp_path
+):
+    from pricer.options import OptionError
+
+    def prompts_with_neighbours(module, split):
+        return [
+            NEIGHBORS_HEADER in module.tokenizer.decode(ids) for ids in module.datasets[split]["input_ids"]
+        ]
+
+    runs = []
+    for _ in range(2):
+        module = small_datamodule(
+            raw_items, byte_tokenizer, tmp_path / "cache", neighbors=2, neighbor_dropout=0.5
+        )
+        module.prepare_data(), module.setup()
+        runs.append(prompts_with_neighbours(module, "train"))
+        assert all(prompts_with_neighbours(module, "validation")) and all(
+            prompts_with_neighbours(module, "test")
+        )
+    shown = runs[0]
+    assert runs[1] == shown  # drawn with the data seed: the same prompts every time
+    assert 0 < sum(shown) < len(shown)
+    assert module.neighbor_accounting["train"]["with_neighbors"] == sum(shown)
+    assert "train: without (data.neighbor_dropout 0.5)" in module.neighbors_table()
+    with pytest.raises(OptionError, match=r"data.neighbor_dropout 1.0: the share of training prompts"):
+        small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=2, neighbor_dropout=1.0)
 
 
 def test_neighbours_need_training_items(byte_tokenizer, tmp_path):

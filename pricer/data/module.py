@@ -14,9 +14,10 @@ from pricer.data.batches import IGNORE_INDEX, PadCollator, tokenize_examples
 from pricer.data.categories import CATEGORIES, Category
 from pricer.data.curate import Curated, CurationSpec, curate, split_file
 from pricer.data.curated import load_curated
+from pricer.data.neighbor_prompts import NeighborPrompts
 from pricer.data.neighbors import Retriever
 from pricer.data.products import load_products
-from pricer.data.prompt import text_from_prompt, with_neighbors
+from pricer.data.prompt import text_from_prompt
 from pricer.data.raw import RAW_URL, SourceError
 from pricer.data.rules import CurationRules
 from pricer.data.source import parse_source
@@ -27,7 +28,7 @@ from pricer.options import OptionError
 KEPT_COLUMNS = ("price", "title", "category", "text")
 
 
-class PriceDataModule(L.LightningDataModule):
+class PriceDataModule(NeighborPrompts, L.LightningDataModule):
     """Curated product splits for price prediction, from raw Amazon metadata or a curated dataset.
 
     Args:
@@ -62,10 +63,14 @@ class PriceDataModule(L.LightningDataModule):
         hub_upload: Moved: `HubPublisher.dataset_upload`.
         predict_source: What `predict` prices (default: the test split). A JSONL file of product
             texts (raw records, `text` or `prompt` per line) or a curated dataset.
-        neighbors: Similar training items shown in each prompt with their prices, between the
-            question and the product's text (0: none, the course's prompt). Retrieved by cosine
-            on the TF-IDF features of the train split, never an item itself.
+        neighbors: Training items a prompt shows, with their prices (0: none). They sit
+            between the question and the product's text (0 keeps the course's prompt), retrieved
+            by cosine on the TF-IDF features of the train split, never an item itself or a
+            duplicate of it (the same title); cached beside the curated splits.
         neighbor_title_tokens: Tokens of a neighbour's title at most, in the prompt.
+        neighbor_dropout: Share of training prompts without neighbours. Drawn once with `seed`,
+            so the model still learns to read a product's own text; validation, test and every
+            read show them all.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class PriceDataModule(L.LightningDataModule):
         hub_upload: bool | None = None,
         neighbors: NonNegativeInt = 0,
         neighbor_title_tokens: PositiveInt = 24,
+        neighbor_dropout: NonNegativeFloat = 0.0,
     ) -> None:
         super().__init__()
         if categories is not None and len(categories) == 0:
@@ -149,10 +155,19 @@ class PriceDataModule(L.LightningDataModule):
                     f"HubPublisher.{new} (under trainer.callbacks, pricer.hub.publish.HubPublisher init_args)"
                 )
         self.neighbors, self.neighbor_title_tokens = int(neighbors), int(neighbor_title_tokens)
+        if not float(neighbor_dropout) < 1:
+            raise OptionError(
+                f"data.neighbor_dropout {neighbor_dropout}: the share of training prompts shown without "
+                "neighbours is below 1 (0: every prompt shows them)"
+            )
+        self.neighbor_dropout = float(neighbor_dropout)
+        # what retrieval did for each split: the neighbours' accounting (metrics.json, the console)
+        self.neighbor_accounting: dict = {}
         # the prompts' neighbour index: this source's train split's, or a trained adapter's
         # (`use_index`), whose items are not this source's
         self.retriever: Retriever | None = None
         self._own_index = False
+        self.neighbor_rows: dict[str, list[list[int]]] = {}
         self.datasets: dict = {}
         self.curated: Curated | None = None
         self._splits = None
@@ -234,39 +249,6 @@ class PriceDataModule(L.LightningDataModule):
                 self._splits = DatasetDict(load_dataset("parquet", data_files=files))
         return self._splits
 
-    def use_index(self, retriever: Retriever) -> None:
-        """Retrieve the prompts' neighbours from a trained adapter's saved training items."""
-        self.retriever, self._own_index = retriever, False
-
-    def neighbor_index(self) -> Retriever:
-        """The index the prompts' neighbours come from: set by `use_index`, or built once from
-        this source's train split."""
-        if self.retriever is None:
-            train = self.load_splits().get("train")
-            if train is None or len(train) == 0:
-                raise OptionError(
-                    f"data.neighbors {self.neighbors}: the prompts' neighbours are training items, and "
-                    f"data.source {self.source!r} has no train split (a trained adapter brings its own: "
-                    "--model.adapter)"
-                )
-            prompts = list(train["prompt"])
-            texts = [text_from_prompt(p) for p in prompts]
-            self.retriever = Retriever.fit(
-                texts, list(train["title"]), list(train["price"]), self.tokenizer, self.neighbor_title_tokens
-            )
-            self._own_index = True
-        return self.retriever
-
-    def neighbor_prompts(self, prompts: list[str], split: str | None = None) -> list[str]:
-        """The prompts with their neighbour blocks (as they are with data.neighbors 0); a train
-        item of this source's own index never retrieves itself."""
-        if not self.neighbors:
-            return list(prompts)
-        index = self.neighbor_index()
-        own = list(range(len(prompts))) if split == "train" and self._own_index else None
-        blocks = index.blocks([text_from_prompt(p) for p in prompts], self.neighbors, own)
-        return [with_neighbors(p, b) for p, b in zip(prompts, blocks, strict=True)]
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -282,6 +264,8 @@ class PriceDataModule(L.LightningDataModule):
                 remove_columns=[c for c in split.column_names if c not in KEPT_COLUMNS],
                 desc=f"tokenizing {name}",
             )
+        if self.neighbor_accounting:
+            print(f"data: neighbours in the prompt\n{self.neighbors_table()}")
 
     def _split(self, name: str):
         if name not in self.datasets:

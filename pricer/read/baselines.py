@@ -16,6 +16,7 @@ BASELINE_NAMES = {
     "tfidf_linear_log_price": "TF-IDF linear model",
     "tfidf_neighbors_log_price": "5 nearest neighbours on TF-IDF",
     "random_forest_bow_log_price": "random forest on bag-of-words",
+    "prompt_neighbors_median": "the prompt's neighbours: their median price",
 }
 
 

@@ -156,6 +156,9 @@ class PriceReport(Callback):
         )
         if fitted_on:
             metrics["baselines_fitted_on"] = fitted_on
+        accounting = getattr(trainer.datamodule, "neighbor_accounting", None)
+        if accounting:
+            metrics["neighbors"] = {"k": trainer.datamodule.neighbors, **accounting}
         blend = pl_module.blend
         served = getattr(pl_module, "served", None)
         if served:
@@ -246,6 +249,9 @@ class PriceReport(Callback):
         # trainer.limit_test_batches cut the pass short (the loader does not shuffle)
         texts = datamodule.test_texts()[: len(truth)]
         predictions = baseline_predictions(*train, texts, tfidf)
+        shown = getattr(datamodule, "neighbor_median", lambda *_: None)("test", len(truth))
+        if shown is not None:  # the neighbours the prompts show, priced alone: same k, same retriever
+            predictions["prompt_neighbors_median"] = shown
         metrics = {
             name: {**price_metrics(truth, values), **mae_gap(truth, predicted, values)}
             for name, values in predictions.items()

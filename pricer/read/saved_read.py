@@ -150,6 +150,8 @@ def saved_retriever(folder: Path, tokenizer, title_tokens: int, tfidf: TfidfPric
             f"{folder / TFIDF_WEIGHTS}: saved without the training items' rows, the neighbour index"
         )
     try:
-        return Retriever.of(tfidf.vectorizer, tfidf.rows, items.titles, items.prices, tokenizer, title_tokens)
+        return Retriever.of(
+            tfidf.vectorizer, tfidf.rows, items.texts, items.titles, items.prices, tokenizer, title_tokens
+        )
     except OptionError as error:
         raise BlendError(f"{folder}: {error}") from None
