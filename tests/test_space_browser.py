@@ -1,7 +1,8 @@
 """The staged Space in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-Types a product, presses the button, sees a price and its interval; clicks an example; sees the
-empty-input message. Saves a screenshot to `artifacts/` (or $PRICER_ARTIFACTS).
+Types a product, presses the button, sees a price, its interval and the similar training items
+the model was shown with their prices (the run trained with neighbours in the prompt); clicks an
+example; sees the empty-input message. Saves a screenshot to `artifacts/` (or $PRICER_ARTIFACTS).
 """
 
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, serve
+from tests.conftest import REPO, publishing_fit, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -23,7 +24,16 @@ FLAGS = [
 ARTIFACTS = Path(os.environ.get("PRICER_ARTIFACTS", REPO / "artifacts"))
 expect = None  # playwright's, set when the browser starts
 PRICE = re.compile(r"^\s*\$[\d,]+\s*$")
-INTERVAL = re.compile(r"^\s*80% likely between \$[\d,]+ and \$[\d,]+\s*$")
+INTERVAL = re.compile(r"^\s*80% likely between \$[\d,]+ and \$[\d,]+")
+SHOWN = "Similar items it was shown, with their prices:"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama):
+    """conftest's publishing fit (the Space's run, staged by `staged`) with two neighbours in
+    every prompt, so the page has them to list."""
+    root = tmp_path_factory.mktemp("space-run")
+    return publishing_fit(root, tiny_llama, "space", "--data.neighbors", "2")
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +72,23 @@ def test_a_person_prices_a_product_in_the_browser(browser, staged, trained, tiny
         price_it(page, "Acme kettle", "A stainless steel kettle, 1.7 litres, auto shut-off.")
         expect(price).to_have_text(PRICE, timeout=60_000)  # a pending output also shows a timer
         expect(interval).to_have_text(INTERVAL)
+        # beside the price, the training items its prompt showed, as the Pricer retrieves them
+        from pricer.read.serving import Pricer
+
+        quote = Pricer.from_adapter(str(run / "adapter"), base_model=tiny_llama).quote(
+            "Acme kettle", "A stainless steel kettle, 1.7 litres, auto shut-off."
+        )
+        assert len(quote.neighbors) == 2
+        expect(interval).to_contain_text(SHOWN)
+        for title, cost in quote.neighbors:
+            expect(interval).to_contain_text(f"{title}: ${cost:,.0f}")
         page.locator("#price-chart").get_by_text("How likely each price range is").wait_for()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
 
         price_it(page, "", "")
         expect(price).to_have_text("⚠️ Please enter a product title or description to price.", timeout=60_000)
-        expect(interval).to_have_text("")
+        expect(interval).to_have_text("")  # no interval and no neighbours for what is not priced
 
         # one click on an example from the test split fills the form and prices it
         page.get_by_text(re.compile(r"^Fridge model \d+$")).first.click()
