@@ -415,6 +415,56 @@ def test_t4_check_reports_every_other_phase_when_one_fails(tmp_path: Path, monke
     assert "| course: did not finish | RuntimeError: simulated crash" in (out / "t4_check.md").read_text()
 
 
+def test_accuracy_table_pairs_the_llm_with_neighbours_against_the_llm_without(tmp_path: Path) -> None:
+    """Issue 30's table: `--without` adds today's LLM (trained without neighbours) as a row and
+    as a second paired column, and the two targets are checked from the same items."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.accuracy_table import main
+    from pricer.read.metrics import mae_gap
+
+    rng = np.random.default_rng(1)
+    n = 300
+    truth = rng.uniform(10, 400, n)
+    frames = {}
+    for name, spread in (("near", 0.15), ("today", 0.3)):
+        llm = truth * np.exp(rng.normal(0, spread, n))
+        frames[name] = pd.DataFrame(
+            {
+                "title": [f"item {i}" for i in range(n)],
+                "price": truth,
+                "predicted": llm,
+                "low": llm * 0.8,
+                "high": llm * 1.3,
+                "llm_predicted": llm,
+                "llm_low": llm * 0.8,
+                "llm_high": llm * 1.3,
+                "tfidf_linear_log_price": truth * np.exp(rng.normal(0, 0.5, n)),
+            }
+        )
+    frames["today"]["tfidf_linear_log_price"] = frames["near"]["tfidf_linear_log_price"]
+    metrics = {"baselines": {"tfidf_linear_log_price": {}}, "blend": {"weight": 1.0}}
+    for name, frame in frames.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        frame.to_csv(tmp_path / name / "predictions.csv", index=False)
+    text = main([str(tmp_path / "near"), "--without", str(tmp_path / "today")])
+    near, today = frames["near"]["llm_predicted"], frames["today"]["llm_predicted"]
+    gap = mae_gap(truth, near, today)
+    shown = f"${gap['mae_gap']:+.2f} (${gap['mae_gap_ci95'][0]:+.2f} to ${gap['mae_gap_ci95'][1]:+.2f})"
+    (row,) = [line for line in text.splitlines() if line.startswith("| fine-tuned LLM alone |")]
+    assert shown in row
+    assert "| fine-tuned LLM without neighbours (today's config) |" in text
+    assert f"below the LLM without them beyond the noise: met, {shown}" in text
+    ratio = np.abs(near - truth).mean() / np.abs(frames["near"]["tfidf_linear_log_price"] - truth).mean()
+    verdict = "met" if ratio <= 0.75 else "missed"
+    assert f"at least 25% below TF-IDF's MAE: {verdict}, {100 * (1 - ratio):.1f}% below" in text
+    frames["today"].iloc[::-1].to_csv(tmp_path / "today" / "predictions.csv", index=False)
+    with pytest.raises(SystemExit, match="not the same test items"):
+        main([str(tmp_path / "near"), "--without", str(tmp_path / "today")])
+
+
 def test_the_8b_arithmetic_is_what_the_training_guide_quotes() -> None:
     import re
 
