@@ -251,6 +251,28 @@ def test_the_model_card_says_what_the_price_blends(neighbors, said):
     assert said in text and "The LLM alone was off by $39.90" in text
 
 
+def test_the_model_card_shows_the_prompt_the_adapter_was_trained_with():
+    """An adapter trained with neighbours expects them in its prompt: the card's prompt shows the
+    block, k and the title budget from the recipe; without neighbours, the course's prompt."""
+    from dataclasses import replace
+
+    from pricer.hub.cards import model_card
+    from pricer.read.recipe import Recipe
+
+    def prompt_section(recipe) -> str:
+        card = model_card("me/p", "me/base", None, ["Appliances"], {}, None, None, "1 min", "cpu", (0.5, 999.0),
+                          recipe=recipe)  # fmt: skip
+        return str(card).split("## Prompt")[1].split("## Results")[0]
+
+    recipe = Recipe(base_model="me/base")
+    plain = prompt_section(recipe)
+    assert "Similar items" not in plain and "<title>" in plain
+    near = prompt_section(replace(recipe, neighbors=5, neighbor_title_tokens=16))
+    assert "Similar items and their prices:" in near and "at most 16 tokens>: $<its price>" in near
+    assert "(5 items, the most similar first)" in near and "`quote.neighbors`" in near
+    assert near.index("Similar items") < near.index("<title>") < near.index("Price is $")
+
+
 @pytest.mark.slow
 def test_folders_staged_from_a_local_gguf_and_local_data_name_no_path_of_this_machine(gguf, tmp_path, capsys):
     """The smoke job's shape (SmolLM2 from its local GGUF, a local raw folder), one step: every

@@ -149,6 +149,8 @@ def model_card(
         max_price=price_range[1],
         quantization_note=_quantization_note(recipe),
         point=recipe.point if recipe else "median",
+        neighbors=recipe.neighbors if recipe else 0,
+        neighbor_title_tokens=recipe.neighbor_title_tokens if recipe else 24,
     )
 
 
