@@ -67,6 +67,52 @@ def test_bf16_forced_on_a_t4_is_warned_about_and_not_on_an_a100(card):
     assert emulated_bf16_warning("bf16-mixed", "auto") is None
 
 
+@pytest.fixture
+def cpu(monkeypatch):
+    """Make torch report a CPU with native bf16 (AVX512-BF16) or without it (AVX2 only)."""
+
+    def simulate(native: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512" if native else "AVX2")
+
+    return simulate
+
+
+def test_bf16_asked_of_a_cpu_that_emulates_it_is_warned_about(cpu, card):
+    """On a CPU without AVX512-BF16 or AMX, bf16 matmuls are emulated two orders of magnitude
+    slower (RESULTS.md): the warning names the CPU and the fix; a CPU with native bf16 gets none,
+    and 32-true never does. A GPU machine training on its CPU is asked about its CPU."""
+    cpu(native=False)
+    for accelerator in ("cpu", "auto"):
+        warning = emulated_bf16_warning("bf16-mixed", accelerator)
+        assert "this CPU (AVX2, without AVX512-BF16 or AMX)" in warning
+        assert "--trainer.precision 32-true" in warning
+    assert emulated_bf16_warning("32-true", "cpu") is None
+    cpu(native=True)
+    assert emulated_bf16_warning("bf16-mixed", "cpu") is None
+    card("NVIDIA A100")
+    cpu(native=False)
+    assert "this CPU (AVX2" in emulated_bf16_warning("bf16-true", "cpu")
+    assert emulated_bf16_warning("bf16-mixed", "auto") is None  # the A100 trains it natively
+
+
+def test_serving_a_bf16_adapter_on_such_a_cpu_warns_that_it_is_emulated(cpu, tiny_llama):
+    """A Space on a CPU without native bf16 would read a bf16-tested adapter a hundred times
+    slower: Pricer says so, and what reads at full speed; a CPU with native bf16 reads quietly."""
+    from pricer.read.serving import Pricer
+
+    cpu(native=False)
+    with pytest.warns(UserWarning, match=r"this CPU \(AVX2, without AVX512-BF16 or AMX\) emulates bf16"):
+        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="bf16-mixed")
+    cpu(native=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="bf16-mixed")
+        cpu(native=False)
+        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="32-true")
+
+
 class LoadRecorder:
     """Stands in for `from_pretrained` on a card that is not there: records what the model
     would be loaded with, then loads the tiny model on the CPU in full precision."""

@@ -82,6 +82,25 @@ def default_precision(accelerator: str | None) -> str:
     return "bf16-mixed" if native_bf16() else "16-mixed"
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX (torch's own checks).
+
+    Without them torch emulates bf16, and on the CPU that is not a few times slower but two orders
+    of magnitude: on a 2-core AMD EPYC with AVX2 only, 2048-square bf16 matmuls ran at about
+    1 GFLOP/s against fp32's 177, and a `configs/sample.yaml` training step (bf16-mixed, five
+    neighbours) took 500-600 s against 19.5 s in 32-true (benchmarks/RESULTS.md, issue 30).
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def emulated_cpu_bf16(precision: str | None) -> str | None:
+    """'this CPU (<capability>, ...)' when bf16 is asked of a CPU that only emulates it."""
+    if precision is None or "bf16" not in str(precision) or cpu_native_bf16():
+        return None
+    return f"this CPU ({torch.backends.cpu.get_cpu_capability()}, without AVX512-BF16 or AMX)"
+
+
 def emulated_bf16(precision: str | None, device: torch.device | int | None = None) -> str | None:
     """'<card> (compute capability x.y)' when bf16 is asked of a CUDA card that only emulates it."""
     if precision is None or "bf16" not in str(precision) or not cuda_present():
@@ -93,9 +112,16 @@ def emulated_bf16(precision: str | None, device: torch.device | int | None = Non
 
 
 def emulated_bf16_warning(precision: str | None, accelerator: str | None) -> str | None:
-    """A warning when bf16 was asked for on a GPU that would only emulate it, else None."""
-    if accelerator == "cpu":
-        return None
+    """A warning when bf16 was asked for on a GPU or a CPU that would only emulate it, else None."""
+    if accelerator == "cpu" or not cuda_present():
+        emulated = emulated_cpu_bf16(precision)
+        return (
+            f"trainer.precision={precision} on {emulated}: bf16 is emulated here, about a hundred times "
+            "slower than 32-true; pass --trainer.precision 32-true (bf16-mixed pays only on a CPU with "
+            "AVX512-BF16 or AMX)"
+            if emulated
+            else None
+        )
     emulated = emulated_bf16(precision)
     if emulated is None:
         return None
