@@ -84,7 +84,13 @@ class Accounting:
         ]
         rows += [(f"dropped: {reason}", n) for reason, n in sorted(self.dropped.items())]
         rows += [(f"split: {name}", n) for name, n in self.splits.items()]
-        width = max(len(name) for name, _ in rows)
-        lines = [f"| {'records':<{width}} | {'count':>9} |", f"|{'-' * (width + 2)}|{'-' * 10}:|"]
-        lines += [f"| {name:<{width}} | {n:>9,} |" for name, n in rows]
-        return "\n".join(lines)
+        return count_table("records", rows)
+
+
+def count_table(heading: str, rows: list[tuple[str, int]]) -> str:
+    """Named counts as a Markdown table, the names under `heading` (curation's accounting, the
+    neighbours' in the prompt)."""
+    width = max(len(heading), *(len(name) for name, _ in rows))
+    lines = [f"| {heading:<{width}} | {'count':>9} |", f"|{'-' * (width + 2)}|{'-' * 10}:|"]
+    lines += [f"| {name:<{width}} | {n:>9,} |" for name, n in rows]
+    return "\n".join(lines)

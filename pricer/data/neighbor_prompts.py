@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pricer.data.accounting import count_table
 from pricer.data.neighbor_cache import retrieve
 from pricer.data.neighbors import Retriever
 from pricer.data.prompt import neighbor_block, text_from_prompt, with_neighbors
@@ -89,9 +90,7 @@ class NeighborPrompts:
                     )
                 )
             rows.append((f"{split}: left out as the items' own duplicates", counts["left_out_as_duplicates"]))
-        width = max(len(name) for name, _ in rows)
-        lines = [f"| {'neighbours':<{width}} | {'count':>9} |", f"|{'-' * (width + 2)}|{'-' * 10}:|"]
-        return "\n".join(lines + [f"| {name:<{width}} | {n:>9,} |" for name, n in rows])
+        return count_table("neighbours", rows)
 
     def neighbor_median(self, split: str, count: int) -> np.ndarray | None:
         """The median price of the neighbours each of a split's first `count` prompts shows (the
