@@ -86,9 +86,10 @@ def cpu_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX (torch's own checks).
 
     Without them torch emulates bf16, and on the CPU that is not a few times slower but two orders
-    of magnitude: on a 2-core AMD EPYC with AVX2 only, 2048-square bf16 matmuls ran at about
-    1 GFLOP/s against fp32's 177, and a `configs/sample.yaml` training step (bf16-mixed, five
-    neighbours) took 500-600 s against 19.5 s in 32-true (benchmarks/RESULTS.md, issue 30).
+    of magnitude: on a 2-core AMD EPYC with AVX2 only, 512-square bf16 matmuls ran at 1.1 GFLOP/s
+    against fp32's 177 (2048-square ones did not finish a 300 s benchmark), and a
+    `configs/sample.yaml` training step (bf16-mixed, five neighbours) took 500-600 s against about
+    20 s in 32-true (benchmarks/RESULTS.md).
     """
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
