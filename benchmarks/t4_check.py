@@ -12,8 +12,9 @@ What it runs, all through pricer's own code (PriceModel, FitBatchSize, PriceRead
   upcast of the embeddings and LM head is counted: memory does not depend on the weights);
 - the T4 emulated: fp16 (`16-mixed`, fp16 4-bit compute) whatever the card, and FitBatchSize's
   T4 memory budget (14.0 GiB) as the cap on torch's allocator;
-- LoRA r 32 on q/k/v/o, gradient checkpointing, paged AdamW 32-bit, 182-token synthetic
-  sequences (the completion is the last 3 tokens), 16 items per optimizer step;
+- LoRA r 32 on q/k/v/o, gradient checkpointing, paged AdamW 32-bit, synthetic sequences as long
+  as the appliances config's prompt (182 tokens, 334 with its five neighbours; the completion is
+  the last 3 tokens), 16 items per optimizer step;
 - the batch search, then `--steps` optimizer steps at the size found, then `--course-steps` at
   the course's 4 items a pass (the same 16 a step) for the ratio, then one read of prices with
   whole-number tokens (a stand-in tokenizer writing 0-999 as one token each, as Llama 3's does).
@@ -44,6 +45,21 @@ GIB = 2**30
 LLAMA_8B = REPO / "benchmarks" / "llama-3.1-8b.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 NUMBER_OFFSET = 16  # the stand-in tokenizer's id of "0"; "999" is 1015
+APPLIANCES = REPO / "configs" / "appliances.yaml"
+# Llama 3's tokens, assumed (its tokenizer is not on the CPU machines to count with): the
+# appliances prompt without neighbours (160-token texts at most), the neighbour block's header,
+# and a neighbour's line besides its title ("- ", ": $", the price, the line end).
+PROMPT_TOKENS, BLOCK_HEADER_TOKENS, PRICE_LINE_TOKENS = 182, 7, 5
+
+
+def appliances_seq_len(config: Path = APPLIANCES) -> int:
+    """The appliances job's longest prompt in tokens: 182, plus its neighbour block at the
+    config's `data.neighbors` and `data.neighbor_title_tokens` (the module's default, 24)."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text()).get("data", {})
+    k, title = int(data.get("neighbors", 0)), int(data.get("neighbor_title_tokens", 24))
+    return PROMPT_TOKENS + (BLOCK_HEADER_TOKENS + k * (title + PRICE_LINE_TOKENS) if k else 0)
 
 
 def toy_config() -> dict:
@@ -557,7 +573,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", type=Path, default=LLAMA_8B, help="the architecture (a HF config.json)")
     parser.add_argument("--toy", action="store_true", help="a tiny Llama instead (CI, any machine)")
     parser.add_argument("--work", default=os.environ.get("TMPDIR"), help="where the random model is written")
-    parser.add_argument("--seq-len", type=int, default=182)
+    parser.add_argument(
+        "--seq-len", type=int, default=appliances_seq_len(), help="default: the appliances config's prompt"
+    )
     parser.add_argument("--completion-tokens", type=int, default=3)
     parser.add_argument("--effective-batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)

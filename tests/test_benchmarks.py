@@ -468,14 +468,33 @@ def test_accuracy_table_pairs_the_llm_with_neighbours_against_the_llm_without(tm
 def test_the_8b_arithmetic_is_what_the_training_guide_quotes() -> None:
     import re
 
-    from benchmarks.t4_check import LLAMA_8B, arithmetic_estimate
+    from benchmarks.t4_check import LLAMA_8B, appliances_seq_len, arithmetic_estimate
 
-    estimate = arithmetic_estimate(json.loads(LLAMA_8B.read_text()), 182, 3, 32, 14.0)
+    seq_len = appliances_seq_len()  # the config's prompt, its neighbour block included
+    estimate = arithmetic_estimate(json.loads(LLAMA_8B.read_text()), seq_len, 3, 32, 14.0)
     assert estimate["lora_parameters"] == 27_262_976  # r 32 on q/k/v/o of 32 layers: 27.3M
     guide = (REPO / "docs" / "training.md").read_text()
+    assert f"config's {seq_len}-token prompts" in guide
     quoted = re.search(r"about ([\d.]+) GiB fixed and\s+([\d.]+) GiB a sample", guide)
     assert quoted and float(quoted[1]) == round(estimate["fixed_gib"], 1)
     assert float(quoted[2]) == round(estimate["per_sample_gib_completion_logits"], 2)
+
+
+def test_the_t4_check_sizes_its_sequences_from_the_appliances_config(tmp_path) -> None:
+    """The neighbour block grows the prompt by its header and k lines of title and price."""
+    import inspect
+
+    from benchmarks.t4_check import appliances_seq_len
+    from pricer.data.module import PriceDataModule
+
+    config = tmp_path / "job.yaml"
+    config.write_text("data:\n  neighbors: 0\n")
+    assert appliances_seq_len(config) == 182
+    config.write_text("data:\n  neighbors: 3\n  neighbor_title_tokens: 10\n")
+    assert appliances_seq_len(config) == 182 + 7 + 3 * (10 + 5)
+    config.write_text("data:\n  neighbors: 5\n")  # the title budget is the data module's default
+    default = inspect.signature(PriceDataModule).parameters["neighbor_title_tokens"].default
+    assert appliances_seq_len(config) == 182 + 7 + 5 * (default + 5)
 
 
 def test_compare_predictions_counts_agreement_and_refuses_other_items(tmp_path: Path) -> None:
