@@ -57,7 +57,7 @@ def appliances_seq_len(config: Path = APPLIANCES) -> int:
     config's `data.neighbors` and `data.neighbor_title_tokens` (the module's default, 24)."""
     import yaml
 
-    data = yaml.safe_load(config.read_text()).get("data", {})
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
     k, title = int(data.get("neighbors", 0)), int(data.get("neighbor_title_tokens", 24))
     return PROMPT_TOKENS + (BLOCK_HEADER_TOKENS + k * (title + PRICE_LINE_TOKENS) if k else 0)
 

@@ -490,6 +490,8 @@ def test_the_t4_check_sizes_its_sequences_from_the_appliances_config(tmp_path) -
     config = tmp_path / "job.yaml"
     config.write_text("data:\n  neighbors: 0\n")
     assert appliances_seq_len(config) == 182
+    config.write_text("")  # an empty config: no data section, no neighbours
+    assert appliances_seq_len(config) == 182
     config.write_text("data:\n  neighbors: 3\n  neighbor_title_tokens: 10\n")
     assert appliances_seq_len(config) == 182 + 7 + 3 * (10 + 5)
     config.write_text("data:\n  neighbors: 5\n")  # the title budget is the data module's default
