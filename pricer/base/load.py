@@ -78,6 +78,23 @@ def tokenizer_source(name: str) -> str:
     return str(folder)
 
 
+def tokenizer_digest(source: str) -> str:
+    """A short SHA-256 of what a tokenizer does to text: its vocabulary, merges, normaliser,
+    pre-tokenizer, special tokens, post-processor and decoder (the backend's JSON, less its
+    padding and truncation settings) and whether decoding cleans up spaces. The same tokenizer
+    read from a folder, the Hub cache or a GGUF file gives the same digest."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(source))
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend.pop("padding", None)
+    backend.pop("truncation", None)
+    backend["clean_up_tokenization_spaces"] = bool(tokenizer.clean_up_tokenization_spaces)
+    return hashlib.sha256(json.dumps(backend, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def model_source(name: str) -> str:
     """What `AutoModelForCausalLM.from_pretrained` takes; converts a GGUF's weights once."""
     if not is_gguf(name):

@@ -242,6 +242,19 @@ class PricerCLI(LightningCLI):
             folder = adapter_folder(hp.adapter)
             check_adapter_files(folder, "model.adapter", hp.base_model)
             read_recipe(folder)
+        self._check_price_range()
+
+    def _check_price_range(self) -> None:
+        """Every whole-dollar price up to data.rules.max_price is one the tokenizer's numbers can
+        be read as, before any curation or load."""
+        from pricer.read.reading import PriceRangeError, number_tokens
+        from pricer.read.recipe import max_digits
+
+        rules = self.datamodule.rules
+        try:
+            number_tokens(self.datamodule.tokenizer, max_digits(rules.max_price))
+        except PriceRangeError as error:
+            raise OptionError(f"data.rules.max_price {rules.max_price}: {error}") from None
 
     def before_fit(self) -> None:
         from pricer.base.load import check_target_modules

@@ -3,7 +3,7 @@
 jsonargparse's own message prints the whole usage (about 85 lines for `fit`) before naming the
 key, and a misspelt category prints the 33 names twice; the message here is what a person
 needs to fix it. jsonargparse raises its errors as text only (an `ArgumentError` with no key
-or value attached), so the key is the one thing read from its message, by the three patterns
+or value attached), so the key is the one thing read from its message, by the four patterns
 below. Everything else comes from the parser and the input themselves: the value given and
 where (the command line or the last config file holding the key), the choices (the `Literal`s
 of the option's type), the nearest valid name (difflib). A message none of the patterns match
@@ -29,6 +29,7 @@ from pricer.train.options import GROUPS, moved_key, scalar_for_group
 UNKNOWN = re.compile(r"does not accept (?:nested )?(?:option|key)s? '([^']+)'")  # a config's key
 UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")  # argparse's, for the command line
 PARSER_KEY = re.compile(r'Parser key "([^"]+)"')  # a value the key's type refused
+LINKED = re.compile(r"(\S+) --> (\S+): ")  # a value given to an option another one sets
 MISSING = object()
 
 
@@ -134,6 +135,12 @@ def short_message(message: str, args: list[str], parser) -> str:
         return _unknown(unknown.group(1), given(unknown.group(1), args)[0], parser)
     if unrecognized := UNRECOGNIZED.search(message):
         return _unrecognized(unrecognized.group(1), parser)
+    if (linked := LINKED.search(message)) and given(linked.group(2), args)[1] is not MISSING:
+        source, target = linked.groups()
+        return (
+            f"{target} {given(target, args)[0]}: it is not set on its own, it follows {source}; "
+            f"give --{source} instead"
+        )
     if parser_key := PARSER_KEY.search(message):
         return _refused(parser_key.group(1), message, args, parser)
     return message

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pricer.base.load import tokenizer_digest
 from pricer.data import raw
 from pricer.data.accounting import Accounting
 from pricer.data.raw import RAW_REPO
@@ -83,13 +84,15 @@ class CurationSpec:
     def schema(self) -> pa.Schema:
         return SCHEMA if self.count_tokens else PLAIN_SCHEMA
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, tokenizer_digest: str) -> str:
+        """The cache folder's name: the tokenizer counts by its content (`tokenizer_digest`,
+        pricer.base.load), not by its name, so one tokenizer from any place shares one cache."""
         data = {
             "version": FORMAT_VERSION,
             "source": self.source,
             "categories": self.categories,
             "rules": self.rules.as_dict(),
-            "tokenizer": self.tokenizer,
+            "tokenizer": tokenizer_digest,
             "sizes": [self.train_size, self.val_size, self.test_size],
             "seed": self.seed,
             "balance": [self.balance, self.balance_cap, self.balance_below, self.balance_weights]
@@ -129,13 +132,13 @@ def curate(
 ) -> Curated:
     """Curate the splits `spec` describes, or reuse them from the cache.
 
-    The cache is keyed by what decides the splits (`spec`) and by the raw files' content: their
-    sizes and modification times here, their content hashes on the Hub. Offline, a Hub source
-    reuses the newest splits curated from it, with a note. Reused splits are checked first (every
+    The cache is keyed by what decides the splits (`spec`, its tokenizer by content) and by the
+    raw files' content: their sizes and modification times here, their content hashes on the
+    Hub. Offline, a Hub source reuses the newest splits curated from it, with a note. Reused splits are checked first (every
     Parquet footer readable, the row counts the accounting saved); splits that do not verify are
     curated again, with a message naming the folder.
     """
-    base = Path(cache_dir).expanduser() / spec.fingerprint()
+    base = Path(cache_dir).expanduser() / spec.fingerprint(tokenizer_digest(tokenizer_source))
     version, unreachable, commit = source_version(spec)
     if version is None:
         reusable = sorted(
@@ -295,6 +298,7 @@ def _curate_into(
                 "categories": spec.categories,
                 "rules": spec.rules.as_dict(),
                 "tokenizer": spec.tokenizer,
+                "tokenizer_digest": tokenizer_digest(tokenizer_source),
                 "sizes": spec.sizes,
                 "seed": spec.seed,
                 "balance": spec.balance,
