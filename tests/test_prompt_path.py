@@ -6,9 +6,9 @@ import json
 import pytest
 
 from pricer.base.load import load_tokenizer, tokenizer_source
-from pricer.data.products import product_prompt
+from pricer.data.products import product_prompt, product_record
 from pricer.data.records import curate_chunk
-from pricer.data.rules import CurationRules
+from pricer.data.rules import CurationRules, raw_contents
 from tests.conftest import record
 
 LONG = " ".join(
@@ -105,3 +105,59 @@ def test_the_default_text_is_the_courses_character_for_character(tokenizer_name)
         assert row["text"] == item.text, item.title
         assert row["prompt"] + row["completion"] == item.prompt
         assert row["tokens"] == item.token_count, item.title
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"description": "Stainless steel body, 1.7 L.", "features": "Cordless\nAuto shut-off"},
+        {"description": ["Stainless steel body, 1.7 L."], "features": ["Cordless", "Auto shut-off"]},
+    ],
+)
+def test_a_field_given_as_text_is_read_as_text_not_letter_by_letter(byte_tokenizer, given):
+    """A description or features given as one text is one entry (features one a line), not a
+    list of its characters; a product without details gets no stray "null"."""
+    rules = CurationRules()
+    tokenizer = load_tokenizer(byte_tokenizer)
+    _, prompt = product_prompt({"title": "Acme Kettle 1.7L", **given}, rules, tokenizer)
+    assert "Stainless steel body, 1.7 L. Cordless Auto shut-off" in prompt
+    assert "S t a i" not in prompt and "null" not in prompt
+    typed = product_record("Acme Kettle 1.7L", "Stainless steel body, 1.7 L.", "Cordless\nAuto shut-off")
+    assert product_prompt(typed, rules, tokenizer)[1] == prompt  # the Space's fields, the same text
+
+
+def test_curation_reads_a_text_where_a_list_goes_as_one_entry_and_no_details_as_none():
+    rules = CurationRules()
+    listed = raw_contents({"description": ["A kettle."], "features": ["Cordless"], "details": {}}, rules)
+    texts = raw_contents({"description": "A kettle.", "features": "Cordless", "details": None}, rules)
+    assert texts == "A kettle.\nCordless\n" and listed == texts + "{}\n"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("features", 3, "The features must be text or a list of texts, not int (3)."),
+        ("description", ["A kettle", 5], "The description must be text or a list of texts, not a list holding int (5)."),
+        ("details", ["Brand", "Acme"], 'The details must be an object, its JSON text or "key: value" lines, not list'),
+        ("title", {"name": "Kettle"}, 'The title must be text, not dict ({"name": "Kettle"}).'),
+        ("features", ["ok", "bad \x00"], r"The features contains characters that cannot be read (U+0000)"),
+    ],
+)  # fmt: skip
+def test_a_field_of_another_type_is_one_line_naming_the_field_the_line_and_the_type(
+    byte_tokenizer, tmp_path, field, value, message
+):
+    from pricer.data.products import ProductError, load_products
+    from pricer.data.raw import SourceError
+
+    product = {"title": "Kettle", "description": "A kettle that boils.", field: value}
+    with pytest.raises(ProductError) as refused:
+        product_record(**{k: product.get(k) for k in ("title", "description", "features", "details")})
+    assert message in str(refused.value)
+    source = tmp_path / "products.jsonl"
+    source.write_text(
+        json.dumps({"title": "Fine", "description": "A fine kettle."}) + "\n" + json.dumps(product) + "\n"
+    )
+    with pytest.raises(SourceError) as stopped:
+        load_products(str(source), CurationRules(), load_tokenizer(byte_tokenizer))
+    assert str(stopped.value).startswith(f"{source}:2: ") and message in str(stopped.value)
+    assert "\n" not in str(stopped.value)

@@ -26,11 +26,16 @@ class ProductError(ValueError):
     """A product that cannot be priced; the message says which field and why."""
 
 
+def _shown(value) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)[:80]
+
+
 def clean_field(name: str, value) -> str:
-    """A product field as text, checked: a string (or nothing), not too long, readable."""
+    """A product field given as text (or nothing), checked: not too long, readable. The text is
+    kept as written (stripped), as curation keeps the training items' text."""
     if value is not None and not isinstance(value, str):
-        raise ProductError(f"The {name} must be text, not {type(value).__name__} ({json.dumps(value)[:80]}).")
-    text = unicodedata.normalize("NFKC", value or "").strip()
+        raise ProductError(f"The {name} must be text, not {type(value).__name__} ({_shown(value)}).")
+    text = (value or "").strip()
     if len(text) > MAX_CHARS:
         raise ProductError(
             f"The {name} is {len(text):,} characters long; please keep it under {MAX_CHARS:,}."
@@ -46,6 +51,56 @@ def clean_field(name: str, value) -> str:
     return text
 
 
+def _texts(name: str, value, split_lines: bool) -> list[str]:
+    """A description or features: text (one paragraph; for features one a line) or a list of
+    texts as raw metadata has it, each checked and kept as written."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = clean_field(name, value)
+        if split_lines:
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        return [text] if text else []
+    if not isinstance(value, list):
+        raise ProductError(
+            f"The {name} must be text or a list of texts, not {type(value).__name__} ({_shown(value)})."
+        )
+    for part in value:
+        if not isinstance(part, str):
+            raise ProductError(
+                f"The {name} must be text or a list of texts, not a list holding "
+                f"{type(part).__name__} ({_shown(part)})."
+            )
+        clean_field(name, part)
+    if sum(len(part) for part in value) > MAX_CHARS:
+        raise ProductError(f"The {name} is over {MAX_CHARS:,} characters long; please shorten it.")
+    return list(value)
+
+
+def _details(value) -> dict | str:
+    """Details: an object, its JSON text (as the dataset's loading script wrote it, kept as
+    that text), or "key: value" lines, one a line."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        clean_field("details", json.dumps(value, ensure_ascii=False, default=str))
+        return value
+    if not isinstance(value, str):
+        raise ProductError(
+            'The details must be an object, its JSON text or "key: value" lines, not '
+            f"{type(value).__name__} ({_shown(value)})."
+        )
+    text = clean_field("details", value)
+    if text.startswith("{"):
+        try:
+            if isinstance(json.loads(text), dict):
+                return value
+        except json.JSONDecodeError:
+            pass
+    pairs = [line.split(":", 1) for line in text.splitlines() if line.strip()]
+    return {k.strip(): (v[0].strip() if v else "") for k, *v in pairs}
+
+
 def check_product(title: str, description: str, *other: str) -> None:
     """What every product needs to be priced: a title or a description, and some words."""
     if not title and not description:
@@ -54,42 +109,38 @@ def check_product(title: str, description: str, *other: str) -> None:
         raise ProductError(NO_WORDS)
 
 
-def product_record(title, description, features="", details="") -> dict:
-    """A raw-metadata-like record from what a person typed, checked field by field."""
+def product_record(title, description=None, features=None, details=None) -> dict:
+    """A raw-metadata-like record from a product's fields, each read by its type, the one way
+    predict's JSONL, `Pricer.quote`, the Space's page and its API turn them into text:
+
+    - title: text;
+    - description: text (one paragraph) or a list of texts;
+    - features: text (one feature a line) or a list of texts;
+    - details: an object, its JSON text, or "key: value" lines.
+
+    Anything else is a ProductError naming the field and the type it got.
+    """
     fields = {
         "title": clean_field("title", title),
-        "description": clean_field("description", description),
-        "features": clean_field("features", features),
-        "details": clean_field("details", details),
+        "description": _texts("description", description, split_lines=False),
+        "features": _texts("features", features, split_lines=True),
+        "details": _details(details),
     }
-    check_product(fields["title"], fields["description"], fields["features"], fields["details"])
-    details_lines = [line.split(":", 1) for line in fields["details"].splitlines() if line.strip()]
-    return {
-        "title": fields["title"],
-        "description": [fields["description"]] if fields["description"] else [],
-        "features": [line.strip() for line in fields["features"].splitlines() if line.strip()],
-        "details": {k.strip(): (v[0].strip() if v else "") for k, *v in details_lines},
-    }
-
-
-def _check_raw_record(record: dict) -> None:
-    """A JSONL product as raw metadata: the checks the Space makes of a person's fields."""
-    title = clean_field("title", record.get("title"))
-    parts = record.get("description") or []
-    parts = [parts] if isinstance(parts, str) else parts
-    if not isinstance(parts, list):
-        raise ProductError(f"The description must be text or a list of texts, not {type(parts).__name__}.")
-    description = " ".join(clean_field("description", part) for part in parts).strip()
+    details_text = fields["details"] if isinstance(fields["details"], str) else json.dumps(fields["details"])
     check_product(
-        title, description, json.dumps(record.get("features") or ""), json.dumps(record.get("details") or "")
+        fields["title"],
+        " ".join(fields["description"]).strip(),
+        " ".join(fields["features"]),
+        details_text if fields["details"] else "",
     )
+    return fields
 
 
 def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, str]:
     """(title, prompt) for one product, built as training built its prompts."""
     for name in ("prompt", "text", "title"):
         if name in record and not isinstance(record[name], str):
-            raise ValueError(f'"{name}" must be text, got {json.dumps(record[name])}')
+            clean_field(name, record[name])  # the one message for a field of another type
     if "prompt" in record:
         prompt = record["prompt"]
         if not prompt.rstrip().endswith(PREFIX.strip()):
@@ -99,7 +150,9 @@ def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, 
         ((body, _),) = cut_to_tokens([body], tokenizer, rules.max_tokens)
         return str(record.get("title") or title_from_prompt(prompt)), make_prompt(body)
     if "text" not in record:
-        _check_raw_record(record)
+        record = product_record(
+            record.get("title"), record.get("description"), record.get("features"), record.get("details")
+        )
     title = str(record.get("title") or "").strip()
     text = record["text"] if "text" in record else product_text(record, rules)
     if not text.strip():

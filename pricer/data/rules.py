@@ -153,6 +153,13 @@ def scrub(text: str, part_number_length: int = 7) -> str:
     )
 
 
+def _parts(value: object) -> list:
+    """A list field's entries as the course joins them; a text is one entry, not its letters."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _lines(value: object) -> list[str]:
     if value is None:
         return []
@@ -197,17 +204,18 @@ def raw_contents(record: dict, rules: CurationRules) -> str:
 
     With `details: course`, character for character the course's `Item.parse`: the lists
     joined by newlines as they are (empty entries too), each part followed by a newline, the
-    details JSON string appended whenever it is not empty (an empty object's "{}" is not).
+    details JSON string appended whenever it is not empty (an empty object's "{}" is not). A
+    text where a list goes is one entry; no details at all add nothing.
     """
     if rules.details == "course":
-        contents = "\n".join(str(x) for x in record.get("description") or [])
+        contents = "\n".join(str(x) for x in _parts(record.get("description")))
         if contents:
             contents += "\n"
-        features = "\n".join(str(x) for x in record.get("features") or [])
+        features = "\n".join(str(x) for x in _parts(record.get("features")))
         if features:
             contents += features + "\n"
         details = record.get("details")
-        details = details if isinstance(details, str) else json.dumps(details)
+        details = "" if details is None else details if isinstance(details, str) else json.dumps(details)
         if details:
             contents += _course_details(details, rules.removals) + "\n"
         return contents
