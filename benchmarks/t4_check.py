@@ -13,8 +13,9 @@ What it runs, all through pricer's own code (PriceModel, FitBatchSize, PriceRead
 - the T4 emulated: fp16 (`16-mixed`, fp16 4-bit compute) whatever the card, and FitBatchSize's
   T4 memory budget (14.0 GiB) as the cap on torch's allocator;
 - LoRA r 32 on q/k/v/o, gradient checkpointing, paged AdamW 32-bit, synthetic sequences as long
-  as the appliances config's prompt (182 tokens, 334 with its five neighbours; the completion is
-  the last 3 tokens), 16 items per optimizer step;
+  as the appliances job's longest (measured with Llama 3's tokenizer in prompt_lengths.json: 178
+  tokens, 340 with its five neighbours at the longest line each; the completion is the last 3
+  tokens), 16 items per optimizer step;
 - the batch search, then `--steps` optimizer steps at the size found, then `--course-steps` at
   the course's 4 items a pass (the same 16 a step) for the ratio, then one read of prices with
   whole-number tokens (a stand-in tokenizer writing 0-999 as one token each, as Llama 3's does).
@@ -46,20 +47,27 @@ LLAMA_8B = REPO / "benchmarks" / "llama-3.1-8b.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 NUMBER_OFFSET = 16  # the stand-in tokenizer's id of "0"; "999" is 1015
 APPLIANCES = REPO / "configs" / "appliances.yaml"
-# Llama 3's tokens, assumed (its tokenizer is not on the CPU machines to count with): the
-# appliances prompt without neighbours (160-token texts at most), the neighbour block's header,
-# and a neighbour's line besides its title ("- ", ": $", the price, the line end).
-PROMPT_TOKENS, BLOCK_HEADER_TOKENS, PRICE_LINE_TOKENS = 182, 7, 5
+# The appliances job's sequence lengths, measured with Llama 3's real tokenizer on the sample
+# (python -m benchmarks.prompt_lengths writes it).
+PROMPT_LENGTHS = REPO / "benchmarks" / "prompt_lengths.json"
 
 
-def appliances_seq_len(config: Path = APPLIANCES) -> int:
-    """The appliances job's longest prompt in tokens: 182, plus its neighbour block at the
-    config's `data.neighbors` and `data.neighbor_title_tokens` (the module's default, 24)."""
+def appliances_seq_len(config: Path = APPLIANCES, lengths: Path = PROMPT_LENGTHS) -> int:
+    """The appliances job's longest training sequence in tokens, from the measured lengths: the
+    longest without neighbours (its text cut at the rules' max_tokens), plus, at the config's
+    `data.neighbors`, the block's header, its blank line and k of the longest neighbour line
+    (measured at one title budget; `data.neighbor_title_tokens` moves each line by the
+    difference)."""
     import yaml
 
+    bound = json.loads(lengths.read_text())["bound"]
     data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-    k, title = int(data.get("neighbors", 0)), int(data.get("neighbor_title_tokens", 24))
-    return PROMPT_TOKENS + (BLOCK_HEADER_TOKENS + k * (title + PRICE_LINE_TOKENS) if k else 0)
+    k = int(data.get("neighbors", 0))
+    title = int(data.get("neighbor_title_tokens", bound["neighbor_title_tokens"]))
+    if not k:
+        return bound["longest_sequence_k0"]
+    line = bound["longest_line"] + title - bound["neighbor_title_tokens"]
+    return bound["longest_sequence_k0"] + bound["block_header_tokens"] + bound["separator_tokens"] + k * line
 
 
 def toy_config() -> dict:
@@ -89,6 +97,9 @@ class WholeNumbers:
         if text.isdigit() and str(int(text)) == text and int(text) < 1000:
             return [NUMBER_OFFSET + int(text)]
         return [3, 4]
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [str(i - NUMBER_OFFSET) if i >= NUMBER_OFFSET else f"<{i}>" for i in ids]
 
 
 def write_random_model(config: dict, folder: Path, device: torch.device, shard_gib: float = 2.0) -> dict:

@@ -480,23 +480,52 @@ def test_the_8b_arithmetic_is_what_the_training_guide_quotes() -> None:
     assert float(quoted[2]) == round(estimate["per_sample_gib_completion_logits"], 2)
 
 
-def test_the_t4_check_sizes_its_sequences_from_the_appliances_config(tmp_path) -> None:
-    """The neighbour block grows the prompt by its header and k lines of title and price."""
-    import inspect
+def test_the_t4_check_sizes_its_sequences_from_the_measured_lengths(tmp_path) -> None:
+    """The longest sequence measured with Llama 3's tokenizer, grown by the neighbour block's
+    header, its blank line and k of the longest line, a title budget moving each line."""
+    from benchmarks.t4_check import PROMPT_LENGTHS, appliances_seq_len
 
-    from benchmarks.t4_check import appliances_seq_len
-    from pricer.data.module import PriceDataModule
-
+    bound = json.loads(PROMPT_LENGTHS.read_text())["bound"]
+    assert appliances_seq_len() == bound["seq_len"] >= bound["measured_max"]  # the config's k
     config = tmp_path / "job.yaml"
     config.write_text("data:\n  neighbors: 0\n")
-    assert appliances_seq_len(config) == 182
+    assert appliances_seq_len(config) == bound["longest_sequence_k0"]
     config.write_text("")  # an empty config: no data section, no neighbours
-    assert appliances_seq_len(config) == 182
+    assert appliances_seq_len(config) == bound["longest_sequence_k0"]
     config.write_text("data:\n  neighbors: 3\n  neighbor_title_tokens: 10\n")
-    assert appliances_seq_len(config) == 182 + 7 + 3 * (10 + 5)
-    config.write_text("data:\n  neighbors: 5\n")  # the title budget is the data module's default
-    default = inspect.signature(PriceDataModule).parameters["neighbor_title_tokens"].default
-    assert appliances_seq_len(config) == 182 + 7 + 5 * (default + 5)
+    fixed = bound["longest_sequence_k0"] + bound["block_header_tokens"] + bound["separator_tokens"]
+    assert appliances_seq_len(config) == fixed + 3 * (
+        bound["longest_line"] - bound["neighbor_title_tokens"] + 10
+    )
+
+
+@pytest.mark.slow
+def test_the_measured_lengths_are_what_the_benchmark_measures(sample, llama3_tokenizer, tmp_path) -> None:
+    from benchmarks.prompt_lengths import main
+    from benchmarks.t4_check import PROMPT_LENGTHS
+
+    measured = main(
+        ["--source", str(sample), "--tokenizer", llama3_tokenizer, "--out", str(tmp_path / "l.json")]
+    )
+    committed = json.loads(PROMPT_LENGTHS.read_text())
+    assert measured == committed
+
+
+def test_the_t4_checks_stand_in_reads_prices_as_llama_3s_tokenizer_does(llama3_tokenizer) -> None:
+    """The GPU machine has no Llama 3 tokenizer: t4_check's stand-in must lead the reader to the
+    same reading on every price 0-999 (each one token, in order) and the same refusal at 4 digits."""
+    from benchmarks.t4_check import NUMBER_OFFSET, WholeNumbers
+    from pricer.base.load import load_tokenizer
+    from pricer.read.reading import PriceRangeError, PriceReader
+
+    real, stand_in = load_tokenizer(llama3_tokenizer), WholeNumbers()
+    for tokenizer in (real, stand_in):
+        with pytest.raises(PriceRangeError, match="prices of 4 digits cannot be read"):
+            PriceReader(tokenizer, max_digits=4)
+    real_reader, stand_in_reader = PriceReader(real), PriceReader(stand_in)
+    assert real_reader.kind == stand_in_reader.kind == "whole"
+    assert real.convert_ids_to_tokens(real_reader.number_ids.tolist()) == [str(v) for v in range(1000)]
+    assert stand_in_reader.number_ids.tolist() == [NUMBER_OFFSET + v for v in range(1000)]
 
 
 def test_compare_predictions_counts_agreement_and_refuses_other_items(tmp_path: Path) -> None:

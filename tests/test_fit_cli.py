@@ -257,7 +257,7 @@ def test_every_predict_line_is_priced_or_stopped_with_its_line_number(byte_token
     with pytest.raises(SourceError, match=r"products.jsonl:2: not UTF-8 text"):
         load_products(str(products), rules, tokenizer)
     products.write_text('{"text": "Kettle"}\n{"text": null}\n')
-    with pytest.raises(SourceError, match=r'products.jsonl:2: "text" must be text, got null'):
+    with pytest.raises(SourceError, match=r'products.jsonl:2: The "text" field must be text, not null'):
         load_products(str(products), rules, tokenizer)
     question = "How much does this cost to the nearest dollar?"
     products.write_text(json.dumps({"prompt": f"{question}\n\nFan\n{'x' * 150_000}\n\nPrice is $"}) + "\n")

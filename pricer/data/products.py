@@ -26,6 +26,10 @@ class ProductError(ValueError):
     """A product that cannot be priced; the message says which field and why."""
 
 
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def _shown(value) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)[:80]
 
@@ -34,7 +38,7 @@ def clean_field(name: str, value) -> str:
     """A product field given as text (or nothing), checked: not too long, readable. The text is
     kept as written (stripped), as curation keeps the training items' text."""
     if value is not None and not isinstance(value, str):
-        raise ProductError(f"The {name} must be text, not {type(value).__name__} ({_shown(value)}).")
+        raise ProductError(f"The {name} must be text, not {_kind(value)} ({_shown(value)}).")
     text = (value or "").strip()
     if len(text) > MAX_CHARS:
         raise ProductError(
@@ -138,9 +142,11 @@ def product_record(title, description=None, features=None, details=None) -> dict
 
 def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, str]:
     """(title, prompt) for one product, built as training built its prompts."""
-    for name in ("prompt", "text", "title"):
+    for name in ("prompt", "text"):
         if name in record and not isinstance(record[name], str):
-            clean_field(name, record[name])  # the one message for a field of another type
+            raise ProductError(
+                f'The "{name}" field must be text, not {_kind(record[name])} ({_shown(record[name])}).'
+            )
     if "prompt" in record:
         prompt = record["prompt"]
         if not prompt.rstrip().endswith(PREFIX.strip()):
