@@ -692,3 +692,21 @@ def test_neighbor_prompts_measures_each_k_on_the_validation_split(
     result = main(["--splits", str(data), "--tokenizer", byte_tokenizer, "--k", "0", "1", "3"])
     assert result[1]["median_mae"] == pytest.approx(np.abs(prices[:20] - prices[:20] * 1.5).mean())
     assert result[0]["tokens_mean"] < result[1]["tokens_mean"] < result[3]["tokens_mean"]
+
+
+def test_the_curation_guide_shows_the_course_texts_table_the_benchmark_wrote() -> None:
+    from benchmarks.course_texts import table
+
+    report = json.loads((REPO / "benchmarks" / "course_texts.json").read_text())
+    assert sum(report["kinds"].values()) == report["items"]
+    assert table(report) in (REPO / "docs" / "curation.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_course_texts_table_is_what_the_benchmark_measures(sample, llama3_tokenizer, tmp_path) -> None:
+    from benchmarks.course_texts import main
+
+    measured = main(
+        ["--source", str(sample), "--tokenizer", llama3_tokenizer, "--out", str(tmp_path / "c.json")]
+    )
+    assert measured == json.loads((REPO / "benchmarks" / "course_texts.json").read_text())
