@@ -555,6 +555,17 @@ def away_from_the_training_data(run: Path, root: Path) -> tuple[Path, Path, list
     return lite, adapter, pq.read_table(lite / "data" / curated_test.name).column("prompt").to_pylist()
 
 
+def edit_recipe(adapter: Path, change) -> None:
+    """An adapter's pricer.json changed by `change` (a function of its JSON) and stamped again
+    into the weights, as pricer itself stamps a recipe it rewrites: a deliberate edit."""
+    from pricer.read.recipe import RECIPE_FILE, Recipe, stamp_recipe
+
+    data = json.loads((adapter / RECIPE_FILE).read_text())
+    change(data)
+    (adapter / RECIPE_FILE).write_text(json.dumps(data))
+    stamp_recipe(adapter, Recipe.from_json(data))
+
+
 def predicted_cents(args: list[str], source: Path, adapter: Path, root: Path, name: str) -> list[float]:
     """`predict` of an adapter on a source: predict.csv's prices, in cents."""
     import csv

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from pricer.cli.main import main
-from tests.conftest import SECRET, away_from_the_training_data, course_format_dataset, predicted_cents
+from tests.conftest import (
+    SECRET,
+    away_from_the_training_data,
+    course_format_dataset,
+    edit_recipe,
+    predicted_cents,
+)
 
 
 @pytest.mark.slow
@@ -152,9 +158,7 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     shutil.copytree(adapter, older)
     for name in ("tfidf.json", "tfidf.safetensors", "train_items.parquet"):
         (older / name).unlink()
-    recipe_file = json.loads((older / "pricer.json").read_text())
-    del recipe_file["files"]
-    (older / "pricer.json").write_text(json.dumps(recipe_file))
+    edit_recipe(older, lambda recipe: recipe.pop("files"))
     capsys.readouterr()
     alone = Pricer.from_adapter(str(older))
     assert capsys.readouterr().err.count("pricer: warning: the LLM alone") == 1

@@ -7,12 +7,13 @@ import dataclasses
 import json
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 
 from pricer.cli.main import main
 from pricer.read.recipe import HEADLINE, RECIPE_FILE, Recipe, RecipeError, read_recipe
-from tests.conftest import SMOKE, publishing_fit, serve_from_hub_cache
+from tests.conftest import SMOKE, edit_recipe, publishing_fit, serve_from_hub_cache
 
 BODY = " ".join(f"word{i % 10}x" for i in range(80))  # conftest.record's description
 
@@ -105,9 +106,7 @@ def test_a_blend_with_the_nearest_neighbours_prices_tests_llm_read_with_the_save
 
     adapter = tmp_path / "adapter"
     shutil.copytree(fp4_run / "adapter", adapter)
-    data = json.loads((adapter / RECIPE_FILE).read_text())
-    data["read"]["blend_neighbors"] = 0.5
-    (adapter / RECIPE_FILE).write_text(json.dumps(data))
+    edit_recipe(adapter, lambda data: data["read"].update(blend_neighbors=0.5))
     recipe = read_recipe(adapter)
     pricer = Pricer.from_adapter(str(adapter))
     assert (
@@ -183,15 +182,17 @@ def test_under_bf16_mixed_the_spaces_quotes_equal_tests_prices_to_the_cent(
 
 
 @pytest.mark.slow
-def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, capsys):
+def test_the_model_cards_snippet_runs_as_written_against_the_staged_folder(fp4_run, tiny_llama, capsys):
     """The card's three lines, extracted from the staged README and run as they are; the Hub
-    serves me/pricer-tiny from the staged folder (the test double fills the download cache)."""
+    serves me/pricer-tiny from the staged folder and its base me/tiny-llama (the test double
+    fills the download cache)."""
     readme = (fp4_run / "hub" / "model" / "README.md").read_text()
     snippet = re.search(r"## Use\n\n```python\n(.*?)```", readme, re.S)[1]
     lines = [line for line in snippet.splitlines() if line.strip()]
     assert len(lines) == 3 and 'Pricer.from_adapter("me/pricer-tiny")' in snippet
     assert "4-bit FP4" in readme and "with double quantization" not in readme
     serve_from_hub_cache(fp4_run / "hub" / "model", "me/pricer-tiny")
+    serve_from_hub_cache(Path(tiny_llama), "me/tiny-llama")
     exec(compile(snippet, "model card snippet", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert 0 <= float(printed) <= 999
@@ -208,7 +209,7 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
     bare = tmp_path / "bare"
     shutil.copytree(fp4_run / "adapter", bare)
     (bare / RECIPE_FILE).unlink()
-    with pytest.raises(RecipeError, match="no pricer.json beside the adapter.*pass base_model="):
+    with pytest.raises(RecipeError, match="no pricer.json beside the adapter.*copy it with"):
         Pricer.from_adapter(str(bare))
     with pytest.warns(
         UserWarning, match=r"defaults quantization='4bit', quant_type='nf4', double_quant=True"
@@ -303,16 +304,12 @@ def test_a_bad_recipe_is_refused_naming_the_file_and_the_field(tmp_path, data, m
     assert str(tmp_path / RECIPE_FILE) in str(error.value)
 
 
-def test_a_recipe_from_before_the_blend_reads_as_the_llm_alone_in_full_precision(tmp_path):
-    """pricer.json files written before the blend, the interval scale and the precision were
-    recorded still load: as the LLM alone, unscaled, read without autocast (how they ran)."""
+def test_a_recipe_missing_any_field_is_refused_naming_it(tmp_path):
+    """Every field is the adapter's contract: none is read as a default it may not have had."""
     data = changed("read.blend_weight", KeyError)
-    for name in ("interval_scale", "precision", "blend_neighbors"):
-        del data["read"][name]
     (tmp_path / RECIPE_FILE).write_text(json.dumps(data))
-    recipe = read_recipe(tmp_path)
-    assert (recipe.blend_weight, recipe.interval_scale, recipe.precision) == (1.0, 1.0, "32-true")
-    assert recipe.blend_neighbors == 0.0  # the partner was the TF-IDF ridge alone
+    with pytest.raises(RecipeError, match=r"pricer.json: read.blend_weight is missing"):
+        read_recipe(tmp_path)
 
 
 def test_a_recipe_reads_back_as_it_was_written(tmp_path):
@@ -423,3 +420,89 @@ def test_test_reads_an_adapter_as_its_recipe_says_unless_told_otherwise(fp4_run,
         "read.point=" not in capsys.readouterr().out.split("read as its pricer.json says")[-1].split("\n")[0]
     )
     assert json.loads((root / "runs" / "typed" / "metrics.json").read_text())["read"]["point"] == "median"
+
+
+@pytest.fixture
+def stamped_adapter(tmp_path, tiny_llama) -> Path:
+    """A LoRA adapter of the tiny Llama saved as fit saves one: peft's files, then its recipe
+    (two neighbours a prompt) stamped into the weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from pricer.read.recipe import stamp_recipe
+
+    folder = tmp_path / "run" / "adapter"
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    model.save_pretrained(folder)
+    recipe = Recipe(base_model=tiny_llama, neighbors=2, metrics={"mae": 10.0})
+    stamp_recipe(folder, recipe)
+    recipe.save(folder)
+    return folder
+
+
+def test_a_recipe_edited_by_hand_is_refused_and_its_metrics_are_not_its_contract(stamped_adapter):
+    from safetensors.torch import load_file, save_file
+
+    assert read_recipe(stamped_adapter).neighbors == 2
+    path = stamped_adapter / RECIPE_FILE
+    fit_wrote = path.read_text()
+    data = json.loads(fit_wrote)
+    data["metrics"] = {"mae": 99.0}  # fit's test writes these after the adapter is saved
+    path.write_text(json.dumps(data))
+    assert read_recipe(stamped_adapter).metrics == {"mae": 99.0}
+    for edit, message in (
+        (
+            lambda d: d["prompt"].update(neighbors=5),
+            r"pricer.json is not the recipe fit saved with these weights",
+        ),
+        (lambda d: d["prompt"].pop("neighbors"), r"pricer.json: prompt.neighbors is missing"),
+    ):
+        data = json.loads(fit_wrote)
+        edit(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(RecipeError, match=message):
+            read_recipe(stamped_adapter)
+    path.write_text(fit_wrote)
+    weights = stamped_adapter / "adapter_model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt"})  # weights from elsewhere
+    with pytest.raises(RecipeError, match="carries no hash of a pricer recipe"):
+        read_recipe(stamped_adapter)
+
+
+def test_a_folder_without_its_recipe_is_refused_saying_what_it_is(stamped_adapter, tmp_path):
+    from pricer.hub.calls import adapter_folder
+    from pricer.read.recipe import adapter_recipe
+
+    run = stamped_adapter.parent
+    with pytest.raises(
+        RecipeError, match=rf"model.adapter {run}: a run folder; its adapter is {stamped_adapter}"
+    ):
+        adapter_recipe(run)
+    (stamped_adapter / RECIPE_FILE).unlink()
+    with pytest.raises(
+        RecipeError, match=r"no pricer.json beside the adapter\. pricer reads an adapter as its run"
+    ):
+        adapter_recipe(stamped_adapter)
+    with pytest.raises(FileNotFoundError, match="a file; an adapter is the folder fit saved"):
+        adapter_folder(str(stamped_adapter / "adapter_config.json"))
+    with pytest.raises(FileNotFoundError, match=r"^adapter: empty; name an adapter folder or a Hub id"):
+        adapter_folder("")
+
+
+def test_predict_refuses_an_adapter_without_its_recipe_before_any_work(
+    stamped_adapter, tiny_llama, tmp_path, capsys
+):
+    from pricer.cli.main import main
+
+    (stamped_adapter / RECIPE_FILE).unlink()
+    products = tmp_path / "products.jsonl"
+    products.write_text('{"title": "Kettle", "description": "A kettle."}\n')
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--config", SMOKE, "--model.base_model", tiny_llama, "--model.adapter", str(stamped_adapter),
+              "--data.predict_source", str(products), "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"pricer: error: model.adapter {stamped_adapter}: no pricer.json beside the adapter" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

@@ -233,7 +233,8 @@ class PricerCLI(LightningCLI):
         adapter's safetensors and LoRA shapes, its recipe)."""
         from pricer.base.load import check_adapter_files
         from pricer.hub.calls import adapter_folder
-        from pricer.read.recipe import read_recipe
+        from pricer.read.recipe import adapter_recipe, read_recipe
+        from pricer.read.saved_read import check_hashes
 
         hp = self.model.hparams
         check_model_name(hp.base_model, "model.base_model")
@@ -241,7 +242,11 @@ class PricerCLI(LightningCLI):
             check_model_name(hp.adapter, "model.adapter")
             folder = adapter_folder(hp.adapter)
             check_adapter_files(folder, "model.adapter", hp.base_model)
-            read_recipe(folder)
+            if self.subcommand in ("validate", "test", "predict"):
+                # read as its run measured it, or not at all
+                check_hashes(folder, adapter_recipe(folder).files)
+            else:
+                read_recipe(folder)
         self._check_price_range()
 
     def _check_price_range(self) -> None:

@@ -27,18 +27,17 @@ class ProductError(ValueError):
 
 
 def _kind(value) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _shown(value) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)[:80]
+    """A value's type as a message names it, with the value: `int (3)`, `null`."""
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} ({json.dumps(value, ensure_ascii=False, default=str)[:80]})"
 
 
 def clean_field(name: str, value) -> str:
     """A product field given as text (or nothing), checked: not too long, readable. The text is
     kept as written (stripped), as curation keeps the training items' text."""
     if value is not None and not isinstance(value, str):
-        raise ProductError(f"The {name} must be text, not {_kind(value)} ({_shown(value)}).")
+        raise ProductError(f"The {name} must be text, not {_kind(value)}.")
     text = (value or "").strip()
     if len(text) > MAX_CHARS:
         raise ProductError(
@@ -66,14 +65,11 @@ def _texts(name: str, value, split_lines: bool) -> list[str]:
             return [line.strip() for line in text.splitlines() if line.strip()]
         return [text] if text else []
     if not isinstance(value, list):
-        raise ProductError(
-            f"The {name} must be text or a list of texts, not {type(value).__name__} ({_shown(value)})."
-        )
+        raise ProductError(f"The {name} must be text or a list of texts, not {_kind(value)}.")
     for part in value:
         if not isinstance(part, str):
             raise ProductError(
-                f"The {name} must be text or a list of texts, not a list holding "
-                f"{type(part).__name__} ({_shown(part)})."
+                f"The {name} must be text or a list of texts, not a list holding {_kind(part)}."
             )
         clean_field(name, part)
     if sum(len(part) for part in value) > MAX_CHARS:
@@ -91,8 +87,7 @@ def _details(value) -> dict | str:
         return value
     if not isinstance(value, str):
         raise ProductError(
-            'The details must be an object, its JSON text or "key: value" lines, not '
-            f"{type(value).__name__} ({_shown(value)})."
+            f'The details must be an object, its JSON text or "key: value" lines, not {_kind(value)}.'
         )
     text = clean_field("details", value)
     if text.startswith("{"):
@@ -144,9 +139,7 @@ def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, 
     """(title, prompt) for one product, built as training built its prompts."""
     for name in ("prompt", "text"):
         if name in record and not isinstance(record[name], str):
-            raise ProductError(
-                f'The "{name}" field must be text, not {_kind(record[name])} ({_shown(record[name])}).'
-            )
+            raise ProductError(f'The "{name}" field must be text, not {_kind(record[name])}.')
     if "prompt" in record:
         prompt = record["prompt"]
         if not prompt.rstrip().endswith(PREFIX.strip()):

@@ -88,10 +88,16 @@ def explain_load_error(name: str, error: Exception, what: str = "base model") ->
 
 def adapter_folder(adapter: str) -> Path:
     """A local adapter folder as it is; a Hub id downloaded once into the Hugging Face cache."""
+    if not str(adapter).strip():
+        raise FileNotFoundError("adapter: empty; name an adapter folder or a Hub id (owner/name)")
     path = Path(adapter).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or adapter.startswith(("/", ".", "~")) or adapter.count("/") != 1:
+    if path.exists():
+        raise FileNotFoundError(
+            f"adapter {adapter}: a file; an adapter is the folder fit saved (<run>/adapter)"
+        )
+    if adapter.startswith(("/", ".", "~")) or adapter.count("/") != 1:
         raise FileNotFoundError(f"adapter {adapter}: no such folder (nor a Hub id, owner/name)")
     from huggingface_hub import snapshot_download
 

@@ -56,16 +56,16 @@ def name_the_base_in_the_recipe(folder: Path, hub_id: str | None) -> None:
     """The staged pricer.json names its base by its Hub id: the run folder's own recipe keeps
     the local path (it helps the machine that trained), the published one never does. With no
     Hub id, the file's name alone, and `Pricer.from_adapter` asks for base_model=."""
-    from pricer.base.load import is_local
-    from pricer.read.recipe import RECIPE_FILE
+    from dataclasses import replace
 
-    path = folder / RECIPE_FILE
-    recipe = json.loads(path.read_text())
-    base = recipe.get("base", {})
-    name = base.get("base_model")
-    if isinstance(name, str) and is_local(name):
-        base["base_model"] = hub_id or base.get("base_model_id") or Path(name).name
-        path.write_text(json.dumps(recipe, indent=2) + "\n")
+    from pricer.base.load import is_local
+    from pricer.read.recipe import read_recipe, stamp_recipe
+
+    recipe = read_recipe(folder)
+    if recipe is not None and is_local(recipe.base_model):
+        named = replace(recipe, base_model=hub_id or recipe.base_model_id or Path(recipe.base_model).name)
+        stamp_recipe(folder, named)  # the staged weights carry the staged recipe's hash
+        named.save(folder)
 
 
 def local_paths(trainer: L.Trainer, pl_module, datamodule) -> list[str]:

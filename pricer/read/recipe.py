@@ -20,6 +20,7 @@ from pricer.base.quantization import Quantization
 from pricer.data.prompt import PREFIX, QUESTION
 from pricer.data.rules import CurationRules
 from pricer.read.reading import Point
+from pricer.read.stamp import StampError, check_stamp, recipe_digest, stamp_weights
 
 RECIPE_FILE = "pricer.json"
 # Lightning's trainer precisions; the mixed ones are read under the same autocast
@@ -121,15 +122,6 @@ class Recipe:
             "precision",
         ),
     }
-    # fields a recipe written before they existed may lack: read as their default
-    ADDED = (
-        "blend_weight",
-        "interval_scale",
-        "precision",
-        "blend_neighbors",
-        "neighbors",
-        "neighbor_title_tokens",
-    )
 
     @classmethod
     def from_model(
@@ -230,7 +222,7 @@ class Recipe:
             if unknown:
                 raise RecipeError(f"{where}: {section}: unknown fields {sorted(unknown)}")
             for name in names:
-                if name not in part and name not in cls.ADDED:
+                if name not in part:
                     raise RecipeError(f"{where}: {section}.{name} is missing")
                 if name in part:
                     values[name] = part[name]
@@ -316,8 +308,14 @@ class Recipe:
             fail("metrics", "an object or null")
 
 
+def stamp_recipe(folder: Path, recipe: Recipe) -> None:
+    """Write the recipe's digest into the adapter weights' header beside it (`stamp.py`)."""
+    stamp_weights(folder, recipe_digest(recipe.to_json()))
+
+
 def read_recipe(folder: Path) -> Recipe | None:
-    """The recipe in an adapter folder, checked; None when the folder has none."""
+    """The recipe in an adapter folder, checked, and checked against the weights beside it;
+    None when the folder has none."""
     path = Path(folder) / RECIPE_FILE
     if not path.is_file():
         return None
@@ -325,7 +323,28 @@ def read_recipe(folder: Path) -> Recipe | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RecipeError(f"{path}: cannot be read: {error}") from None
-    return Recipe.from_json(data, str(path))
+    recipe = Recipe.from_json(data, str(path))
+    try:
+        check_stamp(folder, recipe_digest(recipe.to_json()), path)
+    except StampError as error:
+        raise RecipeError(str(error)) from None
+    return recipe
+
+
+def adapter_recipe(folder: Path, where: str = "model.adapter") -> Recipe:
+    """The recipe an adapter is read by; a folder without one is refused in one line that says
+    what the folder is and what to do."""
+    recipe = read_recipe(folder)
+    if recipe is not None:
+        return recipe
+    folder = Path(folder)
+    if (folder / "adapter" / RECIPE_FILE).is_file():
+        raise RecipeError(f"{where} {folder}: a run folder; its adapter is {folder / 'adapter'}")
+    raise RecipeError(
+        f"{where} {folder}: no {RECIPE_FILE} beside the adapter. pricer reads an adapter as its run "
+        "trained and measured it (base model, prompt, neighbours, read-out) from that file: copy it "
+        "with the adapter's other files"
+    )
 
 
 def base_differences(recipe: Recipe | None, hparams, shown: dict[str, str] | None = None) -> list[str]:

@@ -25,7 +25,7 @@ from pricer.read.blend import Blend, load_partner
 from pricer.read.dense import CpuRead, can_read_dense, to_dense
 from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceDistribution, PriceReader
-from pricer.read.recipe import PRECISIONS, Recipe, RecipeError, read_recipe
+from pricer.read.recipe import PRECISIONS, Recipe, adapter_recipe, read_recipe
 from pricer.read.saved_read import saved_read_out, saved_retriever
 from pricer.read.tfidf import BlendError
 
@@ -251,10 +251,7 @@ class Pricer:
         recipe = read_recipe(folder)
         if recipe is None:
             if base_model is None:
-                raise RecipeError(
-                    f"{adapter}: no pricer.json beside the adapter, so its base model is unknown; "
-                    "pass base_model= (and the settings it was trained and read with)"
-                )
+                adapter_recipe(folder, "adapter")  # says what the folder is and what to do
             defaults = {k: v for k, v in DEFAULTS.items() if k not in settings}
             if defaults:
                 shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items())

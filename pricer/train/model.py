@@ -19,7 +19,7 @@ from pricer.files import replace_folder
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend
 from pricer.read.reading import PriceReader
-from pricer.read.recipe import Recipe, base_differences, read_recipe
+from pricer.read.recipe import Recipe, base_differences, read_recipe, stamp_recipe
 from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TfidfPrice
 from pricer.train.evaluation import ReadingSteps
@@ -220,7 +220,9 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
             self.tfidf.save(partial)
         if self.train_items is not None:
             self.train_items.save(partial)
-        self.recipe().with_metrics(metrics).with_files(saved_hashes(partial)).save(partial)
+        recipe = self.recipe().with_metrics(metrics).with_files(saved_hashes(partial))
+        stamp_recipe(partial, recipe)
+        recipe.save(partial)
         replace_folder(partial, folder)
         return folder
 
