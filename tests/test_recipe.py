@@ -272,6 +272,14 @@ def changed(path: str, value):
     [
         (changed("read.point", "mode"), r"read.point must be one of \('median', 'mean'\), got 'mode'"),
         (
+            changed("read.max_digits", 1),
+            r"read.max_digits must be 3, the digits of prompt.rules.max_price 999.49",
+        ),
+        (
+            changed("prompt.neighbor_title_tokens", True),
+            r"prompt.neighbor_title_tokens must be a positive whole number",
+        ),
+        (
             changed("quantization.quant_type", "int3"),
             r"quantization.quant_type must be one of \('nf4', 'fp4'\)",
         ),
@@ -422,24 +430,31 @@ def test_test_reads_an_adapter_as_its_recipe_says_unless_told_otherwise(fp4_run,
     assert json.loads((root / "runs" / "typed" / "metrics.json").read_text())["read"]["point"] == "median"
 
 
-@pytest.fixture
-def stamped_adapter(tmp_path, tiny_llama) -> Path:
-    """A LoRA adapter of the tiny Llama saved as fit saves one: peft's files, then its recipe
-    (two neighbours a prompt) stamped into the weights."""
+def lora_adapter(folder: Path, tiny_llama: str, recipe: Recipe) -> Path:
+    """A LoRA adapter of the tiny Llama saved as fit saves one: peft's files, then `recipe`
+    stamped into the weights."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
     from pricer.read.recipe import stamp_recipe
 
-    folder = tmp_path / "run" / "adapter"
     model = get_peft_model(
         LlamaForCausalLM.from_pretrained(tiny_llama), LoraConfig(r=4, target_modules=["q_proj"])
     )
     model.save_pretrained(folder)
-    recipe = Recipe(base_model=tiny_llama, neighbors=2, metrics={"mae": 10.0})
     stamp_recipe(folder, recipe)
     recipe.save(folder)
     return folder
+
+
+@pytest.fixture
+def stamped_adapter(tmp_path, tiny_llama) -> Path:
+    """An adapter whose recipe shows two neighbours a prompt."""
+    return lora_adapter(
+        tmp_path / "run" / "adapter",
+        tiny_llama,
+        Recipe(base_model=tiny_llama, neighbors=2, metrics={"mae": 10.0}),
+    )
 
 
 def test_a_recipe_edited_by_hand_is_refused_and_its_metrics_are_not_its_contract(stamped_adapter):
@@ -506,3 +521,31 @@ def test_predict_refuses_an_adapter_without_its_recipe_before_any_work(
     err = capsys.readouterr().err
     assert f"pricer: error: model.adapter {stamped_adapter}: no pricer.json beside the adapter" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_predict_and_pricer_read_an_adapter_with_its_rules_not_the_configs(
+    raw_items, tmp_path, tiny_llama, capsys
+):
+    """The adapter trained on texts cut at 20 tokens; the config cuts at 160. predict reads with
+    the recipe's rules, as Pricer does, to the cent; a rule typed on the command line wins, said."""
+    import csv
+
+    from pricer.read.serving import Pricer
+
+    rules = {**Recipe(base_model=tiny_llama).rules, "min_tokens": 10, "max_tokens": 20}
+    adapter = lora_adapter(tmp_path / "adapter", tiny_llama, Recipe(base_model=tiny_llama, rules=rules))
+    product = {"title": "Acme Kettle", "description": " ".join(f"word{i} steel kettle" for i in range(60))}
+    products = tmp_path / "products.jsonl"
+    products.write_text(json.dumps(product) + "\n")
+    args = ["predict", "--config", SMOKE, "--model.base_model", tiny_llama, "--model.adapter", str(adapter),
+            "--data.predict_source", str(products), "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--data.source", str(raw_items), "--data.cache_dir", str(tmp_path / "cache"),
+            "--data.train_size", "20", "--data.val_size", "4", "--data.test_size", "4",
+            "--trainer.logger", "false"]  # fmt: skip
+    main([*args, "--run_name", "as-trained"])
+    assert "predict: data.rules: the curation rules the adapter was trained with" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "runs" / "as-trained" / "predict.csv").open())
+    quote = Pricer.from_adapter(str(adapter), device="cpu").quote(product["title"], product["description"])
+    assert float(row["predicted"]) == round(quote.price, 2)
+    main([*args, "--run_name", "typed", "--data.rules.max_tokens", "160"])
+    assert "predict: note: data.rules as typed, not as the adapter was trained" in capsys.readouterr().out

@@ -43,9 +43,13 @@ def adapter_step(run_dir: Path) -> int | None:
     return (metrics.get("weights_from") or {}).get("step") if isinstance(metrics, dict) else None
 
 
-def retrieve_as_the_adapter_did(subcommand: str, config, model, data, run_dir: Path) -> None:
-    """An adapter is read with the prompts it trained on: its recipe's neighbours, retrieved
-    from the training items saved beside it (whatever the data source holds)."""
+def retrieve_as_the_adapter_did(
+    subcommand: str, config, model, data, run_dir: Path, typed: set[str] | frozenset = frozenset()
+) -> None:
+    """An adapter is read with the prompts it trained on, as `Pricer.from_adapter` reads it: its
+    recipe's curation rules (which shape a product's text) and neighbours, retrieved from the
+    training items saved beside it (whatever the data source holds). A `data.` option typed on
+    the command line (`typed`: the names after `--data.`) wins, and is said to differ."""
     from pricer.hub.calls import adapter_folder
     from pricer.read.recipe import read_recipe
     from pricer.read.saved_read import saved_retriever
@@ -55,12 +59,29 @@ def retrieve_as_the_adapter_did(subcommand: str, config, model, data, run_dir: P
     recipe = read_recipe(folder) if folder is not None else None
     if recipe is None:
         return
-    wanted = (recipe.neighbors, recipe.neighbor_title_tokens)
-    if (data.neighbors, data.neighbor_title_tokens) != wanted and (data.neighbors or recipe.neighbors):
+    trained = {
+        "neighbors": recipe.neighbors,
+        "neighbor_title_tokens": recipe.neighbor_title_tokens,
+        "rules": recipe.curation_rules,
+    }
+    given = {name for name in trained if any(t == name or t.startswith(f"{name}.") for t in typed)}
+    differ = [name for name, value in trained.items() if getattr(data, name) != value]
+    for name in differ:
+        if name not in given:
+            setattr(data, name, trained[name])
+    taken = [n for n in differ if n not in given]
+    if {"neighbors", "neighbor_title_tokens"} & set(taken) and (data.neighbors or recipe.neighbors):
         print(
-            f"{subcommand}: data.neighbors {wanted[0]}, data.neighbor_title_tokens {wanted[1]}: "
-            "as the adapter was trained"
+            f"{subcommand}: data.neighbors {data.neighbors}, data.neighbor_title_tokens "
+            f"{data.neighbor_title_tokens}: as the adapter was trained"
         )
-    data.neighbors, data.neighbor_title_tokens = wanted
-    if recipe.neighbors:
-        data.use_index(saved_retriever(folder, data.tokenizer, recipe.neighbor_title_tokens))
+    if "rules" in taken:
+        print(f"{subcommand}: data.rules: the curation rules the adapter was trained with")
+    for name in (n for n in differ if n in given):
+        shown = "" if name == "rules" else f" (trained: {trained[name]})"
+        print(
+            f"{subcommand}: note: data.{name} as typed{shown}, not as the adapter was trained: "
+            "these prices are not the ones its fit measured"
+        )
+    if data.neighbors:
+        data.use_index(saved_retriever(folder, data.tokenizer, data.neighbor_title_tokens))

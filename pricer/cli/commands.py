@@ -273,13 +273,23 @@ class PricerCLI(LightningCLI):
     def before_validate(self) -> None:
         self._check_models()
         retrieve_as_the_adapter_did(
-            self.subcommand, self.config[self.subcommand], self.model, self.datamodule, self.run_dir
+            self.subcommand,
+            self.config[self.subcommand],
+            self.model,
+            self.datamodule,
+            self.run_dir,
+            given_on_the_command_line(self.typed, "data"),
         )
 
     def before_test(self) -> None:
         self._check_models()
         retrieve_as_the_adapter_did(
-            self.subcommand, self.config[self.subcommand], self.model, self.datamodule, self.run_dir
+            self.subcommand,
+            self.config[self.subcommand],
+            self.model,
+            self.datamodule,
+            self.run_dir,
+            given_on_the_command_line(self.typed, "data"),
         )
         serve_the_runs_read_out(self.subcommand, self.config[self.subcommand], self.model, self.run_dir)
 
@@ -292,7 +302,12 @@ class PricerCLI(LightningCLI):
     def before_predict(self) -> None:
         self._check_models()
         retrieve_as_the_adapter_did(
-            self.subcommand, self.config[self.subcommand], self.model, self.datamodule, self.run_dir
+            self.subcommand,
+            self.config[self.subcommand],
+            self.model,
+            self.datamodule,
+            self.run_dir,
+            given_on_the_command_line(self.typed, "data"),
         )
         serve_the_runs_read_out(self.subcommand, self.config[self.subcommand], self.model, self.run_dir)
         if self.datamodule.predict_source is not None:

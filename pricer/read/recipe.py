@@ -271,7 +271,8 @@ class Recipe:
             ):
                 fail(name, "a whole number, 0 or more")
         for name in ("beam", "max_digits", "neighbor_title_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, "a positive whole number")
         if not isinstance(self.min_mass, (int, float)) or not 0 <= self.min_mass < 1:
             fail("min_mass", "in [0, 1)")
@@ -301,9 +302,14 @@ class Recipe:
         if unknown:
             raise RecipeError(f"{where}: prompt.rules: unknown rules {sorted(unknown)}")
         try:
-            CurationRules(**self.rules)
+            rules = CurationRules(**self.rules)
         except (TypeError, ValueError) as error:
             raise RecipeError(f"{where}: prompt.rules: {error}") from None
+        if self.max_digits != max_digits(rules.max_price):
+            fail(
+                "max_digits",
+                f"{max_digits(rules.max_price)}, the digits of prompt.rules.max_price {rules.max_price}",
+            )
         if self.metrics is not None and not isinstance(self.metrics, dict):
             fail("metrics", "an object or null")
 
