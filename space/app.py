@@ -34,7 +34,7 @@ def build_demo(
             quote = pricer.quote(title, description, features, details)
         except ProductError as error:
             return f"⚠️ {error}", "", gr.update(value=None)
-        shown = neighbors_text(quote)
+        shown = neighbors_text(quote, pricer.neighbors)
         return (
             f"## ${quote.price:,.0f}",
             interval_text(quote, coverage) + (f"\n\n{shown}" if shown else ""),

@@ -76,6 +76,25 @@ def test_a_duplicate_under_the_dedup_key_is_never_a_neighbour(byte_tokenizer):
     assert retriever.nearest(texts, 3)[0] == [3, 2]
 
 
+def test_a_product_that_shares_no_word_gets_no_neighbours_and_the_space_says_so(byte_tokenizer):
+    """Another script or made-up words share nothing with the training items: no first rows at
+    similarity 0 in the prompt; one shared word brings only the items that have it."""
+    from pricer.base.load import load_tokenizer
+    from pricer.read.serving import Quote, neighbors_text
+
+    texts = ["Acme Kettle\nsteel kettle", "Bolt Toaster\nfour slot toaster", "Cold Fridge\ntwo door fridge"]
+    retriever = Retriever.fit(texts, ["a", "b", "c"], [10, 20, 30], load_tokenizer(byte_tokenizer), 8)
+    assert retriever.neighbors(["Чайник\nэлектрический чайник", "zzqx wvvy"], 2) == [[], []]
+    assert retriever.neighbors(["Big toaster\nfor bread"], 2) == [[("b", 20.0)]]
+    quote = Quote(10.0, 5.0, 20.0, None, "prompt", neighbors=[])
+    assert neighbors_text(quote, 2).startswith("_No training item shares a word with this product")
+    assert neighbors_text(quote) == ""  # an adapter trained without neighbours
+    one = Quote(10.0, 5.0, 20.0, None, "prompt", neighbors=[("b", 20.0)])
+    assert "- b: $20" in neighbors_text(one, 2) and "Only one training item shares a word" in neighbors_text(
+        one, 2
+    )
+
+
 def test_the_same_text_retrieves_the_same_items_alone_or_in_a_batch(index, monkeypatch):
     import pricer.data.neighbors as neighbors
 
@@ -95,8 +114,9 @@ def test_ties_go_to_the_earlier_training_item_and_titles_keep_to_their_budget(by
     long_title = "A very long title " * 10
     retriever = Retriever.fit(texts, [long_title, "b", "c", "d"], [1, 2, 3, 4], tokenizer, title_tokens=8)
     assert retriever.nearest(["steel red kettle"], 3) == [[0, 2, 3]]
-    # three items with one title are one product: none is another's neighbour
-    assert retriever.nearest(texts, 2)[2] == [1] and retriever.find(texts, 2).left_out == 3 * 3 + 1
+    # three items with one title are one product: none is another's neighbour, and the oven
+    # shares no word with them
+    assert retriever.nearest(texts, 2)[2] == [] and retriever.find(texts, 2).left_out == 3 * 3 + 1
     assert len(tokenizer(retriever.titles[0], add_special_tokens=False)["input_ids"]) <= 8
 
 

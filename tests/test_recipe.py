@@ -549,3 +549,26 @@ def test_predict_and_pricer_read_an_adapter_with_its_rules_not_the_configs(
     assert float(row["predicted"]) == round(quote.price, 2)
     main([*args, "--run_name", "typed", "--data.rules.max_tokens", "160"])
     assert "predict: note: data.rules as typed, not as the adapter was trained" in capsys.readouterr().out
+
+
+def test_a_prompt_that_holds_a_neighbour_block_is_read_one_way_by_predict_and_pricer(tmp_path, tiny_llama):
+    """The block a given prompt holds is left out by both: an adapter's prompts show what its own
+    index retrieves (here none: it trained without), never a second block or a borrowed one."""
+    from pricer.base.load import load_tokenizer
+    from pricer.data.products import product_prompt
+    from pricer.data.prompt import NEIGHBORS_HEADER, make_prompt, neighbor_block, with_neighbors
+    from pricer.data.rules import CurationRules
+    from pricer.read.serving import Pricer
+
+    plain = make_prompt("Acme Kettle\nA steel kettle that boils fast.")
+    held = with_neighbors(plain, neighbor_block([("Other Kettle", 25.0), ("Toaster", 40.0)]))
+    tokenizer = load_tokenizer(tiny_llama)
+    assert product_prompt({"prompt": held}, CurationRules(), tokenizer) == product_prompt(
+        {"prompt": plain}, CurationRules(), tokenizer
+    )
+    pricer = Pricer.from_adapter(
+        str(lora_adapter(tmp_path / "adapter", tiny_llama, Recipe(base_model=tiny_llama)))
+    )
+    quoted, again = pricer.quote_prompt(held), pricer.quote_prompt(plain)
+    assert NEIGHBORS_HEADER not in quoted.prompt and quoted.prompt == again.prompt == plain
+    assert quoted.price == again.price

@@ -20,7 +20,7 @@ import numpy as np
 from pricer.data.features import VECTORIZER
 from pricer.data.neighbors import Found, Retriever
 
-VERSION = 1  # bump when retrieval's rule changes, so old entries are not reused
+VERSION = 2  # bump when retrieval's rule changes, so old entries are not reused
 
 
 def index_fingerprint(index: Retriever) -> str:

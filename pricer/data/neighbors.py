@@ -6,7 +6,10 @@ with their titles, cut to a token budget, and prices (the training items, `train
 The nearest are by cosine similarity, the most similar first, ties to the earlier training item,
 so that training, `test`, `predict` and the Space retrieve the same items for the same text.
 
-A product never sees itself or a duplicate of itself: a training item whose text starts with the
+A neighbour shares at least one word with the product (a positive cosine): a product that shares
+none with any training item (another script, made-up words) gets fewer neighbours, or none,
+rather than the first training rows at similarity 0. A product never sees itself or a duplicate
+of itself: a training item whose text starts with the
 same title, reduced as curation's dedup key reduces a title without an id (`rules.normalise_title`),
 is never its neighbour. The rule reads the texts alone, so every read path applies it the same way
 (the Space has no product ids), and a training item's own row is left out by it.
@@ -97,7 +100,7 @@ class Retriever:
 
     def find(self, texts: list[str], k: int) -> Found:
         """The rows of the `k` training items most similar to each text, most similar first,
-        never one with the text's own dedup key."""
+        never one with the text's own dedup key, nor one that shares no word with it."""
         if k <= 0:
             return Found([[] for _ in texts])
         queries = self.vectorizer.transform(list(texts)).tocsr()
@@ -109,10 +112,11 @@ class Retriever:
             )
             for offset, rows in enumerate(own[start : start + CHUNK]):
                 similarity[offset, rows] = -np.inf
-            # the most similar first, ties to the earlier row: a stable sort of -similarity
-            order = np.argsort(-similarity, axis=1, kind="stable")
-            for offset, rows in enumerate(own[start : start + CHUNK]):
-                found.rows.append(order[offset, : min(k, self.rows.shape[0] - len(rows))].tolist())
+            # the most similar first, ties to the earlier row: a stable sort of -similarity; only
+            # items that share a word with the text (a positive cosine) are its neighbours
+            order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+            for offset, ranked in enumerate(order):
+                found.rows.append([int(r) for r in ranked if similarity[offset, r] > 0])
         return found
 
     def nearest(self, texts: list[str], k: int) -> list[list[int]]:

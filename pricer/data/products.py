@@ -12,7 +12,14 @@ import json
 import unicodedata
 from pathlib import Path
 
-from pricer.data.prompt import PREFIX, QUESTION, cut_to_tokens, make_prompt, title_from_prompt
+from pricer.data.prompt import (
+    PREFIX,
+    QUESTION,
+    cut_to_tokens,
+    make_prompt,
+    title_from_prompt,
+    without_neighbors,
+)
 from pricer.data.raw import SourceError
 from pricer.data.rules import CurationRules, product_text
 
@@ -144,8 +151,9 @@ def product_prompt(record: dict, rules: CurationRules, tokenizer) -> tuple[str, 
         prompt = record["prompt"]
         if not prompt.rstrip().endswith(PREFIX.strip()):
             raise ValueError(f"the prompt does not end in {PREFIX!r}")
-        # the product text inside the prompt gets the same token cut as training's
-        body = prompt.rstrip().removesuffix(PREFIX.strip()).strip().removeprefix(QUESTION).strip()
+        # the product text inside the prompt gets the same token cut as training's; a neighbour
+        # block it holds is left out: an adapter's prompts show the items its own index retrieves
+        body = without_neighbors(prompt.rstrip().removesuffix(PREFIX.strip()).strip().removeprefix(QUESTION))
         ((body, _),) = cut_to_tokens([body], tokenizer, rules.max_tokens)
         return str(record.get("title") or title_from_prompt(prompt)), make_prompt(body)
     if "text" not in record:

@@ -18,7 +18,7 @@ from pricer.base.load import base_for_here, load_model, load_tokenizer
 from pricer.base.precision import emulated_bf16, emulated_cpu_bf16, resolve_dtype
 from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
-from pricer.data.prompt import NEIGHBORS_HEADER, neighbor_block, text_from_prompt, with_neighbors
+from pricer.data.prompt import make_prompt, neighbor_block, text_from_prompt, with_neighbors
 from pricer.data.rules import CurationRules
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend, load_partner
@@ -286,9 +286,11 @@ class Pricer:
         """The price of one prompt as curation writes it (a curated split's `prompt` column):
         what `quote` reads once it has built the prompt from the product's fields."""
         text = text_from_prompt(prompt)
+        # a neighbour block the prompt holds is left out, as predict leaves it out: the adapter's
+        # prompts show the similar training items its own index retrieves, as it trained
+        prompt = make_prompt(text)
         found: list[tuple[str, float]] = []
-        if self.retriever is not None and NEIGHBORS_HEADER not in prompt:
-            # the similar training items, as the adapter trained and test read with them
+        if self.retriever is not None:
             (found,) = self.retriever.neighbors([text], self.neighbors)
             prompt = with_neighbors(prompt, neighbor_block(found))
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
@@ -307,12 +309,21 @@ class Pricer:
         )
 
 
-def neighbors_text(quote: Quote) -> str:
+def neighbors_text(quote: Quote, asked: int = 0) -> str:
     """The similar training items the prompt showed the model, as a short Markdown list ("" for
-    an adapter trained without them): a user sees what the price leaned on."""
-    if not quote.neighbors:
-        return ""
+    an adapter trained without them): a user sees what the price leaned on. With `asked`, the
+    adapter's count, it says when fewer share a word with the product."""
     lines = [f"- {title}: ${price:,.0f}" for title, price in quote.neighbors]
+    if asked and not lines:
+        return "_No training item shares a word with this product: it was priced from its own text alone._"
+    if asked and len(lines) < asked:
+        some = (
+            "Only one training item shares" if len(lines) == 1 else f"Only {len(lines)} training items share"
+        )
+        note = f"_{some} a word with this product._"
+        return "\n".join(["**Similar items it was shown, with their prices:**", *lines, "", note])
+    if not lines:
+        return ""
     return "\n".join(["**Similar items it was shown, with their prices:**", *lines])
 
 
