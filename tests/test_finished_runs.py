@@ -166,6 +166,9 @@ wrap("training_step", "train", lambda self, batch, index: self.global_step == 2)
 wrap("choose", "blend", owner=ChooseBlend)
 wrap("save_adapter", "save", lambda self, folder, *a: folder.name == "adapter")
 wrap("test_step", "test", lambda self, batch, index: index == 0)
+wrap("configure_model", "load")
+from pricer.cli.commands import PricerCLI
+wrap("_record_metrics_beside_the_adapter", "finish", owner=PricerCLI)
 
 from pricer.cli.main import main
 main(sys.argv[1:])
@@ -253,6 +256,55 @@ def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, p
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert (run / "metrics.json").is_file() and (run / "adapter" / "pricer.json").is_file()
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_fits_test_leaves_a_run_its_printed_line_finishes(tiny_llama, tmp_path):
+    """Stopped after the test report but before the recipe and the card have its numbers: the
+    run is not finished, and the printed resume line completes its end."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(OVERLAY)
+    args = ["fit", *cli_args(overlay, tiny_llama, tmp_path, tmp_path), "--run_name", "stopped"]
+    status, out, _ = run_until(args, tmp_path, "finish", signal.SIGINT)
+    run = tmp_path / "runs" / "stopped"
+    assert status == 130, out[-3000:]
+    assert json.loads((run / "adapter" / "pricer.json").read_text())["metrics"] is None
+    line = out[out.index("python -m pricer") :].splitlines()[0]
+    assert "--ckpt_path last" in line
+    resumed = subprocess.run(
+        [sys.executable, *shlex.split(line)[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    recipe = json.loads((run / "adapter" / "pricer.json").read_text())
+    assert recipe["metrics"]["n"] == json.loads((run / "metrics.json").read_text())["n"]
+    card = (run / "hub" / "model" / "README.md").read_text()
+    assert (run / "scatter.png").is_file() and f"On {recipe['metrics']['n']} held-out test items" in card
+
+
+@pytest.mark.slow
+def test_a_stop_before_the_first_checkpoint_says_to_start_again_not_to_resume(tiny_llama, tmp_path):
+    import signal
+
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(OVERLAY)
+    args = ["fit", *cli_args(overlay, tiny_llama, tmp_path, tmp_path), "--run_name", "early"]
+    status, out, _ = run_until(args, tmp_path, "load", signal.SIGINT)
+    assert status == 130, out[-3000:]
+    assert "no checkpoint was saved yet; start it again with: python -m pricer fit" in out, out[-2000:]
+    assert "--ckpt_path" not in out.split("pricer: stopped by SIGINT")[-1]
 
 
 def copy_adapter(run: Path, to: Path) -> Path:

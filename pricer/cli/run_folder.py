@@ -74,8 +74,18 @@ def wandb_offline() -> tuple[bool, str]:
 
 
 def finished_run(run_dir: Path) -> bool:
-    """Whether a fit ran to its end here: its adapter, with its recipe, and its test report."""
-    return (run_dir / "adapter" / "pricer.json").is_file() and (run_dir / "metrics.json").is_file()
+    """Whether a fit ran to its end here: its adapter, with its recipe, its test report, and the
+    report's headline in the recipe (the last of fit's own end, so a stop before it leaves a
+    run that `--ckpt_path last` finishes)."""
+    import json
+
+    recipe, report = run_dir / "adapter" / "pricer.json", run_dir / "metrics.json"
+    if not (recipe.is_file() and report.is_file()):
+        return False
+    try:
+        return json.loads(recipe.read_text()).get("metrics") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_checkpoint(path: str) -> dict:

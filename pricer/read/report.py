@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import unicodedata
 from pathlib import Path
 
@@ -187,11 +188,14 @@ class PriceReport(Callback):
         if whole is not None and whole > len(rows):
             metrics["partial"] = f"the first {len(rows)} of {whole} test items (trainer.limit_test_batches)"
             print(f"test: measured on {metrics['partial']}")
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         columns = (*COLUMNS, *baseline_prices)
         rows = [{**r, **{k: float(v[i]) for k, v in baseline_prices.items()}} for i, r in enumerate(rows)]
         write_predictions(rows, folder / "predictions.csv", columns)
         scatter(truth, predicted, metrics, folder / "scatter.png")
+        # last, whole: a report with metrics.json is a finished one
+        partial = folder / f".metrics.json.partial-{os.getpid()}"
+        partial.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(partial, folder / "metrics.json")
         print(metrics_table(metrics))
         for logger in trainer.loggers:
             logger.log_metrics(
