@@ -95,16 +95,20 @@ def test_the_moved_publishing_options_name_their_new_place(tmp_path, capsys, opt
             ["--data.rules.min_price", "10", "--data.rules.max_price", "5"],
             "data.rules: need 0 <= min_price <= max_price",
         ),
+        (["--data.neighbor_dropout", "1.5"], "data.neighbor_dropout 1.5: the share of training prompts"),
+        (["--data.categories", "[]"], "data.categories is empty"),
     ],
 )
 def test_an_out_of_range_option_is_one_line_and_starts_nothing(tmp_path, capsys, options, message):
+    """The refusal is all that is said: no run folder or W&B line before it, no folder after."""
     with pytest.raises(SystemExit) as stop:
         main(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path / "runs"), *options])
     assert stop.value.code == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert (
         f"pricer: error: {message}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     )
+    assert "run folder" not in out and "W&B" not in out
     assert not (tmp_path / "runs").exists()
 
 

@@ -328,6 +328,8 @@ def test_a_damaged_adapter_is_named_in_one_line_before_anything_loads(finished, 
     weights.write_bytes(weights.read_bytes()[:100])
     noise = copy_adapter(run, tmp_path / "noise")
     (noise / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 40)
+    tampered = copy_adapter(run, tmp_path / "tampered")
+    (tampered / "train_items.parquet").write_bytes((tampered / "train_items.parquet").read_bytes() + b"\0")
     rank = copy_adapter(run, tmp_path / "rank")
     config = json.loads((rank / "adapter_config.json").read_text())
     (rank / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
@@ -336,6 +338,7 @@ def test_a_damaged_adapter_is_named_in_one_line_before_anything_loads(finished, 
         (cut, "adapter_model.safetensors is not a readable safetensors file"),
         (noise, "adapter_model.safetensors is not a readable safetensors file"),
         (rank, "not rank 4 as adapter_config.json says"),
+        (tampered, "train_items.parquet is not the file fit saved"),
         (tmp_path / "nowhere", "does not exist"),
     ):
         for command in ("predict", "test"):

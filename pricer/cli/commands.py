@@ -3,7 +3,9 @@ predict, curate, deploy), the checks run before anything is built, and where eac
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import sys
 
@@ -158,6 +160,19 @@ class PricerCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
+        # What the command says of its run (its folder, W&B, the recipe's settings) waits until
+        # the classes have checked their own options: a refused option is the only line.
+        self._said = io.StringIO()
+        with contextlib.redirect_stdout(self._said):
+            self._place_the_run()
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        said = getattr(self, "_said", None)
+        if said is not None:
+            sys.stdout.write(said.getvalue())
+
+    def _place_the_run(self) -> None:
         if self.subcommand in (None, "curate"):
             return
         if self.subcommand == "deploy" and self.config.deploy.get("run_name") is None:
