@@ -22,6 +22,17 @@ HERE = Path(__file__).resolve().parent
 EMPTY_CHART = {"price range": [], "probability": []}
 
 
+class PricerBlocks(gr.Blocks):
+    """The page's Blocks, with /price taking its optional inputs as optional over plain HTTP too:
+    a body that leaves features or details out (gradio_client fills them) gets their defaults,
+    "", instead of gradio's "not enough input values" and an empty error."""
+
+    def validate_inputs(self, block_fn, inputs: list) -> None:
+        if getattr(block_fn, "api_name", None) == "price" and len(inputs) < len(block_fn.inputs):
+            inputs.extend([""] * (len(block_fn.inputs) - len(inputs)))
+        super().validate_inputs(block_fn, inputs)
+
+
 def build_demo(
     settings: SpaceSettings, pricer: Pricer, concurrency: int = 1, queue_size: int = 32
 ) -> gr.Blocks:
@@ -54,7 +65,7 @@ def build_demo(
             answer["neighbors"] = [{"title": t, "price": p} for t, p in quote.neighbors]
         return answer
 
-    with gr.Blocks(title="pricer: what does it cost?") as demo:
+    with PricerBlocks(title="pricer: what does it cost?") as demo:
         gr.Markdown("# What does it cost?\nDescribe a product and a fine-tuned LLM prices it.")
         with gr.Row():
             with gr.Column(scale=3):

@@ -182,6 +182,23 @@ def test_deploy_from_a_locally_curated_source_names_no_local_path(trained, capsy
     main(["deploy", *args, "--run_name", "space"])  # the fixture's own staging back in place
 
 
+def http_price(url: str, data: list) -> tuple[str, object]:
+    """/price called over plain HTTP (gradio's two-step call): the event and its data."""
+    import urllib.request
+
+    base = url.rstrip("/")
+    request = urllib.request.Request(
+        f"{base}/gradio_api/call/price",
+        data=json.dumps({"data": data}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    event_id = json.loads(urllib.request.urlopen(request, timeout=60).read())["event_id"]
+    stream = urllib.request.urlopen(f"{base}/gradio_api/call/price/{event_id}", timeout=120).read().decode()
+    event = next(line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("event: "))
+    payload = next(line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("data: "))
+    return event, json.loads(payload)
+
+
 def check_quote(result: dict) -> float:
     """The API's answer: a price inside its interval, and the interval's probability."""
     assert set(result) == {"price", "low", "high", "coverage"} and result["coverage"] == 0.8
@@ -213,6 +230,11 @@ def test_the_staged_app_serves_the_adapter_and_says_what_is_wrong(staged, traine
         for title, kind in ((42, "int"), (["a", "b"], "list")):  # what the page's box never sends
             with pytest.raises(AppError, match=f"The title must be text, not {kind}"):
                 client.predict(title, "A kettle.", api_name="/price")
+        # plain HTTP, as the API page shows it: the optional inputs may be left out there too
+        event, data = http_price(url, ["Acme kettle", "A 1.7 litre kettle."])
+        assert event == "complete" and check_quote(data[0]) == price
+        event, data = http_price(url, [])
+        assert event == "error" and "Please enter a product title or description" in data["error"]
     log = (tmp_path / "app.log").read_text()
     assert "Traceback" not in log and "upstream Gradio app has raised" not in log
 

@@ -84,7 +84,9 @@ def resume_line(args: list[str]) -> str | None:
         kept.append(arg)
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         # nothing to resume: a new run, under a new name (this one's folder may hold its start)
-        return "no checkpoint was saved yet; start it again with: " + shlex.join(["python", "-m", "pricer", *kept])
+        return "no checkpoint was saved yet; start it again with: " + shlex.join(
+            ["python", "-m", "pricer", *kept]
+        )
     line = ["python", "-m", "pricer", *kept, "--run_name", run_dir.name, "--ckpt_path", "last"]
     return "it resumes from its last checkpoint with: " + shlex.join(line)
 
