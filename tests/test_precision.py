@@ -74,6 +74,7 @@ def cpu(monkeypatch):
     def simulate(native: bool) -> None:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512" if native else "AVX2")
 
     return simulate
@@ -224,3 +225,59 @@ def test_serving_a_bf16_adapter_on_a_t4_warns_that_it_is_emulated(card, monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         Pricer(tiny_llama, adapter=None, device="cuda", quantization="none", precision="bf16-mixed")
+
+
+@pytest.mark.parametrize(
+    "failure, cause",
+    [
+        ("exit", "the process that asks exited with 1: RuntimeError: CUDA-capable device(s) is/are busy"),
+        ("timeout", "the process that asks gave no answer in 300 s"),
+        ("missing", "FileNotFoundError"),
+    ],
+)
+def test_a_card_whose_capability_cannot_be_asked_is_taken_for_fp16_and_said(
+    monkeypatch, capsys, failure, cause
+):
+    """A GPU in exclusive-process mode under DDP, or a Python outside the notebook's environment:
+    the child fails; NVML answers when it can, else the card is taken for one without bf16 (fp16
+    runs on every card), in one line naming the cause and what to set."""
+    import subprocess
+    import sys
+
+    import pricer.base.precision as precision
+
+    def run(command, **kwargs):
+        if failure == "exit":
+            raise subprocess.CalledProcessError(
+                1, command, "", "Traceback ...\nRuntimeError: CUDA-capable device(s) is/are busy"
+            )
+        if failure == "timeout":
+            raise subprocess.TimeoutExpired(command, 300)
+        raise FileNotFoundError(2, "No such file or directory", sys.executable)
+
+    monkeypatch.setattr(precision.subprocess, "run", run)
+    monkeypatch.setattr(precision, "_ask_nvml", lambda index: None)
+    precision._ask_a_child.cache_clear()
+    try:
+        assert precision._ask_a_child(0) == precision.UNKNOWN_CARD
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and cause in err[0] and "taken for a card without bf16 (16-mixed" in err[0]
+        assert "trainer.precision" in err[0]
+        precision._ask_a_child.cache_clear()
+        monkeypatch.setattr(precision, "_ask_nvml", lambda index: ((8, 6), "NVIDIA A10G"))
+        assert precision._ask_a_child(0) == ((8, 6), "NVIDIA A10G")
+        assert "its compute capability is NVML's" in capsys.readouterr().err
+    finally:
+        precision._ask_a_child.cache_clear()
+
+
+def test_fp16_asked_of_a_cpu_is_warned_about_in_fit_and_in_pricer(cpu, tiny_llama):
+    """A T4-tested adapter (16-mixed) served on a CPU Space: fp16 is emulated there."""
+    from pricer.read.serving import Pricer
+
+    cpu(native=False)
+    warning = emulated_bf16_warning("16-mixed", "cpu")
+    assert "trainer.precision=16-mixed on this CPU (AVX2, without AMX-FP16): fp16" in warning
+    assert "--trainer.precision 32-true" in warning
+    with pytest.warns(UserWarning, match=r"this CPU \(AVX2, without AMX-FP16\) emulates fp16"):
+        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="16-mixed")

@@ -39,14 +39,61 @@ def cuda_present() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
 
+# What a card whose capability cannot be read is taken for: one without bf16 tensor cores, so it
+# trains and reads in fp16 (16-mixed), which every CUDA card computes natively.
+UNKNOWN_CARD = ((7, 5), "an unknown CUDA device")
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, subprocess.CalledProcessError):
+        lines = (error.stderr or "").strip().splitlines()
+        return f"the process that asks exited with {error.returncode}" + (f": {lines[-1]}" if lines else "")
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"the process that asks gave no answer in {error.timeout:.0f} s"
+    return f"{type(error).__name__}: {error}"
+
+
+def _ask_nvml(index: int) -> tuple[tuple[int, int], str] | None:
+    """The capability and name from NVML (the driver's library, no CUDA context), when the
+    bindings are installed."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        name = pynvml.nvmlDeviceGetName(handle)
+        return (int(major), int(minor)), name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # no bindings, no driver, no such device: the caller falls back
+        return None
+
+
 @functools.cache
 def _ask_a_child(index: int) -> tuple[tuple[int, int], str]:
-    """A CUDA device's compute capability and name, from a short-lived process of its own."""
-    answer = subprocess.run(
-        [sys.executable, "-c", _ASK, str(index)], capture_output=True, text=True, timeout=300, check=True
+    """A CUDA device's compute capability and name, from a short-lived process of its own; when
+    that process fails (a GPU in exclusive-process mode, a Python outside the notebook kernel's
+    environment), from NVML, else taken for a card without bf16, each said in one line."""
+    try:
+        answer = subprocess.run(
+            [sys.executable, "-c", _ASK, str(index)], capture_output=True, text=True, timeout=300, check=True
+        )
+        capability, name = json.loads(answer.stdout.strip().splitlines()[-1])
+        return (int(capability[0]), int(capability[1])), str(name)
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError, TypeError) as error:
+        why = _why(error)
+    found = _ask_nvml(index)
+    if found is not None:
+        print(
+            f"pricer: warning: CUDA device {index}: {why}; its compute capability is NVML's", file=sys.stderr
+        )
+        return found
+    print(
+        f"pricer: warning: CUDA device {index}: its compute capability cannot be read ({why}); taken "
+        "for a card without bf16 (16-mixed, fp16): set trainer.precision and "
+        "model.quantization.compute_dtype to choose",
+        file=sys.stderr,
     )
-    capability, name = json.loads(answer.stdout.strip().splitlines()[-1])
-    return (int(capability[0]), int(capability[1])), str(name)
+    return UNKNOWN_CARD
 
 
 def card(device: torch.device | int | None = None) -> tuple[tuple[int, int], str]:
@@ -102,6 +149,16 @@ def emulated_cpu_bf16(precision: str | None) -> str | None:
     return f"this CPU ({torch.backends.cpu.get_cpu_capability()}, without AVX512-BF16 or AMX)"
 
 
+def emulated_cpu_fp16(precision: str | None) -> str | None:
+    """'this CPU (<capability>, ...)' when fp16 (16-mixed, 16-true: a T4's precision) is asked of
+    a CPU, which computes it only with AMX-FP16 and emulates it otherwise."""
+    if precision is None or not str(precision).startswith("16"):
+        return None
+    if getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)():
+        return None
+    return f"this CPU ({torch.backends.cpu.get_cpu_capability()}, without AMX-FP16)"
+
+
 def emulated_bf16(precision: str | None, device: torch.device | int | None = None) -> str | None:
     """'<card> (compute capability x.y)' when bf16 is asked of a CUDA card that only emulates it."""
     if precision is None or "bf16" not in str(precision) or not cuda_present():
@@ -116,13 +173,19 @@ def emulated_bf16_warning(precision: str | None, accelerator: str | None) -> str
     """A warning when bf16 was asked for on a GPU or a CPU that would only emulate it, else None."""
     if accelerator == "cpu" or not cuda_present():
         emulated = emulated_cpu_bf16(precision)
-        return (
-            f"trainer.precision={precision} on {emulated}: bf16 is emulated here, about a hundred times "
-            "slower than 32-true; pass --trainer.precision 32-true (bf16-mixed pays only on a CPU with "
-            "AVX512-BF16 or AMX)"
-            if emulated
-            else None
-        )
+        if emulated:
+            return (
+                f"trainer.precision={precision} on {emulated}: bf16 is emulated here, about a hundred "
+                "times slower than 32-true; pass --trainer.precision 32-true (bf16-mixed pays only on a "
+                "CPU with AVX512-BF16 or AMX)"
+            )
+        emulated = emulated_cpu_fp16(precision)
+        if emulated:
+            return (
+                f"trainer.precision={precision} on {emulated}: fp16 is a GPU's precision and is emulated "
+                "here, far slower than 32-true; pass --trainer.precision 32-true"
+            )
+        return None
     emulated = emulated_bf16(precision)
     if emulated is None:
         return None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pricer.base.load import base_for_here, load_model, load_tokenizer
-from pricer.base.precision import emulated_bf16, emulated_cpu_bf16, resolve_dtype
+from pricer.base.precision import emulated_bf16, emulated_cpu_bf16, emulated_cpu_fp16, resolve_dtype
 from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
 from pricer.data.prompt import make_prompt, neighbor_block, text_from_prompt, with_neighbors
@@ -187,12 +187,14 @@ class Pricer:
                 UserWarning,
                 stacklevel=2,
             )
-        emulated = emulated_cpu_bf16(precision) if self.device.type == "cpu" else None
+        cpu = self.device.type == "cpu"
+        emulated = emulated_cpu_bf16(precision) or emulated_cpu_fp16(precision) if cpu else None
         if emulated:
+            kind = "bf16" if "bf16" in str(precision) else "fp16"
             warnings.warn(
                 f"Pricer: the adapter was tested under {precision}, and is read so here, but {emulated} "
-                "emulates bf16, about a hundred times slower than fp32; precision='32-true' reads at "
-                "full speed, with prices that may differ by cents from the ones its test measured",
+                f"emulates {kind}, far slower than fp32; precision='32-true' reads at full speed, with "
+                "prices that may differ by cents from the ones its test measured",
                 UserWarning,
                 stacklevel=2,
             )
