@@ -10,8 +10,9 @@ What it runs, all through pricer's own code (PriceModel, FitBatchSize, PriceRead
   weights drawn from N(0, 0.02) on the GPU (norms at 1), saved as safetensors shards, then
   loaded by `PriceModel.configure_model` in 4-bit NF4 with double quantization (so peft's fp32
   upcast of the embeddings and LM head is counted: memory does not depend on the weights);
-- the T4 emulated: fp16 (`16-mixed`, fp16 4-bit compute) whatever the card, and FitBatchSize's
-  T4 memory budget (14.0 GiB) as the cap on torch's allocator;
+- the T4 emulated: fp16 (`16-mixed`, fp16 4-bit compute) whatever the card, its attention
+  kernels (flash and cuDNN attention off on a newer card), and FitBatchSize's T4 memory budget
+  (14.0 GiB) as the cap on torch's allocator;
 - LoRA r 32 on q/k/v/o, gradient checkpointing, paged AdamW 32-bit, synthetic sequences as long
   as the appliances job's longest (measured with Llama 3's tokenizer in prompt_lengths.json: 178
   tokens, 340 with its five neighbours at the longest line each; the completion is the last 3
@@ -195,12 +196,19 @@ def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int
     }
 
 
+# Synthetic sequences are up to this many tokens shorter than the longest, as the appliances
+# job's are with neighbours (prompt_lengths.json: a median 12 tokens under the longest), so
+# batches are padded, and masked, as real ones.
+LENGTH_SPREAD = 16
+
+
 def synthetic_items(count: int, seq_len: int, completion: int, vocab: int, seed: int) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     items = []
-    for _ in range(count):
-        ids = torch.randint(NUMBER_OFFSET + 1000, vocab, (seq_len,), generator=generator).tolist()
-        labels = [-100] * (seq_len - completion) + ids[seq_len - completion :]
+    for index in range(count):
+        length = seq_len - index % LENGTH_SPREAD
+        ids = torch.randint(NUMBER_OFFSET + 1000, vocab, (length,), generator=generator).tolist()
+        labels = [-100] * (length - completion) + ids[length - completion :]
         items.append({"input_ids": ids, "labels": labels})
     return items
 
@@ -209,7 +217,7 @@ def datamodule(items: list[dict], batch_size: int):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from pricer.data.batches import PadCollator
+    from pricer.data.batches import PadCollator, longest_batch
 
     class Synthetic(L.LightningDataModule):
         """Synthetic token ids, batched and padded as pricer's DataModule does."""
@@ -223,7 +231,7 @@ def datamodule(items: list[dict], batch_size: int):
             return DataLoader(items, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate)
 
         def trial_batch(self, size: int) -> dict:
-            return self.collate([max(items, key=lambda i: len(i["input_ids"]))] * size)
+            return longest_batch(items, size, pad_token_id=0)
 
     return Synthetic()
 
@@ -391,6 +399,19 @@ class Phases:
         return isinstance(phase, dict) and "error" not in phase and "skipped" not in phase
 
 
+def t4_attention(device: torch.device) -> str | None:
+    """A T4's attention kernels on a newer card: a T4 (compute capability 7.5) has no flash
+    attention and no cuDNN attention, so SDPA falls to the memory-efficient kernel, or the math
+    one where that refuses (grouped-query attention without a mask); both are turned off here so
+    the check runs what the T4 would."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return None
+    torch.backends.cuda.enable_flash_sdp(False)
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return "flash and cuDNN attention off, as on a T4"
+
+
 def run(args) -> dict:
     from pricer.read.reading import PriceReader
     from pricer.train.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
@@ -416,6 +437,7 @@ def run(args) -> dict:
             for k in ("seq_len", "completion_tokens", "effective_batch", "steps", "course_steps", "lora_r")
         },
         "arithmetic": arithmetic_estimate(config, args.seq_len, args.completion_tokens, args.lora_r, budget),
+        "attention": t4_attention(device),
     }
 
     def save() -> None:

@@ -710,3 +710,20 @@ def test_the_course_texts_table_is_what_the_benchmark_measures(sample, llama3_to
         ["--source", str(sample), "--tokenizer", llama3_tokenizer, "--out", str(tmp_path / "c.json")]
     )
     assert measured == json.loads((REPO / "benchmarks" / "course_texts.json").read_text())
+
+
+def test_the_t4_check_turns_off_the_attention_a_t4_does_not_have(monkeypatch) -> None:
+    import torch
+
+    from benchmarks.t4_check import t4_attention
+
+    flags = {}
+    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda on: flags.update(flash=on))
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: flags.update(cudnn=on))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert t4_attention(torch.device("cuda", 0)) == "flash and cuDNN attention off, as on a T4"
+    assert flags == {"flash": False, "cudnn": False}
+    flags.clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert t4_attention(torch.device("cuda", 0)) is None and flags == {}  # a T4 chooses for itself
+    assert t4_attention(torch.device("cpu")) is None

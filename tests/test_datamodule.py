@@ -74,3 +74,22 @@ def test_the_collator_pads_training_rows_right_and_prompts_left():
     assert all(batch[k].dtype == torch.long for k in ("input_ids", "labels", "prompt_ids", "completion_mask"))
     unpriced = PadCollator(0, prompts=True)([{"input_ids": [4, 2], "labels": [-100, -100]}])
     assert unpriced["completion_ids"].shape == (1, 0) and "price" not in unpriced
+
+
+def test_the_trial_batch_is_the_longest_items_padded_as_a_real_batch(tmp_path, byte_tokenizer):
+    """The batch search's trial is a real batch at its widest: the longest items, padded (so
+    masked) where they differ, not copies of one item, which would take another attention path."""
+    from tests.conftest import record, write_raw
+
+    # a few three-digit prices among two-digit ones: sequences of two lengths
+    prices = [150.0, 250.0, 350.0, 450.0] + [10.0 + i for i in range(56)]
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", p) for i, p in enumerate(prices)])
+    dm = make(tmp_path, byte_tokenizer, categories=["Appliances"])
+    dm.prepare_data()
+    dm.setup("fit")
+    lengths = sorted((len(ids) for ids in dm.datasets["train"]["input_ids"]), reverse=True)
+    assert lengths[0] != lengths[7]
+    trial = dm.trial_batch(8)
+    assert trial["input_ids"].shape == (8, lengths[0])
+    assert trial["attention_mask"].sum(1).tolist() == lengths[:8]
+    assert (trial["attention_mask"] == 0).any()

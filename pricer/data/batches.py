@@ -80,3 +80,14 @@ class PadCollator:
             "completion_ids": completion_ids,
             "completion_mask": completion_mask,
         }
+
+
+def longest_batch(items, size: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The `size` longest items (ties to the earlier one; repeated when there are fewer),
+    collated as training batches are: the widest batch training can meet, padded (and so
+    masked) as a real one is, for the batch size search's trial steps."""
+    ids = [item["input_ids"] for item in items] if isinstance(items, list) else items["input_ids"]
+    lengths = [len(row) for row in ids]  # a dataset's column at once, not row by row
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    chosen = [items[order[i % len(order)]] for i in range(size)]
+    return PadCollator(pad_token_id)(chosen)

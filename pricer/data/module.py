@@ -10,7 +10,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from pricer.base.load import load_tokenizer, pricer_cache, tokenizer_source
-from pricer.data.batches import IGNORE_INDEX, PadCollator, tokenize_examples
+from pricer.data.batches import IGNORE_INDEX, PadCollator, longest_batch, tokenize_examples
 from pricer.data.categories import CATEGORIES, Category
 from pricer.data.curate import Curated, CurationSpec, curate, split_file
 from pricer.data.curated import load_curated
@@ -288,12 +288,10 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         )
 
     def trial_batch(self, size: int) -> dict:
-        """`size` copies of the longest training item, collated as training batches are: the
-        batch of that size that needs the most memory, for the batch size search."""
-        train = self._split("train")
-        lengths = [len(ids) for ids in train["input_ids"]]
-        longest = train[max(range(len(lengths)), key=lengths.__getitem__)]
-        return PadCollator(self.tokenizer.pad_token_id)([longest] * size)
+        """The `size` longest training items, collated as training batches are: the widest batch
+        of that size, padded and masked as a real one (copies of one item would have no padding,
+        and so another attention path), for the batch size search."""
+        return longest_batch(self._split("train"), size, self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", shuffle=True, batch_size=self.batch_size, prompts=False)
