@@ -148,6 +148,7 @@ from pricer.train.end_of_fit import ChooseBlend
 from pricer.train.model import PriceModel
 
 AT = os.environ["PRICER_STOP_AT"]
+STEP_SECONDS = float(os.environ.get("PRICER_STEP_SECONDS", "0"))  # each training step made slower
 
 def pause(phase):
     if phase == AT:
@@ -163,6 +164,8 @@ def wrap(name, phase, when=lambda *a: True, owner=PriceModel):
     setattr(owner, name, wrapped)
 
 wrap("training_step", "train", lambda self, batch, index: self.global_step == 2)
+if STEP_SECONDS:
+    wrap("training_step", "slow", lambda self, batch, index: time.sleep(STEP_SECONDS))
 wrap("choose", "blend", owner=ChooseBlend)
 wrap("save_adapter", "save", lambda self, folder, *a: folder.name == "adapter")
 wrap("test_step", "test", lambda self, batch, index: index == 0)
@@ -175,7 +178,7 @@ main(sys.argv[1:])
 """
 
 
-def run_until(args: list[str], root: Path, phase: str, signum: int):
+def run_until(args: list[str], root: Path, phase: str, signum: int, step_seconds: float = 0):
     """The CLI in its own process; the signal sent when it reaches `phase`. Returns (exit status,
     output, seconds from the signal to the exit)."""
     import os
@@ -188,6 +191,7 @@ def run_until(args: list[str], root: Path, phase: str, signum: int):
     launch = root / "launch.py"
     launch.write_text(LAUNCH)
     env = {**os.environ, "PRICER_STOP_AT": phase, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env["PRICER_STEP_SECONDS"] = str(step_seconds)
     process = subprocess.Popen(
         [sys.executable, str(launch), *args],
         stdout=subprocess.PIPE,
@@ -305,6 +309,39 @@ def test_a_stop_before_the_first_checkpoint_says_to_start_again_not_to_resume(ti
     assert status == 130, out[-3000:]
     assert "no checkpoint was saved yet; start it again with: python -m pricer fit" in out, out[-2000:]
     assert "--ckpt_path" not in out.split("pricer: stopped by SIGINT")[-1]
+
+
+@pytest.mark.slow
+def test_a_killed_notebook_loses_at_most_the_checkpoint_interval_of_wall_time(tiny_llama, tmp_path):
+    """A notebook that disconnects kills the process (no signal to catch): with checkpoints by
+    wall time (CheckpointEveryMinutes, as configs/appliances.yaml lists it; steps alone would
+    save none here), the last one is at most that old, and `--ckpt_path last` resumes from it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
+    overlay = tmp_path / "overlay.yaml"
+    by_time = "    - class_path: pricer.train.wall_clock.CheckpointEveryMinutes\n      init_args: {minutes: 0.0167}\n"
+    overlay.write_text(fit_overlay(by_time).replace("every_n_train_steps: 2", "every_n_train_steps: 100"))
+    args = ["fit", *cli_args(overlay, tiny_llama, tmp_path, tmp_path), "--run_name", "notebook"]
+    status, out, _ = run_until(args, tmp_path, "train", signal.SIGKILL, step_seconds=0.7)
+    run = tmp_path / "runs" / "notebook"
+    assert status == -signal.SIGKILL, out[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved == 2  # the two 0.7 s steps before the kill: past the one-second interval
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pricer", *args, "--ckpt_path", "last"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert (run / "metrics.json").is_file()
 
 
 def copy_adapter(run: Path, to: Path) -> Path:

@@ -37,6 +37,7 @@ from pricer.cli.trainer import (
 )
 from pricer.data.module import PriceDataModule
 from pricer.options import OptionError
+from pricer.read.reading import check_price_range
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks
 from pricer.train.model import PriceModel
@@ -262,19 +263,7 @@ class PricerCLI(LightningCLI):
                 check_hashes(folder, adapter_recipe(folder).files)
             else:
                 read_recipe(folder)
-        self._check_price_range()
-
-    def _check_price_range(self) -> None:
-        """Every whole-dollar price up to data.rules.max_price is one the tokenizer's numbers can
-        be read as, before any curation or load."""
-        from pricer.read.reading import PriceRangeError, number_tokens
-        from pricer.read.recipe import max_digits
-
-        rules = self.datamodule.rules
-        try:
-            number_tokens(self.datamodule.tokenizer, max_digits(rules.max_price))
-        except PriceRangeError as error:
-            raise OptionError(f"data.rules.max_price {rules.max_price}: {error}") from None
+        check_price_range(self.datamodule.tokenizer, self.datamodule.rules.max_price)
 
     def before_fit(self) -> None:
         from pricer.base.load import check_target_modules

@@ -151,6 +151,18 @@ def number_tokens(tokenizer, max_digits: int) -> tuple[str, list[int]]:
     return "digits", digits
 
 
+def check_price_range(tokenizer, max_price: float) -> None:
+    """Every whole-dollar price up to `data.rules.max_price` is one the tokenizer's numbers can be
+    read as, or an OptionError naming the option, before any curation or load."""
+    from pricer.options import OptionError
+    from pricer.read.recipe import max_digits
+
+    try:
+        number_tokens(tokenizer, max_digits(max_price))
+    except PriceRangeError as error:
+        raise OptionError(f"data.rules.max_price {max_price}: {error}") from None
+
+
 class PriceReader:
     """Reads price distributions from a causal LM after prompts ending in "Price is $".
 
