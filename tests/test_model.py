@@ -320,3 +320,38 @@ def test_val_loss_comes_from_the_reading_pass_and_equals_a_pass_of_its_own(
                 assert a.prices.tolist() == b.prices.tolist()
                 assert np.allclose(a.probs, b.probs, rtol=1e-4, atol=1e-9)
                 assert a.left_out == pytest.approx(b.left_out, rel=1e-4, abs=1e-9)
+
+
+def test_under_16_bit_validation_prices_each_item_as_test_does(tiny_llama, tmp_path, monkeypatch):
+    """Under bf16-mixed (a 16-bit device, simulated on the CPU) test reads each prompt alone;
+    validation, which chooses the best weights and the blend, reads the same prices to the cent
+    on the same items, not a padded batch's."""
+    from pricer.data.rules import CurationRules
+    from tests.conftest import cpu_trainer, record, small_datamodule, trained_like, write_raw
+
+    module = trained_like(tiny_llama)
+    # texts of different lengths under the token cut: prompts padded in a batch
+    write_raw(
+        tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i, words=60 + i) for i in range(50)]
+    )
+    rules = CurationRules(max_chars=3000, max_tokens=1000)
+    data = small_datamodule(
+        tmp_path, tiny_llama, tmp_path / "cache", rules=rules, val_size=8, test_size=2, eval_batch_size=4
+    )
+    trainer = cpu_trainer(tmp_path, [], precision="bf16-mixed", limit_val_batches=1.0, limit_test_batches=1.0)
+    widths = []  # the batch of each price read: on the CPU rows round alike, so count the reads
+    read = type(module.reader).read
+
+    def spy(self, model, input_ids, attention_mask):
+        widths.append(len(input_ids))
+        return read(self, model, input_ids, attention_mask)
+
+    monkeypatch.setattr(type(module.reader), "read", spy)
+    trainer.validate(module, datamodule=data)
+    assert widths and set(widths) == {1}  # each prompt alone, as test reads them
+    validated = {round(r["price"], 2): round(r["predicted"], 2) for r in module.validation_rows}  # the LLM's
+    batch = next(iter(data.val_dataloader()))
+    assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1  # prompts of several lengths: padded
+    trainer.test(module, dataloaders=data.val_dataloader())
+    tested = {round(r["price"], 2): round(r["llm_predicted"], 2) for r in module.test_rows}
+    assert validated == tested and len(tested) == len(module.test_rows)

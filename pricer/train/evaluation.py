@@ -66,6 +66,12 @@ class ReadingSteps:
             batch["completion_mask"],
         )
         loss = loss_sum / count.clamp(min=1)
+        reading = self.reading()
+        if reading.alone and size > 1:
+            # in 16 bits a batch's padding moves prices: validation reads each prompt alone, as
+            # test and the Space do, so the weights and blend fit chooses are chosen on the
+            # prices it serves (the scoring pass above gives the loss)
+            distributions = reading.distributions(self.model, batch["prompt_ids"], batch["prompt_mask"])
         # sync_dist: under DDP each process reads its own shard of the split; the best weights
         # are chosen on the whole split's numbers, not on rank 0's shard
         self.log("val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
