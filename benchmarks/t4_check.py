@@ -164,10 +164,10 @@ def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int
     lora_bytes = lora * 8  # fp32 weights and gradients (paged AdamW's 8 more live outside)
     dequantized = 2 * hidden * inter * 2  # the largest weight dequantized for a matmul, and its backward
     fixed = quantized + dense + lora_bytes + dequantized
-    # Under 16-mixed the LM head's linear casts its fp32 weight to fp16 at every call (Lightning's
-    # autocast caches no cast). pricer's training runs its head outside autocast on the price
-    # rows (no copy); a full-logits pass keeps the copy for backward, and every read (validation,
-    # test) makes it for the length of its forward.
+    # Under 16-mixed the LM head's linear would cast its fp32 weight to fp16 at every call
+    # (Lightning's autocast caches no cast). pricer runs its head outside autocast, on the price
+    # rows in training and in every read (validation, test): no copy; a full-logits pass, the
+    # model's own forward, keeps the copy for backward.
     head_copy = vocab * hidden * 2
     # With checkpointing: each layer's input (the residual stream is fp32, as the embeddings are),
     # and one layer recomputed in fp16 during backward (q, k, v, o, norms, the MLP's four)
@@ -186,7 +186,7 @@ def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int
         "fixed_gib": fixed / GIB,
         "head_copy_gib": head_copy / GIB,
         "fixed_gib_full_logits": (fixed + head_copy) / GIB,
-        "read_fixed_gib": (fixed + head_copy) / GIB,
+        "read_fixed_gib": fixed / GIB,
         "per_sample_gib_completion_logits": (per_sample + logits_completion) / GIB,
         "per_sample_gib_full_logits": (per_sample + logits_full) / GIB,
         "pass_size_completion_logits": largest(logits_completion, 0),
@@ -594,7 +594,7 @@ def arithmetic_table(arithmetic: dict, budget: float) -> list[str]:
         f"{gib(arithmetic['at_16_gib_full_logits'])} |",
         f"| largest pass size within {budget} GiB | {arithmetic['pass_size_completion_logits']} | "
         f"{arithmetic['pass_size_full_logits']} |",
-        f"| a read (validation, test): fixed memory with the head's copy | "
+        f"| a read (validation, test): fixed memory, the head outside autocast | "
         f"{gib(arithmetic['read_fixed_gib'])} | {gib(arithmetic['read_fixed_gib'])} |",
     ]
 

@@ -139,3 +139,28 @@ def test_on_a_t4_the_module_reads_alone_even_in_32_true(tiny_llama, monkeypatch)
     monkeypatch.setattr(type(model), "target_device", property(lambda self: torch.device("cuda", 0)))
     reading = model.reading()
     assert reading.alone and reading.autocast is None  # no trainer: 32-true
+
+
+def test_reads_run_the_lm_head_in_its_own_dtype_outside_autocast(tiny_llama):
+    """Under bf16-mixed, as in training, the head computes in its fp32 weights: no 16-bit copy of
+    Llama 3's 128k-token head each read, and logits in fp32 as the loss's."""
+    from pricer.base.head import head_in_its_dtype
+    from pricer.read.reader import Reader
+    from tests.conftest import batch, trained_like
+
+    module = trained_like(tiny_llama)
+    head = module.model.get_base_model().get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    try:
+        Reader(module.reader, precision="bf16-mixed").distributions(module.model, *batch(module))
+        assert seen and set(seen) == {(head.weight.dtype, head.weight.dtype)}
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # the model's own forward
+            seen.clear()
+            module.model(input_ids=batch(module)[0][:1])
+            assert seen[0][1] == torch.bfloat16  # outside the reader, autocast's as before
+        with head_in_its_dtype(module.model):
+            assert "forward" in vars(head)
+        assert "forward" not in vars(head)  # put back
+    finally:
+        hook.remove()

@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pricer.base.head import head_in_its_dtype
+
 Point = Literal["median", "mean"]
 
 
@@ -197,7 +199,12 @@ class PriceReader:
 
     @torch.no_grad()
     def read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
-        """Distributions for a batch of left-padded prompts."""
+        """Distributions for a batch of left-padded prompts (the LM head in its own dtype, outside
+        autocast, as training runs it)."""
+        with head_in_its_dtype(model):
+            return self._read(model, input_ids, attention_mask)
+
+    def _read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
         # Only the last position's logits: the LM head over every prompt position would be a fifth
         # of the pass on a small model (SmolLM2's 49k vocabulary), all of it thrown away.
         out, prompt_mask = self._prompt_pass(model, input_ids, attention_mask, keep=1)
@@ -224,6 +231,10 @@ class PriceReader:
         as in `read`. The loss costs a few positions of the pass, not a second pass over prompt
         and price (which was 40% of a validation on SmolLM2).
         """
+        with head_in_its_dtype(model):
+            return self._read_and_score(model, input_ids, attention_mask, completion_ids, completion_mask)
+
+    def _read_and_score(self, model, input_ids, attention_mask, completion_ids, completion_mask):
         width = completion_ids.shape[1]
         out, prompt_mask = self._prompt_pass(
             model, input_ids, attention_mask, completion_ids, completion_mask, keep=width + 1

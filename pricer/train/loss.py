@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pricer.base.head import head_outside_autocast
 from pricer.data.batches import IGNORE_INDEX
 
 
@@ -35,15 +36,6 @@ class CompletionLoss:
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             logits = head_outside_autocast(base.get_output_embeddings(), hidden[:, :-1][keep])
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), count
-
-
-def head_outside_autocast(head: torch.nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """The LM head on a few rows, in the head's own dtype (fp32 once peft has prepared the base),
-    outside autocast. Under 16-mixed or bf16-mixed the head's linear would cast its whole weight
-    to 16-bit at every pass (Lightning's autocast caches no cast) and keep the copy for backward:
-    about 1 GiB for Llama 3's 128k-token head, for the sake of a few price rows."""
-    with torch.autocast(rows.device.type, enabled=False):
-        return head(rows.to(head.weight.dtype))
 
 
 def plain_lm_head(model) -> bool:
