@@ -144,3 +144,64 @@ def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validat
     assert set(validated) == {"0", "1"} and validated["0"] == validated["1"], out[-2000:]
     ended = dict(re.findall(r"rank (\d) ended with lora (\d+\.\d{9})", out))
     assert set(ended) == {"0", "1"} and ended["0"] == ended["1"], out[-2000:]
+
+
+# Each rank prints the validation rows its blend was chosen on, and the blend.
+BLEND_LAUNCH = """
+import os, sys
+from pricer.train.end_of_fit import ChooseBlend
+
+RANK = int(os.environ.get("LOCAL_RANK", "0"))
+original = ChooseBlend.choose
+
+def choose(self, trainer, pl_module, step):
+    original(self, trainer, pl_module, step)
+    prices = sorted(round(r["price"], 2) for r in pl_module.validation_rows)
+    blend = pl_module.blend
+    print(f"rank {RANK} blend on {prices} weight {blend.weight} scale {blend.interval_scale}", flush=True)
+
+ChooseBlend.choose = choose
+from pricer.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_chooses_the_blend_on_the_whole_validation_split(
+    tiny_llama, raw_items, tmp_path
+):
+    """Validation is sharded across the processes, but the blend is chosen on all of it: every
+    rank reads the whole split (not the first of its per-rank batch count) and chooses alike."""
+    import json
+    import re
+
+    launch = tmp_path / "launch.py"
+    launch.write_text(BLEND_LAUNCH)
+    overlay = tmp_path / "ddp.yaml"
+    overlay.write_text(
+        DDP_TRAINER + "  max_steps: 2\n"
+        "  logger: false\n"
+        "  callbacks:\n"
+        "    - class_path: pricer.train.batch_size.FitBatchSize\n"
+        "      init_args: {effective_batch_size: 8, max_val: 4}\n"
+        "data:\n  train_size: 32\n  val_size: 8\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
+        "  eval_batch_size: 2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, str(launch), "fit", *cli_args(overlay, tiny_llama, raw_items, tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    chosen = dict(re.findall(r"rank (\d) blend on (\[.*?\] weight \S+ scale \S+)", result.stdout))
+    assert set(chosen) == {"0", "1"} and chosen["0"] == chosen["1"], result.stdout[-2000:]
+    prices = json.loads(chosen["0"].split(" weight")[0])
+    (curated,) = (tmp_path / "cache").rglob("validation-00000-of-00001.parquet")
+    import pyarrow.parquet as pq
+
+    assert prices == sorted(round(p, 2) for p in pq.read_table(curated).column("price").to_pylist())

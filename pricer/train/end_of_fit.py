@@ -144,10 +144,22 @@ class ChooseBlend(EndOfFit):
             )
 
 
+def validation_batches(trainer: L.Trainer, total: int) -> int:
+    """How many batches of the whole (unsharded) validation loader `trainer.limit_val_batches`
+    stands for: a share of it, or that many batches on each process of a distributed run."""
+    limit = trainer.limit_val_batches
+    if isinstance(limit, int):
+        return min(total, limit * trainer.world_size)
+    return int(total * float(limit))
+
+
 @torch.no_grad()
 def read_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
-    """The validation split read once with the current weights, as validation reads it."""
-    limit = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
+    """The validation split read once with the current weights, as validation reads it. Under
+    DDP every process reads the whole split, not its shard, so every process chooses the same
+    blend on all of it."""
+    loader = trainer.datamodule.val_dataloader()
+    limit = validation_batches(trainer, len(loader))
     rows: list[dict] = []
     model = pl_module.model
     training = model.training
@@ -155,12 +167,13 @@ def read_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> list[di
     pl_module.read_dense()
     try:
         with trainer.precision_plugin.forward_context():
-            for index, batch in enumerate(trainer.datamodule.val_dataloader()):
+            reading = pl_module.reading()
+            for index, batch in enumerate(loader):
                 stopping.stop_here(trainer)
                 if index >= limit:
                     break
                 batch = pl_module.transfer_batch_to_device(batch, pl_module.target_device, 0)
-                distributions = pl_module.reader.read(model, batch["prompt_ids"], batch["prompt_mask"])
+                distributions = reading.distributions(model, batch["prompt_ids"], batch["prompt_mask"])
                 rows.extend(pl_module.validation_reads(batch, distributions))
     finally:
         pl_module.read_4bit_again()

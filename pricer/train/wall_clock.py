@@ -1,6 +1,6 @@
 """A checkpoint every so many minutes of training, beside the one every so many steps.
 
-A free notebook (Colab, Kaggle) ends a session without a signal: the process is killed, and
+A free notebook (Colab, Kaggle) that disconnects sends no signal: the process is killed, and
 everything since the last checkpoint is lost. At about 10 s a step on a T4, a checkpoint every
 500 steps is one every 80 minutes; this one bounds the loss by wall time. Lightning's own
 `ModelCheckpoint(train_time_interval=...)` does nothing under manual optimization, which pricer
