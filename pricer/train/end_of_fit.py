@@ -146,8 +146,11 @@ class ChooseBlend(EndOfFit):
 
 def validation_batches(trainer: L.Trainer, total: int) -> int:
     """How many batches of the whole (unsharded) validation loader `trainer.limit_val_batches`
-    stands for: a share of it, or that many batches on each process of a distributed run."""
+    stands for: a share of it, or that many batches on each process of a distributed run; all of
+    it when validation does not run during training (0), as the blend still needs it."""
     limit = trainer.limit_val_batches
+    if not limit:
+        return total
     if isinstance(limit, int):
         return min(total, limit * trainer.world_size)
     return int(total * float(limit))
