@@ -109,7 +109,16 @@ def test_anchors_between_the_pages_exist(page):
             )
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(REPO)))
+def product_files() -> list:
+    """What a user runs and reads besides the docs: the package, the configs, the cards and the
+    Space (benchmarks/RESULTS.md is a dated log and names its entries)."""
+    return sorted(
+        [*(REPO / "pricer").rglob("*.py"), *(REPO / "configs").glob("*.yaml"), *(REPO / "cards").glob("*.md"),
+         *(REPO / "space").glob("*.py"), *(REPO / "space").glob("*.md")]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("page", pages() + product_files(), ids=lambda p: str(p.relative_to(REPO)))
 def test_no_project_history(page):
     for number, line in enumerate(page.read_text().splitlines(), 1):
         assert not HISTORY.search(line), f"{page.relative_to(REPO)}:{number}: {line.strip()}"

@@ -94,7 +94,7 @@ class Pricer:
         device: Where to run (CUDA when there is one).
         quantization: The base as the adapter was trained and measured on: 4-bit (on the CPU
             too, through bitsandbytes), 8-bit (CUDA only) or full precision (none). An adapter
-            trained on a 4-bit base prices worse on a full-precision one (issue 8).
+            trained on a 4-bit base prices worse on a full-precision one.
         point: median or mean of the distribution, as the run measured it.
         coverage: Probability inside the reported interval.
         rules: The curation rules training used (scrubbing, token cut); the course's by default.
