@@ -93,25 +93,32 @@ def llama3_tokenizer() -> str:
 def tiny_llama3(tmp_path_factory, llama3_tokenizer) -> str:
     """A randomly initialised two-layer Llama with Llama 3's real tokenizer and vocabulary size,
     its special tokens where Llama-3.1-8B has them, saved as a HF folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(llama3_tokenizer)
+    folder = tmp_path_factory.mktemp("tiny-llama3")
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return save_tiny_llama(folder, tokenizer, LLAMA3_VOCAB, 32, tie_word_embeddings=False, **special)
+
+
+def save_tiny_llama(folder: Path, tokenizer, vocab_size: int, hidden_size: int, **config) -> str:
+    """A randomly initialised (seed 0) two-layer Llama of this vocabulary and width, with its
+    tokenizer, saved as a HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=LLAMA3_VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
+    llama = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        **config,
     )
-    folder = tmp_path_factory.mktemp("tiny-llama3")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    LlamaForCausalLM(llama).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -145,27 +152,14 @@ def byte_tokenizer(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, byte_tokenizer) -> str:
     """A randomly initialised two-layer Llama with the byte tokenizer, saved as a HF folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(byte_tokenizer)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
+    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(
+        folder, tokenizer, len(tokenizer), 64, bos_token_id=tokenizer.eos_token_id, **special
+    )
 
 
 def record(title: str, price: object, words: int = 80, **extra) -> dict:
@@ -349,10 +343,10 @@ def fit_args(tiny_llama, raw_items, tmp_path):
     return cli_args(overlay, tiny_llama, raw_items, tmp_path)
 
 
-def cli_args(overlay: Path, tiny_llama: str, source: Path, root: Path) -> list[str]:
-    """The smoke config, an overlay, the tiny model and a raw source, for the CLI."""
+def cli_args(overlay: Path, tiny_llama: str, source: Path, root: Path, config: str = SMOKE) -> list[str]:
+    """A config (the smoke one), an overlay, the tiny model and a raw source, for the CLI."""
     return [
-        "--config", SMOKE,
+        "--config", config,
         "--config", str(overlay),
         "--model.base_model", tiny_llama,
         "--model.lora.r", "8",

@@ -12,6 +12,12 @@ from tests.conftest import REPO, cli_args
 DDP_TRAINER = "trainer:\n  strategy: ddp\n  devices: 2\n  accelerator: cpu\n"
 
 
+def ddp_env() -> dict[str, str]:
+    """This environment for a DDP command of its own: no rank of an outer run, pricer importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
+    return {**env, "PYTHONPATH": str(REPO)}
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_train_one_adapter(tiny_llama, raw_items, tmp_path):
     overlay = tmp_path / "ddp.yaml"
@@ -121,8 +127,7 @@ def test_one_rank_out_of_memory_in_backward_repeats_the_step_on_both_and_validat
         "model:\n  blend:\n    enabled: false\n    calibrate_interval: false\n"
         "data:\n  train_size: 32\n  val_size: 8\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
-    env["PYTHONPATH"] = str(REPO)
+    env = ddp_env()
     process = subprocess.Popen(
         [sys.executable, str(launch), "fit", *cli_args(overlay, tiny_llama, raw_items, tmp_path)],
         stdout=subprocess.PIPE,
@@ -187,8 +192,7 @@ def test_under_ddp_every_rank_chooses_the_blend_on_the_whole_validation_split(
         "data:\n  train_size: 32\n  val_size: 8\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
         "  eval_batch_size: 2\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "PRICER_RUN_NAME")}
-    env["PYTHONPATH"] = str(REPO)
+    env = ddp_env()
     result = subprocess.run(
         [sys.executable, str(launch), "fit", *cli_args(overlay, tiny_llama, raw_items, tmp_path)],
         capture_output=True,

@@ -210,6 +210,25 @@ def run_until(args: list[str], root: Path, phase: str, signum: int, step_seconds
     return process.returncode, "".join(lines), time.monotonic() - sent
 
 
+def run_printed(out: str, *extra: str):
+    """The resume line a stopped command printed (`python -m pricer ...`), run as typed."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    line = out[out.index("python -m pricer") :].splitlines()[0]
+    return subprocess.run(
+        [sys.executable, *shlex.split(line)[1:], *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "phase, signum",
@@ -222,10 +241,7 @@ def run_until(args: list[str], root: Path, phase: str, signum: int, step_seconds
     ],
 )
 def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, phase, signum):
-    import shlex
     import signal
-    import subprocess
-    import sys
 
     write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
     overlay = tmp_path / "overlay.yaml"
@@ -247,16 +263,7 @@ def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, p
     assert checkpoint["global_step"] >= 2
 
     if (phase, signum) in (("train", "SIGTERM"), ("test", "SIGTERM")):  # the line it printed resumes it
-        line = out[out.index("python -m pricer") :].splitlines()[0]
-        from tests.conftest import REPO
-
-        resumed = subprocess.run(
-            [sys.executable, *shlex.split(line)[1:]],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-        )
+        resumed = run_printed(out)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert (run / "metrics.json").is_file() and (run / "adapter" / "pricer.json").is_file()
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
@@ -266,12 +273,7 @@ def test_a_signal_in_any_phase_of_fit_stops_it_resumably(tiny_llama, tmp_path, p
 def test_ctrl_c_after_fits_test_leaves_a_run_its_printed_line_finishes(tiny_llama, tmp_path):
     """Stopped after the test report but before the recipe and the card have its numbers: the
     run is not finished, and the printed resume line completes its end."""
-    import shlex
     import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
 
     write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
     overlay = tmp_path / "overlay.yaml"
@@ -281,15 +283,8 @@ def test_ctrl_c_after_fits_test_leaves_a_run_its_printed_line_finishes(tiny_llam
     run = tmp_path / "runs" / "stopped"
     assert status == 130, out[-3000:]
     assert json.loads((run / "adapter" / "pricer.json").read_text())["metrics"] is None
-    line = out[out.index("python -m pricer") :].splitlines()[0]
-    assert "--ckpt_path last" in line
-    resumed = subprocess.run(
-        [sys.executable, *shlex.split(line)[1:]],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-    )
+    assert "--ckpt_path last" in out[out.index("python -m pricer") :].splitlines()[0]
+    resumed = run_printed(out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     recipe = json.loads((run / "adapter" / "pricer.json").read_text())
     assert recipe["metrics"]["n"] == json.loads((run / "metrics.json").read_text())["n"]

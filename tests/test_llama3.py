@@ -9,7 +9,14 @@ import pytest
 from pricer.base.load import load_tokenizer
 from pricer.data.batches import IGNORE_INDEX
 from pricer.data.prompt import PREFIX, cut_to_tokens
-from tests.conftest import REPO, away_from_the_training_data, predicted_cents, small_datamodule, write_raw
+from tests.conftest import (
+    REPO,
+    away_from_the_training_data,
+    cli_args,
+    predicted_cents,
+    small_datamodule,
+    write_raw,
+)
 
 APPLIANCES = str(REPO / "configs" / "appliances.yaml")
 
@@ -89,15 +96,7 @@ def test_the_appliances_job_on_a_tiny_llama_3_reads_the_same_prices_four_ways(
         "  batch_size: 4\n"
         "  eval_batch_size: 4\n"
     )
-    args = [
-        "--config", APPLIANCES,
-        "--config", str(overlay),
-        "--model.base_model", tiny_llama3,
-        "--model.lora.r", "8",
-        "--data.source", str(tmp_path),
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
-    ]  # fmt: skip
+    args = cli_args(overlay, tiny_llama3, tmp_path, tmp_path, config=APPLIANCES)
     main(["fit", *args, "--run_name", "llama3"])
     run = tmp_path / "runs" / "llama3"
     recipe = read_recipe(run / "adapter")

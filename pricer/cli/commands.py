@@ -274,28 +274,21 @@ class PricerCLI(LightningCLI):
         for publisher in self._publishers():
             publisher.check_before_work()
 
-    def before_validate(self) -> None:
+    def _read_as_trained(self, serve: bool = True) -> None:
+        """validate, test and predict: the models checked, the adapter's prompts (its rules and
+        neighbours) and, with `serve`, the read-out its run chose."""
         self._check_models()
-        retrieve_as_the_adapter_did(
-            self.subcommand,
-            self.config[self.subcommand],
-            self.model,
-            self.datamodule,
-            self.run_dir,
-            given_on_the_command_line(self.typed, "data"),
-        )
+        config = self.config[self.subcommand]
+        typed = given_on_the_command_line(self.typed, "data")
+        retrieve_as_the_adapter_did(self.subcommand, config, self.model, self.datamodule, self.run_dir, typed)
+        if serve:
+            serve_the_runs_read_out(self.subcommand, config, self.model, self.run_dir)
+
+    def before_validate(self) -> None:
+        self._read_as_trained(serve=False)
 
     def before_test(self) -> None:
-        self._check_models()
-        retrieve_as_the_adapter_did(
-            self.subcommand,
-            self.config[self.subcommand],
-            self.model,
-            self.datamodule,
-            self.run_dir,
-            given_on_the_command_line(self.typed, "data"),
-        )
-        serve_the_runs_read_out(self.subcommand, self.config[self.subcommand], self.model, self.run_dir)
+        self._read_as_trained()
 
     def before_curate(self) -> None:
         check_model_name(self.model.hparams.base_model, "model.base_model", weights=False)  # its tokenizer
@@ -304,16 +297,7 @@ class PricerCLI(LightningCLI):
         self._check_models()
 
     def before_predict(self) -> None:
-        self._check_models()
-        retrieve_as_the_adapter_did(
-            self.subcommand,
-            self.config[self.subcommand],
-            self.model,
-            self.datamodule,
-            self.run_dir,
-            given_on_the_command_line(self.typed, "data"),
-        )
-        serve_the_runs_read_out(self.subcommand, self.config[self.subcommand], self.model, self.run_dir)
+        self._read_as_trained()
         if self.datamodule.predict_source is not None:
             check_predict_source(self.datamodule.predict_source)
         # every line of a JSONL predict source is checked before a run folder or W&B run exists
