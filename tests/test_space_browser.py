@@ -69,15 +69,15 @@ def test_a_person_prices_a_product_in_the_browser(browser, staged, trained, tiny
         assert "held-out test products" in page.locator("#about-model").inner_text()
 
         price, interval = page.locator("#predicted-price"), page.locator("#price-interval")
-        price_it(page, "Acme kettle", "A stainless steel kettle, 1.7 litres, auto shut-off.")
+        # a fridge that shares words with the training fridges ("model", "sturdy", "build")
+        typed = ("Acme fridge model 7", "A quiet fridge of sturdy build, easy to clean.")
+        price_it(page, *typed)
         expect(price).to_have_text(PRICE, timeout=60_000)  # a pending output also shows a timer
         expect(interval).to_have_text(INTERVAL)
         # beside the price, the training items its prompt showed, as the Pricer retrieves them
         from pricer.read.serving import Pricer
 
-        quote = Pricer.from_adapter(str(run / "adapter"), base_model=tiny_llama).quote(
-            "Acme kettle", "A stainless steel kettle, 1.7 litres, auto shut-off."
-        )
+        quote = Pricer.from_adapter(str(run / "adapter"), base_model=tiny_llama).quote(*typed)
         assert len(quote.neighbors) == 2
         expect(interval).to_contain_text(SHOWN)
         for title, cost in quote.neighbors:
@@ -85,6 +85,11 @@ def test_a_person_prices_a_product_in_the_browser(browser, staged, trained, tiny
         page.locator("#price-chart").get_by_text("How likely each price range is").wait_for()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+
+        # a product sharing no word with them is priced from its own text, and the page says so
+        price_it(page, "Zzqx", "Wvvy qrrk.")
+        expect(interval).to_contain_text("No training item shares a word with this product", timeout=60_000)
+        expect(interval).not_to_contain_text(SHOWN)
 
         price_it(page, "", "")
         expect(price).to_have_text("⚠️ Please enter a product title or description to price.", timeout=60_000)
