@@ -154,6 +154,12 @@ class PricerCLI(LightningCLI):
             help="Every option in full, the Trainer's too.",
         )
         parser.add_argument(
+            "--skip_test",
+            type=bool,
+            default=False,
+            help="fit: end without reading the test split.",
+        )
+        parser.add_argument(
             "--run_name",
             type=str | None,
             default=None,
@@ -316,6 +322,11 @@ class PricerCLI(LightningCLI):
             # A distributed sampler pads and shards the test split; measure on one device.
             print(
                 f"test: run `python -m pricer test --model.adapter {self.run_dir / 'adapter'}` on one device"
+            )
+        elif self.config[self.subcommand].get("skip_test"):
+            print(
+                "test: skipped (--skip_test): the test split stays unread; read it once, after every "
+                f"choice, with `python -m pricer test --model.adapter {self.run_dir / 'adapter'}`"
             )
         elif "test" in self.datamodule.datasets:
             self.trainer.test(self.model, datamodule=self.datamodule)

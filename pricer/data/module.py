@@ -22,6 +22,7 @@ from pricer.data.raw import RAW_URL, SourceError
 from pricer.data.rules import CurationRules
 from pricer.data.source import parse_source
 from pricer.data.splits import SPLITS
+from pricer.data.test_ledger import ledger_for
 from pricer.options import OptionError
 
 # kept beside the tokens in every batch: reports name the item, the blend reads its text
@@ -286,6 +287,12 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
             collate_fn=PadCollator(self.tokenizer.pad_token_id, prompts=prompts),
             num_workers=self.num_workers,
         )
+
+    def test_ledger(self) -> Path:
+        """Where every read of this source's test split is recorded (pricer/data/test_ledger.py):
+        beside the splits curated here, or in the cache for a curated source."""
+        folder = self.curated.folder if self.curated is not None else None
+        return ledger_for(folder, self.cache_dir, self.source, self.revision)
 
     def trial_batch(self, size: int) -> dict:
         """The `size` longest training items, collated as training batches are: the widest batch

@@ -2,8 +2,8 @@
 test, so the reports say how often, and by which runs, theirs had been read before.
 
 The ledger is a JSON-lines file beside the curated splits (`test_reads.jsonl`), one line a read:
-when, the run folder, the command, the SHA-256 of the run's config, what was served, and how
-many items. A split curated elsewhere (a Hub dataset, a local curated folder) keeps its ledger
+when, the run folder, the stage that read it, the SHA-256 of the run's config, what was served,
+and how many items. A split curated elsewhere (a Hub dataset, a local curated folder) keeps its ledger
 in pricer's cache under a name made of its source and revision.
 """
 
@@ -40,15 +40,19 @@ def earlier_reads(ledger: Path) -> list[dict]:
     return reads
 
 
-def record_read(ledger: Path, run: str, command: str, config: Path | None, served: str | None, items: int) -> dict:
+def record_read(
+    ledger: Path, run: str, stage: str, config: Path | None, served: str | None, items: int
+) -> dict:
     """Append this read to the ledger; returns how often, and by which runs, the split had been
     read before it: {"count": n, "runs": [...]} (the runs in order, each once)."""
     before = earlier_reads(ledger)
     entry = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": run,
-        "command": command,
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config and config.is_file() else None,
+        "stage": stage,
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()
+        if config and config.is_file()
+        else None,
         "served": served,
         "items": items,
     }
@@ -57,3 +61,12 @@ def record_read(ledger: Path, run: str, command: str, config: Path | None, serve
         file.write(json.dumps(entry) + "\n")
     runs = list(dict.fromkeys(str(r.get("run")) for r in before))
     return {"count": len(before), "runs": runs}
+
+
+def run_name(folder: str) -> str:
+    """A read's run as a report may name it without this machine's paths: the run folder's name,
+    and an evaluation's as `<run>/evaluations/<name>`."""
+    path = Path(folder)
+    if path.parent.name == "evaluations":
+        return f"{path.parent.parent.name}/evaluations/{path.name}"
+    return path.name

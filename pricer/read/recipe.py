@@ -38,6 +38,7 @@ HEADLINE = (
     "interval_coverage",
     "weights_from",
     "blend",
+    "test_reads_before",
 )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from pricer.data.test_ledger import record_read, run_name
 from pricer.read.baselines import baseline_predictions
 from pricer.read.blend import coverage
 from pricer.read.metrics import coverage_below_nominal, mae_gap, metrics_table, price_metrics
@@ -184,6 +185,19 @@ class PriceReport(Callback):
         metrics["blend"] = self._blend(pl_module, rows, truth, llm, baseline_prices)
         if getattr(pl_module, "weights_from", None):
             metrics["weights_from"] = pl_module.weights_from
+        ledger = getattr(trainer.datamodule, "test_ledger", None)
+        if callable(ledger):
+            stage = getattr(trainer.state.fn, "value", str(trainer.state.fn))
+            before = record_read(ledger(), str(folder), stage, folder / "config.yaml", served, len(rows))
+            metrics["test_reads_before"] = {
+                "count": before["count"],
+                "runs": [run_name(r) for r in before["runs"]],
+            }
+            if before["count"]:
+                print(
+                    f"test: this test split had been read {before['count']} time(s) before, by "
+                    f"{', '.join(metrics['test_reads_before']['runs'])}: its figures are no longer a clean test"
+                )
         whole = self._test_items(trainer)
         if whole is not None and whole > len(rows):
             metrics["partial"] = f"the first {len(rows)} of {whole} test items (trainer.limit_test_batches)"
