@@ -118,6 +118,9 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     # fit names what it chose; the adapter's test, where it served it from
     assert metrics["read"].pop("served").startswith("the blend fit chose on validation")
     assert again["read"].pop("served").startswith(f"the blend fit chose, from {run / 'adapter'}")
+    # the second read of the split, which counts the first
+    assert metrics.pop("test_reads_before") == {"count": 0, "runs": []}
+    assert again.pop("test_reads_before") == {"count": 1, "runs": [run.name]}
     assert again == metrics
     # a checkpoint tested on a test-only copy of the fit's test split (no train split) serves the
     # read-out fit chose, from the run's adapter: the fit's prices to the cent, its baselines

@@ -102,6 +102,9 @@ def test_the_staged_adapter_reads_the_same_prices(published, fit_args, tmp_path)
     # the same read-out, named where it was served from: fit's choice, then the staged folder
     chosen = measured["read"].pop("served").removeprefix("the blend fit chose on validation")
     assert again["read"].pop("served") == f"the blend fit chose, from {published / 'hub' / 'model'}{chosen}"
+    # the second read of the split, which counts the first
+    assert measured.pop("test_reads_before") == {"count": 0, "runs": []}
+    assert again.pop("test_reads_before") == {"count": 1, "runs": [published.name]}
     assert again == measured
 
 
