@@ -134,11 +134,12 @@ def curate(
 
     The cache is keyed by what decides the splits (`spec`, its tokenizer by content) and by the
     raw files' content: their sizes and modification times here, their content hashes on the
-    Hub. Offline, a Hub source reuses the newest splits curated from it, with a note. Reused splits are checked first (every
-    Parquet footer readable, the row counts the accounting saved); splits that do not verify are
-    curated again, with a message naming the folder.
+    Hub. Offline, a Hub source reuses the newest splits curated from it, with a note. Reused
+    splits are checked first (every Parquet footer readable, the row counts the accounting
+    saved); splits that do not verify are curated again, with a message naming the folder.
     """
-    base = Path(cache_dir).expanduser() / spec.fingerprint(tokenizer_digest(tokenizer_source))
+    digest = tokenizer_digest(tokenizer_source)  # loads the tokenizer once
+    base = Path(cache_dir).expanduser() / spec.fingerprint(digest)
     version, unreachable, commit = source_version(spec)
     if version is None:
         reusable = sorted(
@@ -159,7 +160,7 @@ def curate(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
     try:
-        accounting = _curate_into(spec, tokenizer_source, tmp, num_proc, chunk_size, commit)
+        accounting = _curate_into(spec, tokenizer_source, digest, tmp, num_proc, chunk_size, commit)
         if folder.exists():  # another process finished the same curation first
             shutil.rmtree(tmp)
         else:
@@ -242,7 +243,13 @@ def _verify(folder: Path) -> str | None:
 
 
 def _curate_into(
-    spec: CurationSpec, tokenizer_source: str, out: Path, num_proc: int, chunk_size: int, commit: str | None
+    spec: CurationSpec,
+    tokenizer_source: str,
+    digest: str,
+    out: Path,
+    num_proc: int,
+    chunk_size: int,
+    commit: str | None,
 ) -> Accounting:
     accounting = Accounting()
     seen: set[str] = set()
@@ -298,7 +305,7 @@ def _curate_into(
                 "categories": spec.categories,
                 "rules": spec.rules.as_dict(),
                 "tokenizer": spec.tokenizer,
-                "tokenizer_digest": tokenizer_digest(tokenizer_source),
+                "tokenizer_digest": digest,
                 "sizes": spec.sizes,
                 "seed": spec.seed,
                 "balance": spec.balance,
