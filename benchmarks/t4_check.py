@@ -43,6 +43,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.t4_memory import arithmetic_estimate, arithmetic_table  # noqa: E402
+
 GIB = 2**30
 LLAMA_8B = REPO / "benchmarks" / "llama-3.1-8b.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -145,54 +147,6 @@ def write_random_model(config: dict, folder: Path, device: torch.device, shard_g
         "bytes": total,
         "shards": len(parts),
         "seconds": time.perf_counter() - started,
-    }
-
-
-def arithmetic_estimate(config: dict, seq_len: int, completion: int, lora_r: int, budget_gib: float) -> dict:
-    """The 8B job's memory by arithmetic (not measured): what is fixed, what each sample of a
-    pass adds with and without completion-only logits, and the pass size each predicts."""
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    layers, vocab = config["num_hidden_layers"], config["vocab_size"]
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    kv = hidden // heads * kv_heads
-    linear = layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter)
-    # NF4: half a byte a weight; absmax per 64 weights in 8 bits, plus fp32 per 256 of those
-    quantized = linear * (0.5 + 1 / 64 + 4 / (64 * 256))
-    # embeddings and LM head stay dense; peft's prepare_model_for_kbit_training makes them fp32
-    dense = (1 if config.get("tie_word_embeddings") else 2) * vocab * hidden * 4
-    lora = layers * lora_r * ((hidden + hidden) * 2 + (hidden + kv) * 2)
-    lora_bytes = lora * 8  # fp32 weights and gradients (paged AdamW's 8 more live outside)
-    dequantized = 2 * hidden * inter * 2  # the largest weight dequantized for a matmul, and its backward
-    fixed = quantized + dense + lora_bytes + dequantized
-    # Under 16-mixed the LM head's linear would cast its fp32 weight to fp16 at every call
-    # (Lightning's autocast caches no cast). pricer runs its head outside autocast, on the price
-    # rows in training and in every read (validation, test): no copy; a full-logits pass, the
-    # model's own forward, keeps the copy for backward.
-    head_copy = vocab * hidden * 2
-    # With checkpointing: each layer's input (the residual stream is fp32, as the embeddings are),
-    # and one layer recomputed in fp16 during backward (q, k, v, o, norms, the MLP's four)
-    per_sample = layers * seq_len * hidden * 4 + seq_len * (12 * hidden + 4 * inter) * 2
-    # logits in fp16, their fp32 copy for the loss, and both gradients: 12 bytes a logit
-    logits_full = seq_len * vocab * 12
-    logits_completion = completion * vocab * 12
-    sizes = [1, 2, 4, 8, 16]
-
-    def largest(extra: int, copy: int) -> int:
-        room = budget_gib * GIB - fixed - copy
-        return max([s for s in sizes if s * (per_sample + extra) <= room] or [0])
-
-    return {
-        "lora_parameters": lora,
-        "fixed_gib": fixed / GIB,
-        "head_copy_gib": head_copy / GIB,
-        "fixed_gib_full_logits": (fixed + head_copy) / GIB,
-        "read_fixed_gib": fixed / GIB,
-        "per_sample_gib_completion_logits": (per_sample + logits_completion) / GIB,
-        "per_sample_gib_full_logits": (per_sample + logits_full) / GIB,
-        "pass_size_completion_logits": largest(logits_completion, 0),
-        "pass_size_full_logits": largest(logits_full, head_copy),
-        "at_16_gib_completion_logits": (fixed + 16 * (per_sample + logits_completion)) / GIB,
-        "at_16_gib_full_logits": (fixed + head_copy + 16 * (per_sample + logits_full)) / GIB,
     }
 
 
@@ -388,9 +342,9 @@ class Phases:
             self.result[name] = {"skipped": f"needs {', '.join(missing)}, which did not finish"}
         else:
             self.result.setdefault(name, {})
-            try:
+            try:  # any failure is recorded in the JSON, never lost
                 work()
-            except Exception as error:  # noqa: BLE001: recorded in the JSON, never lost
+            except Exception as error:  # noqa: BLE001
                 self.result[name]["error"] = f"{type(error).__name__}: {error}"[:2000]
         self.save()
 
@@ -436,7 +390,9 @@ def run(args) -> dict:
             k: getattr(args, k)
             for k in ("seq_len", "completion_tokens", "effective_batch", "steps", "course_steps", "lora_r")
         },
-        "arithmetic": arithmetic_estimate(config, args.seq_len, args.completion_tokens, args.lora_r, budget),
+        "arithmetic": arithmetic_estimate(
+            config, args.seq_len, args.completion_tokens, args.lora_r, budget, TARGETS
+        ),
         "attention": t4_attention(device),
     }
 
@@ -573,30 +529,9 @@ def table(result: dict) -> str:
             and ("error" in result[phase] or "skipped" in result[phase])
         ),
         "",
-        *arithmetic_table(arithmetic, result["budget_gib"]),
+        *arithmetic_table(arithmetic, result["budget_gib"], result["setup"]["seq_len"]),
     ]
     return "\n".join(lines) + "\n"
-
-
-def arithmetic_table(arithmetic: dict, budget: float) -> list[str]:
-    def gib(value: float) -> str:
-        return f"{value:.2f} GiB"
-
-    return [
-        "| arithmetic (not measured) | completion-only logits | full logits |",
-        "|---|---:|---:|",
-        f"| fixed memory | {gib(arithmetic['fixed_gib'])} | {gib(arithmetic['fixed_gib_full_logits'])} |",
-        f"| of which the LM head's fp16 copy | none (head run outside autocast) | "
-        f"{gib(arithmetic['head_copy_gib'])} |",
-        f"| memory per sample of a pass | {gib(arithmetic['per_sample_gib_completion_logits'])} | "
-        f"{gib(arithmetic['per_sample_gib_full_logits'])} |",
-        f"| at 16 a pass | {gib(arithmetic['at_16_gib_completion_logits'])} | "
-        f"{gib(arithmetic['at_16_gib_full_logits'])} |",
-        f"| largest pass size within {budget} GiB | {arithmetic['pass_size_completion_logits']} | "
-        f"{arithmetic['pass_size_full_logits']} |",
-        f"| a read (validation, test): fixed memory, the head outside autocast | "
-        f"{gib(arithmetic['read_fixed_gib'])} | {gib(arithmetic['read_fixed_gib'])} |",
-    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -624,8 +559,10 @@ def main(argv: list[str] | None = None) -> dict:
         from pricer.train.batch_size import T4_BUDGET_GIB
 
         budget = args.budget_gib if args.budget_gib is not None else T4_BUDGET_GIB
-        estimate = arithmetic_estimate(config, args.seq_len, args.completion_tokens, args.lora_r, budget)
-        print("\n".join(arithmetic_table(estimate, budget)))
+        estimate = arithmetic_estimate(
+            config, args.seq_len, args.completion_tokens, args.lora_r, budget, TARGETS
+        )
+        print("\n".join(arithmetic_table(estimate, budget, args.seq_len)))
         return estimate
     if args.out is None:
         parser.error("--out is required (or --arithmetic)")

@@ -468,7 +468,8 @@ def test_accuracy_table_pairs_the_llm_with_neighbours_against_the_llm_without(tm
 def test_the_8b_arithmetic_is_what_the_training_guide_quotes() -> None:
     import re
 
-    from benchmarks.t4_check import LLAMA_8B, appliances_seq_len, arithmetic_estimate
+    from benchmarks.t4_check import LLAMA_8B, appliances_seq_len
+    from benchmarks.t4_memory import arithmetic_estimate
 
     seq_len = appliances_seq_len()  # the config's prompt, its neighbour block included
     estimate = arithmetic_estimate(json.loads(LLAMA_8B.read_text()), seq_len, 3, 32, 14.0)
