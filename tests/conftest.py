@@ -314,6 +314,18 @@ def tiny_model(tiny_llama, **kwargs):
     return PriceModel(**grouped_options(options))
 
 
+def with_random_lora(module, seed=0):
+    """LoRA B starts at zero, which makes A's gradients zero: give both some weight."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    return module
+
+
 # --- fit runs through the CLI
 
 

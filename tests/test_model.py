@@ -6,6 +6,7 @@ import torch
 
 from pricer.train.model import PriceModel
 from pricer.train.options import grouped_options
+from tests.conftest import with_random_lora
 
 
 def lora_and_base(module):
@@ -196,16 +197,6 @@ def loss_and_lora_grads(module, batch, completion_only: bool):
         loss = module(ids, mask, labels).loss
     loss.backward()
     return float(loss), {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
-
-
-def with_random_lora(module, seed=0):
-    """LoRA B starts at zero, which makes A's gradients zero: give both some weight."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    return module
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "none"])

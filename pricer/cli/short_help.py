@@ -62,7 +62,7 @@ SHORT = {
     "print_config": "Print the config the command would run, and exit.",
     "seed_everything": "The seed of every random generator.",
     "help": "This help.",
-    "config": "A config file (YAML); several are merged in order.",
+    "config": "A YAML config file; several merge in order.",
 }
 
 

@@ -1,5 +1,5 @@
 """The training loss: cross-entropy on the price tokens alone, with the LM head computed only
-where the loss is."""
+where the loss is, and the distance-aware term when `model.price_distance` weights it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pricer.base.head import head_outside_autocast
 from pricer.data.batches import IGNORE_INDEX
+from pricer.train.distance import PriceDistance
 
 
 class CompletionLoss:
@@ -19,7 +20,8 @@ class CompletionLoss:
     def completion_loss(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The summed cross-entropy of the completion tokens, and how many there are.
+        """The summed loss of the completion tokens (cross-entropy, plus `price_distance` times
+        the expected distance at the number tokens), and how many there are.
 
         Only the price tokens carry loss, so the LM head runs at their positions alone (as TRL
         does): the decoder's hidden states, then the head on the few rows that predict a label.
@@ -35,7 +37,18 @@ class CompletionLoss:
             base = self.model.get_base_model()
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             logits = head_outside_autocast(base.get_output_embeddings(), hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), count
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        if self.hparams.price_distance:
+            loss = loss + self.hparams.price_distance * self.distance(logits, targets[keep])
+        return loss, count
+
+    @property
+    def distance(self) -> PriceDistance:
+        """The distance on this tokenizer's number tokens, as the reader reads them."""
+        if self._distance is None:
+            reader = self.reader
+            self._distance = PriceDistance(reader.number_ids if reader.kind == "whole" else reader.digit_ids)
+        return self._distance
 
 
 def plain_lm_head(model) -> bool:

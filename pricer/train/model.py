@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 
 from pricer.base.load import is_local, load_model
 from pricer.base.quantization import add_lora
@@ -22,6 +22,7 @@ from pricer.read.reading import PriceReader
 from pricer.read.recipe import Recipe, base_differences, read_recipe, stamp_recipe
 from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TfidfPrice
+from pricer.train.distance import PriceDistance
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import CompletionLoss
 from pricer.train.options import (
@@ -59,6 +60,9 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         gradient_checkpointing: Recompute activations in backward. Less memory, more time.
         completion_logits: The LM head at the price tokens only. The same loss and gradients,
             less memory and time; false: at every position, as transformers does.
+        price_distance: Distance-aware loss weight. The expected distance between the model's
+            distribution over number tokens and the true number (0 to 1, pricer/train/distance.py)
+            is added to cross-entropy at each price token with this weight; 0: cross-entropy alone.
         adapter: A trained adapter to read (test, predict). Loaded instead of a new LoRA.
     """
 
@@ -73,6 +77,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         micro_batch_size: PositiveInt | None = None,
         gradient_checkpointing: bool = False,
         completion_logits: bool = True,
+        price_distance: NonNegativeFloat = 0.0,
         adapter: str | None = None,
     ) -> None:
         super().__init__()
@@ -83,6 +88,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         flat = {"base_model": base_model, **grouped, "gradient_checkpointing": gradient_checkpointing}
         micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)  # a plain int
         flat.update(micro_batch_size=micro_batch_size, completion_logits=completion_logits, adapter=adapter)
+        flat["price_distance"] = float(price_distance)
         self.save_hyperparameters(flat)
         lora_target_modules = flat["lora_target_modules"]
         # Each training step is one optimizer step over its batch, accumulated here in passes of
@@ -94,6 +100,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
         self.lora_target_modules = list(lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
         self.model = None
         self._reader: PriceReader | None = None
+        self._distance: PriceDistance | None = None
         self._dense: ExitStack | None = None
         self.weights_from: dict | None = None  # which step's weights fit saved, and why
         # the read-out on top of the LLM's: chosen at the end of fit, or loaded with an adapter
