@@ -728,3 +728,65 @@ def test_the_t4_check_turns_off_the_attention_a_t4_does_not_have(monkeypatch) ->
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert t4_attention(torch.device("cuda", 0)) is None and flags == {}  # a T4 chooses for itself
     assert t4_attention(torch.device("cpu")) is None
+
+
+def write_validation_csv(folder: Path, truth, predicted) -> None:
+    import csv
+
+    folder.mkdir(parents=True)
+    with (folder / "validation.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["title", "price", "predicted"])
+        writer.writerows([f"item {i}", t, p] for i, (t, p) in enumerate(zip(truth, predicted, strict=True)))
+
+
+def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds(tmp_path) -> None:
+    import numpy as np
+
+    from benchmarks.objective_study import decide
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(5, 500, 300)
+    base = truth + rng.normal(0, 40, 300)
+    closer = truth + (base - truth) * 0.8  # every item 20% nearer its price
+    write_validation_csv(tmp_path / "baseline-s1", truth, base)
+    write_validation_csv(tmp_path / "distance-0.5-s1", truth, base + 3)  # not chosen: worse on seed 1
+    write_validation_csv(tmp_path / "distance-2-s1", truth, closer)
+    write_validation_csv(tmp_path / "baseline-s2", truth, base)
+    write_validation_csv(tmp_path / "distance-2-s2", truth, closer)
+    result = decide(tmp_path)
+    assert result["chosen_weight_arm"] == "distance-2"
+    assert result["arms"]["distance-2"]["adopted"] and result["arms"]["distance-2"]["pooled"]["mae_gap"] < 0
+    # below on the pooled items, but above the baseline on seed 2 by itself: not adopted
+    (tmp_path / "distance-2-s2" / "validation.csv").unlink()
+    (tmp_path / "distance-2-s2").rmdir()
+    write_validation_csv(tmp_path / "distance-2-s2", truth, truth + (base - truth) * 1.1)
+    pooled_only = decide(tmp_path)["arms"]["distance-2"]
+    assert pooled_only["pooled"]["mae_gap_ci95"][1] < 0 and pooled_only["seeds"][2]["gap"] > 0
+    assert not pooled_only["adopted"]
+    # one seed alone adopts nothing
+    (tmp_path / "distance-2-s2" / "validation.csv").unlink()
+    assert not decide(tmp_path)["arms"]["distance-2"]["adopted"]
+    write_validation_csv(tmp_path / "other", truth, base)
+    (tmp_path / "distance-2-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
+    with pytest.raises(SystemExit, match="same validation items"):
+        decide(tmp_path)
+
+
+def test_the_objective_studys_runs_are_commands_pricer_accepts(tmp_path, capsys) -> None:
+    """Each planned run parses as written (its options exist and are in range)."""
+    import shlex
+
+    from benchmarks.objective_study import plan
+    from pricer.cli.main import main
+
+    for line in plan():
+        if "<" in line:
+            continue
+        args = shlex.split(line.replace("$GGUF", str(tmp_path / "m.gguf")).replace("$SAMPLE", str(tmp_path)))
+        assert args[:3] == ["python", "-m", "pricer"]
+        with pytest.raises(SystemExit) as stop:
+            main([*args[3:], "--print_config"])
+        assert stop.value.code == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
+        assert "skip_test: true" in printed and "seed: 2026" in printed

@@ -1,0 +1,133 @@
+"""The objective study: which training objective `configs/sample.yaml` should default to, chosen
+on validation with two seeds on a fresh split, its test split untouched until the end.
+
+    python benchmarks/objective_study.py plan                # the runs, as commands
+    python benchmarks/objective_study.py decide runs/study   # the decision, from their validation.csv
+
+The rule, fixed before any run it decides:
+
+1. Every run is `configs/sample.yaml` (five neighbours in the prompt, the base and optimizer as
+   committed) for one epoch on the sample, with the split seed `SPLIT_SEED` (not the 42 every
+   earlier run used, so no choice here has seen its validation or test items) and `--skip_test
+   true`: no selection run reads the test split. Runs differ only in `--seed_everything` and the
+   arm's options.
+2. An arm is compared with the baseline (today's recipe, cross-entropy alone) on the LLM's own
+   validation prices (each run's `validation.csv`, the weights fit kept), item by item: the
+   gaps of both seeds pooled (each item once a seed), their mean and a paired bootstrap 95%
+   interval (`pricer.read.metrics.mae_gap`).
+3. The distance weight is chosen first among `WEIGHTS` on seed 1 alone (the lower validation
+   MAE); only that weight runs on seed 2.
+4. An arm is adopted only if its pooled gap's whole interval is below zero and it is below the
+   baseline on each seed by itself. Otherwise it stays an option, off by default, reported with
+   its gap and its cost a step.
+5. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
+   the baseline, if none is) and the baseline, each seed: the ledger records every read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pricer.read.metrics import mae_gap  # noqa: E402
+
+SPLIT_SEED = 2026
+SEEDS = (1, 2)
+WEIGHTS = (0.5, 2.0)
+COMMON = (
+    "python -m pricer fit --config configs/sample.yaml --model.base_model $GGUF --data.source $SAMPLE "
+    f"--data.seed {SPLIT_SEED} --trainer.max_epochs 1 --skip_test true --trainer.default_root_dir runs/study"
+)
+
+
+def arms() -> dict[str, str]:
+    """Each arm's name and its options beside the common ones."""
+    return {"baseline": "", **{f"distance-{w:g}": f"--model.price_distance {w:g}" for w in WEIGHTS}}
+
+
+def plan() -> list[str]:
+    lines = [
+        f"{COMMON} --seed_everything 1 --run_name {name}-s1 {options}".strip()
+        for name, options in arms().items()
+    ]
+    lines.append(f"{COMMON} --seed_everything 2 --run_name baseline-s2")
+    lines.append(f"{COMMON} --seed_everything 2 --run_name <the chosen distance arm>-s2 <its options>")
+    return lines
+
+
+def validation(run: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with (run / "validation.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    truth = np.array([float(r["price"]) for r in rows])
+    return truth, np.array([float(r["predicted"]) for r in rows]), [r["title"] for r in rows]
+
+
+def mae(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.abs(predicted - truth).mean())
+
+
+def decide(root: Path) -> dict:
+    """The decision by the rule above, from the runs found under `root` (`<arm>-s<seed>`)."""
+    found = {
+        run.name: validation(run)
+        for run in sorted(root.glob("*-s[0-9]"))
+        if (run / "validation.csv").exists()
+    }
+    first = {name: mae(*found[f"{name}-s1"][:2]) for name in arms() if f"{name}-s1" in found}
+    if "baseline" not in first:
+        raise SystemExit(f"no baseline-s1/validation.csv under {root}")
+    candidates = {name: value for name, value in first.items() if name != "baseline"}
+    chosen = min(candidates, key=candidates.get) if candidates else None
+    result = {"split_seed": SPLIT_SEED, "seed_1_mae": first, "chosen_weight_arm": chosen, "arms": {}}
+    for name in [chosen] if chosen else []:
+        seeds = [s for s in SEEDS if f"{name}-s{s}" in found and f"baseline-s{s}" in found]
+        truth, arm, base, each = [], [], [], {}
+        for seed in seeds:
+            t, a, titles = found[f"{name}-s{seed}"]
+            t_base, b, titles_base = found[f"baseline-s{seed}"]
+            if titles != titles_base or not np.array_equal(t, t_base):
+                raise SystemExit(
+                    f"{name}-s{seed} and baseline-s{seed} did not read the same validation items"
+                )
+            truth.append(t), arm.append(a), base.append(b)
+            each[seed] = {"mae": mae(t, a), "baseline_mae": mae(t, b), "gap": mae(t, a) - mae(t, b)}
+        pooled = mae_gap(np.concatenate(truth), np.concatenate(arm), np.concatenate(base))
+        adopted = (
+            len(seeds) == len(SEEDS)
+            and pooled["mae_gap_ci95"][1] < 0
+            and all(s["gap"] < 0 for s in each.values())
+        )
+        result["arms"][name] = {"seeds": each, "pooled": pooled, "adopted": adopted}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict | list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("plan", help="print the runs")
+    decision = commands.add_parser("decide", help="the decision, from the runs' validation.csv")
+    decision.add_argument("root", type=Path)
+    decision.add_argument("--out", type=Path, help="write the decision as JSON here")
+    args = parser.parse_args(argv)
+    if args.command == "plan":
+        lines = plan()
+        print("\n".join(lines))
+        return lines
+    result = decide(args.root)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
