@@ -418,11 +418,22 @@ def trained(tmp_path_factory, tiny_llama):
 
 @pytest.fixture(scope="module")
 def staged(trained):
+    """The Space deploy stages, with a token in the environment as a user's would have."""
     from pricer.cli.main import main
 
     args, run = trained
-    main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", SECRET)
+        main(["deploy", *args, "--run_name", "space", "--space_repo", "me/pricer-space"])
     return run / "hub" / "space"
+
+
+def holds_no_secret(folder: Path) -> int:
+    """Every file under `folder` read byte by byte for the test token; returns how many."""
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+    return len(files)
 
 
 # --- the Hub's last hop and the Space served locally

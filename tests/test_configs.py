@@ -70,17 +70,35 @@ def test_a_bad_category_is_refused_with_the_choices():
         )
 
 
-@pytest.mark.parametrize("mode, offline", [("offline", "true"), ("online", "false")])
-def test_print_config_shows_what_will_run(monkeypatch, capsys, mode, offline):
-    """Not the parser's placeholders: the precision this machine gets (the config leaves it to
-    pricer), W&B as it will start, and no optimizer or scheduler keys the model ignores."""
+@pytest.mark.parametrize(
+    "mode, offline, capability, precision",
+    [
+        ("offline", "true", None, "32-true"),
+        ("online", "false", (7, 5), "16-mixed"),
+        ("offline", "true", (8, 0), "bf16-mixed"),
+    ],
+    ids=["cpu", "t4", "a100"],
+)
+def test_print_config_shows_what_will_run(monkeypatch, capsys, mode, offline, capability, precision):
+    """Not the parser's placeholders: the precision the machine gets (the config leaves it to
+    pricer; the card simulated, or none), W&B as it will start, and no optimizer or scheduler
+    keys the model ignores."""
+    import bitsandbytes  # noqa: F401  (imported on the real CPU, before a card is simulated)
+    import torch
+
     monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
+    if capability is not None:
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a simulated card")
     config = CONFIGS[0].parent / "appliances.yaml"
     with pytest.raises(SystemExit) as stop:
         build_cli(["fit", "--config", str(config), "--print_config"])
     assert stop.value.code == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["trainer"]["precision"] == "32-true"  # no GPU here
+    assert shown["trainer"]["precision"] == precision
     assert shown["trainer"]["logger"]["init_args"]["offline"] is (offline == "true")
     assert "lr_scheduler" not in shown and "optimizer" not in shown
     assert shown["model"]["optimizer"]["learning_rate"] == 1e-4 and shown["data"]["revision"] == "main"

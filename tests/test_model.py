@@ -343,6 +343,8 @@ def test_under_16_bit_validation_prices_each_item_as_test_does(tiny_llama, tmp_p
     validated = {round(r["price"], 2): round(r["predicted"], 2) for r in module.validation_rows}  # the LLM's
     batch = next(iter(data.val_dataloader()))
     assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1  # prompts of several lengths: padded
+    widths.clear()
     trainer.test(module, dataloaders=data.val_dataloader())
+    assert widths and set(widths) == {1}  # test under bf16-mixed: each prompt alone too
     tested = {round(r["price"], 2): round(r["llm_predicted"], 2) for r in module.test_rows}
     assert validated == tested and len(tested) == len(module.test_rows)
