@@ -750,25 +750,25 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     base = truth + rng.normal(0, 40, 300)
     closer = truth + (base - truth) * 0.8  # every item 20% nearer its price
     write_validation_csv(tmp_path / "baseline-s1", truth, base)
-    write_validation_csv(tmp_path / "distance-0.5-s1", truth, base + 3)  # not chosen: worse on seed 1
-    write_validation_csv(tmp_path / "distance-2-s1", truth, closer)
+    write_validation_csv(tmp_path / "distance-1-s1", truth, base + 3)  # not chosen: worse on seed 1
+    write_validation_csv(tmp_path / "distance-4-s1", truth, closer)
     write_validation_csv(tmp_path / "baseline-s2", truth, base)
-    write_validation_csv(tmp_path / "distance-2-s2", truth, closer)
+    write_validation_csv(tmp_path / "distance-4-s2", truth, closer)
     result = decide(tmp_path)
-    assert result["chosen_weight_arm"] == "distance-2"
-    assert result["arms"]["distance-2"]["adopted"] and result["arms"]["distance-2"]["pooled"]["mae_gap"] < 0
+    assert result["chosen_weight_arm"] == "distance-4"
+    assert result["arms"]["distance-4"]["adopted"] and result["arms"]["distance-4"]["pooled"]["mae_gap"] < 0
     # below on the pooled items, but above the baseline on seed 2 by itself: not adopted
-    (tmp_path / "distance-2-s2" / "validation.csv").unlink()
-    (tmp_path / "distance-2-s2").rmdir()
-    write_validation_csv(tmp_path / "distance-2-s2", truth, truth + (base - truth) * 1.1)
-    pooled_only = decide(tmp_path)["arms"]["distance-2"]
+    (tmp_path / "distance-4-s2" / "validation.csv").unlink()
+    (tmp_path / "distance-4-s2").rmdir()
+    write_validation_csv(tmp_path / "distance-4-s2", truth, truth + (base - truth) * 1.1)
+    pooled_only = decide(tmp_path)["arms"]["distance-4"]
     assert pooled_only["pooled"]["mae_gap_ci95"][1] < 0 and pooled_only["seeds"][2]["gap"] > 0
     assert not pooled_only["adopted"]
     # one seed alone adopts nothing
-    (tmp_path / "distance-2-s2" / "validation.csv").unlink()
-    assert not decide(tmp_path)["arms"]["distance-2"]["adopted"]
+    (tmp_path / "distance-4-s2" / "validation.csv").unlink()
+    assert not decide(tmp_path)["arms"]["distance-4"]["adopted"]
     write_validation_csv(tmp_path / "other", truth, base)
-    (tmp_path / "distance-2-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
+    (tmp_path / "distance-4-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
     with pytest.raises(SystemExit, match="same validation items"):
         decide(tmp_path)
 
