@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pricer.read.blend import Blend, blend_summary, choose_blend, load_partner
+from pricer.read.blend import Blend, blend_summary, choose_blend
 from pricer.read.tfidf import NEIGHBORS, TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
 from tests.conftest import corpus
 
@@ -95,20 +95,6 @@ def test_the_saved_neighbours_read_back_to_the_same_prices(fitted, tmp_path):
     assert np.array_equal(loaded.predict(unseen, 0.45), model.predict(unseen, 0.45))
 
 
-def test_a_version_1_model_reads_the_ridge_and_refuses_a_blend_with_neighbours(fitted, tmp_path):
-    """Adapters saved before the neighbours keep their blend; one that would need them is named."""
-    model, _, _ = fitted
-    TfidfPrice(model.vectorizer, model.coef, model.intercept).save(tmp_path)
-    assert json.loads((tmp_path / TFIDF_JSON).read_text(encoding="utf-8"))["version"] == 1
-    old = load_partner(tmp_path, Blend(0.6))
-    unseen = corpus(10, 7)
-    assert np.array_equal(old.predict(unseen), model.predict(unseen))
-    with pytest.raises(BlendError, match="saved without its train rows"):
-        old.predict(unseen, 0.5)
-    with pytest.raises(BlendError, match=r"tfidf.safetensors: the recipe gives the nearest neighbours 0.3"):
-        load_partner(tmp_path, Blend(0.6, 1.0, 0.3))
-
-
 def _edit_arrays(folder, **arrays):
     from safetensors.numpy import load_file, save_file
 
@@ -123,8 +109,9 @@ def _edit_arrays(folder, **arrays):
         (lambda d: (d / TFIDF_JSON).write_text("{not json"), "the TF-IDF model cannot be read"),
         (
             lambda d: (d / TFIDF_JSON).write_text('{"format": "other"}'),
-            "not a version 1 or 2 pricer TF-IDF model",
+            "not a version 2 pricer TF-IDF model",
         ),
+        (lambda d: _edit(d, version=1), "not a version 2 pricer TF-IDF model"),
         (lambda d: _edit(d, vocabulary=["a", "a"]), "vocabulary must be a list of distinct terms"),
         (lambda d: _edit(d, vocabulary=["a", "b"]), "must both have the vocabulary's 2 entries"),
         (lambda d: _edit(d, vectorizer={"ngram_range": [1, 2]}), "vectorizer settings must be"),

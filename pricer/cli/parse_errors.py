@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from pricer.cli.config_files import config_files
 from pricer.cli.short_help import prog_name, short_help
-from pricer.train.options import GROUPS, moved_key, scalar_for_group
+from pricer.train.options import GROUPS, scalar_for_group
 
 UNKNOWN = re.compile(r"does not accept (?:nested )?(?:option|key)s? '([^']+)'")  # a config's key
 UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")  # argparse's, for the command line
@@ -83,8 +83,6 @@ def choices_of(typehint: Any) -> list[str]:
 
 def _unknown(key: str, place: str, parser) -> str:
     at = f" {place}" if place else ""
-    if moved_key(key):
-        return f"{key}{at} is now {moved_key(key)} (the options are grouped)"
     near = closest(key, option_names(parser))
     return f"unknown option {key}{at}" + (f"; did you mean {near}?" if near else "")
 
@@ -93,9 +91,6 @@ def _unrecognized(words: str, parser) -> str:
     parts = []
     for option in [w for w in words.split() if w.startswith("--")] or [words]:
         key = option.removeprefix("--").split("=")[0]
-        if moved_key(key):
-            parts.append(f"{option} (now --{moved_key(key)}: the options are grouped)")
-            continue
         near = closest(key, option_names(parser))
         parts.append(option + (f" (did you mean --{near}?)" if near else ""))
     return f"unknown option on the command line: {', '.join(parts)}"

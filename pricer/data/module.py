@@ -59,9 +59,6 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
             `model.micro_batch_size`; `FitBatchSize` sets it from its `effective_batch_size`.
         eval_batch_size: Items a validation or test batch (default: batch_size).
         num_workers: DataLoader worker processes.
-        hub_repo: Moved: `HubPublisher.dataset_repo` (publishing is the publisher's).
-        hub_private: Moved: `HubPublisher.dataset_private`.
-        hub_upload: Moved: `HubPublisher.dataset_upload`.
         predict_source: What `predict` prices (default: the test split). A JSONL file of product
             texts (raw records, `text` or `prompt` per line) or a curated dataset.
         neighbors: Training items a prompt shows, with their prices (0: none). They sit
@@ -95,9 +92,6 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         eval_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 0,
         predict_source: str | None = None,
-        hub_repo: str | None = None,
-        hub_private: bool | None = None,
-        hub_upload: bool | None = None,
         neighbors: NonNegativeInt = 0,
         neighbor_title_tokens: PositiveInt = 24,
         neighbor_dropout: NonNegativeFloat = 0.0,
@@ -145,16 +139,6 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.predict_source = predict_source
-        for old, value, new in (
-            ("hub_repo", hub_repo, "dataset_repo"),
-            ("hub_private", hub_private, "dataset_private"),
-            ("hub_upload", hub_upload, "dataset_upload"),
-        ):
-            if value is not None:
-                raise OptionError(
-                    f"data.{old}={value!r}: publishing moved to the publisher; set "
-                    f"HubPublisher.{new} (under trainer.callbacks, pricer.hub.publish.HubPublisher init_args)"
-                )
         self.neighbors, self.neighbor_title_tokens = int(neighbors), int(neighbor_title_tokens)
         if not float(neighbor_dropout) < 1:
             raise OptionError(

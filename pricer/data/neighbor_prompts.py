@@ -15,6 +15,9 @@ from pricer.data.neighbors import Retriever
 from pricer.data.prompt import neighbor_block, text_from_prompt, with_neighbors
 from pricer.options import OptionError
 
+# Which training prompts go without neighbours: a random stream of its own beside the split seed's
+DROPOUT_STREAM = 30
+
 
 class NeighborPrompts:
     """Retrieval for the prompts of a data module that has `neighbors`, `neighbor_title_tokens`,
@@ -56,7 +59,7 @@ class NeighborPrompts:
         retrieved = retrieve(index, texts, self.neighbors, self._neighbor_cache() if split else None)
         shown = [True] * len(prompts)
         if split == "train" and self.neighbor_dropout:
-            draw = np.random.default_rng([self.seed, 30]).random(len(prompts))
+            draw = np.random.default_rng([self.seed, DROPOUT_STREAM]).random(len(prompts))
             shown = (draw >= self.neighbor_dropout).tolist()
         if split:
             self.neighbor_accounting[split] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pricer.read.tfidf import TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
+from pricer.read.tfidf import BlendError, TfidfPrice, partner_prices
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the LLM's weights tried on validation
 SHARES = WEIGHTS  # the neighbours' shares of the partner tried on validation
@@ -77,18 +77,6 @@ class Blend:
         return asdict(self)
 
 
-def load_partner(folder: Path, blend: Blend) -> TfidfPrice:
-    """The classical model a blend reads, from the adapter folder; raises BlendError when the
-    blend needs the neighbours and the saved model has no train rows."""
-    partner = TfidfPrice.load(folder)
-    if blend.uses_neighbors and not partner.has_neighbors:
-        raise BlendError(
-            f"{Path(folder) / TFIDF_WEIGHTS}: the recipe gives the nearest neighbours {blend.neighbors:g} "
-            "of the blend's partner, but the TF-IDF model was saved without its train rows"
-        )
-    return partner
-
-
 def saved_blend(folder: Path) -> tuple[Blend, TfidfPrice | None]:
     """The blend an adapter's run chose (its recipe), with its partner when it uses one; the LLM
     alone when the folder has no recipe."""
@@ -98,7 +86,7 @@ def saved_blend(folder: Path) -> tuple[Blend, TfidfPrice | None]:
     if recipe is None:
         return Blend(), None
     blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
-    return blend, load_partner(folder, blend) if blend.uses_tfidf else None
+    return blend, TfidfPrice.load(folder) if blend.uses_tfidf else None
 
 
 def coverage(truth, low, high) -> float:

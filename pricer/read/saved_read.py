@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pricer.data.neighbors import Retriever
 from pricer.options import OptionError
-from pricer.read.blend import Blend, load_partner, mix_text
+from pricer.read.blend import Blend, mix_text
 from pricer.read.recipe import read_recipe
 from pricer.read.tfidf import TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice
 
@@ -130,7 +130,7 @@ def saved_read_out(folder: Path, with_items: bool = True, load: bool = True) -> 
         print(f"pricer: warning: {served}", file=sys.stderr)
         return ReadOut(Blend(), None, items, served)
     # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
-    partner = None if missing or not load else load_partner(folder, blend)
+    partner = None if missing or not load else TfidfPrice.load(folder)
     return ReadOut(blend, partner, items, describe(blend, f"fit chose, from {folder}"))
 
 
@@ -145,10 +145,6 @@ def saved_retriever(folder: Path, tokenizer, title_tokens: int, tfidf: TfidfPric
             f"{folder}: its recipe shows neighbours in the prompt, and {TRAIN_ITEMS} with their titles is missing"
         )
     tfidf = tfidf or TfidfPrice.load(folder)
-    if not tfidf.has_neighbors:
-        raise BlendError(
-            f"{folder / TFIDF_WEIGHTS}: saved without the training items' rows, the neighbour index"
-        )
     try:
         return Retriever.of(
             tfidf.vectorizer, tfidf.rows, items.texts, items.titles, items.prices, tokenizer, title_tokens

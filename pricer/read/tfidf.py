@@ -23,8 +23,7 @@ from pricer.data.features import VECTORIZER, tfidf_vectorizer
 TFIDF_JSON = "tfidf.json"
 TFIDF_WEIGHTS = "tfidf.safetensors"
 FORMAT = "pricer-tfidf"
-VERSION = 2  # 2: the train items' features and log prices, for the nearest neighbours
-READABLE = (1, 2)  # version 1 (no neighbours) still reads, for a blend without them
+VERSION = 2  # the ridge, and the train items' features and log prices for the nearest neighbours
 RIDGE_ALPHA = 1.0
 # The nearest neighbours: how many, weighted by 1 / cosine distance (scikit-learn's "distance").
 # 5 was chosen on the validation split of the learning-rate lever runs (RESULTS.md): alone it
@@ -41,17 +40,15 @@ class TfidfPrice:
     """TF-IDF features, a ridge on log1p(price) and the nearest train items: the TF-IDF and
     nearest-neighbours baselines, and the blend's partner."""
 
-    def __init__(
-        self, vectorizer, coef: np.ndarray, intercept: float, rows=None, rows_log_price=None
-    ) -> None:
+    def __init__(self, vectorizer, coef: np.ndarray, intercept: float, rows, rows_log_price) -> None:
         self.vectorizer, self.coef, self.intercept = (
             vectorizer,
             np.asarray(coef, np.float64),
             float(intercept),
         )
-        # the train items' TF-IDF rows (unit length) and log1p prices; None: saved without them
+        # the train items' TF-IDF rows (unit length) and log1p prices
         self.rows = rows
-        self.rows_log_price = None if rows_log_price is None else np.asarray(rows_log_price, np.float64)
+        self.rows_log_price = np.asarray(rows_log_price, np.float64)
 
     @classmethod
     def fit(cls, texts: list[str], prices, features=None) -> TfidfPrice:
@@ -68,10 +65,6 @@ class TfidfPrice:
         ridge = Ridge(alpha=RIDGE_ALPHA).fit(features, log_prices)
         return cls(vectorizer, ridge.coef_, float(ridge.intercept_), features.tocsr(), log_prices)
 
-    @property
-    def has_neighbors(self) -> bool:
-        return self.rows is not None
-
     def log_price(self, texts: list[str]) -> np.ndarray:
         """log1p of the predicted price, as the ridge predicts it."""
         return np.asarray(self.vectorizer.transform(list(texts)) @ self.coef + self.intercept).ravel()
@@ -81,11 +74,6 @@ class TfidfPrice:
         log prices (cosine distance on the TF-IDF rows), weighted by 1 / distance; an
         item at distance 0 alone decides. A text with no known term is equally far from every
         train item: it gets their mean."""
-        if not self.has_neighbors:
-            raise BlendError(
-                f"this TF-IDF model was saved without its train rows ({TFIDF_WEIGHTS} version 1): "
-                "it has no nearest neighbours"
-            )
         queries = self.vectorizer.transform(list(texts)).tocsr()
         k = min(k, self.rows.shape[0])
         # scikit-learn's own: brute force on the sparse rows, cosine distance, weighted by
@@ -130,12 +118,11 @@ class TfidfPrice:
             terms[column] = term
         header = {
             "format": FORMAT,
-            "version": VERSION if self.has_neighbors else 1,
+            "version": VERSION,
             "vectorizer": VECTORIZER,
             "vocabulary": terms,
+            "neighbors": NEIGHBORS,
         }
-        if self.has_neighbors:
-            header["neighbors"] = NEIGHBORS
         (Path(folder) / TFIDF_JSON).write_text(
             json.dumps(header, ensure_ascii=False) + "\n", encoding="utf-8"
         )
@@ -143,14 +130,11 @@ class TfidfPrice:
             "idf": self.vectorizer.idf_.astype(np.float64),
             "coef": self.coef,
             "intercept": np.array([self.intercept], dtype=np.float64),
+            "rows_data": np.asarray(self.rows.data, np.float64),
+            "rows_indices": np.asarray(self.rows.indices, np.int32),
+            "rows_indptr": np.asarray(self.rows.indptr, np.int64),
+            "rows_log_price": self.rows_log_price,
         }
-        if self.has_neighbors:
-            arrays.update(
-                rows_data=np.asarray(self.rows.data, np.float64),
-                rows_indices=np.asarray(self.rows.indices, np.int32),
-                rows_indptr=np.asarray(self.rows.indptr, np.int64),
-                rows_log_price=self.rows_log_price,
-            )
         save_file(arrays, str(Path(folder) / TFIDF_WEIGHTS))
 
     @classmethod
@@ -167,14 +151,8 @@ class TfidfPrice:
             arrays = load_file(str(weights))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as error:
             raise BlendError(f"{path.parent}: the TF-IDF model cannot be read: {error}") from None
-        if (
-            not isinstance(header, dict)
-            or header.get("format") != FORMAT
-            or header.get("version") not in READABLE
-        ):
-            raise BlendError(
-                f'{path}: not a version {" or ".join(map(str, READABLE))} pricer TF-IDF model ("format": "{FORMAT}")'
-            )
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise BlendError(f'{path}: not a version {VERSION} pricer TF-IDF model ("format": "{FORMAT}")')
         terms = header.get("vocabulary")
         if (
             not isinstance(terms, list)
@@ -182,7 +160,7 @@ class TfidfPrice:
             or len(set(terms)) != len(terms)
         ):
             raise BlendError(f"{path}: vocabulary must be a list of distinct terms")
-        expected = {"idf", "coef", "intercept"} | (set(NEIGHBOR_ARRAYS) if header["version"] >= 2 else set())
+        expected = {"idf", "coef", "intercept", *NEIGHBOR_ARRAYS}
         if set(arrays) != expected:
             raise BlendError(f"{weights}: expected {', '.join(sorted(expected))}, found {sorted(arrays)}")
         if not (arrays["idf"].shape == arrays["coef"].shape == (len(terms),)) or arrays[
@@ -192,21 +170,15 @@ class TfidfPrice:
                 f"{weights}: idf {arrays['idf'].shape} and coef {arrays['coef'].shape} must both have "
                 f"the vocabulary's {len(terms)} entries, intercept one"
             )
-        if header["version"] >= 2 and header.get("neighbors") != NEIGHBORS:
+        if header.get("neighbors") != NEIGHBORS:
             raise BlendError(f"{path}: neighbors must be {NEIGHBORS}, the count this pricer reads with")
         settings = header.get("vectorizer")
         if not isinstance(settings, dict) or set(settings) != set(VECTORIZER):
             raise BlendError(f"{path}: vectorizer settings must be {sorted(VECTORIZER)}")
         vectorizer = tfidf_vectorizer(settings, {t: i for i, t in enumerate(terms)})
         vectorizer.idf_ = arrays["idf"]
-        rows = _rows(arrays, len(terms), weights) if header["version"] >= 2 else None
-        return cls(
-            vectorizer,
-            arrays["coef"],
-            float(arrays["intercept"][0]),
-            rows,
-            arrays["rows_log_price"] if rows is not None else None,
-        )
+        rows = _rows(arrays, len(terms), weights)
+        return cls(vectorizer, arrays["coef"], float(arrays["intercept"][0]), rows, arrays["rows_log_price"])
 
 
 def _rows(arrays: dict, terms: int, where: Path):

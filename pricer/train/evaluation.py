@@ -37,7 +37,7 @@ class ReadingSteps:
                 max_digits=digits,
                 beam=hp.read_beam,
                 min_mass=hp.read_min_mass,
-                share_prefix=hp.get("read_shared_prefix", False),
+                share_prefix=hp.read_shared_prefix,
             )
         return self._reader
 

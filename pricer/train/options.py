@@ -2,9 +2,8 @@
 
 Each group is a small dataclass whose docstring is its `--help`; the ranges are jsonargparse's
 types, checked when a config is parsed. The module itself keeps them flat (`hparams.lora_r`),
-as its checkpoints, recipes and cards always have: `FLAT` is the one table between the two, so a
-checkpoint's settings read back into the grouped options, and an old flat key in a config gets
-one line naming its new place.
+as its checkpoints, recipes and cards hold them: `FLAT` is the one table between the two, so a
+checkpoint's settings read back into the grouped options.
 """
 
 from __future__ import annotations
@@ -201,17 +200,10 @@ def grouped_options(flat: dict) -> dict:
     return out
 
 
-# the two groups named as a flat option once was: its value is now this field
-WAS_FLAT = {"quantization": "weights", "blend": "enabled"}
-
-
 def scalar_for_group(key: str, value) -> str:
     """One line for a plain value given where a group of options goes (`model.blend: false`)."""
-    group = key.removeprefix("model.")
-    field = WAS_FLAT.get(group)
     shown = str(value).lower() if isinstance(value, bool) else value
-    instead = f"set {key}.{field}: {shown}" if field else f"set its fields ({key}.<name>)"
-    return f"{key} is a group of options now, not a value ({shown!r}): {instead}"
+    return f"{key} is a group of options, not a value ({shown!r}): set its fields ({key}.<name>)"
 
 
 def check_groups(model) -> None:
@@ -221,9 +213,3 @@ def check_groups(model) -> None:
         value = model.get(group) if model is not None else None
         if value is not None and not hasattr(value, "keys") and not isinstance(value, cls):
             raise OptionError(scalar_for_group(f"model.{group}", value))
-
-
-def moved_key(key: str) -> str | None:
-    """The new name of an old flat `model.` key (`model.lora_r` -> `model.lora.r`), or None."""
-    name = key.removeprefix("model.")
-    return f"model.{GROUPED[name]}" if key.startswith("model.") and name in GROUPED else None
