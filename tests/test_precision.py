@@ -114,6 +114,19 @@ def test_serving_a_bf16_adapter_on_such_a_cpu_warns_that_it_is_emulated(cpu, tin
         Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="32-true")
 
 
+def test_a_t4_adapter_read_on_a_cpu_is_read_as_lightning_tests_it_there(cpu, tiny_llama):
+    """fp16 autocast is a GPU's: on a CPU Lightning's Trainer turns 16-mixed into bf16-mixed for
+    `test`, and the Space's Pricer reads the same way, so the two agree on one machine."""
+    from pricer.base.precision import on_the_device
+    from pricer.read.serving import Pricer
+
+    assert on_the_device("16-mixed", "cpu") == "bf16-mixed"
+    assert on_the_device("16-mixed", "cuda") == "16-mixed" and on_the_device("32-true", "cpu") == "32-true"
+    cpu(native=True)
+    pricer = Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="16-mixed")
+    assert pricer.reader.autocast == torch.bfloat16
+
+
 class LoadRecorder:
     """Stands in for `from_pretrained` on a card that is not there: records what the model
     would be loaded with, then loads the tiny model on the CPU in full precision."""
@@ -272,12 +285,19 @@ def test_a_card_whose_capability_cannot_be_asked_is_taken_for_fp16_and_said(
 
 
 def test_fp16_asked_of_a_cpu_is_warned_about_in_fit_and_in_pricer(cpu, tiny_llama):
-    """A T4-tested adapter (16-mixed) served on a CPU Space: fp16 is emulated there."""
+    """A T4-tested adapter (16-mixed) served on a CPU Space: it runs as bf16-mixed there, as
+    Lightning runs it, which this CPU emulates; fp16 proper (16-true) is emulated too."""
     from pricer.read.serving import Pricer
 
     cpu(native=False)
     warning = emulated_bf16_warning("16-mixed", "cpu")
-    assert "trainer.precision=16-mixed on this CPU (AVX2, without AMX-FP16): fp16" in warning
+    assert (
+        "trainer.precision=16-mixed (bf16-mixed on a CPU) on this CPU (AVX2, without AVX512-BF16" in warning
+    )
     assert "--trainer.precision 32-true" in warning
-    with pytest.warns(UserWarning, match=r"this CPU \(AVX2, without AMX-FP16\) emulates fp16"):
+    warning = emulated_bf16_warning("16-true", "cpu")
+    assert "trainer.precision=16-true on this CPU (AVX2, without AMX-FP16): fp16" in warning
+    with pytest.warns(
+        UserWarning, match=r"tested under 16-mixed, and is read under bf16-mixed as a CPU reads it"
+    ):
         Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="16-mixed")

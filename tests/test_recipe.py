@@ -155,7 +155,7 @@ def test_space_vs_test_finds_the_spaces_quotes_equal_to_tests_prices(fp4_run, tm
 
 @pytest.mark.slow
 def test_under_bf16_mixed_the_spaces_quotes_equal_tests_prices_to_the_cent(
-    tmp_path_factory, tiny_llama, tmp_path
+    tmp_path_factory, tiny_llama, tmp_path, capsys
 ):
     """A run trained and tested under bf16-mixed: its recipe says so, the Space reads it under
     the same autocast, and each prompt test read in its batch is quoted alone to the cent, the
@@ -164,7 +164,7 @@ def test_under_bf16_mixed_the_spaces_quotes_equal_tests_prices_to_the_cent(
     benchmarks/RESULTS.md measures what that changes on SmolLM2.)"""
     from benchmarks.space_vs_test import main
 
-    _, run = publishing_fit(
+    args, run = publishing_fit(
         tmp_path_factory.mktemp("bf16"),
         tiny_llama,
         "bf16",
@@ -179,6 +179,16 @@ def test_under_bf16_mixed_the_spaces_quotes_equal_tests_prices_to_the_cent(
     assert result["n"] == 8
     for share in ("to_the_cent", "llm_to_the_cent", "interval_close"):
         assert result[share] == 1, share
+    # `test` of the adapter with a config that says nothing of precision (the smoke one's null:
+    # 32-true on a CPU) reads it under its recipe's bf16-mixed, as the Space does
+    from pricer.cli.main import main as pricer
+
+    capsys.readouterr()
+    pricer(["test", *args, "--model.adapter", str(run / "adapter"), "--run_name", "again"])
+    assert "trainer.precision='bf16-mixed'" in capsys.readouterr().out
+    again = list(csv.DictReader((run.parent / "again" / "predictions.csv").open()))
+    fit_test = list(csv.DictReader((run / "predictions.csv").open()))
+    assert [r["llm_predicted"] for r in again] == [r["llm_predicted"] for r in fit_test]
 
 
 @pytest.mark.slow

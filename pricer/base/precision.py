@@ -129,6 +129,16 @@ def default_precision(accelerator: str | None) -> str:
     return "bf16-mixed" if native_bf16() else "16-mixed"
 
 
+def on_the_device(precision: str, device_type: str) -> str:
+    """The precision a read runs under on this kind of device, as Lightning's Trainer runs it: on
+    a CPU, which has no fp16 autocast of its own, 16-mixed (a T4's) becomes bf16-mixed. `test`
+    (through the Trainer) and the Space (`Pricer`) share this rule, so on one machine they read
+    one adapter alike."""
+    if device_type == "cpu" and str(precision) == "16-mixed":
+        return "bf16-mixed"
+    return str(precision)
+
+
 def cpu_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX (torch's own checks).
 
@@ -172,14 +182,16 @@ def emulated_bf16(precision: str | None, device: torch.device | int | None = Non
 def emulated_bf16_warning(precision: str | None, accelerator: str | None) -> str | None:
     """A warning when bf16 was asked for on a GPU or a CPU that would only emulate it, else None."""
     if accelerator == "cpu" or not cuda_present():
-        emulated = emulated_cpu_bf16(precision)
+        runs = on_the_device(precision, "cpu") if precision is not None else None
+        emulated = emulated_cpu_bf16(runs)
         if emulated:
+            shown = precision if runs == precision else f"{precision} (bf16-mixed on a CPU)"
             return (
-                f"trainer.precision={precision} on {emulated}: bf16 is emulated here, about a hundred "
+                f"trainer.precision={shown} on {emulated}: bf16 is emulated here, about a hundred "
                 "times slower than 32-true; pass --trainer.precision 32-true (bf16-mixed pays only on a "
                 "CPU with AVX512-BF16 or AMX)"
             )
-        emulated = emulated_cpu_fp16(precision)
+        emulated = emulated_cpu_fp16(runs)
         if emulated:
             return (
                 f"trainer.precision={precision} on {emulated}: fp16 is a GPU's precision and is emulated "

@@ -188,7 +188,7 @@ class PricerCLI(LightningCLI):
         check_trainer_options(config.trainer)
         check_evaluation_name(config.get("evaluation"), self.subcommand)
         if self.subcommand in ("validate", "test", "predict"):
-            self._read_as_the_recipe_says(config.model)
+            self._read_as_the_recipe_says(config.model, config.trainer)
         self.run_dir, ckpt_path = place_run(
             config, config.get("run_name"), config.get("ckpt_path"), self.subcommand
         )
@@ -226,9 +226,10 @@ class PricerCLI(LightningCLI):
 
         return [c for c in self.trainer.callbacks if isinstance(c, HubPublisher)]
 
-    def _read_as_the_recipe_says(self, model) -> None:
+    def _read_as_the_recipe_says(self, model, trainer) -> None:
         """An adapter with a pricer.json is read as its run measured it: the recipe's base
-        quantization and read-out replace the config file's, unless typed on the command line."""
+        quantization, read-out and precision replace the config file's, unless typed on the
+        command line."""
         from pricer.hub.calls import adapter_folder
         from pricer.read.recipe import read_recipe
 
@@ -245,6 +246,13 @@ class PricerCLI(LightningCLI):
         taken = {k: v for k, v in keys.items() if k not in typed and model.get(k) != v}
         for option, value in taken.items():
             model[option] = value
+        current = trainer.get("precision") or default_precision(trainer.get("accelerator"))
+        if (
+            "precision" not in given_on_the_command_line(self.typed, "trainer")
+            and current != recipe.precision
+        ):
+            trainer.precision = recipe.precision
+            taken["trainer.precision"] = recipe.precision
         if taken:
             shown = ", ".join(f"{o}={v!r}" for o, v in taken.items())
             print(f"model.adapter {model.adapter}: read as its pricer.json says: {shown}")

@@ -15,19 +15,25 @@ import numpy as np
 import torch
 
 from pricer.base.load import base_for_here, load_model, load_tokenizer
-from pricer.base.precision import emulated_bf16, emulated_cpu_bf16, emulated_cpu_fp16, resolve_dtype
+from pricer.base.precision import (
+    emulated_bf16,
+    emulated_cpu_bf16,
+    emulated_cpu_fp16,
+    on_the_device,
+    resolve_dtype,
+)
 from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
 from pricer.data.prompt import make_prompt, neighbor_block, text_from_prompt, with_neighbors
 from pricer.data.rules import CurationRules
 from pricer.hub.calls import adapter_folder
-from pricer.read.blend import Blend, load_partner
+from pricer.read.blend import Blend
 from pricer.read.dense import CpuRead, can_read_dense, to_dense
 from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceDistribution, PriceReader
 from pricer.read.recipe import PRECISIONS, Recipe, adapter_recipe, read_recipe
 from pricer.read.saved_read import saved_read_out, saved_retriever
-from pricer.read.tfidf import BlendError
+from pricer.read.tfidf import BlendError, TfidfPrice
 
 BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
 
@@ -176,8 +182,10 @@ class Pricer:
                 raise BlendError(
                     "Pricer: blend_weight under 1 needs an adapter folder holding its TF-IDF model"
                 )
-            partner = load_partner(adapter, blend)
+            partner = TfidfPrice.load(adapter)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tested, precision = precision, on_the_device(precision, self.device.type)
+        read_as = "read so" if precision == tested else f"read under {precision} as a CPU reads it"
         emulated = emulated_bf16(precision, self.device) if self.device.type == "cuda" else None
         if emulated:
             warnings.warn(
@@ -192,7 +200,7 @@ class Pricer:
         if emulated:
             kind = "bf16" if "bf16" in str(precision) else "fp16"
             warnings.warn(
-                f"Pricer: the adapter was tested under {precision}, and is read so here, but {emulated} "
+                f"Pricer: the adapter was tested under {tested}, and is {read_as} here, but {emulated} "
                 f"emulates {kind}, far slower than fp32; precision='32-true' reads at full speed, with "
                 "prices that may differ by cents from the ones its test measured",
                 UserWarning,
