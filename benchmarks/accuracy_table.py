@@ -1,4 +1,4 @@
-"""The accuracy table of issue 19: a fine-tuned run's LLM alone and its blend against the same
+"""The accuracy table: a fine-tuned run's LLM alone and its blend against the same
 model before fine-tuning and the classical baselines, all on the same test items, each row
 paired item by item against TF-IDF, from the runs' predictions.csv files.
 
@@ -11,10 +11,10 @@ alone, the row is the blend at validation's best weight below 1, marked as not c
 TF-IDF column is the row's MAE minus TF-IDF's, with its paired bootstrap 95% interval: below
 zero throughout means better than TF-IDF beyond the noise.
 
-Issue 30 (neighbours in the prompt): `--without <run>` adds a run of the LLM trained without
-neighbours (today's config) on the same test items, as a row of its own and as a second paired
-column, and checks the issue's targets: the LLM with neighbours at least 25% below TF-IDF's MAE,
-and below the LLM without them beyond the noise.
+Neighbours in the prompt: `--without <run>` adds a run of the LLM trained without neighbours
+(`--data.neighbors 0`) on the same test items, as a row of its own and as a second paired
+column, and checks the targets: the LLM with neighbours at least 25% below TF-IDF's MAE, and
+below the LLM without them beyond the noise.
 
     python benchmarks/accuracy_table.py runs/sample/with-k5 runs/sample/untrained --without runs/sample/k0
 """
@@ -34,9 +34,9 @@ from pricer.read.tfidf import partner_prices
 
 TFIDF = "tfidf_linear_log_price"
 NEIGHBORS = "tfidf_neighbors_log_price"
-BLEND_TARGET = 0.85  # the issue's target: the blend at least 15% below TF-IDF's MAE
-NEIGHBORS_TARGET = 0.75  # issue 30's: the LLM with neighbours at least 25% below TF-IDF's MAE
-WITHOUT = "fine-tuned LLM without neighbours (today's config)"
+BLEND_TARGET = 0.85  # the target: the blend at least 15% below TF-IDF's MAE
+NEIGHBORS_TARGET = 0.75  # the target: the LLM with neighbours at least 25% below TF-IDF's MAE
+WITHOUT = "fine-tuned LLM without neighbours"
 
 
 def load(run: Path) -> tuple[dict, object]:
@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tuned", type=Path, help="the fine-tuned run folder")
     parser.add_argument("untrained", type=Path, nargs="?", help="a `test` run of the base model, untrained")
-    parser.add_argument("--without", type=Path, help="a fine-tuned run without neighbours (issue 30)")
+    parser.add_argument(
+        "--without", type=Path, help="a fine-tuned run without neighbours (--data.neighbors 0)"
+    )
     args = parser.parse_args(argv)
     metrics, frame = load(args.tuned)
     untrained = load(args.untrained)[1] if args.untrained else None

@@ -455,7 +455,7 @@ def test_accuracy_table_pairs_the_llm_with_neighbours_against_the_llm_without(tm
     shown = f"${gap['mae_gap']:+.2f} (${gap['mae_gap_ci95'][0]:+.2f} to ${gap['mae_gap_ci95'][1]:+.2f})"
     (row,) = [line for line in text.splitlines() if line.startswith("| fine-tuned LLM alone |")]
     assert shown in row
-    assert "| fine-tuned LLM without neighbours (today's config) |" in text
+    assert "| fine-tuned LLM without neighbours |" in text
     assert f"below the LLM without them beyond the noise: met, {shown}" in text
     ratio = np.abs(near - truth).mean() / np.abs(frames["near"]["tfidf_linear_log_price"] - truth).mean()
     verdict = "met" if ratio <= 0.75 else "missed"

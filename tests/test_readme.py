@@ -110,11 +110,12 @@ def test_anchors_between_the_pages_exist(page):
 
 
 def product_files() -> list:
-    """What a user runs and reads besides the docs: the package, the configs, the cards and the
-    Space (benchmarks/RESULTS.md is a dated log and names its entries)."""
+    """What a user runs and reads besides the docs: the package, the configs, the cards, the
+    Space and the benchmarks with their results (dated entries, without the project's history)."""
     return sorted(
         [*(REPO / "pricer").rglob("*.py"), *(REPO / "configs").glob("*.yaml"), *(REPO / "cards").glob("*.md"),
-         *(REPO / "space").glob("*.py"), *(REPO / "space").glob("*.md")]
+         *(REPO / "space").glob("*.py"), *(REPO / "space").glob("*.md"), *(REPO / "benchmarks").glob("*.py"),
+         *(REPO / "benchmarks").glob("*.md")]
     )  # fmt: skip
 
 
