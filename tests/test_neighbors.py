@@ -7,6 +7,7 @@ import pytest
 from pricer.data.neighbors import Retriever
 from pricer.data.prompt import (
     NEIGHBORS_HEADER,
+    SUMMARY_HEADER,
     make_prompt,
     neighbor_block,
     text_from_prompt,
@@ -26,6 +27,22 @@ def test_a_prompt_carries_its_neighbours_between_the_question_and_the_text():
     assert text_from_prompt(shown) == text_from_prompt(plain) == "Kettle X\nA kettle."
     assert title_from_prompt(shown) == "Kettle X"
     assert with_neighbors(plain, "") == plain and neighbor_block([]) == ""
+
+
+def test_the_neighbours_prices_can_be_shown_as_numbers_instead_of_or_beside_their_lines():
+    found = [("Fridge A", 12.4), ("Oven B", 99.6), ("Kettle C", 30.0)]
+    summary = f"{SUMMARY_HEADER} median $30, lowest $12, highest $100"
+    assert neighbor_block(found, "summary") == summary
+    assert neighbor_block(found, "both") == neighbor_block(found) + "\n" + summary
+    assert neighbor_block(found[:2], "summary") == f"{SUMMARY_HEADER} median $56, lowest $12, highest $100"
+    plain = make_prompt("Kettle X\nA kettle.")
+    for format in ("summary", "both"):
+        shown = with_neighbors(plain, neighbor_block(found, format))
+        assert shown.index("median $30") < shown.index("Kettle X")
+        assert text_from_prompt(shown) == "Kettle X\nA kettle." and title_from_prompt(shown) == "Kettle X"
+    assert neighbor_block([], "summary") == ""
+    with pytest.raises(ValueError, match="lines, summary, both"):
+        neighbor_block(found, "table")
 
 
 @pytest.fixture(scope="module")
@@ -229,10 +246,12 @@ def test_neighbours_need_training_items(byte_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, tmp_path, capsys):
-    """fit trains with 3 neighbours a prompt; its adapter saves the index. `test` of the adapter
-    on a test-only copy of the test split, `predict` and the Space's Pricer retrieve the same
-    training items from it and quote the fit's own test prices to the cent."""
+@pytest.mark.parametrize("form", ["lines", "summary"])
+def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, tmp_path, capsys, form):
+    """fit trains with 3 neighbours a prompt (as lines, or their prices as numbers); its adapter
+    saves the index and the form. `test` of the adapter on a test-only copy of the test split,
+    `predict` and the Space's Pricer retrieve the same training items from it, show them alike
+    and quote the fit's own test prices to the cent."""
     import csv
     import json
 
@@ -240,10 +259,10 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     from pricer.read.recipe import read_recipe
     from pricer.read.serving import Pricer
 
-    main(["fit", *fit_args, "--data.neighbors", "3", "--run_name", "near"])
+    main(["fit", *fit_args, "--data.neighbors", "3", "--data.neighbor_format", form, "--run_name", "near"])
     run = tmp_path / "runs" / "near"
     recipe = read_recipe(run / "adapter")
-    assert (recipe.neighbors, recipe.neighbor_title_tokens) == (3, 24)
+    assert (recipe.neighbors, recipe.neighbor_title_tokens, recipe.neighbor_format) == (3, 24, form)
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     metrics = json.loads((run / "metrics.json").read_text())
 
@@ -262,8 +281,8 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
         ]
     )
     assert (
-        "test: data.neighbors 3, data.neighbor_title_tokens 24: as the adapter was trained"
-        in capsys.readouterr().out
+        f"test: data.neighbors 3, data.neighbor_title_tokens 24, data.neighbor_format {form}: as the "
+        "adapter was trained" in capsys.readouterr().out
     )
     again = json.loads((tmp_path / "runs" / "again" / "metrics.json").read_text())
     assert round(again["mae"], 2) == round(metrics["mae"], 2)
@@ -273,10 +292,12 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     pricer = Pricer.from_adapter(str(adapter))
     quotes = [pricer.quote_prompt(p) for p in prompts]
     assert [round(q.price, 2) for q in quotes] == cents
-    assert all(len(q.neighbors) == 3 and NEIGHBORS_HEADER in q.prompt for q in quotes)
+    header = NEIGHBORS_HEADER if form == "lines" else SUMMARY_HEADER
+    assert all(len(q.neighbors) == 3 and header in q.prompt for q in quotes)
+    assert all((NEIGHBORS_HEADER in q.prompt) == (form == "lines") for q in quotes)
     # the Space's page lists the items the prompt showed beside the price
     from pricer.read.serving import neighbors_text
 
     typed = pricer.quote("Fridge model 7", "A quiet fridge with two doors.")
     assert len(typed.neighbors) == 3 and neighbors_text(typed).count("\n- ") == 3
-    assert all(f"- {title}: $" in typed.prompt for title, _ in typed.neighbors)
+    assert all((f"- {title}: $" in typed.prompt) == (form == "lines") for title, _ in typed.neighbors)

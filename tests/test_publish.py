@@ -274,6 +274,11 @@ def test_the_model_card_shows_the_prompt_the_adapter_was_trained_with():
     assert "Similar items and their prices:" in near and "at most 16 tokens>: $<its price>" in near
     assert "(5 items, the most similar first)" in near and "`quote.neighbors`" in near
     assert near.index("Similar items") < near.index("<title>") < near.index("Price is $")
+    assert "median $<their median>" not in near
+    summary = prompt_section(replace(recipe, neighbors=5, neighbor_format="summary"))
+    assert "Similar items' prices: median $<their median>" in summary and "and their prices:" not in summary
+    both = prompt_section(replace(recipe, neighbors=5, neighbor_format="both"))
+    assert both.index("and their prices:") < both.index("median $<their median>") < both.index("<title>")
 
 
 @pytest.mark.slow

@@ -290,6 +290,10 @@ def changed(path: str, value):
             r"prompt.neighbor_title_tokens must be a positive whole number",
         ),
         (
+            changed("prompt.neighbor_format", "table"),
+            r"prompt.neighbor_format must be one of \('lines', 'summary', 'both'\), got 'table'",
+        ),
+        (
             changed("quantization.quant_type", "int3"),
             r"quantization.quant_type must be one of \('nf4', 'fp4'\)",
         ),

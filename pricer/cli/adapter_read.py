@@ -62,6 +62,7 @@ def retrieve_as_the_adapter_did(
     trained = {
         "neighbors": recipe.neighbors,
         "neighbor_title_tokens": recipe.neighbor_title_tokens,
+        "neighbor_format": recipe.neighbor_format,
         "rules": recipe.curation_rules,
     }
     given = {name for name in trained if any(t == name or t.startswith(f"{name}.") for t in typed)}
@@ -70,10 +71,12 @@ def retrieve_as_the_adapter_did(
         if name not in given:
             setattr(data, name, trained[name])
     taken = [n for n in differ if n not in given]
-    if {"neighbors", "neighbor_title_tokens"} & set(taken) and (data.neighbors or recipe.neighbors):
+    if {"neighbors", "neighbor_title_tokens", "neighbor_format"} & set(taken) and (
+        data.neighbors or recipe.neighbors
+    ):
         print(
             f"{subcommand}: data.neighbors {data.neighbors}, data.neighbor_title_tokens "
-            f"{data.neighbor_title_tokens}: as the adapter was trained"
+            f"{data.neighbor_title_tokens}, data.neighbor_format {data.neighbor_format}: as the adapter was trained"
         )
     if "rules" in taken:
         print(f"{subcommand}: data.rules: the curation rules the adapter was trained with")

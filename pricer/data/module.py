@@ -17,7 +17,7 @@ from pricer.data.curated import load_curated
 from pricer.data.neighbor_prompts import NeighborPrompts
 from pricer.data.neighbors import Retriever
 from pricer.data.products import load_products
-from pricer.data.prompt import text_from_prompt
+from pricer.data.prompt import NeighborFormat, text_from_prompt
 from pricer.data.raw import RAW_URL, SourceError
 from pricer.data.rules import CurationRules
 from pricer.data.source import parse_source
@@ -57,7 +57,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         num_proc: Curation processes. Default: the machine's cores, at most 8.
         batch_size: Items an optimizer step, on each process. Taken in passes of
             `model.micro_batch_size`; `FitBatchSize` sets it from its `effective_batch_size`.
-        eval_batch_size: Items a validation or test batch (default: batch_size).
+        eval_batch_size: Items a validation or test batch. Default: batch_size.
         num_workers: DataLoader worker processes.
         predict_source: What `predict` prices (default: the test split). A JSONL file of product
             texts (raw records, `text` or `prompt` per line) or a curated dataset.
@@ -66,6 +66,9 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
             by cosine on the TF-IDF features of the train split, never an item itself or a
             duplicate of it (the same title); cached beside the curated splits.
         neighbor_title_tokens: Tokens of a neighbour's title at most, in the prompt.
+        neighbor_format: The neighbours as lines, summary or both. lines: a line each,
+            its title and price; summary: one line of their prices' median, lowest and highest;
+            both: the lines, then the summary.
         neighbor_dropout: Share of training prompts without neighbours. Drawn once with `seed`,
             so the model still learns to read a product's own text; validation, test and every
             read show them all.
@@ -94,6 +97,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         predict_source: str | None = None,
         neighbors: NonNegativeInt = 0,
         neighbor_title_tokens: PositiveInt = 24,
+        neighbor_format: NeighborFormat = "lines",
         neighbor_dropout: NonNegativeFloat = 0.0,
     ) -> None:
         super().__init__()
@@ -140,6 +144,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.predict_source = predict_source
         self.neighbors, self.neighbor_title_tokens = int(neighbors), int(neighbor_title_tokens)
+        self.neighbor_format = neighbor_format
         if not float(neighbor_dropout) < 1:
             raise OptionError(
                 f"data.neighbor_dropout {neighbor_dropout}: the share of training prompts shown without "

@@ -21,7 +21,7 @@ DROPOUT_STREAM = 30
 
 class NeighborPrompts:
     """Retrieval for the prompts of a data module that has `neighbors`, `neighbor_title_tokens`,
-    `neighbor_dropout`, `seed`, `source`, `retriever`, `_own_index`, `neighbor_rows`,
+    `neighbor_format`, `neighbor_dropout`, `seed`, `source`, `retriever`, `_own_index`, `neighbor_rows`,
     `neighbor_accounting`, `curated`, `cache_dir`, `tokenizer` and `load_splits()`."""
 
     def use_index(self, retriever: Retriever) -> None:
@@ -71,7 +71,7 @@ class NeighborPrompts:
             }
             self.neighbor_rows[split] = retrieved.found.rows
         return [
-            with_neighbors(p, neighbor_block(index.shown(rows)) if show else "")
+            with_neighbors(p, neighbor_block(index.shown(rows), self.neighbor_format) if show else "")
             for p, rows, show in zip(prompts, retrieved.found.rows, shown, strict=True)
         ]
 

@@ -131,6 +131,6 @@ class Retriever:
         """Each text's `k` nearest training items as (title, price), most similar first."""
         return [self.shown(rows) for rows in self.nearest(texts, k)]
 
-    def blocks(self, texts: list[str], k: int) -> list[str]:
+    def blocks(self, texts: list[str], k: int, format: str = "lines") -> list[str]:
         """Each text's neighbour block for its prompt (`prompt.neighbor_block`)."""
-        return [neighbor_block(found) for found in self.neighbors(texts, k)]
+        return [neighbor_block(found, format) for found in self.neighbors(texts, k)]

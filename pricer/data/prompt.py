@@ -8,19 +8,45 @@ training items and their prices sits between the question and the product text.
 
 from __future__ import annotations
 
+import statistics
+from typing import Literal
+
 QUESTION = "How much does this cost to the nearest dollar?"
 PREFIX = "Price is $"
 
 
 NEIGHBORS_HEADER = "Similar items and their prices:"
+SUMMARY_HEADER = "Similar items' prices:"
+# How a prompt shows its neighbours: a line each (title and price), one line of their prices'
+# median, lowest and highest, or both.
+NeighborFormat = Literal["lines", "summary", "both"]
+NEIGHBOR_FORMATS = ("lines", "summary", "both")
 
 
-def neighbor_block(neighbors: list[tuple[str, float]]) -> str:
-    """The similar items' lines, each a title and its whole-dollar price ("" for none)."""
+def price_summary(prices: list[float]) -> str:
+    """The neighbours' prices as numbers: their median, lowest and highest, in whole dollars."""
+    return (
+        f"{SUMMARY_HEADER} median ${round(statistics.median(prices))}, lowest ${round(min(prices))}, "
+        f"highest ${round(max(prices))}"
+    )
+
+
+def neighbor_block(neighbors: list[tuple[str, float]], format: NeighborFormat = "lines") -> str:
+    """The similar items as the prompt shows them ("" for none): a line each, a title and its
+    whole-dollar price, and/or the summary of their prices (`format`)."""
     if not neighbors:
         return ""
-    lines = [f"- {' '.join(title.split())}: ${round(price)}" for title, price in neighbors]
-    return "\n".join([NEIGHBORS_HEADER, *lines])
+    if format not in NEIGHBOR_FORMATS:
+        raise ValueError(f"a neighbour format is one of {', '.join(NEIGHBOR_FORMATS)}, not {format!r}")
+    parts = []
+    if format in ("lines", "both"):
+        parts += [
+            NEIGHBORS_HEADER,
+            *(f"- {' '.join(title.split())}: ${round(price)}" for title, price in neighbors),
+        ]
+    if format in ("summary", "both"):
+        parts.append(price_summary([price for _, price in neighbors]))
+    return "\n".join(parts)
 
 
 def make_prompt(text: str, neighbors: str = "") -> str:
@@ -42,7 +68,7 @@ def with_neighbors(prompt: str, neighbors: str) -> str:
 def without_neighbors(body: str) -> str:
     """A prompt's body (after the question) less its neighbour block, when it has one."""
     body = body.strip()
-    if body.startswith(NEIGHBORS_HEADER):
+    if body.startswith((NEIGHBORS_HEADER, SUMMARY_HEADER)):
         return body.split("\n\n", 1)[1] if "\n\n" in body else ""
     return body
 

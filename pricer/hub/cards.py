@@ -151,6 +151,7 @@ def model_card(
         point=recipe.point if recipe else "median",
         neighbors=recipe.neighbors if recipe else 0,
         neighbor_title_tokens=recipe.neighbor_title_tokens if recipe else 24,
+        neighbor_format=recipe.neighbor_format if recipe else "lines",
     )
 
 

@@ -17,7 +17,7 @@ from typing import get_args
 
 from pricer.base.precision import ComputeDtype
 from pricer.base.quantization import Quantization
-from pricer.data.prompt import PREFIX, QUESTION
+from pricer.data.prompt import NEIGHBOR_FORMATS, PREFIX, QUESTION
 from pricer.data.rules import CurationRules
 from pricer.read.reading import Point
 from pricer.read.stamp import StampError, check_stamp, recipe_digest, stamp_weights
@@ -86,6 +86,7 @@ class Recipe:
     # similar training items shown in the prompt (data.neighbors; 0: none) and their titles' budget
     neighbors: int = 0
     neighbor_title_tokens: int = 24
+    neighbor_format: str = "lines"
     # read
     point: str = "median"
     coverage: float = 0.8
@@ -109,7 +110,7 @@ class Recipe:
     SECTIONS = {
         "base": ("base_model", "base_model_id"),
         "quantization": ("quantization", "quant_type", "double_quant", "compute_dtype"),
-        "prompt": ("question", "prefix", "rules", "neighbors", "neighbor_title_tokens"),
+        "prompt": ("question", "prefix", "rules", "neighbors", "neighbor_title_tokens", "neighbor_format"),
         "read": (
             "point",
             "coverage",
@@ -132,7 +133,7 @@ class Recipe:
         base_model_id: str | None = None,
         blend=None,
         precision: str = "32-true",
-        neighbors: tuple[int, int] = (0, 24),
+        neighbors: tuple[int, int, str] = (0, 24, "lines"),
     ) -> Recipe:
         """The recipe of a PriceModel's hyperparameters, the curation rules it trained on, the
         blend fit chose (a pricer.read.blend.Blend; None: the LLM alone) and the trainer precision
@@ -151,6 +152,7 @@ class Recipe:
             precision=str(precision),
             neighbors=int(neighbors[0]),
             neighbor_title_tokens=int(neighbors[1]),
+            neighbor_format=str(neighbors[2]),
         )
 
     @property
@@ -181,6 +183,7 @@ class Recipe:
             "rules": self.curation_rules,
             "neighbors": self.neighbors,
             "neighbor_title_tokens": self.neighbor_title_tokens,
+            "neighbor_format": self.neighbor_format,
         }
 
     def with_metrics(self, metrics: dict | None) -> Recipe:
@@ -246,6 +249,7 @@ class Recipe:
             "compute_dtype": get_args(ComputeDtype),
             "point": get_args(Point),
             "precision": PRECISIONS,
+            "neighbor_format": NEIGHBOR_FORMATS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -24,7 +24,7 @@ from pricer.base.precision import (
 )
 from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
-from pricer.data.prompt import make_prompt, neighbor_block, text_from_prompt, with_neighbors
+from pricer.data.prompt import NEIGHBOR_FORMATS, make_prompt, neighbor_block, text_from_prompt, with_neighbors
 from pricer.data.rules import CurationRules
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend
@@ -83,6 +83,7 @@ DEFAULTS = {
         "blend_neighbors",
         "neighbors",
         "neighbor_title_tokens",
+        "neighbor_format",
     )
 }
 
@@ -124,6 +125,7 @@ class Pricer:
         neighbors: Similar training items shown in the prompt, as the adapter trained with
             them (0: none), retrieved from the training items saved in the adapter folder.
         neighbor_title_tokens: Tokens of a neighbour's title at most, as trained.
+        neighbor_format: How the prompt shows them (lines, summary or both), as trained.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class Pricer:
         blend_neighbors: float = 0.0,
         neighbors: int = 0,
         neighbor_title_tokens: int = 24,
+        neighbor_format: str = "lines",
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
@@ -211,13 +214,17 @@ class Pricer:
         tokens = neighbor_title_tokens
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise ValueError(f"Pricer: neighbor_title_tokens must be a positive whole number, got {tokens!r}")
+        if neighbor_format not in NEIGHBOR_FORMATS:
+            raise ValueError(
+                f"Pricer: neighbor_format must be one of {', '.join(NEIGHBOR_FORMATS)}, got {neighbor_format!r}"
+            )
         if neighbors and not adapter:
             raise BlendError("Pricer: neighbors need an adapter folder holding the training items")
         self.rules = rules or CurationRules()
         self.base_model, self.adapter = base_model, adapter
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
-        self.neighbors = neighbors
+        self.neighbors, self.neighbor_format = neighbors, neighbor_format
         self.retriever = saved_retriever(adapter, self.tokenizer, tokens, partner) if neighbors else None
         # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
         # on, fp32 on the CPU.
@@ -302,7 +309,7 @@ class Pricer:
         found: list[tuple[str, float]] = []
         if self.retriever is not None:
             (found,) = self.retriever.neighbors([text], self.neighbors)
-            prompt = with_neighbors(prompt, neighbor_block(found))
+            prompt = with_neighbors(prompt, neighbor_block(found, self.neighbor_format))
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)

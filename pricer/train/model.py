@@ -245,7 +245,11 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
             base_model_id = self.hparams.base_model
         precision = str(trainer.precision) if trainer is not None else "32-true"
         datamodule = trainer.datamodule if trainer is not None else None
-        neighbors = (getattr(datamodule, "neighbors", 0), getattr(datamodule, "neighbor_title_tokens", 24))
+        neighbors = (
+            getattr(datamodule, "neighbors", 0),
+            getattr(datamodule, "neighbor_title_tokens", 24),
+            getattr(datamodule, "neighbor_format", "lines"),
+        )
         return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision, neighbors)
 
     def configure_optimizers(self):
