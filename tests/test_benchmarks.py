@@ -755,7 +755,7 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     write_validation_csv(tmp_path / "baseline-s2", truth, base)
     write_validation_csv(tmp_path / "distance-4-s2", truth, closer)
     result = decide(tmp_path)
-    assert result["chosen_weight_arm"] == "distance-4"
+    assert result["chosen"] == {"distance": "distance-4"}  # the other family has no runs yet
     assert result["arms"]["distance-4"]["adopted"] and result["arms"]["distance-4"]["pooled"]["mae_gap"] < 0
     # below on the pooled items, but above the baseline on seed 2 by itself: not adopted
     (tmp_path / "distance-4-s2" / "validation.csv").unlink()
@@ -790,3 +790,39 @@ def test_the_objective_studys_runs_are_commands_pricer_accepts(tmp_path, capsys)
         assert stop.value.code == 0, capsys.readouterr().err
         printed = capsys.readouterr().out
         assert "skip_test: true" in printed and "seed: 2026" in printed
+
+
+def test_the_course_recipe_trains_reads_and_records_its_test_read(tmp_path, tiny_llama, raw_items) -> None:
+    """The peer at toy scale: TRL trains the course's LoRA on the curated prompts, generate and
+    the regex read them, and a test read goes into the split's ledger like pricer's."""
+    import csv
+
+    from benchmarks.course_recipe import COURSE, main
+    from pricer.data.test_ledger import LEDGER, earlier_reads
+    from tests.conftest import small_datamodule
+
+    data = small_datamodule(raw_items, tiny_llama, tmp_path / "cache", val_size=4, test_size=4)
+    data.prepare_data()
+    (folder,) = {p.parent.parent for p in (tmp_path / "cache").rglob("validation-*.parquet")}
+    common = [
+        "--splits",
+        str(folder),
+        "--gguf",
+        tiny_llama,
+        "--out",
+        str(tmp_path / "course"),
+        "--precision",
+        "fp32",
+    ]
+    settings = main(["train", *common, "--limit", "8", "--max-steps", "2"])
+    assert settings["train"]["steps"] == 2 and settings["lora"]["lora_r"] == COURSE["lora_r"]
+    assert settings["sft_config"]["completion_only_loss"]["used"] is True
+    assert (tmp_path / "course" / "adapter" / "adapter_config.json").is_file()
+    path = main(["read", *common])
+    rows = list(csv.DictReader(path.open()))
+    assert (
+        path.name == "validation.csv" and len(rows) == 4 and set(rows[0]) == {"title", "price", "predicted"}
+    )
+    assert not earlier_reads(folder / LEDGER)  # validation is no test read
+    main(["read", *common, "--split", "test"])
+    assert [r["stage"] for r in earlier_reads(folder / LEDGER)] == ["course recipe"]
