@@ -15,13 +15,22 @@ The rule, fixed before any run it decides:
    validation prices (each run's `validation.csv`, the weights fit kept), item by item: the
    gaps of both seeds pooled (each item once a seed), their mean and a paired bootstrap 95%
    interval (`pricer.read.metrics.mae_gap`).
-3. The distance weight is chosen first among `WEIGHTS` on seed 1 alone (the lower validation
-   MAE); only that weight runs on seed 2.
-4. An arm is adopted only if its pooled gap's whole interval is below zero and it is below the
-   baseline on each seed by itself. Otherwise it stays an option, off by default, reported with
-   its gap and its cost a step.
+3. Each family's candidate is chosen first on seed 1 alone (the lowest validation MAE): the
+   distance weight among `WEIGHTS`, the neighbours' form between `summary` (their prices as
+   numbers instead of their lines) and `both` (the numbers beside the lines). Only the
+   candidate runs on seed 2.
+4. A candidate is adopted only if its pooled gap's whole interval is below zero and it is below
+   the baseline on each seed by itself. Otherwise it stays an option, off by default, reported
+   with its gap and its cost a step. Both families adopted: their combination is one more pair
+   of runs, adopted by the same rule against the better of the two.
 5. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
-   the baseline, if none is) and the baseline, each seed: the ledger records every read.
+   the baseline, if none is) and the baseline, each seed, and by the course's recipe
+   (`benchmarks/course_recipe.py`, one run a seed on the same split without neighbours, the
+   course's prompt): the ledger records every read.
+
+Budget: about 2.6 hours a run on this 2-core CPU (11.6 s a step, 704 steps, two validations);
+nine runs and two course runs, about 27 hours, run in working periods that resume from
+`last.ckpt`.
 """
 
 from __future__ import annotations
@@ -50,9 +59,18 @@ COMMON = (
 )
 
 
+FAMILIES = {
+    "distance": {f"distance-{w:g}": f"--model.price_distance {w:g}" for w in WEIGHTS},
+    "neighbor_format": {f"format-{f}": f"--data.neighbor_format {f}" for f in ("summary", "both")},
+}
+
+
 def arms() -> dict[str, str]:
     """Each arm's name and its options beside the common ones."""
-    return {"baseline": "", **{f"distance-{w:g}": f"--model.price_distance {w:g}" for w in WEIGHTS}}
+    return {
+        "baseline": "",
+        **{name: options for family in FAMILIES.values() for name, options in family.items()},
+    }
 
 
 def plan() -> list[str]:
@@ -61,7 +79,8 @@ def plan() -> list[str]:
         for name, options in arms().items()
     ]
     lines.append(f"{COMMON} --seed_everything 2 --run_name baseline-s2")
-    lines.append(f"{COMMON} --seed_everything 2 --run_name <the chosen distance arm>-s2 <its options>")
+    for family in FAMILIES:
+        lines.append(f"{COMMON} --seed_everything 2 --run_name <the chosen {family} arm>-s2 <its options>")
     return lines
 
 
@@ -86,10 +105,13 @@ def decide(root: Path) -> dict:
     first = {name: mae(*found[f"{name}-s1"][:2]) for name in arms() if f"{name}-s1" in found}
     if "baseline" not in first:
         raise SystemExit(f"no baseline-s1/validation.csv under {root}")
-    candidates = {name: value for name, value in first.items() if name != "baseline"}
-    chosen = min(candidates, key=candidates.get) if candidates else None
-    result = {"split_seed": SPLIT_SEED, "seed_1_mae": first, "chosen_weight_arm": chosen, "arms": {}}
-    for name in [chosen] if chosen else []:
+    chosen = {}
+    for family, members in FAMILIES.items():
+        candidates = {name: first[name] for name in members if name in first}
+        if candidates:
+            chosen[family] = min(candidates, key=candidates.get)
+    result = {"split_seed": SPLIT_SEED, "seed_1_mae": first, "chosen": chosen, "arms": {}}
+    for name in chosen.values():
         seeds = [s for s in SEEDS if f"{name}-s{s}" in found and f"baseline-s{s}" in found]
         truth, arm, base, each = [], [], [], {}
         for seed in seeds:
