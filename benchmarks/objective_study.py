@@ -23,7 +23,12 @@ The rule, fixed before any run it decides:
    the baseline on each seed by itself. Otherwise it stays an option, off by default, reported
    with its gap and its cost a step. Both families adopted: their combination is one more pair
    of runs, adopted by the same rule against the better of the two.
-5. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
+5. A price head on the last hidden state, fitted after the LoRA on frozen features
+   (`benchmarks/hidden_head.py`), needs no run of its own: it is measured on each seed's
+   baseline adapter, and adopted by the same rule, its gap the cross-fitted mix against the LLM
+   alone (the weight chosen on one half of validation, scored on the other). Adopted, it is
+   built into fit and every read before the test split is read.
+6. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
    the baseline, if none is) and the baseline, each seed, and by the course's recipe
    (`benchmarks/course_recipe.py`, one run a seed on the same split without neighbours, the
    course's prompt): the ledger records every read.

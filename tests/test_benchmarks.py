@@ -826,3 +826,24 @@ def test_the_course_recipe_trains_reads_and_records_its_test_read(tmp_path, tiny
     assert not earlier_reads(folder / LEDGER)  # validation is no test read
     main(["read", *common, "--split", "test"])
     assert [r["stage"] for r in earlier_reads(folder / LEDGER)] == ["course recipe"]
+
+
+@pytest.mark.slow
+def test_the_hidden_state_head_is_measured_on_validation_beside_the_llm(tmp_path_factory, tiny_llama) -> None:
+    """At toy scale: features of a trained run's prompts, a ridge head fitted on train, and its
+    mix with the LLM's own validation prices; the weight 0 is the LLM, the weight 1 the head."""
+    from benchmarks.hidden_head import WEIGHTS, main
+    from tests.conftest import publishing_fit
+
+    _, run = publishing_fit(tmp_path_factory.mktemp("head"), tiny_llama, "head", dataset_repo=False)
+    (data,) = {p.parent for p in (run.parent.parent / "cache").rglob("validation-*.parquet")}
+    result = main([str(run), "--splits", str(data), "--batch-size", "4", "--out", str(run / "head.json")])
+    assert (result["train_items"], result["validation_items"]) == (16, 4)
+    assert result["feature_size"] == 64  # the tiny Llama's hidden size
+    assert result["mix_mae_by_weight"][0.0] == pytest.approx(result["llm_mae"], abs=1e-6)
+    assert result["mix_mae_by_weight"][1.0] == pytest.approx(result["head_mae"], abs=1e-6)
+    assert set(result["cross_fitted_weights"]) <= set(WEIGHTS.tolist())
+    assert json.loads((run / "head.json").read_text())["head_mae"] == result["head_mae"]
+    (run / "validation.csv").write_text("title,price,predicted\nx,1.0,1.0\n")
+    with pytest.raises(SystemExit, match="not the validation items"):
+        main([str(run), "--splits", str(data)])
