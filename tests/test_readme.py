@@ -135,3 +135,23 @@ def test_the_checks_can_fail():
     assert not HISTORY.search("the issue is the base model's precision")
     assert "the-space-try-the-model-in-a-browser" in anchors(DOCS / "hub-and-space.md")
     assert "run-the-tests-a-fresh-cpu-machine-offline" in anchors(README)
+
+
+def test_the_readmes_pricer_commands_parse_as_written(tmp_path, capsys):
+    """Each `python -m pricer` line of README's code blocks, the quick try's online and offline
+    ones included, is a command pricer accepts (its options exist and are in range)."""
+    import shlex
+
+    from pricer.cli.main import main
+
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith("python -m pricer ")]
+    assert len(lines) >= 3
+    gguf = tmp_path / "SmolLM2.gguf"
+    gguf.write_bytes(b"GGUF")
+    for line in lines:
+        line = line.replace("$GGUF", str(gguf)).replace("$SAMPLE", str(tmp_path))
+        with pytest.raises(SystemExit) as stop:
+            main([*shlex.split(line)[3:], "--print_config"])
+        assert stop.value.code == 0, (line, capsys.readouterr().err)
+        capsys.readouterr()

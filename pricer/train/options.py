@@ -91,9 +91,8 @@ class ReadOptions:
         interval_coverage: Probability inside the interval. 0.8: the 10th to 90th percentile.
         beam: Digit prefixes kept an item. When numbers split into digits.
         min_mass: Digit prefixes dropped below this. Their mass is reported.
-        shared_prefix: The prompts' shared question once a batch. The same
-            prices in fp32; in 16-bit the rounding moves a third of them by more than $0.50 and
-            1% for 6% less time, so it is off by default.
+        shared_prefix: The prompts' shared question once a batch. The same prices in fp32; in
+            16 bits the changed rounding moves prices, so it is off by default.
         cpu: How the CPU reads a 4-bit base: dense or 4bit. dense: its exact 4-bit weights
             dequantized once a pass, the LoRA merged in fp32 (faster, the same prices to float
             rounding); 4bit: layer by layer, as trained. A GPU always reads in 4-bit.
