@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.blend_partners import split_frame
+from benchmarks.figures import report
 from benchmarks.training_speed import machine
 from pricer.read.metrics import mae_gap
 
@@ -156,11 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":

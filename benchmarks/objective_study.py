@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.figures import report  # noqa: E402
 from pricer.read.metrics import mae_gap  # noqa: E402
 
 SPLIT_SEED = 2026
@@ -151,11 +151,7 @@ def main(argv: list[str] | None = None) -> dict | list[str]:
         print("\n".join(lines))
         return lines
     result = decide(args.root)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":
