@@ -44,7 +44,7 @@ def prompts_of(pricer, texts: list[str]) -> list[str]:
     for text in texts:
         prompt = make_prompt(text)
         if pricer.retriever is not None:
-            (found,) = pricer.retriever.neighbors([text], pricer.neighbors)
+            (found,) = pricer.retriever.neighbors([text], pricer.neighbors, pricer.neighbor_min_similarity)
             prompt = with_neighbors(prompt, neighbor_block(found, pricer.neighbor_format))
         prompts.append(prompt)
     return prompts

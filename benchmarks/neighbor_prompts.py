@@ -6,7 +6,9 @@ retrieves them (pricer.data.neighbors.Retriever on the curated train split), and
 the prompt's tokens (mean, 95th percentile, max) with the base model's tokenizer, the time the
 retrieval took, and the MAE of the neighbours' own prices as a prediction (their median; the
 mean of their log prices). Every number is a validation number: this helps choose k for the
-short training runs, it reports no test result.
+short training runs, it reports no test result. A second table, at the largest k, tries each
+minimum similarity (`data.neighbor_min_similarity`): how many prompts keep all k, fewer or none,
+and the MAE of the neighbours' median (the training median where none is left).
 
     python -m benchmarks.neighbor_prompts --splits <curated folder>/data --tokenizer <gguf or Hub id>
 """
@@ -26,6 +28,12 @@ from pricer.data.prompt import text_from_prompt, with_neighbors
 from pricer.read.metrics import mean_interval
 
 K_TRIED = (0, 3, 5, 10)
+MIN_SIMILARITY_TRIED = (0.0, 0.05, 0.1, 0.2, 0.3)
+
+
+def median_or(found: list[list[tuple[str, float]]], fallback: float) -> np.ndarray:
+    """Each item's neighbours' median price, `fallback` for an item without any."""
+    return np.array([np.median([p for _, p in items]) if items else fallback for items in found])
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict]:
@@ -36,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
     parser.add_argument("--tokenizer", required=True, help="the base model (a .gguf file or Hub id)")
     parser.add_argument("--title-tokens", type=int, default=24)
     parser.add_argument("--k", type=int, nargs="+", default=list(K_TRIED))
+    parser.add_argument("--min-similarity", type=float, nargs="+", default=list(MIN_SIMILARITY_TRIED))
     args = parser.parse_args(argv)
 
     tokenizer = load_tokenizer(args.tokenizer)
@@ -79,9 +88,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
         ]
         results[k] = {"tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max())}
         if k:
-            prices = np.array([[p for _, p in items] for items in found])
-            median = np.median(prices, axis=1)
-            log_mean = np.expm1(np.log1p(prices).mean(axis=1))
+            fallback = float(np.median(train["price"]))
+            median = median_or(found, fallback)
+            log_mean = np.array(
+                [np.expm1(np.log1p([p for _, p in items]).mean()) if items else fallback for items in found]
+            )
             errors = np.abs(median - truth)
             low, high = mean_interval(errors)
             results[k].update(
@@ -95,6 +106,36 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
         else:
             row += ["", "", ""]
         print("| " + " | ".join(row) + " |")
+    k = max(args.k)
+    if k:
+        results["min_similarity"] = similarity_sweep(index, texts, truth, k, args.min_similarity, train)
+    return results
+
+
+def similarity_sweep(index, texts, truth, k: int, tried: list[float], train) -> dict:
+    fallback = float(np.median(train["price"]))
+    print(
+        f"\n| k={k}, minimum similarity | prompts with {k} | fewer | none | neighbours' median: MAE | 95% CI |"
+    )
+    print("|---:|---:|---:|---:|---:|---|")
+    results = {}
+    for minimum in tried:
+        found = index.neighbors(texts, k, minimum)
+        counts = np.array([len(items) for items in found])
+        errors = np.abs(median_or(found, fallback) - truth)
+        low, high = mean_interval(errors)
+        results[minimum] = {
+            "with_k": int((counts == k).sum()),
+            "fewer": int(((counts > 0) & (counts < k)).sum()),
+            "none": int((counts == 0).sum()),
+            "shown": int(counts.sum()),
+            "median_mae": float(errors.mean()),
+        }
+        r = results[minimum]
+        print(
+            f"| {minimum:g} | {r['with_k']} | {r['fewer']} | {r['none']} | ${errors.mean():.2f} | "
+            f"${low:.2f} to ${high:.2f} |"
+        )
     return results
 
 

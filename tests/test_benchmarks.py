@@ -693,6 +693,12 @@ def test_neighbor_prompts_measures_each_k_on_the_validation_split(
     result = main(["--splits", str(data), "--tokenizer", byte_tokenizer, "--k", "0", "1", "3"])
     assert result[1]["median_mae"] == pytest.approx(np.abs(prices[:20] - prices[:20] * 1.5).mean())
     assert result[0]["tokens_mean"] < result[1]["tokens_mean"] < result[3]["tokens_mean"]
+    # at k=3 a higher minimum similarity shows no more neighbours; each copy's original (the same
+    # words, a cosine near 1) stays
+    sweep = result["min_similarity"]
+    shown = [sweep[m]["shown"] for m in sorted(sweep)]
+    assert shown == sorted(shown, reverse=True) and sweep[0.0]["with_k"] == 20
+    assert all(sweep[m]["none"] == 0 for m in sweep)  # each copy's own original stays
 
 
 def test_the_curation_guide_shows_the_course_texts_table_the_benchmark_wrote() -> None:

@@ -90,6 +90,10 @@ def test_an_option_pricer_does_not_have_is_jsonargparses_one_line(tmp_path, caps
         ),
         (["--data.neighbor_dropout", "1.5"], "data.neighbor_dropout 1.5: the share of training prompts"),
         (["--data.categories", "[]"], "data.categories is empty"),
+        (
+            ["--data.neighbor_min_similarity", "1"],
+            "data.neighbor_min_similarity 1.0: a cosine similarity below 1",
+        ),
     ],
 )
 def test_an_out_of_range_option_is_one_line_and_starts_nothing(tmp_path, capsys, options, message):

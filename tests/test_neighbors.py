@@ -112,6 +112,27 @@ def test_a_product_that_shares_no_word_gets_no_neighbours_and_the_space_says_so(
     )
 
 
+def test_a_minimum_similarity_keeps_only_the_items_above_it(byte_tokenizer):
+    """At 0 any item that shares a word is a neighbour; above 0, only those at least that
+    similar, so a product that barely resembles the training items gets fewer or none."""
+    from pricer.base.load import load_tokenizer
+
+    texts = [
+        "Acme Kettle\nsteel kettle boils water",
+        "Bolt Toaster\nfour slot toaster steel",
+        "Cold Fridge\nfridge",
+    ]
+    retriever = Retriever.fit(texts, ["a", "b", "c"], [10, 20, 30], load_tokenizer(byte_tokenizer), 8)
+    query = ["Kettle\nkettle boils water fast, steel"]
+    everything = retriever.find(query, 3)
+    (similar,) = (retriever.vectorizer.transform(query) @ retriever._columns).toarray()
+    assert everything.rows == [[0, 1]]  # the kettle, then the toaster by the word steel
+    between = (similar[0] + similar[1]) / 2
+    assert retriever.nearest(query, 3, between) == [[0]]
+    assert retriever.nearest(query, 3, similar[0]) == [[]]  # strictly above the minimum
+    assert retriever.neighbors(query, 3, 0.0) == retriever.neighbors(query, 3)
+
+
 def test_the_same_text_retrieves_the_same_items_alone_or_in_a_batch(index, monkeypatch):
     import pricer.data.neighbors as neighbors
 
@@ -246,8 +267,10 @@ def test_neighbours_need_training_items(byte_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["lines", "summary"])
-def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, tmp_path, capsys, form):
+@pytest.mark.parametrize("form, minimum", [("lines", 0.0), ("summary", 0.0), ("lines", 0.3)])
+def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(
+    fit_args, tmp_path, capsys, form, minimum
+):
     """fit trains with 3 neighbours a prompt (as lines, or their prices as numbers); its adapter
     saves the index and the form. `test` of the adapter on a test-only copy of the test split,
     `predict` and the Space's Pricer retrieve the same training items from it, show them alike
@@ -259,10 +282,19 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     from pricer.read.recipe import read_recipe
     from pricer.read.serving import Pricer
 
-    main(["fit", *fit_args, "--data.neighbors", "3", "--data.neighbor_format", form, "--run_name", "near"])
+    options = [
+        "--data.neighbors",
+        "3",
+        "--data.neighbor_format",
+        form,
+        "--data.neighbor_min_similarity",
+        str(minimum),
+    ]
+    main(["fit", *fit_args, *options, "--run_name", "near"])
     run = tmp_path / "runs" / "near"
     recipe = read_recipe(run / "adapter")
     assert (recipe.neighbors, recipe.neighbor_title_tokens, recipe.neighbor_format) == (3, 24, form)
+    assert recipe.neighbor_min_similarity == minimum
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     metrics = json.loads((run / "metrics.json").read_text())
 
@@ -281,8 +313,8 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
         ]
     )
     assert (
-        f"test: data.neighbors 3, data.neighbor_title_tokens 24, data.neighbor_format {form}: as the "
-        "adapter was trained" in capsys.readouterr().out
+        f"test: data.neighbors 3, data.neighbor_title_tokens 24, data.neighbor_format {form}, "
+        f"data.neighbor_min_similarity {minimum}: as the adapter was trained" in capsys.readouterr().out
     )
     again = json.loads((tmp_path / "runs" / "again" / "metrics.json").read_text())
     assert round(again["mae"], 2) == round(metrics["mae"], 2)
@@ -290,10 +322,20 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(fit_args, t
     assert predicted_cents(fit_args, lite, adapter, tmp_path, "quotes") == cents
 
     pricer = Pricer.from_adapter(str(adapter))
+    assert pricer.neighbor_min_similarity == minimum
     quotes = [pricer.quote_prompt(p) for p in prompts]
     assert [round(q.price, 2) for q in quotes] == cents
     header = NEIGHBORS_HEADER if form == "lines" else SUMMARY_HEADER
-    assert all(len(q.neighbors) == 3 and header in q.prompt for q in quotes)
+    assert all((header in q.prompt) == bool(q.neighbors) for q in quotes)
+    if minimum:  # a short typed product is less like them: the minimum leaves it fewer
+        texts = [text_from_prompt(p) for p in prompts]
+        assert [q.neighbors for q in quotes] == pricer.retriever.neighbors(texts, 3, minimum)
+        typed = pricer.quote("Fridge model 7", "A quiet fridge with two doors.")
+        (text,) = [text_from_prompt(typed.prompt)]
+        assert typed.neighbors == pricer.retriever.neighbors([text], 3, minimum)[0]
+        assert len(typed.neighbors) < len(pricer.retriever.neighbors([text], 3)[0])
+        return
+    assert all(len(q.neighbors) == 3 for q in quotes)
     assert all((NEIGHBORS_HEADER in q.prompt) == (form == "lines") for q in quotes)
     # the Space's page lists the items the prompt showed beside the price
     from pricer.read.serving import neighbors_text

@@ -277,6 +277,9 @@ def test_the_model_card_shows_the_prompt_the_adapter_was_trained_with():
     assert "median $<their median>" not in near
     summary = prompt_section(replace(recipe, neighbors=5, neighbor_format="summary"))
     assert "Similar items' prices: median $<their median>" in summary and "and their prices:" not in summary
+    assert "only those that share a word" in near
+    strict = prompt_section(replace(recipe, neighbors=5, neighbor_min_similarity=0.25))
+    assert "only those above a cosine similarity of 0.25" in strict
     both = prompt_section(replace(recipe, neighbors=5, neighbor_format="both"))
     assert both.index("and their prices:") < both.index("median $<their median>") < both.index("<title>")
 

@@ -290,6 +290,10 @@ def changed(path: str, value):
             r"prompt.neighbor_title_tokens must be a positive whole number",
         ),
         (
+            changed("prompt.neighbor_min_similarity", 1.5),
+            r"prompt.neighbor_min_similarity must be in \[0, 1\), got 1.5",
+        ),
+        (
             changed("prompt.neighbor_format", "table"),
             r"prompt.neighbor_format must be one of \('lines', 'summary', 'both'\), got 'table'",
         ),

@@ -59,25 +59,17 @@ def retrieve_as_the_adapter_did(
     recipe = read_recipe(folder) if folder is not None else None
     if recipe is None:
         return
-    trained = {
-        "neighbors": recipe.neighbors,
-        "neighbor_title_tokens": recipe.neighbor_title_tokens,
-        "neighbor_format": recipe.neighbor_format,
-        "rules": recipe.curation_rules,
-    }
+    shown = ("neighbors", "neighbor_title_tokens", "neighbor_format", "neighbor_min_similarity")
+    trained = {**{name: getattr(recipe, name) for name in shown}, "rules": recipe.curation_rules}
     given = {name for name in trained if any(t == name or t.startswith(f"{name}.") for t in typed)}
     differ = [name for name, value in trained.items() if getattr(data, name) != value]
     for name in differ:
         if name not in given:
             setattr(data, name, trained[name])
     taken = [n for n in differ if n not in given]
-    if {"neighbors", "neighbor_title_tokens", "neighbor_format"} & set(taken) and (
-        data.neighbors or recipe.neighbors
-    ):
-        print(
-            f"{subcommand}: data.neighbors {data.neighbors}, data.neighbor_title_tokens "
-            f"{data.neighbor_title_tokens}, data.neighbor_format {data.neighbor_format}: as the adapter was trained"
-        )
+    if set(shown) & set(taken) and (data.neighbors or recipe.neighbors):
+        settings = ", ".join(f"data.{name} {getattr(data, name)}" for name in shown)
+        print(f"{subcommand}: {settings}: as the adapter was trained")
     if "rules" in taken:
         print(f"{subcommand}: data.rules: the curation rules the adapter was trained with")
     for name in (n for n in differ if n in given):

@@ -46,7 +46,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         train_size: Training items (null: every usable one).
         val_size: Validation items.
         test_size: Test items. Taken first, so the train size never changes the test split.
-        seed: Seed of the split shuffle and balanced sampling.
+        seed: Seed of the splits and of balanced sampling.
         rules: The curation rules (default: the course's).
         balance: Balanced sampling over price. Each whole-dollar bucket below `balance_below`
             is capped at `balance_cap` items (the course's full-data rule).
@@ -59,7 +59,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
             `model.micro_batch_size`; `FitBatchSize` sets it from its `effective_batch_size`.
         eval_batch_size: Items a validation or test batch. Default: batch_size.
         num_workers: DataLoader worker processes.
-        predict_source: What `predict` prices (default: the test split). A JSONL file of product
+        predict_source: What `predict` prices. Default: the test split. A JSONL file of product
             texts (raw records, `text` or `prompt` per line) or a curated dataset.
         neighbors: Training items a prompt shows, with their prices (0: none). They sit
             between the question and the product's text (0 keeps the course's prompt), retrieved
@@ -69,7 +69,10 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         neighbor_format: The neighbours as lines, summary or both. lines: a line each,
             its title and price; summary: one line of their prices' median, lowest and highest;
             both: the lines, then the summary.
-        neighbor_dropout: Share of training prompts without neighbours. Drawn once with `seed`,
+        neighbor_min_similarity: A neighbour's least cosine similarity. Only training items
+            above it are shown (0: any that shares a word), so a product unlike them all gets
+            fewer or none, in training and in every read.
+        neighbor_dropout: Training prompts without neighbours, a share. Drawn once with `seed`,
             so the model still learns to read a product's own text; validation, test and every
             read show them all.
     """
@@ -98,6 +101,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         neighbors: NonNegativeInt = 0,
         neighbor_title_tokens: PositiveInt = 24,
         neighbor_format: NeighborFormat = "lines",
+        neighbor_min_similarity: NonNegativeFloat = 0.0,
         neighbor_dropout: NonNegativeFloat = 0.0,
     ) -> None:
         super().__init__()
@@ -145,6 +149,12 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
         self.predict_source = predict_source
         self.neighbors, self.neighbor_title_tokens = int(neighbors), int(neighbor_title_tokens)
         self.neighbor_format = neighbor_format
+        if not float(neighbor_min_similarity) < 1:
+            raise OptionError(
+                f"data.neighbor_min_similarity {neighbor_min_similarity}: a cosine similarity below 1 "
+                "(0: any item that shares a word)"
+            )
+        self.neighbor_min_similarity = float(neighbor_min_similarity)
         if not float(neighbor_dropout) < 1:
             raise OptionError(
                 f"data.neighbor_dropout {neighbor_dropout}: the share of training prompts shown without "

@@ -33,11 +33,12 @@ def index_fingerprint(index: Retriever) -> str:
     return digest.hexdigest()
 
 
-def entry_key(index: Retriever, texts: list[str], k: int) -> str:
+def entry_key(index: Retriever, texts: list[str], k: int, min_similarity: float = 0.0) -> str:
     fingerprint = getattr(index, "_cache_fingerprint", None)
     if fingerprint is None:  # hashed once an index: train, validation and test all ask
         fingerprint = index._cache_fingerprint = index_fingerprint(index)
-    digest = hashlib.sha256(f"{fingerprint}:{k}:{len(texts)}:".encode())
+    minimum = f"{min_similarity!r}:" if min_similarity else ""  # the default keeps its keys
+    digest = hashlib.sha256(f"{fingerprint}:{k}:{minimum}{len(texts)}:".encode())
     digest.update("\0".join(texts).encode())
     return digest.hexdigest()[:24]
 
@@ -51,15 +52,17 @@ class Retrieved:
     path: Path | None = None
 
 
-def retrieve(index: Retriever, texts: list[str], k: int, folder: Path | None) -> Retrieved:
-    """`index.find(texts, k)`, read from `folder` when an earlier call saved it, else retrieved and
-    saved there (no `folder`: retrieved, not cached)."""
+def retrieve(
+    index: Retriever, texts: list[str], k: int, folder: Path | None, min_similarity: float = 0.0
+) -> Retrieved:
+    """`index.find(texts, k, min_similarity)`, read from `folder` when an earlier call saved it,
+    else retrieved and saved there (no `folder`: retrieved, not cached)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if folder is None:
-        return Retrieved(index.find(texts, k), cached=False)
-    path = Path(folder) / f"{entry_key(index, texts, k)}.parquet"
+        return Retrieved(index.find(texts, k, min_similarity), cached=False)
+    path = Path(folder) / f"{entry_key(index, texts, k, min_similarity)}.parquet"
     if path.is_file():
         try:
             table = pq.read_table(path)
@@ -69,7 +72,7 @@ def retrieve(index: Retriever, texts: list[str], k: int, folder: Path | None) ->
                 return Retrieved(Found(rows, left_out), cached=True, path=path)
         except (OSError, KeyError, ValueError, pa.ArrowException):
             pass  # a damaged entry is retrieved again and replaced
-    found = index.find(texts, k)
+    found = index.find(texts, k, min_similarity)
     table = pa.table({"rows": pa.array(found.rows, pa.list_(pa.int32()))})
     table = table.replace_schema_metadata({"pricer": json.dumps({"k": k, "left_out": found.left_out})})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ DROPOUT_STREAM = 30
 
 class NeighborPrompts:
     """Retrieval for the prompts of a data module that has `neighbors`, `neighbor_title_tokens`,
-    `neighbor_format`, `neighbor_dropout`, `seed`, `source`, `retriever`, `_own_index`, `neighbor_rows`,
+    `neighbor_format`, `neighbor_min_similarity`, `neighbor_dropout`, `seed`, `source`, `retriever`, `_own_index`, `neighbor_rows`,
     `neighbor_accounting`, `curated`, `cache_dir`, `tokenizer` and `load_splits()`."""
 
     def use_index(self, retriever: Retriever) -> None:
@@ -56,7 +56,8 @@ class NeighborPrompts:
         index = self.neighbor_index()
         texts = [text_from_prompt(p) for p in prompts]
         started = time.perf_counter()
-        retrieved = retrieve(index, texts, self.neighbors, self._neighbor_cache() if split else None)
+        cache = self._neighbor_cache() if split else None
+        retrieved = retrieve(index, texts, self.neighbors, cache, self.neighbor_min_similarity)
         shown = [True] * len(prompts)
         if split == "train" and self.neighbor_dropout:
             draw = np.random.default_rng([self.seed, DROPOUT_STREAM]).random(len(prompts))

@@ -98,9 +98,10 @@ class Retriever:
         ]
         return cls(vectorizer, rows, cut, [float(p) for p in prices], [dedup_key(t) for t in texts])
 
-    def find(self, texts: list[str], k: int) -> Found:
+    def find(self, texts: list[str], k: int, min_similarity: float = 0.0) -> Found:
         """The rows of the `k` training items most similar to each text, most similar first,
-        never one with the text's own dedup key, nor one that shares no word with it."""
+        never one with the text's own dedup key, nor one whose cosine similarity to it is not
+        above `min_similarity` (0: one that shares no word with it)."""
         if k <= 0:
             return Found([[] for _ in texts])
         queries = self.vectorizer.transform(list(texts)).tocsr()
@@ -113,23 +114,25 @@ class Retriever:
             for offset, rows in enumerate(own[start : start + CHUNK]):
                 similarity[offset, rows] = -np.inf
             # the most similar first, ties to the earlier row: a stable sort of -similarity; only
-            # items that share a word with the text (a positive cosine) are its neighbours
+            # items above the minimum (at 0, those that share a word) are its neighbours
             order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
             for offset, ranked in enumerate(order):
-                found.rows.append([int(r) for r in ranked if similarity[offset, r] > 0])
+                found.rows.append([int(r) for r in ranked if similarity[offset, r] > min_similarity])
         return found
 
-    def nearest(self, texts: list[str], k: int) -> list[list[int]]:
+    def nearest(self, texts: list[str], k: int, min_similarity: float = 0.0) -> list[list[int]]:
         """The rows of each text's `k` nearest training items (`find`)."""
-        return self.find(texts, k).rows
+        return self.find(texts, k, min_similarity).rows
 
     def shown(self, rows: list[int]) -> list[tuple[str, float]]:
         """These training rows as the prompt shows them: (title, price)."""
         return [(self.titles[row], float(self.prices[row])) for row in rows]
 
-    def neighbors(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
+    def neighbors(
+        self, texts: list[str], k: int, min_similarity: float = 0.0
+    ) -> list[list[tuple[str, float]]]:
         """Each text's `k` nearest training items as (title, price), most similar first."""
-        return [self.shown(rows) for rows in self.nearest(texts, k)]
+        return [self.shown(rows) for rows in self.nearest(texts, k, min_similarity)]
 
     def blocks(self, texts: list[str], k: int, format: str = "lines") -> list[str]:
         """Each text's neighbour block for its prompt (`prompt.neighbor_block`)."""

@@ -152,6 +152,7 @@ def model_card(
         neighbors=recipe.neighbors if recipe else 0,
         neighbor_title_tokens=recipe.neighbor_title_tokens if recipe else 24,
         neighbor_format=recipe.neighbor_format if recipe else "lines",
+        neighbor_min_similarity=recipe.neighbor_min_similarity if recipe else 0.0,
     )
 
 

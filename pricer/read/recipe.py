@@ -58,6 +58,16 @@ MODEL_OPTIONS = {
 }
 
 
+# The data module's prompt settings a recipe records, with their types: the neighbours shown, as
+# the adapter trained with them.
+PROMPT_OPTIONS = {
+    "neighbors": int,
+    "neighbor_title_tokens": int,
+    "neighbor_format": str,
+    "neighbor_min_similarity": float,
+}
+
+
 class RecipeError(ValueError):
     """A pricer.json that cannot be used; the message names the file and the field."""
 
@@ -87,6 +97,7 @@ class Recipe:
     neighbors: int = 0
     neighbor_title_tokens: int = 24
     neighbor_format: str = "lines"
+    neighbor_min_similarity: float = 0.0
     # read
     point: str = "median"
     coverage: float = 0.8
@@ -110,7 +121,15 @@ class Recipe:
     SECTIONS = {
         "base": ("base_model", "base_model_id"),
         "quantization": ("quantization", "quant_type", "double_quant", "compute_dtype"),
-        "prompt": ("question", "prefix", "rules", "neighbors", "neighbor_title_tokens", "neighbor_format"),
+        "prompt": (
+            "question",
+            "prefix",
+            "rules",
+            "neighbors",
+            "neighbor_title_tokens",
+            "neighbor_format",
+            "neighbor_min_similarity",
+        ),
         "read": (
             "point",
             "coverage",
@@ -133,11 +152,12 @@ class Recipe:
         base_model_id: str | None = None,
         blend=None,
         precision: str = "32-true",
-        neighbors: tuple[int, int, str] = (0, 24, "lines"),
+        prompt: dict | None = None,
     ) -> Recipe:
         """The recipe of a PriceModel's hyperparameters, the curation rules it trained on, the
-        blend fit chose (a pricer.read.blend.Blend; None: the LLM alone) and the trainer precision
-        it was measured under."""
+        blend fit chose (a pricer.read.blend.Blend; None: the LLM alone), the trainer precision
+        it was measured under and the data module's prompt settings (`PROMPT_OPTIONS`; none
+        given: no neighbours)."""
         rules = rules or CurationRules()
         return cls(
             base_model=hparams["base_model"],
@@ -150,9 +170,9 @@ class Recipe:
             interval_scale=blend.interval_scale if blend is not None else 1.0,
             blend_neighbors=blend.neighbors if blend is not None else 0.0,
             precision=str(precision),
-            neighbors=int(neighbors[0]),
-            neighbor_title_tokens=int(neighbors[1]),
-            neighbor_format=str(neighbors[2]),
+            **{
+                name: kind(prompt[name]) for name, kind in PROMPT_OPTIONS.items() if prompt and name in prompt
+            },
         )
 
     @property
@@ -184,6 +204,7 @@ class Recipe:
             "neighbors": self.neighbors,
             "neighbor_title_tokens": self.neighbor_title_tokens,
             "neighbor_format": self.neighbor_format,
+            "neighbor_min_similarity": self.neighbor_min_similarity,
         }
 
     def with_metrics(self, metrics: dict | None) -> Recipe:
@@ -266,33 +287,22 @@ class Recipe:
             fail("base_model_id", "a Hub id or null")
         if not isinstance(self.double_quant, bool):
             fail("double_quant", "true or false")
-        if not isinstance(self.coverage, (int, float)) or not 0 < self.coverage < 1:
-            fail("coverage", "between 0 and 1")
-        for name in ("neighbors",):
-            if (
-                isinstance(getattr(self, name), bool)
-                or not isinstance(getattr(self, name), int)
-                or getattr(self, name) < 0
-            ):
-                fail(name, "a whole number, 0 or more")
-        for name in ("beam", "max_digits", "neighbor_title_tokens"):
+        for name, least in (("neighbors", 0), ("beam", 1), ("max_digits", 1), ("neighbor_title_tokens", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, "a positive whole number")
-        if not isinstance(self.min_mass, (int, float)) or not 0 <= self.min_mass < 1:
-            fail("min_mass", "in [0, 1)")
-        if isinstance(self.blend_weight, bool) or not isinstance(self.blend_weight, (int, float)):
-            fail("blend_weight", "a number in [0, 1]")
-        if not 0 <= self.blend_weight <= 1:
-            fail("blend_weight", "a number in [0, 1]")
-        if isinstance(self.blend_neighbors, bool) or not isinstance(self.blend_neighbors, (int, float)):
-            fail("blend_neighbors", "a number in [0, 1]")
-        if not 0 <= self.blend_neighbors <= 1:
-            fail("blend_neighbors", "a number in [0, 1]")
-        if isinstance(self.interval_scale, bool) or not isinstance(self.interval_scale, (int, float)):
-            fail("interval_scale", "a positive number")
-        if not self.interval_scale > 0:
-            fail("interval_scale", "a positive number")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                fail(name, "a whole number, 0 or more" if least == 0 else "a positive whole number")
+        ranges = {
+            "coverage": (lambda v: 0 < v < 1, "between 0 and 1"),
+            "min_mass": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "neighbor_min_similarity": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "blend_weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "blend_neighbors": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "interval_scale": (lambda v: v > 0, "a positive number"),
+        }
+        for name, (inside, expected) in ranges.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
+                fail(name, expected)
         if not isinstance(self.question, str) or not isinstance(self.prefix, str) or not self.prefix:
             fail("prefix", "text")
         if (self.question, self.prefix) != (QUESTION, PREFIX):

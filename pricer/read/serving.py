@@ -84,6 +84,7 @@ DEFAULTS = {
         "neighbors",
         "neighbor_title_tokens",
         "neighbor_format",
+        "neighbor_min_similarity",
     )
 }
 
@@ -126,6 +127,7 @@ class Pricer:
             them (0: none), retrieved from the training items saved in the adapter folder.
         neighbor_title_tokens: Tokens of a neighbour's title at most, as trained.
         neighbor_format: How the prompt shows them (lines, summary or both), as trained.
+        neighbor_min_similarity: A neighbour's least cosine similarity, as trained.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class Pricer:
         neighbors: int = 0,
         neighbor_title_tokens: int = 24,
         neighbor_format: str = "lines",
+        neighbor_min_similarity: float = 0.0,
     ) -> None:
         # The settings may come from a JSON file: check them before anything loads.
         for name, value, allowed in (
@@ -218,6 +221,13 @@ class Pricer:
             raise ValueError(
                 f"Pricer: neighbor_format must be one of {', '.join(NEIGHBOR_FORMATS)}, got {neighbor_format!r}"
             )
+        similarity = neighbor_min_similarity
+        if (
+            isinstance(similarity, bool)
+            or not isinstance(similarity, (int, float))
+            or not 0 <= similarity < 1
+        ):
+            raise ValueError(f"Pricer: neighbor_min_similarity must be in [0, 1), got {similarity!r}")
         if neighbors and not adapter:
             raise BlendError("Pricer: neighbors need an adapter folder holding the training items")
         self.rules = rules or CurationRules()
@@ -225,6 +235,7 @@ class Pricer:
         self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
         self.neighbors, self.neighbor_format = neighbors, neighbor_format
+        self.neighbor_min_similarity = float(neighbor_min_similarity)
         self.retriever = saved_retriever(adapter, self.tokenizer, tokens, partner) if neighbors else None
         # The device's native dtype, by the rule training uses: fp16 on a T4, bf16 from Ampere
         # on, fp32 on the CPU.
@@ -308,7 +319,7 @@ class Pricer:
         prompt = make_prompt(text)
         found: list[tuple[str, float]] = []
         if self.retriever is not None:
-            (found,) = self.retriever.neighbors([text], self.neighbors)
+            (found,) = self.retriever.neighbors([text], self.neighbors, self.neighbor_min_similarity)
             prompt = with_neighbors(prompt, neighbor_block(found, self.neighbor_format))
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)

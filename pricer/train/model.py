@@ -19,7 +19,7 @@ from pricer.files import replace_folder
 from pricer.hub.calls import adapter_folder
 from pricer.read.blend import Blend
 from pricer.read.reading import PriceReader
-from pricer.read.recipe import Recipe, base_differences, read_recipe, stamp_recipe
+from pricer.read.recipe import PROMPT_OPTIONS, Recipe, base_differences, read_recipe, stamp_recipe
 from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TfidfPrice
 from pricer.train.distance import PriceDistance
@@ -245,12 +245,8 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
             base_model_id = self.hparams.base_model
         precision = str(trainer.precision) if trainer is not None else "32-true"
         datamodule = trainer.datamodule if trainer is not None else None
-        neighbors = (
-            getattr(datamodule, "neighbors", 0),
-            getattr(datamodule, "neighbor_title_tokens", 24),
-            getattr(datamodule, "neighbor_format", "lines"),
-        )
-        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision, neighbors)
+        prompt = {name: getattr(datamodule, name) for name in PROMPT_OPTIONS if hasattr(datamodule, name)}
+        return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision, prompt)
 
     def configure_optimizers(self):
         hp = self.hparams
