@@ -13,8 +13,9 @@ strength chosen by 5-fold cross-validation on train alone. On the validation spl
 `validation.csv` holds the LLM's own prices there) it reports the head alone, the LLM alone,
 and their mix in log price at each weight 0, 0.1, ..., 1: the best weight in sample, and
 cross-fitted (the weight chosen on the even items scored on the odd, and the other way round),
-with the paired 95% interval of the cross-fitted mix against the LLM alone. The test split is
-never read.
+with the paired 95% interval of the cross-fitted mix against the LLM alone, and writes each
+item's prices to `<run>/hidden_head.csv` (title, price, the LLM's, the head's, the cross-fitted
+mix) for `benchmarks/objective_study.py` to pool over seeds. The test split is never read.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchmarks.training_speed import machine
 from pricer.read.metrics import mae_gap
 
 WEIGHTS = np.round(np.linspace(0, 1, 11), 2)
+ITEMS = "hidden_head.csv"  # each validation item's prices, beside the run's validation.csv
 ALPHAS = np.logspace(-1, 5, 13)
 
 
@@ -125,6 +127,10 @@ def run(args) -> dict:
     from_head = np.clip(np.expm1(head.predict(x_val)), 0, None)
     by_weight = {float(w): mae(truth, mix(llm, from_head, w)) for w in WEIGHTS}
     crossed, chosen = cross_fitted(truth, llm, from_head)
+    with (args.run / ITEMS).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["title", "price", "llm", "head", "mix"])
+        writer.writerows(zip(val["title"], truth, llm, from_head, crossed, strict=True))
     return {
         "run": str(args.run),
         "machine": machine(),

@@ -135,7 +135,32 @@ def decide(root: Path) -> dict:
             and all(s["gap"] < 0 for s in each.values())
         )
         result["arms"][name] = {"seeds": each, "pooled": pooled, "adopted": adopted}
+    result["head"] = head_decision(root)
     return result
+
+
+def head_decision(root: Path) -> dict | None:
+    """Rule 5: the head's cross-fitted mix against the LLM alone on each seed's baseline adapter
+    (`benchmarks/hidden_head.py` wrote `hidden_head.csv` there), pooled as the arms are."""
+    from benchmarks.hidden_head import ITEMS
+
+    seeds = [s for s in SEEDS if (root / f"baseline-s{s}" / ITEMS).is_file()]
+    if not seeds:
+        return None
+    truth, mixed, llm, each = [], [], [], {}
+    for seed in seeds:
+        with (root / f"baseline-s{seed}" / ITEMS).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        t, m, a = (np.array([float(r[k]) for r in rows]) for k in ("price", "mix", "llm"))
+        truth.append(t), mixed.append(m), llm.append(a)
+        each[seed] = {"mix_mae": mae(t, m), "llm_mae": mae(t, a), "gap": mae(t, m) - mae(t, a)}
+    pooled = mae_gap(np.concatenate(truth), np.concatenate(mixed), np.concatenate(llm))
+    adopted = (
+        len(seeds) == len(SEEDS)
+        and pooled["mae_gap_ci95"][1] < 0
+        and all(s["gap"] < 0 for s in each.values())
+    )
+    return {"seeds": each, "pooled": pooled, "adopted": adopted}
 
 
 def main(argv: list[str] | None = None) -> dict | list[str]:

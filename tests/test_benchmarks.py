@@ -748,6 +748,7 @@ def write_validation_csv(folder: Path, truth, predicted) -> None:
 
 def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds(tmp_path) -> None:
     import numpy as np
+    import pandas as pd
 
     from benchmarks.objective_study import decide
 
@@ -762,6 +763,15 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     write_validation_csv(tmp_path / "distance-4-s2", truth, closer)
     result = decide(tmp_path)
     assert result["chosen"] == {"distance": "distance-4"}  # the other family has no runs yet
+    assert result["head"] is None  # no head measured yet
+    for seed in (1, 2):  # the head's mix on each baseline adapter: nearer on both seeds
+        pd.DataFrame(
+            {"title": range(300), "price": truth, "llm": base, "head": closer, "mix": closer}
+        ).to_csv(tmp_path / f"baseline-s{seed}" / "hidden_head.csv", index=False)
+    head = decide(tmp_path)["head"]
+    assert head["adopted"] and head["pooled"]["mae_gap"] < 0 and set(head["seeds"]) == {1, 2}
+    (tmp_path / "baseline-s2" / "hidden_head.csv").unlink()
+    assert not decide(tmp_path)["head"]["adopted"]  # one seed alone adopts nothing
     assert result["arms"]["distance-4"]["adopted"] and result["arms"]["distance-4"]["pooled"]["mae_gap"] < 0
     # below on the pooled items, but above the baseline on seed 2 by itself: not adopted
     (tmp_path / "distance-4-s2" / "validation.csv").unlink()
@@ -838,6 +848,8 @@ def test_the_course_recipe_trains_reads_and_records_its_test_read(tmp_path, tiny
 def test_the_hidden_state_head_is_measured_on_validation_beside_the_llm(tmp_path_factory, tiny_llama) -> None:
     """At toy scale: features of a trained run's prompts, a ridge head fitted on train, and its
     mix with the LLM's own validation prices; the weight 0 is the LLM, the weight 1 the head."""
+    import numpy as np
+
     from benchmarks.hidden_head import WEIGHTS, main
     from tests.conftest import publishing_fit
 
@@ -850,6 +862,13 @@ def test_the_hidden_state_head_is_measured_on_validation_beside_the_llm(tmp_path
     assert result["mix_mae_by_weight"][1.0] == pytest.approx(result["head_mae"], abs=1e-6)
     assert set(result["cross_fitted_weights"]) <= set(WEIGHTS.tolist())
     assert json.loads((run / "head.json").read_text())["head_mae"] == result["head_mae"]
+    import csv
+
+    items = list(csv.DictReader((run / "hidden_head.csv").open()))
+    assert len(items) == 4 and set(items[0]) == {"title", "price", "llm", "head", "mix"}
+    mixed = np.array([float(r["mix"]) for r in items])
+    truth = np.array([float(r["price"]) for r in items])
+    assert np.abs(mixed - truth).mean() == pytest.approx(result["cross_fitted_mae"])
     (run / "validation.csv").write_text("title,price,predicted\nx,1.0,1.0\n")
     with pytest.raises(SystemExit, match="not the validation items"):
         main([str(run), "--splits", str(data)])
