@@ -117,24 +117,16 @@ def decide(root: Path) -> dict:
             chosen[family] = min(candidates, key=candidates.get)
     result = {"split_seed": SPLIT_SEED, "seed_1_mae": first, "chosen": chosen, "arms": {}}
     for name in chosen.values():
-        seeds = [s for s in SEEDS if f"{name}-s{s}" in found and f"baseline-s{s}" in found]
-        truth, arm, base, each = [], [], [], {}
-        for seed in seeds:
+        pairs = {}
+        for seed in (s for s in SEEDS if f"{name}-s{s}" in found and f"baseline-s{s}" in found):
             t, a, titles = found[f"{name}-s{seed}"]
             t_base, b, titles_base = found[f"baseline-s{seed}"]
             if titles != titles_base or not np.array_equal(t, t_base):
                 raise SystemExit(
                     f"{name}-s{seed} and baseline-s{seed} did not read the same validation items"
                 )
-            truth.append(t), arm.append(a), base.append(b)
-            each[seed] = {"mae": mae(t, a), "baseline_mae": mae(t, b), "gap": mae(t, a) - mae(t, b)}
-        pooled = mae_gap(np.concatenate(truth), np.concatenate(arm), np.concatenate(base))
-        adopted = (
-            len(seeds) == len(SEEDS)
-            and pooled["mae_gap_ci95"][1] < 0
-            and all(s["gap"] < 0 for s in each.values())
-        )
-        result["arms"][name] = {"seeds": each, "pooled": pooled, "adopted": adopted}
+            pairs[seed] = (t, a, b)
+        result["arms"][name] = rule(pairs)
     result["head"] = head_decision(root)
     return result
 
@@ -147,16 +139,25 @@ def head_decision(root: Path) -> dict | None:
     seeds = [s for s in SEEDS if (root / f"baseline-s{s}" / ITEMS).is_file()]
     if not seeds:
         return None
-    truth, mixed, llm, each = [], [], [], {}
+    pairs = {}
     for seed in seeds:
         with (root / f"baseline-s{seed}" / ITEMS).open(newline="") as handle:
             rows = list(csv.DictReader(handle))
-        t, m, a = (np.array([float(r[k]) for r in rows]) for k in ("price", "mix", "llm"))
-        truth.append(t), mixed.append(m), llm.append(a)
-        each[seed] = {"mix_mae": mae(t, m), "llm_mae": mae(t, a), "gap": mae(t, m) - mae(t, a)}
-    pooled = mae_gap(np.concatenate(truth), np.concatenate(mixed), np.concatenate(llm))
+        pairs[seed] = tuple(np.array([float(r[k]) for r in rows]) for k in ("price", "mix", "llm"))
+    return rule(pairs)
+
+
+def rule(pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    """Rules 2 and 4 on (truth, candidate, baseline) prices a seed: each seed's gap, the pooled
+    gap with its paired interval, and whether the candidate is adopted."""
+    each = {
+        seed: {"mae": mae(t, a), "baseline_mae": mae(t, b), "gap": mae(t, a) - mae(t, b)}
+        for seed, (t, a, b) in pairs.items()
+    }
+    joined = [np.concatenate([p[i] for p in pairs.values()]) for i in range(3)] if pairs else None
+    pooled = mae_gap(*joined) if joined else None
     adopted = (
-        len(seeds) == len(SEEDS)
+        len(pairs) == len(SEEDS)
         and pooled["mae_gap_ci95"][1] < 0
         and all(s["gap"] < 0 for s in each.values())
     )
