@@ -209,3 +209,96 @@ def test_under_ddp_every_rank_chooses_the_blend_on_the_whole_validation_split(
     import pyarrow.parquet as pq
 
     assert prices == sorted(round(p, 2) for p in pq.read_table(curated).column("price").to_pylist())
+
+
+# Each process prints every step's loss, the completion tokens of its own items, and the LoRA
+# weights it ended with.
+STEP_LAUNCH = """
+import os, sys
+from pricer.train.model import PriceModel
+
+RANK = int(os.environ.get("LOCAL_RANK", "0"))
+original = PriceModel.accumulate_gradients
+
+def accumulate_gradients(self, batch, *args, **kwargs):
+    loss = original(self, batch, *args, **kwargs)
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    print(f"rank {RANK} step {self.global_step} loss {float(loss)!r} over {targets}", flush=True)
+    return loss
+
+def on_fit_end(self):
+    total = sum(float(p.detach().double().abs().sum()) for p in self.parameters() if p.requires_grad)
+    print(f"rank {RANK} ended with lora {total!r}", flush=True)
+
+PriceModel.accumulate_gradients = accumulate_gradients
+PriceModel.on_fit_end = on_fit_end
+from pricer.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_adapter_one_process_trains(tiny_llama, tmp_path):
+    """DDP is one process's training split over two: on the same 8 items a step (the whole
+    train split, so the order cannot differ), without dropout, both ranks end with the same
+    weights, each rank's step loss is one process's, and so is the adapter, though the ranks' items hold different numbers of price tokens ($3 against $678)."""
+    import re
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import record, write_raw
+
+    prices = [3.0, 678.0, 45.0, 9.0, 512.0, 27.0, 130.0, 6.0]
+    source = tmp_path / "source"
+    write_raw(source, "Appliances", [record(f"Fridge model {i}", prices[i % 8] + i // 8) for i in range(24)])
+
+    launch = tmp_path / "launch.py"
+    launch.write_text(STEP_LAUNCH)
+    common = (
+        "  max_steps: 3\n"
+        "  max_epochs: 3\n"
+        "  limit_val_batches: 1\n"
+        "  logger: false\n"
+        "  callbacks:\n"
+        "    - class_path: pricer.train.batch_size.FitBatchSize\n"
+        "      init_args: {effective_batch_size: 8, max_val: 2}\n"
+        "model:\n  lora:\n    dropout: 0.0\n  blend:\n    enabled: false\n    calibrate_interval: false\n"
+        "data:\n  train_size: 8\n  val_size: 4\n  test_size: 4\n  num_proc: 1\n  batch_size: 2\n"
+    )
+    outputs, adapters = {}, {}
+    for name, trainer in (("ddp", DDP_TRAINER), ("one", "trainer:\n  accelerator: cpu\n")):
+        root = tmp_path / name
+        root.mkdir()
+        overlay = root / "overlay.yaml"
+        overlay.write_text(trainer + common)
+        result = subprocess.run(
+            [sys.executable, str(launch), "fit", *cli_args(overlay, tiny_llama, source, root)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=ddp_env(),
+            cwd=root,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = result.stdout
+        (run,) = (root / "runs").iterdir()
+        adapters[name] = load_file(run / "adapter" / "adapter_model.safetensors")
+
+    def steps(out: str) -> dict[tuple[str, int], tuple[float, int]]:
+        found = re.findall(r"rank (\d) step (\d+) loss (\S+) over (\d+)", out)
+        return {(rank, int(step)): (float(loss), int(n)) for rank, step, loss, n in found}
+
+    ddp, one = steps(outputs["ddp"]), steps(outputs["one"])
+    assert sorted(one) == [("0", 0), ("0", 1), ("0", 2)], outputs["one"][-2000:]
+    assert sorted(ddp) == [(r, s) for r in "01" for s in range(3)], outputs["ddp"][-2000:]
+    assert any(ddp[("0", s)][1] != ddp[("1", s)][1] for s in range(3))  # the ranks' tokens differ
+    for step in range(3):  # each rank's step loss is the whole step's, one process's
+        (l0, n0), (l1, n1) = ddp[("0", step)], ddp[("1", step)]
+        loss, n = one[("0", step)]
+        assert n0 + n1 == n
+        assert l0 == l1 and l0 == pytest.approx(loss, rel=1e-5), step
+    ended = dict(re.findall(r"rank (\d) ended with lora (\S+)", outputs["ddp"]))
+    assert set(ended) == {"0", "1"} and ended["0"] == ended["1"], outputs["ddp"][-2000:]
+    assert adapters["ddp"].keys() == adapters["one"].keys()
+    for key, weight in adapters["one"].items():
+        torch.testing.assert_close(adapters["ddp"][key], weight, rtol=1e-4, atol=1e-6, msg=key)

@@ -19,17 +19,18 @@ class MicroBatchPasses:
 
     def accumulate_gradients(self, batch: dict, micro_batch_size: int | None = None, recover: bool = True):
         """Forward and backward over a step's items in passes of `micro_batch_size`; returns the
-        step's loss (mean over its completion tokens, so the pass size does not change it).
+        step's loss (mean over its completion tokens, so the pass size does not change it; under
+        DDP over every process's).
 
         A pass that runs out of GPU memory drops the step's partial gradients and the step
         starts again with half as many items a pass (the largest that divides the batch), so no
         item is skipped or seen twice; the smaller size is kept for the rest of the run and in
         checkpoints. Under DDP every process learns whether any ran out before gradients are
-        averaged, and all repeat the step together (see `_passes`). `recover=False` lets the
+        summed, and all repeat the step together (see `_passes`). `recover=False` lets the
         error through (the batch size search).
         """
         items = len(batch["input_ids"])
-        targets = max(1, int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
+        targets = max(1, self._over_processes(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())))
         while True:
             micro = min(micro_batch_size or self.micro_batch_size or items, items)
             loss, failed = None, False
@@ -41,8 +42,8 @@ class MicroBatchPasses:
                 failed = True
             # out of the except block: the failed pass's frames, and its activations, are gone
             if not self._any_process(failed):
-                self._average_gradients()
-                return loss
+                self._sum_gradients()
+                return self._over_processes(loss)
             self._drop_gradients()
             smaller = smaller_micro_batch(items, micro)
             if smaller is None:
@@ -64,7 +65,7 @@ class MicroBatchPasses:
         """The passes of one step. Under DDP no pass synchronises in its backward (DDP's
         `no_sync`): a process that runs out of memory midway through a synchronising backward
         leaves the others waiting in the reduction until the process group times out (30
-        minutes). The gradients are averaged once, after every process says it finished."""
+        minutes). The gradients are summed once, after every process says it finished."""
         items = len(batch["input_ids"])
         total = torch.zeros((), device=batch["input_ids"].device)
         for start in range(0, items, micro):
@@ -91,15 +92,26 @@ class MicroBatchPasses:
         flag = torch.tensor(float(failed), device=self.target_device)
         return bool(self.trainer.strategy.reduce(flag, reduce_op="max") > 0)
 
-    def _average_gradients(self) -> None:
-        """The step's gradients averaged over the processes, as DDP's own reduction does."""
+    def _over_processes(self, value):
+        """`value` (a count, or a share of the step's loss) summed over the processes."""
+        if not self._distributed():
+            return value
+        total = torch.as_tensor(value, dtype=torch.float64, device=self.target_device)
+        total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
+        return int(total.item()) if isinstance(value, int) else total.to(value.dtype)
+
+    def _sum_gradients(self) -> None:
+        """The step's gradients summed over the processes: each process's are its items' share of
+        the loss over every process's completion tokens, so the sum is one process's gradient on
+        the whole batch, however the price tokens fall between the processes (DDP's own mean
+        weights each process alike)."""
         if not self._distributed():
             return
         grads = [p.grad for p in self.parameters() if p.requires_grad and p.grad is not None]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
-        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
         offset = 0
         for grad in grads:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
