@@ -27,13 +27,52 @@ def test_config_parses_and_builds_nothing_heavy(config):
     assert cli.datamodule.tokenizer_name == cli.model.hparams.base_model
 
 
-def test_appliances_is_the_course_job():
+def test_appliances_trains_as_the_course_peer_does():
+    """The real job is the course's: its LoRA and optimizer settings are those the course's
+    recipe runs with beside pricer (benchmarks/course_recipe.py, from the course's notebook)."""
+    from benchmarks.course_recipe import COURSE
+
     cli = build_cli(["--config", str(CONFIGS[0].parent / "appliances.yaml")], run=False)
-    hp, dm = cli.model.hparams, cli.datamodule
+    hp = cli.model.hparams
     assert hp.base_model == "meta-llama/Llama-3.1-8B" and hp.quantization == "4bit"
-    assert (hp.lora_r, hp.lora_alpha, hp.lora_dropout) == (32, 64, 0.1)
-    assert dm.source == "hf://datasets/McAuley-Lab/Amazon-Reviews-2023" and dm.categories == ["Appliances"]
-    assert (dm.train_size, dm.test_size, dm.seed) == (25_000, 2_000, 42) and 0 < dm.val_size <= 1000
+    assert (hp.lora_r, hp.lora_alpha, hp.lora_dropout) == tuple(
+        COURSE[k] for k in ("lora_r", "lora_alpha", "lora_dropout")
+    )
+    assert set(cli.model.lora_target_modules) == set(COURSE["target_modules"])
+    trained = (hp.learning_rate, hp.weight_decay, hp.warmup_ratio, hp.max_grad_norm, cli.trainer.max_epochs)
+    assert trained == tuple(
+        COURSE[k]
+        for k in ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "num_train_epochs")
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_command_reports_and_fit_decides_its_end_though_no_config_lists_them(
+    config, tmp_path, monkeypatch
+):
+    from pricer.cli.commands import PricerCLI
+    from pricer.read.report import PriceReport
+    from pricer.train import end_of_fit
+
+    listed = {c["class_path"] for c in yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])}
+    added = (PriceReport, end_of_fit.BestWeights, end_of_fit.ChooseBlend, end_of_fit.SaveAdapter)
+    assert not listed & {f"{kind.__module__}.{kind.__name__}" for kind in added}
+    cli = build_cli(["--config", str(config)], run=False)  # any command's trainer: the report
+    assert [type(c) for c in cli.trainer.callbacks].count(PriceReport) == 1
+    assert not any(isinstance(c, end_of_fit.EndOfFit) for c in cli.trainer.callbacks)
+
+    class Built(Exception):
+        pass
+
+    def built(cli):
+        raise Built([type(c) for c in cli.trainer.callbacks])
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(PricerCLI, "before_fit", built)  # fit's trainer, before anything runs
+    root = ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.logger", "false"]
+    with pytest.raises(Built) as fit:
+        build_cli(["fit", "--config", str(config), *root])
+    assert [fit.value.args[0].count(kind) for kind in added] == [1, 1, 1, 1]
 
 
 def test_dotted_overrides_and_several_configs(tmp_path):

@@ -23,7 +23,7 @@ DOC_PAGES = [
 MAX_README_LINES = 200
 # Markdown links and images, [text](target) and ![alt](target), and HTML src/href attributes.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|(?:src|href)=\"([^\"]+)\"")
-HISTORY = re.compile(r"\bissues? \d+|\bsessions?\b", re.I)
+HISTORY = re.compile(r"\bissues?[ -]?\d+|\bthe issue's\b|\bsessions?\b", re.I)
 
 
 def pages() -> list:
@@ -132,6 +132,7 @@ def test_the_checks_can_fail():
     assert links(text)[-1] == ("", "here")
     assert relative_links('<img src="space/shot.png" width="9">') == ["space/shot.png"]
     assert HISTORY.search("as issue 8 chose") and HISTORY.search("this Session's code")
+    assert HISTORY.search("the issue-7 ratios") and HISTORY.search("the issue's 10% is missed")
     assert not HISTORY.search("the issue is the base model's precision")
     assert "the-space-try-the-model-in-a-browser" in anchors(DOCS / "hub-and-space.md")
     assert "run-the-tests-a-fresh-cpu-machine-offline" in anchors(README)

@@ -38,6 +38,7 @@ from pricer.cli.trainer import (
 from pricer.data.module import PriceDataModule
 from pricer.options import OptionError
 from pricer.read.reading import check_price_range
+from pricer.read.report import PriceReport
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks
 from pricer.train.model import PriceModel
@@ -127,11 +128,13 @@ class PricerCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        # progress as lines where there is no terminal for a bar (unless the config has its own)
-        if not any(isinstance(c, ProgressLog) for c in trainer.callbacks):
-            trainer.callbacks.append(ProgressLog())
+        # progress as lines where there is no terminal for a bar, and the report of every read
+        # (unless the config has its own)
+        for kind in (ProgressLog, PriceReport):
+            if not any(isinstance(c, kind) for c in trainer.callbacks):
+                trainer.callbacks.append(kind())
         if self.subcommand == "fit":
-            # every fit ends with an adapter: the end-of-fit decisions a config leaves out
+            # every fit ends with an adapter: what it decides at its end (a config may list one)
             trainer.callbacks.extend(end_of_fit_callbacks(trainer.callbacks))
         return trainer
 

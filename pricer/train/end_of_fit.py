@@ -1,8 +1,7 @@
-"""What fit decides when training ends, as callbacks the configs list (beside ModelCheckpoint
-and PriceReport): which weights become the adapter (`BestWeights`), the blend and interval
-scale read on top of the LLM's price (`ChooseBlend`), and the adapter saved with its recipe
-(`SaveAdapter`). `python -m pricer fit` adds any of them a config leaves out, so every run ends
-with an adapter.
+"""What fit decides when training ends, as callbacks: which weights become the adapter
+(`BestWeights`), the blend and interval scale read on top of the LLM's price (`ChooseBlend`),
+and the adapter saved with its recipe (`SaveAdapter`). `python -m pricer fit` adds them (a
+config lists one only to give it other settings), so every run ends with an adapter.
 
 They run in that order, after the checkpoint callbacks: ModelCheckpoint's own `on_train_end`
 writes last.ckpt when it has not yet, and last.ckpt must hold the final step's weights (for
