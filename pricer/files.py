@@ -1,5 +1,6 @@
-"""Folders on disk, shared by every stage: a folder written in full then moved into place, and
-the error for a run folder that is not what a command needs. Imports nothing from pricer."""
+"""Folders on disk, shared by every stage: a folder written in full then moved into place (over
+an older one, or only where none is yet), and the error for a run folder that is not what a
+command needs. Imports nothing from pricer."""
 
 from __future__ import annotations
 
@@ -22,3 +23,19 @@ def replace_folder(new: Path, final: Path) -> None:
     os.replace(new, final)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def place_folder(new: Path, final: Path) -> bool:
+    """Move a folder written in full into place unless one is there already (a cache entry that
+    another process finished first holds the same), so a half-written one is never read; returns
+    whether this one was placed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        try:
+            os.replace(new, final)
+            return True
+        except OSError:
+            if not final.exists():
+                raise
+    shutil.rmtree(new, ignore_errors=True)
+    return False

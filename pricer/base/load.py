@@ -15,6 +15,8 @@ from pathlib import Path
 
 from huggingface_hub import constants
 
+from pricer.files import place_folder
+
 
 def pricer_cache() -> Path:
     """pricer's cache under the Hugging Face home (`$HF_HOME/pricer`)."""
@@ -53,15 +55,6 @@ def _check_gguf(name: str) -> Path:
     return path
 
 
-def _replace_folder(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place, so a half-written conversion is never used."""
-    if final.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, final)
-
-
 def tokenizer_source(name: str) -> str:
     """What `AutoTokenizer.from_pretrained` takes for a base model; converts a GGUF's once."""
     if not is_gguf(name):
@@ -74,7 +67,7 @@ def tokenizer_source(name: str) -> str:
         tmp = folder.with_name(f"tokenizer.tmp-{os.getpid()}")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer.save_pretrained(tmp)
-        _replace_folder(tmp, folder)
+        place_folder(tmp, folder)
     return str(folder)
 
 
@@ -116,7 +109,7 @@ def model_source(name: str) -> str:
         tmp = folder.with_name(f"model.tmp-{os.getpid()}")
         plain.save_pretrained(tmp)
         shutil.copytree(tokenizer_source(name), tmp, dirs_exist_ok=True)
-        _replace_folder(tmp, folder)
+        place_folder(tmp, folder)
     return str(folder)
 
 

@@ -28,6 +28,7 @@ from pricer.data.rules import CurationRules
 from pricer.data.source import parse_source
 from pricer.data.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample, key_hash
 from pricer.data.workers import chunk_results
+from pricer.files import place_folder
 from pricer.hub import calls as hub
 
 # A commit id, whole or abbreviated (7 hex digits at least), as opposed to a branch or tag.
@@ -161,10 +162,7 @@ def curate(
     (tmp / "data").mkdir(parents=True)
     try:
         accounting = _curate_into(spec, tokenizer_source, digest, tmp, num_proc, chunk_size, commit)
-        if folder.exists():  # another process finished the same curation first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, folder)
+        place_folder(tmp, folder)  # unless another process finished the same curation first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Curated(folder, accounting, cached=False)
