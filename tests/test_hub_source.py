@@ -14,10 +14,10 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from huggingface_hub.errors import RevisionNotFoundError
 
+from pricer import hub_calls as hub
 from pricer.data.curate import CurationSpec, curate
 from pricer.data.raw import RAW_REPO, RAW_URL, SourceError
 from pricer.data.rules import CurationRules
-from pricer.hub import calls as hub
 from pricer.hub.cards import dataset_card
 from tests.conftest import record, write_raw
 

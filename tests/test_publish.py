@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
+from pricer import hub_calls as hub
 from pricer.cli.main import main
-from pricer.hub import calls as hub
 from pricer.hub.publish import HubPublisher
 from tests.conftest import SECRET, RecordingApi
 

@@ -505,7 +505,7 @@ def test_a_recipe_edited_by_hand_is_refused_and_its_metrics_are_not_its_contract
 
 
 def test_a_folder_without_its_recipe_is_refused_saying_what_it_is(stamped_adapter, tmp_path):
-    from pricer.hub.calls import adapter_folder
+    from pricer.hub_calls import adapter_folder
     from pricer.read.recipe import adapter_recipe
 
     run = stamped_adapter.parent

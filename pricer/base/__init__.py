@@ -2,5 +2,5 @@
 loading it in 4 bits, the quantization and LoRA settings, and the precision a GPU's compute
 capability allows.
 
-May import: `pricer.hub.calls`, `pricer.options`, `pricer.files`.
+May import: `pricer.hub_calls`, `pricer.options`, `pricer.files`.
 """

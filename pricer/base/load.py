@@ -288,7 +288,7 @@ def load_base(
 
     from pricer.base.precision import resolve_dtype
     from pricer.base.quantization import bnb_config, check_bitsandbytes
-    from pricer.hub.calls import explain_load_error
+    from pricer.hub_calls import explain_load_error
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     check_bitsandbytes(quantization, device)

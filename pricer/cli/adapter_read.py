@@ -50,7 +50,7 @@ def retrieve_as_the_adapter_did(
     recipe's curation rules (which shape a product's text) and neighbours, retrieved from the
     training items saved beside it (whatever the data source holds). A `data.` option typed on
     the command line (`typed`: the names after `--data.`) wins, and is said to differ."""
-    from pricer.hub.calls import adapter_folder
+    from pricer.hub_calls import adapter_folder
     from pricer.read.recipe import read_recipe
     from pricer.read.saved_read import saved_retriever
 

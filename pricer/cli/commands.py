@@ -233,7 +233,7 @@ class PricerCLI(LightningCLI):
         """An adapter with a pricer.json is read as its run measured it: the recipe's base
         quantization, read-out and precision replace the config file's, unless typed on the
         command line."""
-        from pricer.hub.calls import adapter_folder
+        from pricer.hub_calls import adapter_folder
         from pricer.read.recipe import read_recipe
 
         if not model.get("adapter"):
@@ -265,7 +265,7 @@ class PricerCLI(LightningCLI):
         the base and the adapter are here and are what they claim (a GGUF file's magic, an
         adapter's safetensors and LoRA shapes, its recipe)."""
         from pricer.base.load import check_adapter_files
-        from pricer.hub.calls import adapter_folder
+        from pricer.hub_calls import adapter_folder
         from pricer.read.recipe import adapter_recipe, read_recipe
         from pricer.read.saved_read import check_hashes
 

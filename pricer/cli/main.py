@@ -9,6 +9,7 @@ import sys
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pricer import hub_calls as hub
 from pricer.base.quantization import QuantizationUnavailable
 from pricer.cli.commands import build_cli
 from pricer.cli.logs import quiet_logs
@@ -17,7 +18,6 @@ from pricer.cli.run_folder import (
 )
 from pricer.data.curate import CurationError
 from pricer.data.raw import SourceError
-from pricer.hub import calls as hub
 from pricer.options import OptionError
 from pricer.read.recipe import RecipeError
 from pricer.read.tfidf import BlendError

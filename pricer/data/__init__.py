@@ -2,5 +2,5 @@
 categories, the curation rules and the curation with its accounting, the splits, the prompt,
 products a user types, the batches, and the LightningDataModule (`module.PriceDataModule`).
 
-May import: `pricer.base`, `pricer.hub.calls`, `pricer.options`, `pricer.files`.
+May import: `pricer.base`, `pricer.hub_calls`, `pricer.options`, `pricer.files`.
 """

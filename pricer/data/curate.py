@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pricer import hub_calls as hub
 from pricer.base.load import tokenizer_digest
 from pricer.data import raw
 from pricer.data.accounting import Accounting
@@ -29,7 +30,6 @@ from pricer.data.source import parse_source
 from pricer.data.splits import SPLITS, UNASSIGNED, assign_splits, balanced_sample, key_hash
 from pricer.data.workers import chunk_results
 from pricer.files import place_folder
-from pricer.hub import calls as hub
 
 # A commit id, whole or abbreviated (7 hex digits at least), as opposed to a branch or tag.
 COMMIT = re.compile(r"[0-9a-f]{7,40}")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pricer import hub_calls as hub
 from pricer.data.prompt import PREFIX, make_completion, make_prompt, text_from_prompt, title_from_prompt
 from pricer.data.raw import SourceError
 from pricer.data.rules import normalise_title, parse_price
-from pricer.hub import calls as hub
 
 COLUMNS = ("key", "title", "category", "price", "text", "prompt", "completion")
 _SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pricer.hub import calls as hub
+from pricer import hub_calls as hub
 
 RAW_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 RAW_URL = f"hf://datasets/{RAW_REPO}"

@@ -1,8 +1,7 @@
-"""The Hugging Face Hub. `calls` is the one module that talks to the Hub (downloads, uploads,
-the offline errors): every stage may import it, and it imports nothing else from pricer. The
-rest is what a run publishes: the model and dataset cards, staging and publishing
-(`publish.HubPublisher`), and the Space's settings, staging and deploy.
+"""What a run publishes to the Hugging Face Hub: the model and dataset cards, staging and
+publishing (`publish.HubPublisher`), and the Space's settings, staging and deploy. The calls
+that reach the Hub are `pricer.hub_calls`'s, which every stage shares.
 
-May import (all but `calls`): `pricer.read`, `pricer.data`, `pricer.base`, `pricer.options`,
+May import: `pricer.read`, `pricer.data`, `pricer.base`, `pricer.hub_calls`, `pricer.options`,
 `pricer.files`.
 """

@@ -13,9 +13,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from pricer import hub_calls as hub
 from pricer.data.curate import split_file
 from pricer.data.splits import SPLITS
-from pricer.hub import calls as hub
 from pricer.hub.cards import dataset_card, model_card, price_histogram
 
 

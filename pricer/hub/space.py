@@ -245,8 +245,8 @@ def deploy_space(
     push it when asked. The Space serves the published adapter (its recipe decides how), names
     the published dataset (or a curated source that is a Hub id; never a local path), quotes the
     run's test metrics and offers test-split products as examples."""
+    from pricer import hub_calls as hub
     from pricer.files import RunFolderError
-    from pricer.hub import calls as hub
     from pricer.hub.publish import HubPublisher
 
     if space_repo is not None:

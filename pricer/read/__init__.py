@@ -3,5 +3,5 @@ tokens), the dense CPU read, the recipe saved beside an adapter (`pricer.json`),
 (serving), the blend with the TF-IDF ridge and its nearest neighbours, baselines, metrics, and
 test's report callback (`report.PriceReport`).
 
-May import: `pricer.data`, `pricer.base`, `pricer.hub.calls`, `pricer.options`, `pricer.files`.
+May import: `pricer.data`, `pricer.base`, `pricer.hub_calls`, `pricer.options`, `pricer.files`.
 """

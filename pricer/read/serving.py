@@ -26,7 +26,7 @@ from pricer.base.quantization import Quantization
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
 from pricer.data.prompt import NEIGHBOR_FORMATS, make_prompt, neighbor_block, text_from_prompt, with_neighbors
 from pricer.data.rules import CurationRules
-from pricer.hub.calls import adapter_folder
+from pricer.hub_calls import adapter_folder
 from pricer.read.blend import Blend
 from pricer.read.dense import CpuRead, can_read_dense, to_dense
 from pricer.read.reader import Reader, reads_alone

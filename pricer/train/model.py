@@ -16,7 +16,7 @@ from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from pricer.base.load import is_local, load_model
 from pricer.base.quantization import add_lora
 from pricer.files import replace_folder
-from pricer.hub.calls import adapter_folder
+from pricer.hub_calls import adapter_folder
 from pricer.read.blend import Blend
 from pricer.read.reading import PriceReader
 from pricer.read.recipe import PROMPT_OPTIONS, Recipe, base_differences, read_recipe, stamp_recipe
