@@ -36,6 +36,7 @@ from pricer.cli.trainer import (
     check_trainer_options,
 )
 from pricer.data.module import PriceDataModule
+from pricer.library_internals import subcommand_parser, wandb_started
 from pricer.options import OptionError
 from pricer.read.reading import check_price_range
 from pricer.read.report import PriceReport
@@ -92,7 +93,7 @@ class PricerCLI(LightningCLI):
         check_groups(config.get("model"))
         shown = resolved_config(config)
         skip_none = "skip_null" in flags[0]
-        sub_parser = parser._subcommands_action._name_parser_map[subcommand]
+        sub_parser = subcommand_parser(parser, subcommand)
         print(sub_parser.dump(shown, skip_none=skip_none, skip_link_targets=False), end="")
         raise SystemExit(0)
 
@@ -221,7 +222,7 @@ class PricerCLI(LightningCLI):
     def _finish_loggers(self) -> None:
         # One command, one W&B run: finish it so the offline files are complete when we return.
         for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if isinstance(logger, WandbLogger) and wandb_started(logger):
                 logger.experiment.finish()
 
     def _publishers(self) -> list:

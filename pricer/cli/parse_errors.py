@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from pricer.cli.config_files import config_files
 from pricer.cli.short_help import prog_name, short_help
+from pricer.library_internals import option_type, parser_actions
 from pricer.train.options import GROUPS, scalar_for_group
 
 UNKNOWN = re.compile(r"does not accept (?:nested )?(?:option|key)s? '([^']+)'")  # a config's key
@@ -62,7 +63,7 @@ def given(key: str, args: list[str]) -> tuple[str, Any]:
 
 
 def option_names(parser) -> list[str]:
-    return [a.dest for a in parser._actions if a.dest and a.dest != "help"]
+    return [a.dest for a in parser_actions(parser) if a.dest and a.dest != "help"]
 
 
 def closest(word: str, choices: list[str]) -> str | None:
@@ -101,8 +102,8 @@ def _refused(key: str, message: str, args: list[str], parser) -> str:
     shown = f"{key}{' ' + place if place else ''}: "
     if key.removeprefix("model.") in GROUPS and value is not MISSING and not isinstance(value, dict):
         return shown + scalar_for_group(key, value)
-    action = next((a for a in parser._actions if a.dest == key), None)
-    choices = choices_of(getattr(action, "_typehint", None))
+    action = next((a for a in parser_actions(parser) if a.dest == key), None)
+    choices = choices_of(option_type(action))
     values = value if isinstance(value, list) else [value]
     wrong = [v for v in values if v is not MISSING and str(v) not in choices]
     if choices and wrong:

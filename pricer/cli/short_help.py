@@ -10,6 +10,8 @@ import argparse
 import copy
 import re
 
+from pricer.library_internals import action_groups, formatter_class, group_actions
+
 
 def prog_name(parser) -> str:
     return parser.prog.replace(" [options]", "")
@@ -31,7 +33,7 @@ COMMON_TRAINER = (
 
 
 def _is_trainer(group) -> bool:
-    return any(a.dest == "trainer" for a in group._group_actions)
+    return any(a.dest == "trainer" for a in group_actions(group))
 
 
 class FullHelp(argparse.Action):
@@ -84,7 +86,7 @@ def _compact(action: argparse.Action) -> argparse.Action:
 
 def _compact_formatter(parser) -> argparse.HelpFormatter:
     """The parser's formatter, each option as `--name=default` with its help as given."""
-    base = type(parser._get_formatter())
+    base = formatter_class(parser)
 
     class Compact(base):
         def _get_help_string(self, action):
@@ -105,7 +107,7 @@ def short_help(parser) -> str | None:
     """A subcommand's help: pricer's options, one sentence each, and a pointer to the rest (the
     full descriptions and the Trainer's ~90 options, `--help_all`); None for a parser without a
     Trainer (the top level)."""
-    groups = parser._action_groups
+    groups = action_groups(parser)
     trainer = [g for g in groups if _is_trainer(g)]
     if not trainer or getattr(parser, "full_help", False):
         return None
@@ -119,12 +121,12 @@ def short_help(parser) -> str | None:
         prefix="usage: ",
     )
     formatter.add_text(parser.description)
-    rest = [g for g in groups if g not in trainer and g._group_actions]
+    rest = [g for g in groups if g not in trainer and group_actions(g)]
     order = sorted(rest, key=lambda g: 0 if g.title == "options" else 1)
     for group in order:
         shown = [
             _compact(a)
-            for a in group._group_actions
+            for a in group_actions(group)
             if a.help is not argparse.SUPPRESS and not (a.help == CONFIG_FILE and a.dest != "config")
         ]
         shown = [a for a in shown if not a.help.startswith("Moved:")]
@@ -135,7 +137,7 @@ def short_help(parser) -> str | None:
         formatter.end_section()
     names = {
         a.dest.removeprefix("trainer.")
-        for a in trainer[0]._group_actions
+        for a in group_actions(trainer[0])
         if a.dest.startswith("trainer.") and not a.dest.endswith(".help")
     }
     common = ", ".join(f"--trainer.{n}" for n in COMMON_TRAINER if n in names)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import gc
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -21,6 +20,7 @@ import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch.callbacks import Callback
 
+from pricer.library_internals import forget_scaler_step, rebuild_fit_loaders
 from pricer.train import rng
 from pricer.train.paged_state import is_paged_optimizer, restore_in_place
 
@@ -183,9 +183,7 @@ def reset_scaler_step(scaler) -> None:
     of memory after `unscale_` (in the clipping, or in the optimizer's own step) leaves it marked
     unscaled, and the next step's `unscale_` would raise "unscale_() has already been called";
     `GradScaler.update()` clears it the same way after every finished step."""
-    from torch.amp.grad_scaler import _refresh_per_optimizer_state
-
-    scaler._per_optimizer_states = defaultdict(_refresh_per_optimizer_state)
+    forget_scaler_step(scaler)
 
 
 class FitBatchSize(Callback):
@@ -244,7 +242,7 @@ class FitBatchSize(Callback):
             micro = pl_module.micro_batch_size  # a resumed run keeps its pass size, halved or not
         elif self.found is not None:
             micro = self.found
-        elif trainer._accelerator_connector.is_distributed:
+        elif trainer.world_size > 1:
             # Trials on several processes would have to fail together; keep the configured
             # pass size (model.micro_batch_size, else data.batch_size) instead.
             self.found = pl_module.micro_batch_size or configured
@@ -256,7 +254,7 @@ class FitBatchSize(Callback):
             self.effective_batch_size, min(micro, self.max_val), trainer.world_size
         )
         pl_module.micro_batch_size = self.batch_size
-        trainer.fit_loop._combined_loader = None  # the loaders are made again with the new size
+        rebuild_fit_loaders(trainer)  # the loaders are made again with the new size
         for logger in trainer.loggers:  # W&B shows the batch the run trained with
             logger.log_hyperparams(
                 {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from pricer.library_internals import resume_loader_place
 from pricer.train import rng
 from pricer.train.paged_state import page_restored_state
 
@@ -46,10 +47,7 @@ class Resumable:
         # made the epoch's iterator before the checkpoint's loop state was read: a resumed run
         # would start its epoch over from the first batch. Apply the saved place now and make
         # the iterator again. tests/test_training.py checks the resumed losses match.
-        loop = self.trainer.fit_loop
-        if loop.restarting and loop._combined_loader_states_to_load:
-            loop._load_combined_loader_states()
-            iter(loop._data_fetcher)
+        resume_loader_place(self.trainer)
         # A resumed run's paged AdamW moments were restored as ordinary tensors (inside torch's
         # memory cap, where the batch found has no room for them): paged again (paged_state.py).
         for optimizer in self.trainer.optimizers:
