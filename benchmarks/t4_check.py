@@ -3,7 +3,7 @@ emulates a 16 GB T4, in one script that writes its JSON after each phase.
 
     PYTHONPATH=. python benchmarks/t4_check.py --out $OUT       # a CUDA GPU: Llama-3.1-8B's shape
     python benchmarks/t4_check.py --toy --out /tmp/t4            # anywhere, a tiny Llama (CI)
-    python benchmarks/t4_check.py --arithmetic                   # the 8B job's memory by arithmetic
+    python benchmarks/t4_check.py --arithmetic --json benchmarks/t4_arithmetic.json  # by arithmetic
 
 What it runs, all through pricer's own code (PriceModel, FitBatchSize, PriceReader):
 - a model of Llama-3.1-8B's exact architecture (benchmarks/llama-3.1-8b.json), random bf16
@@ -538,6 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for t4_check.json and t4_check.md")
     parser.add_argument("--arithmetic", action="store_true", help="print the arithmetic estimate only")
+    parser.add_argument("--json", type=Path, help="with --arithmetic: write it here (benchmarks/tables.py)")
     parser.add_argument("--config", type=Path, default=LLAMA_8B, help="the architecture (a HF config.json)")
     parser.add_argument("--toy", action="store_true", help="a tiny Llama instead (CI, any machine)")
     parser.add_argument("--work", default=os.environ.get("TMPDIR"), help="where the random model is written")
@@ -563,6 +564,9 @@ def main(argv: list[str] | None = None) -> dict:
             config, args.seq_len, args.completion_tokens, args.lora_r, budget, TARGETS
         )
         print("\n".join(arithmetic_table(estimate, budget, args.seq_len)))
+        if args.json:
+            saved = {"estimate": estimate, "budget_gib": budget, "seq_len": args.seq_len}
+            args.json.write_text(json.dumps(saved, indent=1) + "\n")
         return estimate
     if args.out is None:
         parser.error("--out is required (or --arithmetic)")

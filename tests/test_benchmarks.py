@@ -701,12 +701,38 @@ def test_neighbor_prompts_measures_each_k_on_the_validation_split(
     assert all(sweep[m]["none"] == 0 for m in sweep)  # each copy's own original stays
 
 
-def test_the_curation_guide_shows_the_course_texts_table_the_benchmark_wrote() -> None:
-    from benchmarks.course_texts import table
+def test_every_marked_table_is_made_from_its_benchmarks_file(tmp_path) -> None:
+    """The docs' marked tables equal what benchmarks/tables.py makes from the benchmarks' JSON
+    files; a figure typed over one, or a table of no file, is caught."""
+    from benchmarks import tables
 
+    assert tables.main(["--check"]) == []
     report = json.loads((REPO / "benchmarks" / "course_texts.json").read_text())
     assert sum(report["kinds"].values()) == report["items"]
-    assert table(report) in (REPO / "docs" / "curation.md").read_text()
+    marked = [m["name"] for page in tables.pages() for m in tables.BLOCK.finditer(page.read_text())]
+    assert sorted(marked) == sorted(tables.TABLES)  # each table is shown, once
+    page = tmp_path / "page.md"
+    shown = tables.render("course_texts", "here")
+    page.write_text(
+        f"before\n<!-- table: course_texts -->\n{shown.replace('| 560 |', '| 561 |')}<!-- /table -->\n"
+    )
+    text, changed = tables.rewritten(page)
+    assert (
+        changed == ["course_texts"]
+        and text == f"before\n<!-- table: course_texts -->\n{shown}<!-- /table -->\n"
+    )
+    page.write_text("<!-- table: typed_by_hand -->\n| 1 |\n<!-- /table -->\n")
+    with pytest.raises(tables.TableError, match="no table named 'typed_by_hand'"):
+        tables.rewritten(page)
+
+
+def test_the_t4_arithmetic_file_is_what_the_code_computes_now(tmp_path) -> None:
+    from benchmarks.t4_check import main
+
+    main(["--arithmetic", "--json", str(tmp_path / "t4.json")])
+    assert json.loads((tmp_path / "t4.json").read_text()) == json.loads(
+        (REPO / "benchmarks" / "t4_arithmetic.json").read_text()
+    )
 
 
 @pytest.mark.slow
