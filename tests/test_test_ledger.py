@@ -2,6 +2,7 @@
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from pricer.data.test_ledger import earlier_reads, ledger_for, record_read, run_name
@@ -38,8 +39,14 @@ def test_selection_runs_leave_the_test_split_unread_and_every_read_is_counted(ti
     assert "test: skipped (--skip_test): the test split stays unread" in capsys.readouterr().out
     assert not (select / "metrics.json").exists() and not list((tmp_path / "cache").rglob("test_reads.jsonl"))
 
+    # what a selection is made on: the kept weights' validation reads, one row an item
+    (split,) = (tmp_path / "cache").rglob("validation-00000-of-00001.parquet")
+    selected = (select / "validation.csv").read_text()
+    assert len(selected.splitlines()) == 1 + pq.read_metadata(split).num_rows
+
     main(["fit", *args, "--run_name", "chosen"])
     chosen = tmp_path / "runs" / "chosen"
+    assert (chosen / "validation.csv").read_text() == selected  # the same run, tested or not
     assert json.loads((chosen / "metrics.json").read_text())["test_reads_before"] == {"count": 0, "runs": []}
     assert (
         "This report is the first read of its test split."

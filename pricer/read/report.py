@@ -142,14 +142,20 @@ class PriceReport(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             print(f"validation: {len(rows)} items read, each in {write_validation(rows, folder)}")
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # what validation chose with, whether or not fit goes on to read the test split
+        rows = getattr(pl_module, "validation_rows", None)
+        if trainer.is_global_zero and rows:
+            folder = Path(trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_validation(rows, folder)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = pl_module.test_rows
         if not trainer.is_global_zero or not rows:
             return
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        if getattr(pl_module, "validation_rows", None):  # fit's test: what validation chose with
-            write_validation(pl_module.validation_rows, folder)
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)

@@ -39,7 +39,7 @@ class Resumable:
             # last.ckpt it did not write and versions its own as last-v1.ckpt beside it.
             if callback.save_last:
                 callback.last_model_path = str(last)
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=False)  # a whole one, to resume from
 
     def on_train_start(self) -> None:
         # Lightning restores the data loader's place in the epoch in setup_data(), but

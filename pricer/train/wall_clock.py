@@ -42,7 +42,7 @@ class CheckpointEveryMinutes(Callback):
         if last is None:
             return
         partial = last.with_name(f".{last.name}.partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)  # a whole one, to resume from
         if trainer.is_global_zero:
             os.replace(partial, last)
         trainer.strategy.barrier("checkpoint_every_minutes")
