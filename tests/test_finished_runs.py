@@ -293,17 +293,21 @@ def test_ctrl_c_after_fits_test_leaves_a_run_its_printed_line_finishes(tiny_llam
 
 
 @pytest.mark.slow
-def test_a_stop_before_the_first_checkpoint_says_to_start_again_not_to_resume(tiny_llama, tmp_path):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_before_the_first_checkpoint_says_to_start_again_not_to_resume(tiny_llama, tmp_path, signum):
+    """Stopped while the model loads: training never starts (a SIGTERM there came before
+    Lightning's own handler, which alone stops its training loop)."""
     import signal
 
     write_raw(tmp_path, "Appliances", [record(f"Fridge model {i}", 10.0 + i) for i in range(40)])
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(OVERLAY)
     args = ["fit", *cli_args(overlay, tiny_llama, tmp_path, tmp_path), "--run_name", "early"]
-    status, out, _ = run_until(args, tmp_path, "load", signal.SIGINT)
-    assert status == 130, out[-3000:]
+    status, out, _ = run_until(args, tmp_path, "load", getattr(signal, signum))
+    assert status == 128 + getattr(signal, signum), out[-3000:]
+    assert not (tmp_path / "runs" / "early" / "checkpoints").exists()  # not one training step
     assert "no checkpoint was saved yet; start it again with: python -m pricer fit" in out, out[-2000:]
-    assert "--ckpt_path" not in out.split("pricer: stopped by SIGINT")[-1]
+    assert "--ckpt_path" not in out.split(f"pricer: stopped by {signum}")[-1]
 
 
 @pytest.mark.slow

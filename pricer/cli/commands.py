@@ -129,9 +129,9 @@ class PricerCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        # progress as lines where there is no terminal for a bar, and the report of every read
-        # (unless the config has its own)
-        for kind in (ProgressLog, PriceReport):
+        # progress as lines where there is no terminal for a bar, the report of every read
+        # (unless the config has its own), and a stop at the next batch after a SIGTERM
+        for kind in (ProgressLog, PriceReport, stopping.StopAtNextBatch):
             if not any(isinstance(c, kind) for c in trainer.callbacks):
                 trainer.callbacks.append(kind())
         if self.subcommand == "fit":

@@ -15,7 +15,6 @@ from pricer.read.dense import can_read_dense, dense_weights
 from pricer.read.reader import Reader, reads_alone
 from pricer.read.reading import Point, PriceReader
 from pricer.read.recipe import max_digits
-from pricer.train import stopping
 
 
 class ReadingSteps:
@@ -154,19 +153,6 @@ class ReadingSteps:
                     **read,
                 }
             )
-
-    def _stop_on_sigterm(self) -> None:
-        # Lightning's predict loop does not stop on SIGTERM (`kill` waited for every product),
-        # its evaluation loops read their last batch whatever comes, and a SIGTERM during
-        # fit's end was forgotten when fit's test started: each pricer phase stops at its next
-        # batch (pricer/train/stopping.py)
-        stopping.stop_here(self._trainer)
-
-    def on_predict_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._stop_on_sigterm()
-
-    def on_test_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._stop_on_sigterm()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return [{"title": batch["title"][i], **read} for i, read in enumerate(self.read_prices(batch))]

@@ -22,6 +22,7 @@ from pricer.read.reading import PriceReader
 from pricer.read.recipe import PROMPT_OPTIONS, Recipe, base_differences, read_recipe, stamp_recipe
 from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TfidfPrice
+from pricer.train import stopping
 from pricer.train.distance import PriceDistance
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import CompletionLoss
@@ -216,7 +217,7 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
     def save_adapter(self, folder: Path, metrics: dict | None = None) -> Path:
         """The adapter, loadable with `PeftModel.from_pretrained(base, folder)`, and beside it its
         recipe, `pricer.json`: how it was trained and is read (`Pricer.from_adapter` uses it)."""
-        self._stop_on_sigterm()
+        stopping.stop_here(self._trainer)
         # written whole beside it, then moved into place: a stop or a crash midway leaves the
         # previous adapter (or none), never half of one
         folder = Path(folder)

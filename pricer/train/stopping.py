@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 requested: int | None = None  # the signal received, until the command ends
@@ -61,6 +62,25 @@ def stop_here(trainer=None) -> None:
     """Stop now if a SIGTERM came (recorded here, or by Lightning's handler on `trainer`)."""
     if requested == signal.SIGTERM or (trainer is not None and getattr(trainer, "received_sigterm", False)):
         raise SIGTERMException(128 + signal.SIGTERM)
+
+
+class StopAtNextBatch(Callback):
+    """Every loop of every command stops at its next batch once a SIGTERM came. Lightning's
+    training loop stops only for a signal its own handler saw, which it installs when training
+    starts (a SIGTERM while the model loaded trained the whole run); its predict loop never stops,
+    and its evaluation loops read their last batch whatever comes."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        stop_here(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        stop_here(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        stop_here(trainer)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        stop_here(trainer)
 
 
 def resume_line(args: list[str]) -> str | None:
