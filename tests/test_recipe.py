@@ -536,9 +536,10 @@ def test_predict_refuses_an_adapter_without_its_recipe_before_any_work(
         main(["predict", "--config", SMOKE, "--model.base_model", tiny_llama, "--model.adapter", str(stamped_adapter),
               "--data.predict_source", str(products), "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
     assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert f"pricer: error: model.adapter {stamped_adapter}: no pricer.json beside the adapter" in err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    said = capsys.readouterr()
+    assert f"pricer: error: model.adapter {stamped_adapter}: no pricer.json beside the adapter" in said.err
+    assert len(said.err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    assert "run folder" not in said.out and "W&B" not in said.out  # no folder said, none made
 
 
 def test_predict_and_pricer_read_an_adapter_with_its_rules_not_the_configs(

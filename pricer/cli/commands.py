@@ -46,6 +46,23 @@ from pricer.train.model import PriceModel
 from pricer.train.options import FLAT, GROUPED, GROUPS, check_groups, grouped_options
 
 
+def check_adapter(adapter: str, base_model: str, subcommand: str) -> None:
+    """Before the command says or makes anything: the adapter is here and is what it claims
+    (peft's files, LoRA shapes that fit the base, its recipe and the files the recipe hashes)."""
+    from pricer.base.load import check_adapter_files
+    from pricer.hub_calls import adapter_folder
+    from pricer.read.recipe import adapter_recipe, read_recipe
+    from pricer.read.saved_read import check_hashes
+
+    check_model_name(adapter, "model.adapter")
+    folder = adapter_folder(adapter)
+    check_adapter_files(folder, "model.adapter", base_model)
+    if subcommand in ("validate", "test", "predict"):
+        check_hashes(folder, adapter_recipe(folder).files)  # read as its run measured it, or not at all
+    else:
+        read_recipe(folder)
+
+
 def given_on_the_command_line(args: list[str], section: str) -> set[str]:
     """The `--section.name` options a person typed (a config file's values are not among them)."""
     prefix = f"--{section}."
@@ -191,6 +208,8 @@ class PricerCLI(LightningCLI):
         config = self.config[self.subcommand]
         check_trainer_options(config.trainer)
         check_evaluation_name(config.get("evaluation"), self.subcommand)
+        if config.model.get("adapter"):
+            check_adapter(config.model.adapter, config.model.base_model, self.subcommand)
         if self.subcommand in ("validate", "test", "predict"):
             self._read_as_the_recipe_says(config.model, config.trainer)
         self.run_dir, ckpt_path = place_run(
@@ -239,12 +258,7 @@ class PricerCLI(LightningCLI):
 
         if not model.get("adapter"):
             return
-        try:
-            recipe = read_recipe(adapter_folder(model.adapter))
-        except (FileNotFoundError, OSError):
-            return  # said, with what to do, when the models are checked
-        if recipe is None:
-            return
+        recipe = read_recipe(adapter_folder(model.adapter))  # checked by `check_adapter`
         typed = given_on_the_command_line(self.typed, "model")
         keys = {GROUPED.get(o, o): v for o, v in recipe.model_options().items()}  # lora.r, ...
         taken = {k: v for k, v in keys.items() if k not in typed and model.get(k) != v}
@@ -262,25 +276,9 @@ class PricerCLI(LightningCLI):
             print(f"model.adapter {model.adapter}: read as its pricer.json says: {shown}")
 
     def _check_models(self) -> None:
-        """After the options' own checks, before any curation, loading, run folder or W&B run:
-        the base and the adapter are here and are what they claim (a GGUF file's magic, an
-        adapter's safetensors and LoRA shapes, its recipe)."""
-        from pricer.base.load import check_adapter_files
-        from pricer.hub_calls import adapter_folder
-        from pricer.read.recipe import adapter_recipe, read_recipe
-        from pricer.read.saved_read import check_hashes
-
-        hp = self.model.hparams
-        check_model_name(hp.base_model, "model.base_model")
-        if hp.adapter:
-            check_model_name(hp.adapter, "model.adapter")
-            folder = adapter_folder(hp.adapter)
-            check_adapter_files(folder, "model.adapter", hp.base_model)
-            if self.subcommand in ("validate", "test", "predict"):
-                # read as its run measured it, or not at all
-                check_hashes(folder, adapter_recipe(folder).files)
-            else:
-                read_recipe(folder)
+        """After the options' own checks, before any curation or loading: the base is here and
+        is what it claims (a GGUF file's magic), and its tokenizer writes every price."""
+        check_model_name(self.model.hparams.base_model, "model.base_model")
         check_price_range(self.datamodule.tokenizer, self.datamodule.rules.max_price)
 
     def before_fit(self) -> None:
