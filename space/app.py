@@ -15,11 +15,60 @@ import gradio as gr
 
 from pricer.cli.logs import quiet_logs
 from pricer.hub.space import SpaceSettings, StartUpError, example_label, start_up_limits
-from pricer.read.serving import Pricer, ProductError, bin_labels, bins_frame, interval_text, neighbors_text
+from pricer.read.serving import Pricer, ProductError, Quote
 
 HERE = Path(__file__).resolve().parent
 
 EMPTY_CHART = {"price range": [], "probability": []}
+BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def bin_labels(edges: tuple[float, ...] = BIN_EDGES) -> list[str]:
+    """ "<$10", "$10-20", ..., "$500+": the chart's price ranges, in order."""
+    inner = [f"${low:g}-{high:g}" for low, high in zip(edges[1:-2], edges[2:-1], strict=True)]
+    return [f"<${edges[1]:g}", *inner, f"${edges[-2]:g}+"]
+
+
+def bins(quote: Quote, edges: tuple[float, ...] = BIN_EDGES) -> list[tuple[str, float]]:
+    """The quote's probability in each price range (where the blend moved its prices)."""
+    probs = quote.distribution.normalised
+    prices = quote.distribution.prices if quote.prices is None else quote.prices
+    return [
+        (label, float(probs[(prices >= low) & (prices < high)].sum()))
+        for label, low, high in zip(bin_labels(edges), edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def bins_frame(quote: Quote):
+    import numpy as np
+    import pandas as pd
+
+    rows = bins(quote)
+    return pd.DataFrame(
+        {"price range": [r for r, _ in rows], "probability": np.round([p for _, p in rows], 4)}
+    )
+
+
+def interval_text(quote: Quote, coverage: float) -> str:
+    return f"{coverage:.0%} likely between ${quote.low:,.0f} and ${quote.high:,.0f}"
+
+
+def neighbors_text(quote: Quote, asked: int = 0) -> str:
+    """The similar training items the prompt showed the model, as a short Markdown list ("" for
+    an adapter trained without them): a user sees what the price leaned on. With `asked`, the
+    adapter's count, it says when fewer share a word with the product."""
+    lines = [f"- {title}: ${price:,.0f}" for title, price in quote.neighbors]
+    if asked and not lines:
+        return "_No training item shares a word with this product: it was priced from its own text alone._"
+    if asked and len(lines) < asked:
+        some = (
+            "Only one training item shares" if len(lines) == 1 else f"Only {len(lines)} training items share"
+        )
+        note = f"_{some} a word with this product._"
+        return "\n".join(["**Similar items it was shown, with their prices:**", *lines, "", note])
+    if not lines:
+        return ""
+    return "\n".join(["**Similar items it was shown, with their prices:**", *lines])
 
 
 class PricerBlocks(gr.Blocks):

@@ -461,6 +461,16 @@ class RecordingApi:
         self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
 
 
+def space_app():
+    """The Space's own module, `space/app.py`, imported as a user's Space runs it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("space_app", REPO / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -97,7 +97,10 @@ def test_a_product_that_shares_no_word_gets_no_neighbours_and_the_space_says_so(
     """Another script or made-up words share nothing with the training items: no first rows at
     similarity 0 in the prompt; one shared word brings only the items that have it."""
     from pricer.base.load import load_tokenizer
-    from pricer.read.serving import Quote, neighbors_text
+    from pricer.read.serving import Quote
+    from tests.conftest import space_app
+
+    neighbors_text = space_app().neighbors_text
 
     texts = ["Acme Kettle\nsteel kettle", "Bolt Toaster\nfour slot toaster", "Cold Fridge\ntwo door fridge"]
     retriever = Retriever.fit(texts, ["a", "b", "c"], [10, 20, 30], load_tokenizer(byte_tokenizer), 8)
@@ -338,8 +341,9 @@ def test_a_fit_with_neighbours_is_read_with_the_same_ones_everywhere(
     assert all(len(q.neighbors) == 3 for q in quotes)
     assert all((NEIGHBORS_HEADER in q.prompt) == (form == "lines") for q in quotes)
     # the Space's page lists the items the prompt showed beside the price
-    from pricer.read.serving import neighbors_text
+    from tests.conftest import space_app
 
+    neighbors_text = space_app().neighbors_text
     typed = pricer.quote("Fridge model 7", "A quiet fridge with two doors.")
     assert len(typed.neighbors) == 3 and neighbors_text(typed).count("\n- ") == 3
     assert all((f"- {title}: $" in typed.prompt) == (form == "lines") for title, _ in typed.neighbors)

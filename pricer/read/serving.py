@@ -35,14 +35,6 @@ from pricer.read.recipe import PRECISIONS, Recipe, adapter_recipe, read_recipe
 from pricer.read.saved_read import saved_read_out, saved_retriever
 from pricer.read.tfidf import BlendError, TfidfPrice
 
-BIN_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000)
-
-
-def bin_labels(edges: tuple[float, ...] = BIN_EDGES) -> list[str]:
-    """ "<$10", "$10-20", ..., "$500+": the chart's price ranges, in order."""
-    inner = [f"${low:g}-{high:g}" for low, high in zip(edges[1:-2], edges[2:-1], strict=True)]
-    return [f"<${edges[1]:g}", *inner, f"${edges[-2]:g}+"]
-
 
 @dataclass
 class Quote:
@@ -59,15 +51,6 @@ class Quote:
     prices: np.ndarray | None = None
     llm_price: float | None = None
     neighbors: list[tuple[str, float]] = field(default_factory=list)  # (title, price) shown
-
-    def bins(self, edges: tuple[float, ...] = BIN_EDGES) -> list[tuple[str, float]]:
-        """The distribution's probability in price ranges, for a small chart."""
-        probs = self.distribution.normalised
-        prices = self.distribution.prices if self.prices is None else self.prices
-        return [
-            (label, float(probs[(prices >= low) & (prices < high)].sum()))
-            for label, low, high in zip(bin_labels(edges), edges[:-1], edges[1:], strict=True)
-        ]
 
 
 # What an adapter without a pricer.json is read with, unless told otherwise: a recipe's defaults.
@@ -335,34 +318,3 @@ class Pricer:
             read.llm_predicted,
             found,
         )
-
-
-def neighbors_text(quote: Quote, asked: int = 0) -> str:
-    """The similar training items the prompt showed the model, as a short Markdown list ("" for
-    an adapter trained without them): a user sees what the price leaned on. With `asked`, the
-    adapter's count, it says when fewer share a word with the product."""
-    lines = [f"- {title}: ${price:,.0f}" for title, price in quote.neighbors]
-    if asked and not lines:
-        return "_No training item shares a word with this product: it was priced from its own text alone._"
-    if asked and len(lines) < asked:
-        some = (
-            "Only one training item shares" if len(lines) == 1 else f"Only {len(lines)} training items share"
-        )
-        note = f"_{some} a word with this product._"
-        return "\n".join(["**Similar items it was shown, with their prices:**", *lines, "", note])
-    if not lines:
-        return ""
-    return "\n".join(["**Similar items it was shown, with their prices:**", *lines])
-
-
-def interval_text(quote: Quote, coverage: float) -> str:
-    return f"{coverage:.0%} likely between ${quote.low:,.0f} and ${quote.high:,.0f}"
-
-
-def bins_frame(quote: Quote):
-    import pandas as pd
-
-    rows = quote.bins()
-    return pd.DataFrame(
-        {"price range": [r for r, _ in rows], "probability": np.round([p for _, p in rows], 4)}
-    )
