@@ -58,6 +58,26 @@ def sequence_lengths(dm: PriceDataModule) -> dict[str, list[int]]:
     }
 
 
+def table(report: dict) -> str:
+    """The Markdown table of a report this benchmark wrote (benchmarks/tables.py)."""
+    k, line, bound = report["k"], report["neighbor_line_tokens"], report["bound"]
+    rows = ["| Llama 3 tokens | items | median | p99 | longest |", "|---|---:|---:|---:|---:|"]
+    for key, shown in (("sequence_tokens_k0", "no neighbours"), (f"sequence_tokens_k{k}", f"{k} neighbours")):
+        for split in ("train", "validation", "test"):
+            row = report[key][split]
+            rows.append(
+                f"| {split} sequence, {shown} | {row['n']} | {row['median']:g} | {row['p99']:g} | {row['max']} |"
+            )
+    rows.append(
+        f"| one neighbour line (each training item) | {line['n']} | {line['median']:g} | {line['p99']:g} | {line['max']} |"
+    )
+    rows.append(
+        f"| the bound t4_check sizes by: {bound['longest_sequence_k0']} + {bound['block_header_tokens']} (header)"
+        f" + {bound['separator_tokens']} (blank line) + {k} x {bound['longest_line']} | | | | {bound['seq_len']} |"
+    )
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

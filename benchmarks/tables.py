@@ -31,6 +31,12 @@ def _course_texts(report: dict) -> str:
     return table(report)
 
 
+def _prompt_lengths(report: dict) -> str:
+    from benchmarks.prompt_lengths import table
+
+    return table(report)
+
+
 def _t4_arithmetic(report: dict) -> str:
     from benchmarks.t4_memory import arithmetic_table
 
@@ -41,6 +47,7 @@ def _t4_arithmetic(report: dict) -> str:
 TABLES = {
     "course_texts": ("course_texts.json", _course_texts),
     "t4_arithmetic": ("t4_arithmetic.json", _t4_arithmetic),
+    "prompt_lengths": ("prompt_lengths.json", _prompt_lengths),
 }
 
 
