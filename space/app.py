@@ -31,8 +31,7 @@ def bin_labels(edges: tuple[float, ...] = BIN_EDGES) -> list[str]:
 
 def bins(quote: Quote, edges: tuple[float, ...] = BIN_EDGES) -> list[tuple[str, float]]:
     """The quote's probability in each price range (where the blend moved its prices)."""
-    probs = quote.distribution.normalised
-    prices = quote.distribution.prices if quote.prices is None else quote.prices
+    probs, prices = quote.distribution.normalised, quote.prices
     return [
         (label, float(probs[(prices >= low) & (prices < high)].sum()))
         for label, low, high in zip(bin_labels(edges), edges[:-1], edges[1:], strict=True)

@@ -97,7 +97,7 @@ def test_a_product_that_shares_no_word_gets_no_neighbours_and_the_space_says_so(
     """Another script or made-up words share nothing with the training items: no first rows at
     similarity 0 in the prompt; one shared word brings only the items that have it."""
     from pricer.base.load import load_tokenizer
-    from pricer.read.serving import Quote
+    from pricer.read.reader import Quote
     from tests.conftest import space_app
 
     neighbors_text = space_app().neighbors_text
@@ -106,10 +106,10 @@ def test_a_product_that_shares_no_word_gets_no_neighbours_and_the_space_says_so(
     retriever = Retriever.fit(texts, ["a", "b", "c"], [10, 20, 30], load_tokenizer(byte_tokenizer), 8)
     assert retriever.neighbors(["Чайник\nэлектрический чайник", "zzqx wvvy"], 2) == [[], []]
     assert retriever.neighbors(["Big toaster\nfor bread"], 2) == [[("b", 20.0)]]
-    quote = Quote(10.0, 5.0, 20.0, None, "prompt", neighbors=[])
+    quote = Quote(10.0, 5.0, 20.0, 10.0, 5.0, 20.0, None, neighbors=[])
     assert neighbors_text(quote, 2).startswith("_No training item shares a word with this product")
     assert neighbors_text(quote) == ""  # an adapter trained without neighbours
-    one = Quote(10.0, 5.0, 20.0, None, "prompt", neighbors=[("b", 20.0)])
+    one = Quote(10.0, 5.0, 20.0, 10.0, 5.0, 20.0, None, neighbors=[("b", 20.0)])
     assert "- b: $20" in neighbors_text(one, 2) and "Only one training item shares a word" in neighbors_text(
         one, 2
     )

@@ -64,13 +64,13 @@ def test_a_read_blends_the_llms_point_and_moves_its_distribution_with_it(tiny_ll
     partner = model.tfidf.predict(texts, model.blend.neighbors)
     for read, alone in zip(reads, partner, strict=True):
         assert read.partner == pytest.approx(float(alone))
-        expected = np.expm1(0.6 * np.log1p(read.llm_predicted) + 0.4 * np.log1p(alone))
-        assert read.predicted == pytest.approx(expected)
+        expected = np.expm1(0.6 * np.log1p(read.llm_price) + 0.4 * np.log1p(alone))
+        assert read.price == pytest.approx(expected)
         d = read.distribution
-        assert PriceDistribution(read.prices, d.probs, d.left_out).median == pytest.approx(read.predicted)
+        assert PriceDistribution(read.prices, d.probs, d.left_out).median == pytest.approx(read.price)
     llm_only = Reader(model.reader, "median", 0.8).price(model.model, ids, mask, texts)
-    assert [r.llm_predicted for r in llm_only] == [r.llm_predicted for r in reads]
-    assert all(r.predicted == r.llm_predicted and r.partner is None for r in llm_only)
+    assert [r.llm_price for r in llm_only] == [r.llm_price for r in reads]
+    assert all(r.price == r.llm_price and r.partner is None for r in llm_only)
 
 
 def test_a_mixed_precision_is_read_under_its_autocast_and_a_true_one_is_not(tiny_llama):
@@ -111,7 +111,7 @@ def test_in_16_bits_each_prompt_is_read_alone_as_the_space_reads_it(tiny_llama, 
     for prompt, read in zip(PROMPTS, reads, strict=True):
         quote = pricer.quote_prompt(prompt)
         np.testing.assert_array_equal(quote.distribution.probs, read.distribution.probs)
-        assert (quote.price, quote.low, quote.high) == (read.predicted, read.low, read.high)
+        assert (quote.price, quote.low, quote.high) == (read.price, read.low, read.high)
     # each prompt went through the reader alone and unpadded (read in a padded batch, the two
     # shorter prompts' probabilities moved by up to 9e-6 on the development machine)
     shapes = []

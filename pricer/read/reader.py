@@ -9,7 +9,7 @@ model, loaded for training or for serving, and the prompts' tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,33 +37,43 @@ def reads_alone(precision: str, compute_dtype: torch.dtype) -> bool:
 
 
 @dataclass
-class Read:
-    """One prompt's price: the blend's point and interval, the LLM's own before it, and the
-    distribution they were read from (`partner`: the blend partner's price, when it has one)."""
+class Quote:
+    """One product's price: the served point and interval (the blend's, when fit chose one), the
+    LLM's own before it, the distribution they were read from, and the prompt it was read from
+    with the similar training items it showed (`partner`: the blend partner's price, when it
+    has one). Every read returns it: fit's test, `test`, `predict` and `Pricer.quote`."""
 
-    predicted: float
+    price: float
     low: float
     high: float
-    llm_predicted: float
+    llm_price: float
     llm_low: float
     llm_high: float
     distribution: PriceDistribution
-    blend: Blend
+    blend: Blend = field(default_factory=Blend)
     partner: float | None = None
+    prompt: str = ""
+    neighbors: list[tuple[str, float]] = field(default_factory=list)  # (title, price) shown
 
     def row(self) -> dict:
         """The six prices, as a report's or a prediction file's columns."""
-        names = ("predicted", "low", "high", "llm_predicted", "llm_low", "llm_high")
-        return {name: getattr(self, name) for name in names}
+        return {
+            "predicted": self.price,
+            "low": self.low,
+            "high": self.high,
+            "llm_predicted": self.llm_price,
+            "llm_low": self.llm_low,
+            "llm_high": self.llm_high,
+        }
 
     def llm_row(self) -> dict:
         """The LLM's own price and interval, as predicted, low and high (before any blend)."""
-        return {"predicted": self.llm_predicted, "low": self.llm_low, "high": self.llm_high}
+        return {"predicted": self.llm_price, "low": self.llm_low, "high": self.llm_high}
 
     @property
     def prices(self) -> np.ndarray:
         """The distribution's prices where the blend moved them (its own without a blend)."""
-        return self.blend.move(self.distribution.prices, self.llm_predicted, self.partner)
+        return self.blend.move(self.distribution.prices, self.llm_price, self.partner)
 
 
 class Reader:
@@ -112,12 +122,12 @@ class Reader:
 
     def price(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str]
-    ) -> list[Read]:
-        """Each prompt's Read; `texts` are the prompts' product texts, the partner's input."""
+    ) -> list[Quote]:
+        """Each prompt's Quote; `texts` are the prompts' product texts, the partner's input."""
         return self.priced(self.distributions(model, input_ids, attention_mask), texts)
 
-    def priced(self, distributions: list[PriceDistribution], texts: list[str]) -> list[Read]:
-        """The Reads of distributions already read (validation's, from its scoring pass)."""
+    def priced(self, distributions: list[PriceDistribution], texts: list[str]) -> list[Quote]:
+        """The Quotes of distributions already read (validation's, from its scoring pass)."""
         llm = np.array(
             [(d.point(self.point), *d.interval(self.coverage)) for d in distributions], dtype=np.float64
         ).reshape(-1, 3)
@@ -126,7 +136,7 @@ class Reader:
             partner = np.asarray(self.partner.predict(list(texts), self.blend.neighbors), dtype=np.float64)
         point, low, high = self.blend.apply(*llm.T, partner)
         return [
-            Read(
+            Quote(
                 float(point[i]),
                 float(low[i]),
                 float(high[i]),

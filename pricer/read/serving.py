@@ -8,10 +8,8 @@ imports Lightning, so a Space needs only torch, transformers, peft and bitsandby
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import get_args
 
-import numpy as np
 import torch
 
 from pricer.base.load import base_for_here, load_model, load_tokenizer
@@ -29,29 +27,11 @@ from pricer.data.rules import CurationRules
 from pricer.hub_calls import adapter_folder
 from pricer.read.blend import Blend
 from pricer.read.dense import CpuRead, can_read_dense, to_dense
-from pricer.read.reader import Reader, reads_alone
-from pricer.read.reading import Point, PriceDistribution, PriceReader
+from pricer.read.reader import Quote, Reader, reads_alone
+from pricer.read.reading import Point, PriceReader
 from pricer.read.recipe import PRECISIONS, Recipe, adapter_recipe, read_recipe
 from pricer.read.saved_read import saved_read_out, saved_retriever
 from pricer.read.tfidf import BlendError, TfidfPrice
-
-
-@dataclass
-class Quote:
-    """A predicted price with its interval and the distribution it was read from.
-
-    `prices`: where the blend moved the distribution's prices (its own prices when there is no
-    blend); `llm_price` is the LLM's point before the blend."""
-
-    price: float
-    low: float
-    high: float
-    distribution: PriceDistribution
-    prompt: str
-    prices: np.ndarray | None = None
-    llm_price: float | None = None
-    neighbors: list[tuple[str, float]] = field(default_factory=list)  # (title, price) shown
-
 
 # What an adapter without a pricer.json is read with, unless told otherwise: a recipe's defaults.
 # (No blend: without a recipe there is no TF-IDF model beside the adapter either.)
@@ -307,14 +287,6 @@ class Pricer:
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)
-        (read,) = self.reader.price(self.model, ids, mask, [text])
-        return Quote(
-            read.predicted,
-            read.low,
-            read.high,
-            read.distribution,
-            prompt,
-            read.prices,
-            read.llm_predicted,
-            found,
-        )
+        (quote,) = self.reader.price(self.model, ids, mask, [text])
+        quote.prompt, quote.neighbors = prompt, found
+        return quote
