@@ -25,7 +25,7 @@ from pricer.read.tfidf import TfidfPrice
 from pricer.train import stopping
 from pricer.train.distance import PriceDistance
 from pricer.train.evaluation import ReadingSteps
-from pricer.train.loss import CompletionLoss
+from pricer.train.loss import completion_loss
 from pricer.train.options import (
     GROUPED,
     BlendOptions,
@@ -40,7 +40,7 @@ from pricer.train.resume import Resumable
 from pricer.train.schedule import cosine_with_warmup
 
 
-class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
+class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
     """A 4-bit LoRA language model that reads a product's text and writes its price.
 
     The model is built in `configure_model()`, never in `__init__`, so printing or checking a
@@ -160,6 +160,26 @@ class PriceModel(CompletionLoss, MicroBatchPasses, ReadingSteps, Resumable, L.Li
             return model
         return add_lora(
             model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules, hp.base_model
+        )
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    def completion_loss(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss of the completion tokens and their count (pricer/train/loss.py), with
+        `price_distance` times the expected distance on this tokenizer's number tokens."""
+        hp = self.hparams
+        if hp.price_distance and self._distance is None:
+            reader = self.reader
+            self._distance = PriceDistance(reader.number_ids if reader.kind == "whole" else reader.digit_ids)
+        return completion_loss(
+            self.model,
+            input_ids,
+            attention_mask,
+            labels,
+            hp.completion_logits,
+            self._distance,
+            hp.price_distance,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
