@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         with_k = PriceDataModule(**common, neighbors=k, neighbor_title_tokens=title_tokens)
         with_k.prepare_data()
         shown = sequence_lengths(with_k)
-        index = with_k.neighbor_index()
+        index = with_k.neighbor_prompts.retriever()
         lines = [
             len(
                 tokenizer("\n" + neighbor_block([item]).split("\n", 1)[1], add_special_tokens=False)[

@@ -196,7 +196,7 @@ def test_a_splits_neighbours_are_cached_beside_the_splits_and_accounted(
     printed = capsys.readouterr().out
     assert "data: neighbours in the prompt" in printed
     assert "training items in the index (data.neighbors 3)" in printed
-    counts = first.neighbor_accounting
+    counts = first.neighbor_prompts.accounting
     assert {name: c["prompts"] for name, c in counts.items()} == {"train": 32, "validation": 4, "test": 4}
     assert counts["train"]["left_out_as_duplicates"] == 32  # each training item's own row
     assert counts["validation"]["left_out_as_duplicates"] == 0  # keys are unique across splits
@@ -206,25 +206,25 @@ def test_a_splits_neighbours_are_cached_beside_the_splits_and_accounted(
 
     again = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=3)
     again.prepare_data(), again.setup()
-    assert all(c["cached"] for c in again.neighbor_accounting.values())
-    assert again.neighbor_rows == first.neighbor_rows
+    assert all(c["cached"] for c in again.neighbor_prompts.accounting.values())
+    assert again.neighbor_prompts.rows == first.neighbor_prompts.rows
     for name in ("train", "validation", "test"):
         assert again.datasets[name]["input_ids"] == first.datasets[name]["input_ids"]
     # a damaged entry is retrieved again, the same rows
     entries[0].write_bytes(b"not parquet")
     third = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=3)
     third.prepare_data(), third.setup()
-    assert sum(not c["cached"] for c in third.neighbor_accounting.values()) == 1
-    assert third.neighbor_rows == first.neighbor_rows
+    assert sum(not c["cached"] for c in third.neighbor_prompts.accounting.values()) == 1
+    assert third.neighbor_prompts.rows == first.neighbor_prompts.rows
     # another k is another entry
     other = small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=2)
     other.prepare_data(), other.setup()
-    assert not any(c["cached"] for c in other.neighbor_accounting.values())
-    assert [rows[:2] for rows in first.neighbor_rows["test"]] == other.neighbor_rows["test"]
+    assert not any(c["cached"] for c in other.neighbor_prompts.accounting.values())
+    assert [rows[:2] for rows in first.neighbor_prompts.rows["test"]] == other.neighbor_prompts.rows["test"]
     # the baseline beside the LLM: the median price of what each test prompt shows
-    prices = np.array(first.neighbor_index().prices)
-    median = first.neighbor_median("test", 3)
-    assert median.tolist() == [float(np.median(prices[r])) for r in first.neighbor_rows["test"][:3]]
+    prices = np.array(first.neighbor_prompts.retriever().prices)
+    median = first.neighbor_prompts.median("test", 3)
+    assert median.tolist() == [float(np.median(prices[r])) for r in first.neighbor_prompts.rows["test"][:3]]
 
 
 def test_neighbour_dropout_leaves_a_share_of_training_prompts_without_them(
@@ -250,8 +250,8 @@ def test_neighbour_dropout_leaves_a_share_of_training_prompts_without_them(
     shown = runs[0]
     assert runs[1] == shown  # drawn with the data seed: the same prompts every time
     assert 0 < sum(shown) < len(shown)
-    assert module.neighbor_accounting["train"]["with_neighbors"] == sum(shown)
-    assert "train: without (data.neighbor_dropout 0.5)" in module.neighbors_table()
+    assert module.neighbor_prompts.accounting["train"]["with_neighbors"] == sum(shown)
+    assert "train: without (data.neighbor_dropout 0.5)" in module.neighbor_prompts.table()
     with pytest.raises(OptionError, match=r"data.neighbor_dropout 1.0: the share of training prompts"):
         small_datamodule(raw_items, byte_tokenizer, tmp_path / "cache", neighbors=2, neighbor_dropout=1.0)
 

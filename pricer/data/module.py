@@ -29,7 +29,7 @@ from pricer.options import OptionError
 KEPT_COLUMNS = ("price", "title", "category", "text")
 
 
-class PriceDataModule(NeighborPrompts, L.LightningDataModule):
+class PriceDataModule(L.LightningDataModule):
     """Curated product splits for price prediction, from raw Amazon metadata or a curated dataset.
 
     Args:
@@ -161,13 +161,9 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
                 "neighbours is below 1 (0: every prompt shows them)"
             )
         self.neighbor_dropout = float(neighbor_dropout)
-        # what retrieval did for each split: the neighbours' accounting (metrics.json, the console)
-        self.neighbor_accounting: dict = {}
-        # the prompts' neighbour index: this source's train split's, or a trained adapter's
-        # (`use_index`), whose items are not this source's
-        self.retriever: Retriever | None = None
-        self._own_index = False
-        self.neighbor_rows: dict[str, list[list[int]]] = {}
+        # a trained adapter's neighbour index (`use_index`), whose items are not this source's
+        self.saved_index: Retriever | None = None
+        self._neighbor_prompts: NeighborPrompts | None = None
         self.datasets: dict = {}
         self.curated: Curated | None = None
         self._splits = None
@@ -249,13 +245,39 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
                 self._splits = DatasetDict(load_dataset("parquet", data_files=files))
         return self._splits
 
+    def use_index(self, retriever: Retriever) -> None:
+        """Retrieve the prompts' neighbours from a trained adapter's saved training items."""
+        self.saved_index, self._neighbor_prompts = retriever, None
+
+    @property
+    def neighbor_prompts(self) -> NeighborPrompts:
+        """The prompts' neighbours, from the data options as they are when first asked for."""
+        if self._neighbor_prompts is None:
+            own = self.neighbors and self.saved_index is None  # the index is this source's train split
+            train = self.load_splits().get("train") if own else None
+            folder = self.curated.folder if self.curated is not None else self.cache_dir
+            self._neighbor_prompts = NeighborPrompts(
+                self.neighbors,
+                self.neighbor_title_tokens,
+                self.neighbor_format,
+                self.neighbor_min_similarity,
+                self.neighbor_dropout,
+                self.seed,
+                self.tokenizer,
+                self.source,
+                train=train,
+                cache=folder / "neighbors",
+                index=self.saved_index,
+            )
+        return self._neighbor_prompts
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         tokenizer = self.tokenizer
         for name, split in self.load_splits().items():
             if self.neighbors:
-                prompts = self.neighbor_prompts(list(split["prompt"]), name)
+                prompts = self.neighbor_prompts.prompts(list(split["prompt"]), name)
                 split = split.remove_columns("prompt").add_column("prompt", prompts)
             self.datasets[name] = split.map(
                 tokenize_examples,
@@ -264,8 +286,8 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
                 remove_columns=[c for c in split.column_names if c not in KEPT_COLUMNS],
                 desc=f"tokenizing {name}",
             )
-        if self.neighbor_accounting:
-            print(f"data: neighbours in the prompt\n{self.neighbors_table()}")
+        if self.neighbors:
+            print(f"data: neighbours in the prompt\n{self.neighbor_prompts.table()}")
 
     def _split(self, name: str):
         if name not in self.datasets:
@@ -335,7 +357,7 @@ class PriceDataModule(NeighborPrompts, L.LightningDataModule):
             splits = load_curated(source)
             split = splits["test"] if "test" in splits else next(iter(splits.values()))
             items = [{"title": r["title"], "prompt": r["prompt"]} for r in split]
-        shown = self.neighbor_prompts([i["prompt"] for i in items])
+        shown = self.neighbor_prompts.prompts([i["prompt"] for i in items])
         prompts = self.tokenizer(shown, add_special_tokens=True)["input_ids"]
         return Dataset.from_list(
             [

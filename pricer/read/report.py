@@ -164,7 +164,8 @@ class PriceReport(Callback):
         )
         if fitted_on:
             metrics["baselines_fitted_on"] = fitted_on
-        accounting = getattr(trainer.datamodule, "neighbor_accounting", None)
+        prompts = getattr(trainer.datamodule, "neighbor_prompts", None)
+        accounting = prompts.accounting if prompts is not None else None
         if accounting:
             metrics["neighbors"] = {"k": trainer.datamodule.neighbors, **accounting}
         blend = pl_module.blend
@@ -273,7 +274,8 @@ class PriceReport(Callback):
         # trainer.limit_test_batches cut the pass short (the loader does not shuffle)
         texts = datamodule.test_texts()[: len(truth)]
         predictions = baseline_predictions(*train, texts, tfidf)
-        shown = getattr(datamodule, "neighbor_median", lambda *_: None)("test", len(truth))
+        prompts = getattr(datamodule, "neighbor_prompts", None)
+        shown = prompts.median("test", len(truth)) if prompts is not None else None
         if shown is not None:  # the neighbours the prompts show, priced alone: same k, same retriever
             predictions["prompt_neighbors_median"] = shown
         metrics = {

@@ -105,7 +105,10 @@ class ChooseBlend(EndOfFit):
         pl_module.train_items = TrainItems(*train, datamodule.train_titles()) if train is not None else None
         # the prompts' neighbour index is the classical model's features: fitted once, saved
         # with the adapter whether or not the blend reads it
-        index = datamodule.retriever if getattr(datamodule, "_own_index", False) else None
+        prompts = (
+            getattr(datamodule, "neighbor_prompts", None) if getattr(datamodule, "neighbors", 0) else None
+        )
+        index = prompts.index if prompts is not None and prompts.own_index else None
         features = (index.vectorizer, index.rows) if index is not None else None
         if features is not None:
             pl_module.tfidf = TfidfPrice.fit(train[1], train[0], features)
