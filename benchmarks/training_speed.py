@@ -112,19 +112,21 @@ COURSE_SETTINGS = {
 
 
 def model_options(args) -> dict:
-    """PriceModel's options for this benchmark, as its flat settings (the TRL sides read them)."""
+    """PriceModel's options for this benchmark, grouped as a config writes them (the TRL sides
+    read them too)."""
     return dict(
         base_model=str(args.gguf),
-        quantization="4bit",
-        lora_r=args.lora_r,
-        lora_alpha=2 * args.lora_r,
-        lora_dropout=0.0,
-        lora_target_modules=LORA_TARGETS,
-        learning_rate=args.learning_rate,
-        max_grad_norm=0.3,
-        weight_decay=0.001,
-        warmup_ratio=0.03,
-        compute_dtype="bfloat16" if args.precision == "bf16" else "float32",
+        quantization={
+            "weights": "4bit",
+            "compute_dtype": "bfloat16" if args.precision == "bf16" else "float32",
+        },
+        lora={"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.0, "target_modules": LORA_TARGETS},
+        optimizer={
+            "learning_rate": args.learning_rate,
+            "max_grad_norm": 0.3,
+            "weight_decay": 0.001,
+            "warmup_ratio": 0.03,
+        },
     )
 
 
@@ -136,7 +138,6 @@ def prepare(args, work: Path) -> None:
 
     from pricer.data.module import PriceDataModule
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
 
     items = args.steps * args.batch_size
     datamodule = PriceDataModule(
@@ -159,7 +160,7 @@ def prepare(args, work: Path) -> None:
             n = int(mask.sum())
             rows.append({"input_ids": ids[:n].tolist(), "labels": labels[:n].tolist(), "batch": batch_index})
     pq.write_table(pa.Table.from_pylist(rows[:items]), work / "batches.parquet")
-    model = PriceModel(**grouped_options(model_options(args)))
+    model = PriceModel(**model_options(args))
     torch.manual_seed(args.seed)
     model.configure_model()
     lora = {k: v.detach().contiguous() for k, v in model.model.named_parameters() if v.requires_grad}
@@ -221,10 +222,9 @@ def run_pricer(args, work: Path, completion_logits: bool = True) -> dict:
 
     from pricer.data.batches import PadCollator
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
 
     rows = examples(work)
-    model = PriceModel(**grouped_options(model_options(args)), completion_logits=completion_logits)
+    model = PriceModel(**model_options(args), completion_logits=completion_logits)
     model.configure_model()
     load_lora_init(model.model, work)
     clock = Clock()
@@ -277,11 +277,11 @@ def trl_config_kwargs(args, work: Path, defaults: bool) -> dict:
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         max_steps=args.steps,
-        learning_rate=options["learning_rate"],
-        weight_decay=options["weight_decay"],
-        warmup_steps=math.ceil(args.steps * options["warmup_ratio"]),
+        learning_rate=options["optimizer"]["learning_rate"],
+        weight_decay=options["optimizer"]["weight_decay"],
+        warmup_steps=math.ceil(args.steps * options["optimizer"]["warmup_ratio"]),
         lr_scheduler_type="cosine",
-        max_grad_norm=options["max_grad_norm"],
+        max_grad_norm=options["optimizer"]["max_grad_norm"],
         logging_steps=1,  # the loss of every step, to compare
         report_to="none",
         save_strategy="no",
@@ -353,7 +353,9 @@ def run_trl(args, work: Path, defaults: bool = False) -> dict:
     )
     base.config.use_cache = False
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    model = get_peft_model(base, lora_config(options["lora_r"], options["lora_alpha"], 0.0, LORA_TARGETS))
+    model = get_peft_model(
+        base, lora_config(options["lora"]["r"], options["lora"]["alpha"], 0.0, LORA_TARGETS)
+    )
     load_lora_init(model, work)
     clock = Clock()
 

@@ -303,15 +303,25 @@ def cpu_trainer(root, callbacks, every=None, **kwargs):
     return L.Trainer(**options)
 
 
+def small_options(tiny_llama, dropout: float = 0.1, **kwargs) -> dict:
+    """PriceModel's options for the tiny Llama: a small LoRA, a quick learning rate; a group given
+    in `kwargs` changes only the fields it names."""
+    options = {
+        "base_model": tiny_llama,
+        "lora": {"r": 8, "alpha": 16, "dropout": dropout},
+        "optimizer": {"learning_rate": 5e-3},
+    }
+    for key, value in kwargs.items():
+        options[key] = {**options[key], **value} if isinstance(options.get(key), dict) else value
+    return options
+
+
 def tiny_model(tiny_llama, **kwargs):
     """The tiny Llama as a PriceModel with a small LoRA, seeded."""
     L.seed_everything(42)
-    options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.1, learning_rate=5e-3)
-    options.update(kwargs)
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
 
-    return PriceModel(**grouped_options(options))
+    return PriceModel(**small_options(tiny_llama, **kwargs))
 
 
 def with_random_lora(module, seed=0):
@@ -531,7 +541,7 @@ def trained_like(tiny_llama, **options):
     """The tiny model with a LoRA update large enough to move its prices."""
     import torch
 
-    model = tiny_model(tiny_llama, lora_target_modules=ALL, **options)
+    model = tiny_model(tiny_llama, **{**options, "lora": {"target_modules": ALL, **options.get("lora", {})}})
     model.configure_model()
     torch.manual_seed(1)
     with torch.no_grad():

@@ -20,8 +20,7 @@ from pricer.train.batch_size import (
     split_effective_batch,
 )
 from pricer.train.model import PriceModel
-from pricer.train.options import grouped_options
-from tests.conftest import Died, Kill, Losses, cpu_trainer, tiny_datamodule
+from tests.conftest import Died, Kill, Losses, cpu_trainer, small_options, tiny_datamodule
 
 
 @pytest.mark.parametrize(
@@ -114,9 +113,7 @@ def tight(tiny_llama, **kwargs):
     import lightning as L
 
     L.seed_everything(42)
-    options = dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=5e-3)
-    options.update(kwargs)
-    return TightMemory(**grouped_options(options))
+    return TightMemory(**small_options(tiny_llama, dropout=0.0, **kwargs))
 
 
 def longest_train_item(dm) -> int:
@@ -153,7 +150,7 @@ def test_the_search_leaves_no_trace_in_the_run(tiny_llama, raw_items, tmp_path):
     the run trains exactly as one told the batch size from the start."""
     searched, told = Losses(), Losses()
     finder = FitBatchSize(effective_batch_size=8, max_val=4, steps_per_trial=2)
-    module = tight(tiny_llama, lora_dropout=0.1)
+    module = tight(tiny_llama, lora={"dropout": 0.1})
     cpu_trainer(tmp_path / "searched", [finder, searched]).fit(
         module, datamodule=tiny_datamodule(raw_items, tiny_llama)
     )
@@ -162,7 +159,7 @@ def test_the_search_leaves_no_trace_in_the_run(tiny_llama, raw_items, tmp_path):
     dm = tiny_datamodule(raw_items, tiny_llama)
     dm.batch_size = 8
     cpu_trainer(tmp_path / "told", [told]).fit(
-        tight(tiny_llama, lora_dropout=0.1, micro_batch_size=4), datamodule=dm
+        tight(tiny_llama, micro_batch_size=4, lora={"dropout": 0.1}), datamodule=dm
     )
     assert searched.by_step == pytest.approx(told.by_step, rel=1e-6)
 
@@ -370,9 +367,7 @@ def test_a_trial_that_fails_after_the_scaler_unscaled_leaves_the_scaler_ready(
 
     L.seed_everything(42)
     module = FailsAfterUnscaling(
-        **grouped_options(
-            dict(base_model=tiny_llama, quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0)
-        )
+        base_model=tiny_llama, quantization={"weights": "none"}, lora={"r": 8, "alpha": 16, "dropout": 0.0}
     )
     scaler = torch.amp.GradScaler("cpu")
     precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
@@ -419,7 +414,9 @@ class PagedModel(TightMemory):
     def configure_optimizers(self):
         configured = super().configure_optimizers()
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.paged.optimizer(params, lr=self.hparams.learning_rate, weight_decay=0.001)
+        optimizer = self.paged.optimizer(
+            params, lr=self.hparams.optimizer["learning_rate"], weight_decay=0.001
+        )
         scheduler = configured["lr_scheduler"]["scheduler"]
         scheduler.optimizer = optimizer
         return {"optimizer": optimizer, "lr_scheduler": configured["lr_scheduler"]}

@@ -209,7 +209,7 @@ def test_eval_speed_reads_the_same_items_on_every_side_and_compares_them(
     from benchmarks.eval_speed import main
     from tests.conftest import tiny_model
 
-    model = tiny_model(tiny_llama, lora_target_modules=["q_proj", "v_proj", "up_proj"])
+    model = tiny_model(tiny_llama, lora={"target_modules": ["q_proj", "v_proj", "up_proj"]})
     model.configure_model()
     with torch.no_grad():
         for name, parameter in model.model.named_parameters():
@@ -633,7 +633,7 @@ def test_the_training_flops_formula_matches_torchs_count_of_a_real_step(tiny_lla
     from pricer.data.batches import IGNORE_INDEX
     from tests.conftest import tiny_datamodule, tiny_model
 
-    module = tiny_model(tiny_llama, lora_r=4, lora_alpha=8)
+    module = tiny_model(tiny_llama, lora={"r": 4, "alpha": 8})
     module.configure_model()
     datamodule = tiny_datamodule(raw_items, tiny_llama)
     datamodule.setup("fit")

@@ -34,12 +34,19 @@ def test_appliances_trains_as_the_course_peer_does():
 
     cli = build_cli(["--config", str(CONFIGS[0].parent / "appliances.yaml")], run=False)
     hp = cli.model.hparams
-    assert hp.base_model == "meta-llama/Llama-3.1-8B" and hp.quantization == "4bit"
-    assert (hp.lora_r, hp.lora_alpha, hp.lora_dropout) == tuple(
+    assert hp.base_model == "meta-llama/Llama-3.1-8B" and hp.quantization["weights"] == "4bit"
+    assert (hp.lora["r"], hp.lora["alpha"], hp.lora["dropout"]) == tuple(
         COURSE[k] for k in ("lora_r", "lora_alpha", "lora_dropout")
     )
     assert set(cli.model.lora_target_modules) == set(COURSE["target_modules"])
-    trained = (hp.learning_rate, hp.weight_decay, hp.warmup_ratio, hp.max_grad_norm, cli.trainer.max_epochs)
+    opt = hp.optimizer
+    trained = (
+        opt["learning_rate"],
+        opt["weight_decay"],
+        opt["warmup_ratio"],
+        opt["max_grad_norm"],
+        cli.trainer.max_epochs,
+    )
     assert trained == tuple(
         COURSE[k]
         for k in ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "num_train_epochs")
@@ -80,7 +87,7 @@ def test_dotted_overrides_and_several_configs(tmp_path):
     extra.write_text("data:\n  test_size: 7\n")
     config = CONFIGS[0].parent / "smoke.yaml"
     cli = build_cli(["--config", str(config), "--config", str(extra), "--model.lora.r", "8"], run=False)
-    assert cli.datamodule.test_size == 7 and cli.model.hparams.lora_r == 8
+    assert cli.datamodule.test_size == 7 and cli.model.hparams.lora["r"] == 8
     assert cli.datamodule.train_size == 300
 
 

@@ -20,7 +20,7 @@ def layers(model) -> list[int]:
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
 def test_the_dense_read_prices_as_the_4bit_read_and_puts_the_4bit_layers_back(tiny_llama, compute_dtype):
-    model = trained_like(tiny_llama, compute_dtype=compute_dtype)
+    model = trained_like(tiny_llama, quantization={"compute_dtype": compute_dtype})
     ids, mask = batch(model)
     before, weights = layers(model), {k: v.clone() for k, v in model.model.state_dict().items()}
     four_bit = read(model, ids, mask)
@@ -71,7 +71,7 @@ def test_validation_reads_dense_and_training_goes_on_as_with_the_4bit_read(
     validated in 4-bit, to the bit, and the validation MAE agrees to float rounding."""
     runs = {}
     for cpu_read in ("dense", "4bit"):
-        model = tiny_model(tiny_llama, cpu_read=cpu_read)
+        model = tiny_model(tiny_llama, read={"cpu": cpu_read})
         losses = Losses()
         trainer = cpu_trainer(
             tmp_path / cpu_read,

@@ -60,7 +60,7 @@ def test_its_gradient_moves_mass_toward_the_truth_and_from_the_farthest_most() -
 def configured(base: str):
     from tests.conftest import tiny_model, with_random_lora
 
-    module = tiny_model(base, lora_dropout=0.0)
+    module = tiny_model(base, lora={"dropout": 0.0})
     module.configure_model()
     return with_random_lora(module).eval()
 
@@ -130,7 +130,7 @@ def test_training_with_it_runs_through_the_steps_and_changes_the_losses(tiny_lla
     runs = {}
     for weight in (0.0, 1.0):
         losses = Losses()
-        module = tiny_model(tiny_llama, lora_dropout=0.0, price_distance=weight)
+        module = tiny_model(tiny_llama, price_distance=weight, lora={"dropout": 0.0})
         cpu_trainer(tmp_path / str(weight), [losses]).fit(
             module, datamodule=tiny_datamodule(raw_items, tiny_llama)
         )

@@ -100,7 +100,6 @@ def test_fp16_training_loads_on_the_card_scales_and_pages_and_moves_lora_only(
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
     from tests.conftest import cpu_trainer, small_datamodule
 
     base = midsize_llama(tmp_path / "model", vocab=300)
@@ -108,16 +107,10 @@ def test_fp16_training_loads_on_the_card_scales_and_pages_and_moves_lora_only(
 
     AutoTokenizer.from_pretrained(byte_tokenizer).save_pretrained(base)
     module = PriceModel(
-        **grouped_options(
-            dict(
-                base_model=base,
-                compute_dtype="float16",
-                lora_r=128,
-                lora_alpha=256,
-                learning_rate=1e-3,
-                warmup_ratio=0.0,
-            )
-        )
+        base_model=base,
+        quantization={"compute_dtype": "float16"},
+        lora={"r": 128, "alpha": 256},
+        optimizer={"learning_rate": 1e-3, "warmup_ratio": 0.0},
     )
     assert module.model is None  # nothing loaded before fit: fit loads it, on the card
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16, growth_interval=1)
@@ -163,21 +156,15 @@ def test_the_search_runs_out_of_memory_and_training_stays_under_the_budget(tmp_p
     from benchmarks.t4_check import datamodule as synthetic
     from benchmarks.t4_check import synthetic_items, trainer_for
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
 
     base = midsize_llama(tmp_path / "model", layers=8)
     device = torch.device("cuda", 0)
     module = PriceModel(
-        **grouped_options(
-            dict(
-                base_model=base,
-                compute_dtype="float16",
-                lora_r=16,
-                lora_alpha=32,
-                gradient_checkpointing=False,
-                completion_logits=False,  # the full logits make memory grow quickly with the pass size
-            )
-        )
+        base_model=base,
+        quantization={"compute_dtype": "float16"},
+        lora={"r": 16, "alpha": 32},
+        gradient_checkpointing=False,
+        completion_logits=False,  # the full logits make memory grow quickly with the pass size
     )
     finder = FitBatchSize(effective_batch_size=64, memory_budget_gib=1.0, max_val=64, steps_per_trial=1)
     watch = Watch()

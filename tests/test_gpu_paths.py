@@ -9,7 +9,6 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from pricer.train.model import PriceModel
-from pricer.train.options import grouped_options
 from tests.conftest import Losses, cpu_trainer, tiny_datamodule, tiny_model
 
 
@@ -54,9 +53,7 @@ def test_the_adapter_recipe_and_blend_are_on_disk_before_teardown_and_the_model_
 def test_the_lm_head_keeps_no_16_bit_copy_of_its_weight_for_backward(tiny_llama, raw_items):
     """Under 16-mixed the head's fp32 weight (peft's upcast) would be cast to 16-bit at every
     pass and kept for backward: 1 GiB for Llama 3's head, to compute a few price rows."""
-    module = PriceModel(
-        **grouped_options(dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0))
-    )
+    module = PriceModel(base_model=tiny_llama, lora={"r": 8, "alpha": 16, "dropout": 0.0})
     module.configure_model()
     head = module.model.get_base_model().get_output_embeddings()
     assert head.weight.dtype == torch.float32
@@ -99,7 +96,7 @@ def test_gradient_checkpointing_really_runs_in_training_and_is_non_reentrant(
 
     monkeypatch.setattr(transformers.modeling_utils, "checkpoint", checkpoint)
     losses = Losses()
-    module = tiny_model(tiny_llama, gradient_checkpointing=True, lora_dropout=0.1)
+    module = tiny_model(tiny_llama, gradient_checkpointing=True, lora={"dropout": 0.1})
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         cpu_trainer(tmp_path / "checkpointed", [losses], max_steps=2).fit(
@@ -113,7 +110,7 @@ def test_gradient_checkpointing_really_runs_in_training_and_is_non_reentrant(
 
     plain = Losses()
     cpu_trainer(tmp_path / "plain", [plain], max_steps=2).fit(
-        tiny_model(tiny_llama, gradient_checkpointing=False, lora_dropout=0.1),
+        tiny_model(tiny_llama, gradient_checkpointing=False, lora={"dropout": 0.1}),
         datamodule=tiny_datamodule(raw_items, tiny_llama),
     )
     assert losses.by_step == pytest.approx(plain.by_step, rel=1e-5)  # the same training, recomputed
@@ -126,7 +123,7 @@ def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_p
     from pricer.read.serving import Pricer
 
     trained = PriceModel(
-        **grouped_options(dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, compute_dtype="bfloat16"))
+        base_model=tiny_llama, lora={"r": 8, "alpha": 16}, quantization={"compute_dtype": "bfloat16"}
     )
     trained.configure_model()
     generator = torch.Generator().manual_seed(0)
@@ -138,7 +135,7 @@ def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_p
     trained.model.save_pretrained(folder)
 
     tested = PriceModel(
-        **grouped_options(dict(base_model=tiny_llama, adapter=str(folder), compute_dtype="bfloat16"))
+        base_model=tiny_llama, adapter=str(folder), quantization={"compute_dtype": "bfloat16"}
     )
     tested.configure_model()
     served = Pricer(tiny_llama, str(folder), device="cpu", compute_dtype="bfloat16", cpu_read="4bit")

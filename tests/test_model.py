@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from pricer.train.model import PriceModel
-from pricer.train.options import grouped_options
 from tests.conftest import with_random_lora
 
 
@@ -34,7 +33,7 @@ def lora_and_base(module):
 def test_tiny_llama_loads_in_4bit_with_only_lora_trainable(tiny_llama):
     import bitsandbytes as bnb
 
-    model = PriceModel(**grouped_options(dict(base_model=tiny_llama, lora_r=8, lora_alpha=16)))
+    model = PriceModel(base_model=tiny_llama, lora={"r": 8, "alpha": 16})
     model.configure_model()
     q_proj = model.model.base_model.model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
@@ -45,7 +44,7 @@ def test_tiny_llama_loads_in_4bit_with_only_lora_trainable(tiny_llama):
 
 
 def test_full_precision_is_a_switch(tiny_llama):
-    model = PriceModel(**grouped_options(dict(base_model=tiny_llama, quantization="none")))
+    model = PriceModel(base_model=tiny_llama, quantization={"weights": "none"})
     model.configure_model()
     q_proj = model.model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj.base_layer) is torch.nn.Linear
@@ -55,9 +54,9 @@ def test_a_few_steps_move_lora_weights_only(tiny_llama, raw_items, tmp_path):
     from tests.conftest import cpu_trainer, tiny_datamodule
 
     model = PriceModel(
-        **grouped_options(
-            dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, learning_rate=1e-2, warmup_ratio=0)
-        )
+        base_model=tiny_llama,
+        lora={"r": 8, "alpha": 16},
+        optimizer={"learning_rate": 1e-2, "warmup_ratio": 0},
     )
     model.configure_model()
     lora_before, base_before = lora_and_base(model)
@@ -71,7 +70,7 @@ def test_a_few_steps_move_lora_weights_only(tiny_llama, raw_items, tmp_path):
 
 
 def test_eight_bit_on_the_cpu_is_refused_before_loading(tiny_llama):
-    model = PriceModel(**grouped_options(dict(base_model=tiny_llama, quantization="8bit")))
+    model = PriceModel(base_model=tiny_llama, quantization={"weights": "8bit"})
     with pytest.raises(RuntimeError, match="8bit does not run on the CPU"):
         model.configure_model()
 
@@ -127,13 +126,9 @@ def test_4bit_lora_gradients_match_the_dequantized_model(tiny_llama):
     import bitsandbytes as bnb
 
     torch.manual_seed(0)
-    four = PriceModel(
-        **grouped_options(dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0))
-    )
+    four = PriceModel(base_model=tiny_llama, lora={"r": 8, "alpha": 16, "dropout": 0.0})
     full = PriceModel(
-        **grouped_options(
-            dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization="none")
-        )
+        base_model=tiny_llama, lora={"r": 8, "alpha": 16, "dropout": 0.0}, quantization={"weights": "none"}
     )
     for m in (four, full):
         m.configure_model()
@@ -163,7 +158,7 @@ def test_4bit_lora_gradients_match_the_dequantized_model(tiny_llama):
 def test_validation_logs_every_read_out_and_val_mae_is_the_chosen_one(tiny_llama, raw_items, tmp_path, point):
     from tests.conftest import cpu_trainer, tiny_datamodule, tiny_model
 
-    module = tiny_model(tiny_llama, point=point)
+    module = tiny_model(tiny_llama, read={"point": point})
     data = tiny_datamodule(raw_items, tiny_llama)
     logged = cpu_trainer(tmp_path, [], limit_val_batches=1.0).validate(module, datamodule=data)[0]
     # The same reading, done by hand over the validation split.
@@ -204,9 +199,9 @@ def test_completion_logits_give_the_full_logits_loss_and_lora_gradients(tiny_lla
     from tests.conftest import tiny_datamodule
 
     module = PriceModel(
-        **grouped_options(
-            dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization=quantization)
-        )
+        base_model=tiny_llama,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        quantization={"weights": quantization},
     )
     module.configure_model()
     with_random_lora(module)
@@ -228,7 +223,7 @@ def test_training_with_completion_logits_gives_the_same_losses(tiny_llama, raw_i
     runs = {}
     for completion_logits in (True, False):
         losses = Losses()
-        module = tiny_model(tiny_llama, lora_dropout=0.0, completion_logits=completion_logits)
+        module = tiny_model(tiny_llama, completion_logits=completion_logits, lora={"dropout": 0.0})
         cpu_trainer(tmp_path / str(completion_logits), [losses]).fit(
             module, datamodule=tiny_datamodule(raw_items, tiny_llama)
         )
@@ -244,7 +239,7 @@ def test_smollm2_completion_logits_match_the_full_logits(gguf, sample, tmp_path)
     dm = small_datamodule(sample, gguf, tmp_path / "cache", train_size=8, val_size=4, test_size=4)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    module = PriceModel(**grouped_options(dict(base_model=str(gguf), lora_dropout=0.0)))
+    module = PriceModel(base_model=str(gguf), lora={"dropout": 0.0})
     module.configure_model()
     with_random_lora(module)
     full_loss, full = loss_and_lora_grads(module, batch, completion_only=False)
@@ -268,9 +263,9 @@ def test_val_loss_comes_from_the_reading_pass_and_equals_a_pass_of_its_own(
     from tests.conftest import tiny_datamodule
 
     module = PriceModel(
-        **grouped_options(
-            dict(base_model=tiny_llama, lora_r=8, lora_alpha=16, lora_dropout=0.0, quantization=quantization)
-        )
+        base_model=tiny_llama,
+        lora={"r": 8, "alpha": 16, "dropout": 0.0},
+        quantization={"weights": quantization},
     )
     module.configure_model()
     with_random_lora(module).eval()

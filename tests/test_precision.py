@@ -149,7 +149,6 @@ def test_training_and_serving_load_the_base_in_the_cards_dtype(
 
     from pricer.read.serving import Pricer
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
 
     recorder = LoadRecorder(AutoModelForCausalLM.from_pretrained)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorder)
@@ -157,7 +156,7 @@ def test_training_and_serving_load_the_base_in_the_cards_dtype(
     expected = CARDS[name][2]
 
     monkeypatch.setattr(PriceModel, "target_device", property(lambda self: torch.device("cuda", 0)))
-    PriceModel(**grouped_options(dict(base_model=tiny_llama, quantization=quantization))).configure_model()
+    PriceModel(base_model=tiny_llama, quantization={"weights": quantization}).configure_model()
     trained = dict(recorder.kwargs)
 
     Pricer(tiny_llama, adapter=None, device="cuda", quantization=quantization)

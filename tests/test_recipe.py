@@ -353,31 +353,27 @@ def test_a_recipe_reads_back_as_it_was_written(tmp_path):
 def test_one_map_turns_a_trained_modules_options_into_a_recipe_and_back():
     """fit writes the recipe from PriceModel's options and test, predict and validate read an
     adapter back with them: through one map, so every option comes back as it was trained."""
-    import inspect
 
     from pricer.read.recipe import MODEL_OPTIONS
     from pricer.train.model import PriceModel
-    from pricer.train.options import flat_options
 
-    # the module's settings as it keeps them: its own arguments and its groups' fields, flat
-    signature = inspect.signature(PriceModel.__init__).parameters
-    module = {k: v.default for k, v in signature.items()} | flat_options()
-    assert set(MODEL_OPTIONS) <= set(module)
+    # the module's settings as it keeps them: its option groups as a config writes them
+    module = PriceModel().hparams
+    assert all(o.split(".")[1] in module[o.split(".")[0]] for o in MODEL_OPTIONS)
     assert set(MODEL_OPTIONS.values()) <= {f.name for f in dataclasses.fields(Recipe)}
     trained = {
         "base_model": "me/base",
-        "quantization": "none",
-        "quant_type": "fp4",
-        "double_quant": False,
-        "compute_dtype": "float32",
-        "point": "mean",
-        "interval_coverage": 0.6,
-        "read_beam": 5,
-        "read_min_mass": 0.002,
+        "quantization": {"weights": "none", "type": "fp4", "double_quant": False, "compute_dtype": "float32"},
+        "read": {"point": "mean", "interval_coverage": 0.6, "beam": 5, "min_mass": 0.002},
     }
-    assert all(module[o] != trained[o] for o in MODEL_OPTIONS)  # none left at its default
+
+    def option(hparams, name):
+        group, field = name.split(".")
+        return hparams[group][field]
+
+    assert all(option(module, o) != option(trained, o) for o in MODEL_OPTIONS)  # none left at its default
     recipe = Recipe.from_model(trained, rules=None)
-    assert recipe.model_options() == {o: trained[o] for o in MODEL_OPTIONS}
+    assert recipe.model_options() == {o: option(trained, o) for o in MODEL_OPTIONS}
     assert (recipe.quantization, recipe.weights, recipe.coverage, recipe.beam) == ("none", "none", 0.6, 5)
 
 
@@ -401,7 +397,6 @@ def test_a_recipe_gives_the_pricer_its_settings_and_the_defaults_agree():
 @pytest.mark.slow
 def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, tiny_llama, capsys):
     from pricer.train.model import PriceModel
-    from pricer.train.options import grouped_options
 
     PriceModel(base_model=tiny_llama, adapter=str(fp4_run / "adapter")).configure_model()
     err = capsys.readouterr().err
@@ -410,11 +405,9 @@ def test_test_and_predict_warn_when_the_base_differs_from_the_adapters(fp4_run, 
         in err
     )
     same = PriceModel(
-        **grouped_options(
-            dict(
-                base_model=tiny_llama, adapter=str(fp4_run / "adapter"), quant_type="fp4", double_quant=False
-            )
-        )
+        base_model=tiny_llama,
+        adapter=str(fp4_run / "adapter"),
+        quantization={"type": "fp4", "double_quant": False},
     )
     same.configure_model()
     assert "warning" not in capsys.readouterr().err

@@ -7,7 +7,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from pricer.train.model import PriceModel
-from pricer.train.options import grouped_options
 from tests.conftest import Died, Kill, Losses, cpu_trainer, small_datamodule, tiny_datamodule, tiny_model
 
 
@@ -20,7 +19,9 @@ def price_loss(module, dm):
 
 
 def test_a_few_steps_lower_the_loss(tiny_llama, raw_items, tmp_path):
-    module = tiny_model(tiny_llama, learning_rate=1e-2, lora_dropout=0.0, warmup_ratio=0.0)
+    module = tiny_model(
+        tiny_llama, optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0}, lora={"dropout": 0.0}
+    )
     dm = tiny_datamodule(raw_items, tiny_llama)
     dm.prepare_data()
     dm.setup("fit")
@@ -75,7 +76,7 @@ def test_the_adapter_loads_back_onto_the_base(tiny_llama, raw_items, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    module = tiny_model(tiny_llama, quantization="none", lora_dropout=0.0)
+    module = tiny_model(tiny_llama, quantization={"weights": "none"}, lora={"dropout": 0.0})
     cpu_trainer(tmp_path, [], max_steps=3).fit(module, datamodule=tiny_datamodule(raw_items, tiny_llama))
     adapter = Path(tmp_path) / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
@@ -109,7 +110,7 @@ def test_smollm2_fine_tunes_on_real_items(gguf, sample, tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     module = PriceModel(
-        **grouped_options(dict(base_model=str(gguf), learning_rate=1e-3, lora_dropout=0.0, warmup_ratio=0.0))
+        base_model=str(gguf), optimizer={"learning_rate": 1e-3, "warmup_ratio": 0.0}, lora={"dropout": 0.0}
     )
     module.configure_model()
     before = price_loss(module, dm)
@@ -137,7 +138,9 @@ def test_fit_keeps_the_best_weights_on_validation_and_last_ckpt_for_resuming(
 ):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    module = tiny_model(tiny_llama, learning_rate=0.3, warmup_ratio=0.0)  # wild: val_mae wanders
+    module = tiny_model(
+        tiny_llama, optimizer={"learning_rate": 0.3, "warmup_ratio": 0.0}
+    )  # wild: val_mae wanders
     seen = Validations()
     best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_mae", mode="min", save_top_k=1)
     trainer = cpu_trainer(
@@ -181,7 +184,7 @@ def test_the_blend_is_chosen_on_the_kept_weights_reads_and_a_second_pass_reads_t
 
     from pricer.train import end_of_fit
 
-    module = tiny_model(tiny_llama, learning_rate=0.3, warmup_ratio=0.0)
+    module = tiny_model(tiny_llama, optimizer={"learning_rate": 0.3, "warmup_ratio": 0.0})
     best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_mae", mode="min", save_top_k=1)
     trainer = cpu_trainer(tmp_path, [best], every=8, limit_val_batches=1, val_check_interval=2, max_steps=8)
     reads = []

@@ -43,7 +43,7 @@ from pricer.read.report import PriceReport
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks
 from pricer.train.model import PriceModel
-from pricer.train.options import FLAT, GROUPED, GROUPS, check_groups, grouped_options
+from pricer.train.options import check_groups
 
 
 def check_adapter(adapter: str, base_model: str, subcommand: str) -> None:
@@ -116,7 +116,7 @@ class PricerCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's step that reads a checkpoint's model settings over the config's, before
-        anything else, with its flat settings read into the grouped options (options.FLAT).
+        anything else (the checkpoint holds the option groups as the config writes them).
         The file is checked first (one line when it is not a checkpoint, and never unpickled),
         and a model option typed on the command line that the checkpoint's settings would
         silently replace is refused."""
@@ -127,15 +127,16 @@ class PricerCLI(LightningCLI):
         trained = read_checkpoint(ckpt_path).get("hyper_parameters", {})
         model = self.config[subcommand].model
         for option in sorted(given_on_the_command_line(self.typed, "model")):
-            name = FLAT.get(tuple(option.split(".", 1)), option)
-            if name in trained and option in model and model[option] != trained[name]:
+            group, _, name = option.partition(".")
+            value = trained.get(group, {}).get(name) if name else trained.get(group)
+            if value is not None and option in model and model[option] != value:
                 raise OptionError(
                     f"--model.{option} {model[option]}: the checkpoint {ckpt_path} was trained "
-                    f"with {option} {trained[name]}, which it is read with; drop the option "
+                    f"with {option} {value}, which it is read with; drop the option "
                     "(or read its run's adapter with --model.adapter)"
                 )
-        known = set(GROUPED) | {p for p in inspect.signature(PriceModel).parameters if p not in GROUPS}
-        settings = grouped_options({k: v for k, v in trained.items() if k in known})
+        known = set(inspect.signature(PriceModel).parameters)
+        settings = {k: v for k, v in trained.items() if k in known}
         if settings:
             self.config = self.parser.parse_object({subcommand: {"model": settings}}, self.config)
 
@@ -260,7 +261,7 @@ class PricerCLI(LightningCLI):
             return
         recipe = read_recipe(adapter_folder(model.adapter))  # checked by `check_adapter`
         typed = given_on_the_command_line(self.typed, "model")
-        keys = {GROUPED.get(o, o): v for o, v in recipe.model_options().items()}  # lora.r, ...
+        keys = recipe.model_options()  # read.beam, ...
         taken = {k: v for k, v in keys.items() if k not in typed and model.get(k) != v}
         for option, value in taken.items():
             model[option] = value

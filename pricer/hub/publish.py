@@ -286,18 +286,9 @@ class HubPublisher(Callback):
             dataset_repo=self.dataset_repo,
             categories=list(getattr(datamodule, "categories", [])),
             hyperparameters={
-                **{
-                    k: hp[k]
-                    for k in (
-                        "quantization",
-                        "lora_r",
-                        "lora_alpha",
-                        "lora_dropout",
-                        "learning_rate",
-                        "weight_decay",
-                        "warmup_ratio",
-                    )
-                },
+                "quantization": hp["quantization"]["weights"],
+                **{f"lora_{k}": hp["lora"][k] for k in ("r", "alpha", "dropout")},
+                **{k: hp["optimizer"][k] for k in ("learning_rate", "weight_decay", "warmup_ratio")},
                 "lora_target_modules": pl_module.lora_target_modules,
                 "epochs": trainer.max_epochs,
                 "precision": str(trainer.precision),

@@ -42,20 +42,25 @@ HEADLINE = (
 )
 
 
-# The PriceModel options a recipe's reading fields stand for: option -> recipe field. The one map
-# between the two namings, used both ways: a trained module's recipe (Recipe.from_model) and the
-# options an adapter is read with (Recipe.model_options). The module's quantization is the form
-# its base is loaded in, the recipe's `weights`.
+# The PriceModel options a recipe's reading fields stand for, as a config writes them -> recipe
+# field: a trained module's recipe (Recipe.from_model) and the options an adapter is read with
+# (Recipe.model_options). The module's quantization is the form its base is loaded in, the
+# recipe's `weights`.
 MODEL_OPTIONS = {
-    "quantization": "weights",
-    "quant_type": "quant_type",
-    "double_quant": "double_quant",
-    "compute_dtype": "compute_dtype",
-    "point": "point",
-    "interval_coverage": "coverage",
-    "read_beam": "beam",
-    "read_min_mass": "min_mass",
+    "quantization.weights": "weights",
+    "quantization.type": "quant_type",
+    "quantization.double_quant": "double_quant",
+    "quantization.compute_dtype": "compute_dtype",
+    "read.point": "point",
+    "read.interval_coverage": "coverage",
+    "read.beam": "beam",
+    "read.min_mass": "min_mass",
 }
+
+
+def _option(hparams, name: str):
+    group, field_ = name.split(".")
+    return hparams[group][field_]
 
 
 # The data module's prompt settings a recipe records, with their types: the neighbours shown, as
@@ -162,8 +167,8 @@ class Recipe:
         return cls(
             base_model=hparams["base_model"],
             base_model_id=base_model_id,
-            quantization=hparams["quantization"],
-            **{field: hparams[option] for option, field in MODEL_OPTIONS.items()},
+            quantization=hparams["quantization"]["weights"],
+            **{field: _option(hparams, option) for option, field in MODEL_OPTIONS.items()},
             rules=rules.as_dict(),
             max_digits=max_digits(rules.max_price),
             blend_weight=blend.weight if blend is not None else 1.0,
@@ -180,7 +185,7 @@ class Recipe:
         return CurationRules(**self.rules)
 
     def model_options(self) -> dict:
-        """The PriceModel options this recipe reads an adapter with (`read_beam`, ...)."""
+        """The PriceModel options this recipe reads an adapter with (`read.beam`, ...)."""
         return {option: getattr(self, field) for option, field in MODEL_OPTIONS.items()}
 
     def reading_settings(self) -> dict:
@@ -368,21 +373,17 @@ def adapter_recipe(folder: Path, where: str = "model.adapter") -> Recipe:
     )
 
 
-def base_differences(recipe: Recipe | None, hparams, shown: dict[str, str] | None = None) -> list[str]:
-    """How the base a model is about to load differs from the one its adapter trained on:
-    `model.quantization.type=nf4 (trained: fp4)`, ...; empty when they agree or nothing is known.
-    `shown` names each setting as the options do (`quant_type` -> `quantization.type`)."""
+def base_differences(recipe: Recipe | None, quantization: dict) -> list[str]:
+    """How the base a model is about to load (its `model.quantization` group) differs from the
+    one its adapter trained on: `model.quantization.type='nf4' (trained: 'fp4')`, ...; empty when
+    they agree or nothing is known."""
     if recipe is None:
         return []
-    trained = {
-        "quantization": recipe.quantization,
-        "quant_type": recipe.quant_type,
-        "double_quant": recipe.double_quant,
-    }
-    if recipe.quantization != "4bit" or hparams["quantization"] != "4bit":
-        trained = {"quantization": recipe.quantization}
+    trained = {"weights": recipe.quantization, "type": recipe.quant_type, "double_quant": recipe.double_quant}
+    if recipe.quantization != "4bit" or quantization["weights"] != "4bit":
+        trained = {"weights": recipe.quantization}
     return [
-        f"model.{(shown or {}).get(name, name)}={hparams[name]!r} (trained: {value!r})"
+        f"model.quantization.{name}={quantization[name]!r} (trained: {value!r})"
         for name, value in trained.items()
-        if hparams[name] != value
+        if quantization[name] != value
     ]

@@ -174,15 +174,15 @@ class PriceReport(Callback):
             print(f"test: served {served}")
         metrics["read"] = {
             "served": served,
-            "point": pl_module.hparams.point,
-            "interval": pl_module.hparams.interval_coverage,
+            "point": pl_module.hparams.read["point"],
+            "interval": pl_module.hparams.read["interval_coverage"],
             "blend_weight": blend.weight,
             "interval_scale": blend.interval_scale,
             "blend_neighbors": blend.neighbors,
         }
         # what the interval means: the share of true prices inside it, beside what it claims
         low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])
-        nominal, measured = pl_module.hparams.interval_coverage, coverage(truth, low, high)
+        nominal, measured = pl_module.hparams.read["interval_coverage"], coverage(truth, low, high)
         metrics["interval_coverage"] = {"nominal": nominal, "measured": measured}
         below = coverage_below_nominal(measured, nominal, len(truth))
         if below:

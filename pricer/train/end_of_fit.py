@@ -97,7 +97,7 @@ class ChooseBlend(EndOfFit):
         self.choose(trainer, pl_module, step)
 
     def choose(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        hp = pl_module.hparams
+        blend, coverage = pl_module.group("blend"), pl_module.group("read").interval_coverage
         pl_module.blend, pl_module.tfidf, pl_module.blend_report = Blend(), None, None
         datamodule = trainer.datamodule
         # saved with the adapter: a test on any source gets the baselines of the fit's own
@@ -113,14 +113,14 @@ class ChooseBlend(EndOfFit):
         if features is not None:
             pl_module.tfidf = TfidfPrice.fit(train[1], train[0], features)
         pl_module.served = "the LLM alone: model.blend.enabled and model.blend.calibrate_interval are false"
-        if not (hp.blend or hp.calibrate_interval):
+        if not (blend.enabled or blend.calibrate_interval):
             return
         datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
         if "validation" not in datasets:
             pl_module.served = "the LLM alone: no validation split to choose a blend on"
             print("fit: no validation split: the LLM's price is read alone, its interval as it is")
             return
-        train = train if hp.blend else None
+        train = train if blend.enabled else None
         rows = pl_module.kept_validation_reads(step) or read_validation(trainer, pl_module)
         stopping.stop_here(trainer)
         pl_module.forget_validation_reads()
@@ -133,12 +133,12 @@ class ChooseBlend(EndOfFit):
         tfidf = pl_module.tfidf.predict(texts) if pl_module.tfidf is not None else None
         neighbors = pl_module.tfidf.predict_neighbors(texts) if pl_module.tfidf is not None else None
         pl_module.blend, report = choose_blend(
-            truth, point, low, high, tfidf, hp.interval_coverage, hp.blend, hp.calibrate_interval, neighbors
+            truth, point, low, high, tfidf, coverage, blend.enabled, blend.calibrate_interval, neighbors
         )
         pl_module.blend_report = {"validation": report, **pl_module.blend.as_dict()}
         pl_module.served = describe(pl_module.blend, "fit chose on validation")
         if trainer.is_global_zero:
-            print(blend_summary(report, hp.interval_coverage))
+            print(blend_summary(report, coverage))
         for logger in trainer.loggers:
             logger.log_metrics(
                 {f"val_blend_{k}": v for k, v in report.items() if isinstance(v, (int, float))},

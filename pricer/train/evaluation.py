@@ -27,26 +27,28 @@ class ReadingSteps:
     @property
     def reader(self) -> PriceReader:
         if self._reader is None:
-            hp = self.hparams
+            hp, read = self.hparams, self.group("read")
             trainer = self._trainer
             rules = getattr(trainer.datamodule, "rules", None) if trainer is not None else None
             digits = max_digits(rules.max_price) if rules is not None else 3
             self._reader = PriceReader(
                 load_tokenizer(hp.base_model),
                 max_digits=digits,
-                beam=hp.read_beam,
-                min_mass=hp.read_min_mass,
-                share_prefix=hp.read_shared_prefix,
+                beam=read.beam,
+                min_mass=read.min_mass,
+                share_prefix=read.shared_prefix,
             )
         return self._reader
 
     def reading(self) -> Reader:
         """How this module's prices are read (pricer/read/reader.py, as the Space reads them):
         its read-out options, the blend fit chose and the trainer's precision."""
-        hp = self.hparams
+        read, dtype = self.group("read"), self.group("quantization").compute_dtype
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
-        alone = reads_alone(precision, resolve_dtype(hp.compute_dtype, self.target_device))
-        return Reader(self.reader, hp.point, hp.interval_coverage, self.blend, self.tfidf, precision, alone)
+        alone = reads_alone(precision, resolve_dtype(dtype, self.target_device))
+        return Reader(
+            self.reader, read.point, read.interval_coverage, self.blend, self.tfidf, precision, alone
+        )
 
     def read_prices(self, batch: dict) -> list[dict]:
         """The read-out for each prompt of a batch: predicted, low and high (the blend's when
@@ -83,23 +85,22 @@ class ReadingSteps:
             )
             mae = (predicted - truth).abs().mean()
             self.log(f"val_mae_{kind}", mae, batch_size=size, sync_dist=True)
-            if kind == self.hparams.point:
+            if kind == self.hparams.read["point"]:
                 self.log("val_mae", mae, prog_bar=True, batch_size=size, sync_dist=True)
         self._val_rows.extend(self.validation_reads(batch, distributions))
         return loss
 
     def validation_reads(self, batch: dict, distributions) -> list[dict]:
         """The LLM's own prices of validation's reads, which the blend is chosen on."""
-        reads = Reader(self.reader, self.hparams.point, self.hparams.interval_coverage).priced(
-            distributions, batch["text"]
-        )
+        read = self.group("read")
+        reads = Reader(self.reader, read.point, read.interval_coverage).priced(distributions, batch["text"])
         rows = zip(batch["price"], batch["text"], reads, strict=True)
         return [{"price": float(p), "text": t, **r.llm_row()} for p, t, r in rows]
 
     def read_dense(self) -> None:
         """For a reading pass on the CPU: the 4-bit layers swapped for their dense weights
         (pricer/read/dense.py) until the pass ends."""
-        if self.hparams.cpu_read != "dense" or self._dense is not None or self.model is None:
+        if self.hparams.read["cpu"] != "dense" or self._dense is not None or self.model is None:
             return
         if can_read_dense(self.model, self.target_device):
             # under a mixed precision the LoRA layers compute in 16-bit: kept, not merged

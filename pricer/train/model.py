@@ -27,13 +27,13 @@ from pricer.train.distance import PriceDistance
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import completion_loss
 from pricer.train.options import (
-    GROUPED,
+    GROUPS,
     BlendOptions,
     LoraOptions,
     OptimizerOptions,
     QuantizationOptions,
     ReadOptions,
-    flat_options,
+    as_groups,
 )
 from pricer.train.passes import MicroBatchPasses
 from pricer.train.resume import Resumable
@@ -82,16 +82,21 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
         adapter: str | None = None,
     ) -> None:
         super().__init__()
-        # kept flat, as checkpoints, recipes and cards have always held them (options.FLAT)
-        grouped = flat_options(
-            quantization=quantization, lora=lora, optimizer=optimizer, read=read, blend=blend
-        )
-        flat = {"base_model": base_model, **grouped, "gradient_checkpointing": gradient_checkpointing}
+        # each group as the config writes it: checkpoints and W&B hold the same names
+        groups = as_groups(quantization=quantization, lora=lora, optimizer=optimizer, read=read, blend=blend)
         micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)  # a plain int
-        flat.update(micro_batch_size=micro_batch_size, completion_logits=completion_logits, adapter=adapter)
-        flat["price_distance"] = float(price_distance)
-        self.save_hyperparameters(flat)
-        lora_target_modules = flat["lora_target_modules"]
+        self.save_hyperparameters(
+            {
+                "base_model": base_model,
+                **groups,
+                "micro_batch_size": micro_batch_size,
+                "gradient_checkpointing": gradient_checkpointing,
+                "completion_logits": completion_logits,
+                "price_distance": float(price_distance),
+                "adapter": adapter,
+            }
+        )
+        lora_target_modules = groups["lora"]["target_modules"]
         # Each training step is one optimizer step over its batch, accumulated here in passes of
         # micro_batch_size items: a pass that runs out of memory can then be retried smaller
         # without skipping or repeating an item (Lightning's own accumulation cannot).
@@ -120,6 +125,11 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
         # Checkpoints hold the LoRA weights only; the base comes from model.base_model.
         self.strict_loading = False
 
+    def group(self, name: str):
+        """One option group (`read`, `lora`, ...) as its dataclass; the hyperparameters hold it
+        as the config writes it."""
+        return GROUPS[name](**self.hparams[name])
+
     @property
     def target_device(self) -> torch.device:
         trainer = self._trainer
@@ -140,14 +150,15 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
         hp = self.hparams
         folder = adapter_folder(hp.adapter) if hp.adapter else None
         if folder is not None:
-            differences = base_differences(read_recipe(folder), hp, GROUPED)
+            differences = base_differences(read_recipe(folder), hp.quantization)
             if differences:
                 print(
                     f"pricer: warning: model.adapter {hp.adapter} was trained on another base: "
                     f"{', '.join(differences)}; it prices differently from how its run measured it",
                     file=sys.stderr,
                 )
-        quantized = (hp.quantization, hp.quant_type, hp.double_quant, hp.compute_dtype, self.target_device)
+        q = self.group("quantization")
+        quantized = (q.weights, q.type, q.double_quant, q.compute_dtype, self.target_device)
         model = load_model(
             hp.base_model,
             *quantized,
@@ -158,9 +169,8 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
         if folder is not None:
             self.serve(saved_read_out(folder))  # the read-out its run chose
             return model
-        return add_lora(
-            model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, self.lora_target_modules, hp.base_model
-        )
+        lora = self.group("lora")
+        return add_lora(model, lora.r, lora.alpha, lora.dropout, self.lora_target_modules, hp.base_model)
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
@@ -216,10 +226,9 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # After the GradScaler has unscaled the gradients (16-mixed), before the step.
-        if self.hparams.max_grad_norm:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
-            )
+        max_grad_norm = self.group("optimizer").max_grad_norm
+        if max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
 
     def serve(self, read_out: ReadOut) -> None:
         """Read as `read_out` says: the blend and TF-IDF model an adapter's run chose, and its
@@ -270,15 +279,15 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
         return Recipe.from_model(self.hparams, rules, base_model_id, self.blend, precision, prompt)
 
     def configure_optimizers(self):
-        hp = self.hparams
+        opt = self.group("optimizer")
         params = [p for p in self.parameters() if p.requires_grad]
-        if self.target_device.type == "cuda" and hp.quantization != "none":
+        if self.target_device.type == "cuda" and self.group("quantization").weights != "none":
             import bitsandbytes as bnb
 
-            optimizer = bnb.optim.PagedAdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+            optimizer = bnb.optim.PagedAdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
         # Optimizer steps = items / effective batch, known once fit starts (see schedule.py).
-        factor = cosine_with_warmup(hp.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
+        factor = cosine_with_warmup(opt.warmup_ratio, lambda: self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,9 +1,9 @@
 """PriceModel's options, grouped as the CLI shows them (`model.lora.r`, `model.read.beam`, ...).
 
 Each group is a small dataclass whose docstring is its `--help`; the ranges are jsonargparse's
-types, checked when a config is parsed. The module itself keeps them flat (`hparams.lora_r`),
-as its checkpoints, recipes and cards hold them: `FLAT` is the one table between the two, so a
-checkpoint's settings read back into the grouped options.
+types, checked when a config is parsed. The module and its checkpoints hold each group as the
+config writes it (`hparams["lora"]["r"]` is `model.lora.r`), so a checkpoint's settings read
+back into the options as they are.
 """
 
 from __future__ import annotations
@@ -130,30 +130,6 @@ GROUPS = {
     "read": ReadOptions,
     "blend": BlendOptions,
 }
-# (group, field) -> the flat name the module, its checkpoints and its recipe use
-FLAT = {
-    ("quantization", "weights"): "quantization",
-    ("quantization", "type"): "quant_type",
-    ("quantization", "double_quant"): "double_quant",
-    ("quantization", "compute_dtype"): "compute_dtype",
-    ("lora", "r"): "lora_r",
-    ("lora", "alpha"): "lora_alpha",
-    ("lora", "dropout"): "lora_dropout",
-    ("lora", "target_modules"): "lora_target_modules",
-    ("optimizer", "learning_rate"): "learning_rate",
-    ("optimizer", "weight_decay"): "weight_decay",
-    ("optimizer", "warmup_ratio"): "warmup_ratio",
-    ("optimizer", "max_grad_norm"): "max_grad_norm",
-    ("read", "point"): "point",
-    ("read", "interval_coverage"): "interval_coverage",
-    ("read", "beam"): "read_beam",
-    ("read", "min_mass"): "read_min_mass",
-    ("read", "shared_prefix"): "read_shared_prefix",
-    ("read", "cpu"): "cpu_read",
-    ("blend", "enabled"): "blend",
-    ("blend", "calibrate_interval"): "calibrate_interval",
-}
-GROUPED = {flat: f"{group}.{name}" for (group, name), flat in FLAT.items()}  # flat -> "lora.r"
 
 
 def _plain(value):
@@ -169,9 +145,10 @@ def _plain(value):
     return value
 
 
-def flat_options(**groups) -> dict:
-    """The groups' fields under their flat names (a group left out: its defaults)."""
-    flat = {}
+def as_groups(**groups) -> dict[str, dict]:
+    """Each group's fields as a plain dict, as a config writes them (a group left out: its
+    defaults); what the module's hyperparameters and checkpoints hold."""
+    out = {}
     for group, cls in GROUPS.items():
         options = groups.get(group)
         if options is None:
@@ -180,22 +157,7 @@ def flat_options(**groups) -> dict:
             options = cls(**options)
         elif not isinstance(options, cls):
             raise OptionError(scalar_for_group(f"model.{group}", options))
-        for field in fields(cls):
-            flat[FLAT[(group, field.name)]] = _plain(getattr(options, field.name))
-    return flat
-
-
-def grouped_options(flat: dict) -> dict:
-    """Flat settings (a checkpoint's, or a test's keywords) as PriceModel's keyword arguments,
-    each group a dict of its fields, the rest as they are."""
-    out, groups = {}, {group: {} for group in GROUPS}
-    for key, value in flat.items():
-        if key in GROUPED:
-            group, name = GROUPED[key].split(".")
-            groups[group][name] = value
-        else:
-            out[key] = value
-    out.update({group: values for group, values in groups.items() if values})
+        out[group] = {f.name: _plain(getattr(options, f.name)) for f in fields(cls)}
     return out
 
 
