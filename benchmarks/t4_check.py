@@ -367,10 +367,11 @@ def t4_attention(device: torch.device) -> str | None:
 
 
 def run(args) -> dict:
+    from pricer.base.options import LoraOptions, QuantizationOptions
     from pricer.read.reading import PriceReader
     from pricer.train.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
     from pricer.train.model import PriceModel
-    from pricer.train.options import LoraOptions, OptimizerOptions, QuantizationOptions
+    from pricer.train.options import OptimizerOptions
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     deadline = time.monotonic() + args.deadline_s

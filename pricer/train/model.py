@@ -14,10 +14,12 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
 
 from pricer.base.load import is_local, load_model
+from pricer.base.options import LoraOptions, QuantizationOptions
 from pricer.base.quantization import add_lora
 from pricer.files import replace_folder
 from pricer.hub_calls import adapter_folder
 from pricer.read.blend import Blend
+from pricer.read.options import BlendOptions, ReadOptions
 from pricer.read.reading import PriceReader
 from pricer.read.recipe import PROMPT_OPTIONS, Recipe, base_differences, read_recipe, stamp_recipe
 from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
@@ -26,15 +28,7 @@ from pricer.train import stopping
 from pricer.train.distance import PriceDistance
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import completion_loss
-from pricer.train.options import (
-    GROUPS,
-    BlendOptions,
-    LoraOptions,
-    OptimizerOptions,
-    QuantizationOptions,
-    ReadOptions,
-    as_groups,
-)
+from pricer.train.options import GROUPS, OptimizerOptions, as_groups
 from pricer.train.passes import MicroBatchPasses
 from pricer.train.resume import Resumable
 from pricer.train.schedule import cosine_with_warmup
