@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pricer.cli.main import main
+from pricer.read.tfidf import BlendError
 from tests.conftest import (
     SECRET,
     away_from_the_training_data,
@@ -155,25 +156,22 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     pricer = Pricer.from_adapter(str(adapter))
     assert [round(pricer.quote_prompt(p).price, 2) for p in prompts] == [cents(r["predicted"]) for r in rows]
 
-    # an adapter saved before its TF-IDF model and training items were: the LLM alone, said
-    # once, and no baselines on a source without a train split
+    # an adapter copied without its training items: the blend as fit chose it, and no baselines
+    # on a source without a train split; without its TF-IDF model too, it is refused in one line
     older = tmp_path / "older" / "adapter"
     shutil.copytree(adapter, older)
-    for name in ("tfidf.json", "tfidf.safetensors", "train_items.parquet"):
-        (older / name).unlink()
-    edit_recipe(older, lambda recipe: recipe.pop("files"))
-    capsys.readouterr()
-    alone = Pricer.from_adapter(str(older))
-    assert capsys.readouterr().err.count("pricer: warning: the LLM alone") == 1
-    assert [round(alone.quote_prompt(p).price, 2) for p in prompts] == [
-        cents(r["llm_predicted"]) for r in rows
-    ]
+    (older / "train_items.parquet").unlink()
+    edit_recipe(older, lambda recipe: recipe["files"].pop("train_items.parquet"))
     main(
         ["test", *fit_args, "--data.source", str(lite), "--model.adapter", str(older), "--run_name", "older"]
     )
     said = json.loads((tmp_path / "runs" / "older" / "metrics.json").read_text())
-    assert said["read"]["served"].startswith(f"the LLM alone: {older} has no tfidf.json or tfidf.safetensors")
-    assert "skipped" in said["baselines"]
+    assert said["read"]["served"].startswith("the blend fit chose") and "skipped" in said["baselines"]
+    for name in ("tfidf.json", "tfidf.safetensors"):
+        (older / name).unlink()
+    edit_recipe(older, lambda recipe: recipe.pop("files"))
+    with pytest.raises(BlendError, match=f"{older} has no tfidf.json or tfidf.safetensors, the TF-IDF model"):
+        Pricer.from_adapter(str(older))
 
 
 def cents(value) -> float:

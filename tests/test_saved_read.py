@@ -53,16 +53,14 @@ def test_a_read_file_changed_or_lost_after_fit_is_refused_naming_it(saved, name)
         saved_read_out(folder)
 
 
-def test_an_adapter_saved_before_its_tfidf_model_was_reads_the_llm_alone_with_one_warning(tmp_path, capsys):
+def test_an_adapter_whose_blend_partner_is_missing_is_refused_naming_the_files(tmp_path):
     Recipe(base_model="tiny", blend_weight=0.6, interval_scale=1.5).save(tmp_path)
-    read_out = saved_read_out(tmp_path)
-    assert not read_out.blend.changes_anything and read_out.partner is None
-    err = capsys.readouterr().err.splitlines()
-    assert err == [
-        f"pricer: warning: the LLM alone: {tmp_path} has no tfidf.json or tfidf.safetensors, the TF-IDF "
-        "model of the blend its run chose (0.6 LLM; saved by later pricer versions)"
-    ]
-    assert read_out.served == err[0].removeprefix("pricer: warning: ")
+    with pytest.raises(BlendError) as refused:
+        saved_read_out(tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path} has no tfidf.json or tfidf.safetensors, the TF-IDF model of the blend its run "
+        "chose (0.6 LLM): copy it with the adapter's other files"
+    )
 
 
 def test_an_adapter_that_read_the_llm_alone_keeps_its_interval_scale_without_a_warning(tmp_path, capsys):

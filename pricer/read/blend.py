@@ -11,11 +11,10 @@ unchanged.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pricer.read.tfidf import BlendError, TfidfPrice, partner_prices
+from pricer.read.tfidf import BlendError, partner_prices
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the LLM's weights tried on validation
 SHARES = WEIGHTS  # the neighbours' shares of the partner tried on validation
@@ -75,18 +74,6 @@ class Blend:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def saved_blend(folder: Path) -> tuple[Blend, TfidfPrice | None]:
-    """The blend an adapter's run chose (its recipe), with its partner when it uses one; the LLM
-    alone when the folder has no recipe."""
-    from pricer.read.recipe import read_recipe
-
-    recipe = read_recipe(folder)
-    if recipe is None:
-        return Blend(), None
-    blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
-    return blend, TfidfPrice.load(folder) if blend.uses_tfidf else None
 
 
 def coverage(truth, low, high) -> float:

@@ -5,14 +5,12 @@ and the training items (`train_items.parquet`: each item's text and price), with
 in the recipe. Every read of the adapter (`test` on any data source, `predict`, the Space,
 `Pricer.from_adapter`, a copy pulled from the Hub) serves the read-out fit chose from these
 files and never refits them; the training items give a new source the same baselines as the
-fit's own test. An adapter saved before they were (no TF-IDF file where its blend needs one)
-reads the LLM alone, said in one warning line.
+fit's own test. A blend whose TF-IDF files are not there is refused, naming them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +43,7 @@ class TrainItems:
 
     @classmethod
     def load(cls, folder: Path) -> TrainItems | None:
-        """The items saved in `folder`; None when it has none (an older adapter)."""
+        """The items saved in `folder`; None when it has none."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -123,12 +121,10 @@ def saved_read_out(folder: Path, with_items: bool = True, load: bool = True) -> 
     items = TrainItems.load(folder) if with_items else None
     missing = [name for name in (TFIDF_JSON, TFIDF_WEIGHTS) if not (folder / name).is_file()]
     if blend.uses_tfidf and missing:
-        served = (
-            f"the LLM alone: {folder} has no {' or '.join(missing)}, the TF-IDF model of the blend "
-            f"its run chose ({mix_text(blend.weight, blend.neighbors)}; saved by later pricer versions)"
+        raise BlendError(
+            f"{folder} has no {' or '.join(missing)}, the TF-IDF model of the blend its run chose "
+            f"({mix_text(blend.weight, blend.neighbors)}): copy it with the adapter's other files"
         )
-        print(f"pricer: warning: {served}", file=sys.stderr)
-        return ReadOut(Blend(), None, items, served)
     # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
     partner = None if missing or not load else TfidfPrice.load(folder)
     return ReadOut(blend, partner, items, describe(blend, f"fit chose, from {folder}"))

@@ -234,8 +234,7 @@ class Pricer:
         """The adapter as its run measured it, from its `pricer.json`: a local folder or a Hub id.
 
         `base_model` replaces the recipe's base (a local copy, say); other settings given here
-        replace the recipe's too. An adapter without a recipe (an older run, another tool's peft
-        adapter) needs `base_model`, and is read with pricer's defaults for whatever is not
+        replace the recipe's too. An adapter without a recipe (another tool's peft adapter) needs `base_model`, and is read with pricer's defaults for whatever is not
         given, with a warning that names them.
         """
         folder = adapter_folder(adapter)
