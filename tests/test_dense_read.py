@@ -90,12 +90,15 @@ def test_validation_reads_dense_and_training_goes_on_as_with_the_4bit_read(
 
 
 def test_the_space_reader_is_dense_on_the_cpu_and_quotes_what_the_4bit_one_does(tiny_llama, tmp_path):
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     trained_like(tiny_llama).save_adapter(tmp_path / "adapter")
     quotes = {}
     for cpu_read in ("dense", "4bit"):
-        pricer = Pricer(tiny_llama, str(tmp_path / "adapter"), device="cpu", cpu_read=cpu_read)
+        pricer = Pricer(
+            Recipe(base_model=tiny_llama, read={"cpu": cpu_read}), str(tmp_path / "adapter"), device="cpu"
+        )
         has_4bit = any(isinstance(m, bnb.nn.Linear4bit) for m in pricer.model.modules())
         assert has_4bit == (cpu_read == "4bit")
         quotes[cpu_read] = [pricer.quote(f"Kettle {i}", "A kettle that boils water fast.") for i in range(3)]
@@ -121,13 +124,16 @@ def test_the_space_reads_a_bf16_mixed_run_as_its_test_did(tiny_llama, tmp_path):
     """An adapter tested under bf16-mixed is quoted under the same autocast with its LoRA layers
     kept (recipe.precision): the probabilities test's read gives for the same prompt, where a
     merged fp32 read differs."""
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     model = trained_like(tiny_llama)
     model.save_adapter(tmp_path / "adapter")
     quoted = {}
     for precision in ("bf16-mixed", "32-true"):
-        pricer = Pricer(tiny_llama, str(tmp_path / "adapter"), device="cpu", precision=precision)
+        pricer = Pricer(
+            Recipe(base_model=tiny_llama, precision=precision), str(tmp_path / "adapter"), device="cpu"
+        )
         kept = any(hasattr(m, "lora_A") for m in pricer.model.modules())
         assert kept == (precision == "bf16-mixed")  # merged only without autocast
         quote = pricer.quote("Widget pro max", "with a long description of it")

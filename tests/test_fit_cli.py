@@ -129,7 +129,7 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
     from pricer.read.recipe import read_recipe
 
     recipe = read_recipe(run / "adapter")
-    assert recipe.blend_weight < 1, "the tiny run should choose a blend for this check to mean anything"
+    assert recipe.blend["weight"] < 1, "the tiny run should choose a blend for this check to mean anything"
     # (the raw data and the curated cache are gone, and the adapter copied elsewhere: it reads alone)
     lite, adapter, prompts = away_from_the_training_data(run, tmp_path)
     capsys.readouterr()

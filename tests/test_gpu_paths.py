@@ -120,6 +120,7 @@ def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_p
     """A 16-bit compute dtype (a GPU's) on the CPU: fit's test reads the base as peft prepared it
     for training (norms, embeddings and head in fp32); the Space must read the same model."""
     from pricer.read.reading import PriceReader
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     trained = PriceModel(
@@ -138,7 +139,8 @@ def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_p
         base_model=tiny_llama, adapter=str(folder), quantization={"compute_dtype": "bfloat16"}
     )
     tested.configure_model()
-    served = Pricer(tiny_llama, str(folder), device="cpu", compute_dtype="bfloat16", cpu_read="4bit")
+    recipe = Recipe(base_model=tiny_llama, quantization={"compute_dtype": "bfloat16"}, read={"cpu": "4bit"})
+    served = Pricer(recipe, str(folder), device="cpu")
 
     def dtypes(model) -> dict:
         return {n.removeprefix("base_model.model."): p.dtype for n, p in model.named_parameters()}

@@ -101,29 +101,47 @@ def test_bf16_asked_of_a_cpu_that_emulates_it_is_warned_about(cpu, card):
 def test_serving_a_bf16_adapter_on_such_a_cpu_warns_that_it_is_emulated(cpu, tiny_llama):
     """A Space on a CPU without native bf16 would read a bf16-tested adapter a hundred times
     slower: Pricer says so, and what reads at full speed; a CPU with native bf16 reads quietly."""
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     cpu(native=False)
     with pytest.warns(UserWarning, match=r"this CPU \(AVX2, without AVX512-BF16 or AMX\) emulates bf16"):
-        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="bf16-mixed")
+        Pricer(
+            Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="bf16-mixed"),
+            None,
+            device="cpu",
+        )
     cpu(native=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="bf16-mixed")
+        Pricer(
+            Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="bf16-mixed"),
+            None,
+            device="cpu",
+        )
         cpu(native=False)
-        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="32-true")
+        Pricer(
+            Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="32-true"),
+            None,
+            device="cpu",
+        )
 
 
 def test_a_t4_adapter_read_on_a_cpu_is_read_as_lightning_tests_it_there(cpu, tiny_llama):
     """fp16 autocast is a GPU's: on a CPU Lightning's Trainer turns 16-mixed into bf16-mixed for
     `test`, and the Space's Pricer reads the same way, so the two agree on one machine."""
     from pricer.base.precision import on_the_device
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     assert on_the_device("16-mixed", "cpu") == "bf16-mixed"
     assert on_the_device("16-mixed", "cuda") == "16-mixed" and on_the_device("32-true", "cpu") == "32-true"
     cpu(native=True)
-    pricer = Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="16-mixed")
+    pricer = Pricer(
+        Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="16-mixed"),
+        None,
+        device="cpu",
+    )
     assert pricer.reader.autocast == torch.bfloat16
 
 
@@ -147,6 +165,7 @@ def test_training_and_serving_load_the_base_in_the_cards_dtype(
 ):
     from transformers import AutoModelForCausalLM
 
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
     from pricer.train.model import PriceModel
 
@@ -159,7 +178,7 @@ def test_training_and_serving_load_the_base_in_the_cards_dtype(
     PriceModel(base_model=tiny_llama, quantization={"weights": quantization}).configure_model()
     trained = dict(recorder.kwargs)
 
-    Pricer(tiny_llama, adapter=None, device="cuda", quantization=quantization)
+    Pricer(Recipe(base_model=tiny_llama, quantization={"weights": quantization}), None, device="cuda")
     served = dict(recorder.kwargs)
 
     for kwargs in (trained, served):
@@ -226,17 +245,26 @@ def test_the_child_that_answers_runs_torch_in_its_own_process(monkeypatch):
 def test_serving_a_bf16_adapter_on_a_t4_warns_that_it_is_emulated(card, monkeypatch, tiny_llama):
     from transformers import AutoModelForCausalLM
 
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     recorder = LoadRecorder(AutoModelForCausalLM.from_pretrained)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recorder)
     card("Tesla T4")
     with pytest.warns(UserWarning, match=r"Tesla T4 \(compute capability 7.5\) has no bf16 tensor cores"):
-        Pricer(tiny_llama, adapter=None, device="cuda", quantization="none", precision="bf16-mixed")
+        Pricer(
+            Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="bf16-mixed"),
+            None,
+            device="cuda",
+        )
     card("NVIDIA L4")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        Pricer(tiny_llama, adapter=None, device="cuda", quantization="none", precision="bf16-mixed")
+        Pricer(
+            Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="bf16-mixed"),
+            None,
+            device="cuda",
+        )
 
 
 @pytest.mark.parametrize(
@@ -286,6 +314,7 @@ def test_a_card_whose_capability_cannot_be_asked_is_taken_for_fp16_and_said(
 def test_fp16_asked_of_a_cpu_is_warned_about_in_fit_and_in_pricer(cpu, tiny_llama):
     """A T4-tested adapter (16-mixed) served on a CPU Space: it runs as bf16-mixed there, as
     Lightning runs it, which this CPU emulates; fp16 proper (16-true) is emulated too."""
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     cpu(native=False)
@@ -299,4 +328,8 @@ def test_fp16_asked_of_a_cpu_is_warned_about_in_fit_and_in_pricer(cpu, tiny_llam
     with pytest.warns(
         UserWarning, match=r"tested under 16-mixed, and is read under bf16-mixed as a CPU reads it"
     ):
-        Pricer(tiny_llama, adapter=None, device="cpu", quantization="none", precision="16-mixed")
+        Pricer(
+            Recipe(base_model=tiny_llama, quantization={"weights": "none"}, precision="16-mixed"),
+            None,
+            device="cpu",
+        )

@@ -325,8 +325,8 @@ def test_folders_staged_from_a_local_gguf_and_local_data_name_no_path_of_this_ma
         for local in forbidden:
             assert local.encode() not in data, f"{path} names {local}"
     published = json.loads((run / "hub" / "model" / "pricer.json").read_text())
-    assert published["base"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert json.loads((run / "adapter" / "pricer.json").read_text())["base"]["base_model"] == str(gguf)
+    assert published["model"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((run / "adapter" / "pricer.json").read_text())["model"]["base_model"] == str(gguf)
     # the staged folder, read as on another machine: the base by its Hub id (here a local copy)
     pricer = Pricer.from_adapter(str(run / "hub" / "model"), base_model=str(gguf), device="cpu")
     assert pricer.quote("Fridge model 3", "A fridge.").price > 0

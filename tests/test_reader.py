@@ -41,7 +41,7 @@ def test_the_space_quotes_the_trained_modules_blended_prices_to_the_cent(tiny_ll
         {"prompt_ids": ids, "prompt_mask": mask, "text": [text_from_prompt(p) for p in PROMPTS]}
     )
     model.save_adapter(tmp_path / "adapter")
-    pricer = Pricer.from_adapter(str(tmp_path / "adapter"), base_model=tiny_llama, cpu_read="4bit")
+    pricer = Pricer.from_adapter(str(tmp_path / "adapter"), base_model=tiny_llama, read={"cpu": "4bit"})
     assert pricer.blend == model.blend
     moved = 0
     for prompt, row in zip(PROMPTS, rows, strict=True):
@@ -105,7 +105,7 @@ def test_in_16_bits_each_prompt_is_read_alone_as_the_space_reads_it(tiny_llama, 
     reads = tested.price(model.model, ids, mask, texts)
     model.save_adapter(tmp_path / "adapter")
     pricer = Pricer.from_adapter(
-        str(tmp_path / "adapter"), base_model=tiny_llama, cpu_read="4bit", precision="bf16-mixed"
+        str(tmp_path / "adapter"), base_model=tiny_llama, read={"cpu": "4bit"}, precision="bf16-mixed"
     )
     assert pricer.reader.alone and pricer.reader.autocast == torch.bfloat16
     for prompt, read in zip(PROMPTS, reads, strict=True):

@@ -32,8 +32,9 @@ def fp4_run(tmp_path_factory, tiny_llama):
 @pytest.mark.slow
 def test_fit_writes_the_recipe_beside_the_adapter_and_the_staged_model(fp4_run, tiny_llama):
     recipe = read_recipe(fp4_run / "adapter")
-    assert (recipe.quant_type, recipe.double_quant, recipe.weights) == ("fp4", False, "4bit")
-    assert (recipe.point, recipe.beam, recipe.min_mass, recipe.max_digits) == ("mean", 3, 0.002, 3)
+    q, read = recipe.quantization, recipe.read
+    assert (q["type"], q["double_quant"], q["weights"]) == ("fp4", False, "4bit")
+    assert (read["point"], read["beam"], read["min_mass"], recipe.max_digits) == ("mean", 3, 0.002, 3)
     assert recipe.base_model == tiny_llama and recipe.base_model_id == "me/tiny-llama"
     assert recipe.rules["max_tokens"] == 160 and recipe.rules["part_number_length"] == 7
     metrics = json.loads((fp4_run / "metrics.json").read_text())
@@ -62,7 +63,7 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
     pricer = settings.pricer(device="cpu")
     # on the CPU the Space reads dense layers dequantized from the 4-bit weights the recipe names
     assert isinstance(pricer.model.base_model.model.model.layers[0].self_attn.q_proj, DenseLinear)
-    four_bit = Pricer.from_adapter(settings.adapter, base_model=settings.base_override, cpu_read="4bit")
+    four_bit = Pricer.from_adapter(settings.adapter, base_model=settings.base_override, read={"cpu": "4bit"})
     q_proj = four_bit.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_state.quant_type == "fp4" and q_proj.weight.quant_state.nested is False
@@ -76,7 +77,7 @@ def test_the_space_serves_an_fp4_narrow_beam_run_with_the_prices_test_wrote(fp4_
     # a blended run: the tiny untrained-scale model prices these fridges far worse than the
     # TF-IDF model, so validation blends it in; the Space reads the blend from the adapter
     recipe = read_recipe(fp4_run / "adapter")
-    assert recipe.blend_weight < 1 and pricer.blend.weight == recipe.blend_weight
+    assert recipe.blend["weight"] < 1 and pricer.blend.weight == recipe.blend["weight"]
     rows = list(csv.DictReader((fp4_run / "predictions.csv").open()))
     assert len(rows) == 6
     for row in rows:
@@ -106,11 +107,12 @@ def test_a_blend_with_the_nearest_neighbours_prices_tests_llm_read_with_the_save
 
     adapter = tmp_path / "adapter"
     shutil.copytree(fp4_run / "adapter", adapter)
-    edit_recipe(adapter, lambda data: data["read"].update(blend_neighbors=0.5))
+    edit_recipe(adapter, lambda data: data["blend"].update(neighbors=0.5))
     recipe = read_recipe(adapter)
     pricer = Pricer.from_adapter(str(adapter))
     assert (
-        pricer.blend == Blend(recipe.blend_weight, recipe.interval_scale, 0.5) and pricer.blend.uses_neighbors
+        pricer.blend == Blend(recipe.blend["weight"], recipe.blend["interval_scale"], 0.5)
+        and pricer.blend.uses_neighbors
     )
     partner = TfidfPrice.load(adapter)
     rows = list(csv.DictReader((fp4_run / "predictions.csv").open()))
@@ -135,7 +137,9 @@ def test_space_vs_test_finds_the_spaces_quotes_equal_to_tests_prices(fp4_run, tm
 
     (data,) = {p.parent for p in (fp4_run.parent.parent / "cache").rglob("test-*.parquet")}
     result = main([str(fp4_run), "--splits", str(data), "--json", str(tmp_path / "r.json")])
-    assert result["n"] == 6 and result["blend"]["weight"] == read_recipe(fp4_run / "adapter").blend_weight < 1
+    assert (
+        result["n"] == 6 and result["blend"]["weight"] == read_recipe(fp4_run / "adapter").blend["weight"] < 1
+    )
     for share in ("close", "to_the_cent", "interval_close", "llm_close"):
         assert result[share] == 1, share
     assert result["largest_gap"] < 0.005
@@ -221,16 +225,20 @@ def test_an_adapter_without_a_recipe_needs_its_base_and_names_the_defaults_it_us
     (bare / RECIPE_FILE).unlink()
     with pytest.raises(RecipeError, match="no pricer.json beside the adapter.*copy it with"):
         Pricer.from_adapter(str(bare))
-    with pytest.warns(
-        UserWarning, match=r"defaults quantization='4bit', quant_type='nf4', double_quant=True"
-    ):
-        Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", point="mean")
+    with pytest.warns(UserWarning, match=r"defaults quantization=\{'weights': '4bit', 'type': 'nf4'"):
+        Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", read={"point": "mean"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        explicit = dict(quantization="4bit", quant_type="fp4", double_quant=False, compute_dtype="auto")
-        explicit |= dict(
-            point="mean", coverage=0.8, beam=3, min_mass=0.002, max_digits=3, precision="32-true"
-        )
+        explicit = {
+            "quantization": {
+                "weights": "4bit",
+                "type": "fp4",
+                "double_quant": False,
+                "compute_dtype": "auto",
+            },
+            "read": {"point": "mean", "interval_coverage": 0.8, "beam": 3, "min_mass": 0.002},
+            "precision": "32-true",
+        }
         pricer = Pricer.from_adapter(str(bare), base_model=tiny_llama, device="cpu", **explicit)
     assert not [w for w in caught if "pricer.json" in str(w.message)]  # everything given
     assert pricer.reader.price_reader.beam == 3
@@ -280,47 +288,49 @@ def changed(path: str, value):
 @pytest.mark.parametrize(
     "data, message",
     [
-        (changed("read.point", "mode"), r"read.point must be one of \('median', 'mean'\), got 'mode'"),
         (
-            changed("read.max_digits", 1),
-            r"read.max_digits must be 3, the digits of prompt.rules.max_price 999.49",
+            changed("model.read.point", "mode"),
+            r"model.read.point must be one of \('median', 'mean'\), got 'mode'",
         ),
         (
-            changed("prompt.neighbor_title_tokens", True),
-            r"prompt.neighbor_title_tokens must be a positive whole number",
+            changed("data.neighbor_title_tokens", True),
+            r"data.neighbor_title_tokens must be a positive whole number",
         ),
         (
-            changed("prompt.neighbor_min_similarity", 1.5),
-            r"prompt.neighbor_min_similarity must be in \[0, 1\), got 1.5",
+            changed("data.neighbor_min_similarity", 1.5),
+            r"data.neighbor_min_similarity must be in \[0, 1\), got 1.5",
         ),
         (
-            changed("prompt.neighbor_format", "table"),
-            r"prompt.neighbor_format must be one of \('lines', 'summary', 'both'\), got 'table'",
+            changed("data.neighbor_format", "table"),
+            r"data.neighbor_format must be one of \('lines', 'summary', 'both'\), got 'table'",
         ),
         (
-            changed("quantization.quant_type", "int3"),
-            r"quantization.quant_type must be one of \('nf4', 'fp4'\)",
+            changed("model.quantization.type", "int3"),
+            r"model.quantization.type must be one of \('nf4', 'fp4'\)",
         ),
-        (changed("read.beam", 0), "read.beam must be a positive whole number, got 0"),
-        (changed("read.coverage", 80), "read.coverage must be between 0 and 1, got 80"),
-        (changed("read.weights", KeyError), "read.weights is missing"),
-        (changed("quantization", KeyError), "the section 'quantization' is missing"),
-        (changed("version", 2), "version 2; this pricer reads version 1"),
+        (changed("model.read.beam", 0), "model.read.beam must be a positive whole number, got 0"),
+        (
+            changed("model.read.interval_coverage", 80),
+            "model.read.interval_coverage must be between 0 and 1, got 80",
+        ),
+        (changed("model.read.cpu", KeyError), "model.read.cpu is missing"),
+        (changed("model.quantization", KeyError), "model.quantization is missing"),
+        (changed("model.read", 5), "model.read must be an object of its options, got 5"),
+        (changed("trainer", KeyError), "the section 'trainer' is missing"),
+        (changed("version", 1), "version 1; this pricer reads version 2"),
         (changed("format", "peft"), "not a pricer recipe"),
-        (changed("prompt.rules", {**VALID["prompt"]["rules"], "max_chr": 3}), r"unknown rules \['max_chr'\]"),
+        (changed("data.rules", {**VALID["data"]["rules"], "max_chr": 3}), r"unknown rules \['max_chr'\]"),
         (
-            changed("prompt.rules", {**VALID["prompt"]["rules"], "min_price": 9, "max_price": 5}),
+            changed("data.rules", {**VALID["data"]["rules"], "min_price": 9, "max_price": 5}),
             "min_price <= max_price",
         ),
         (changed("prompt.prefix", "Cost: $"), "differ from this pricer's prompt"),
-        (changed("read.extra", 1), r"read: unknown fields \['extra'\]"),
-        (changed("read.blend_weight", 1.5), r"read.blend_weight must be a number in \[0, 1\], got 1.5"),
-        (changed("read.interval_scale", 0), "read.interval_scale must be a positive number, got 0"),
-        (
-            changed("read.blend_neighbors", -0.1),
-            r"read.blend_neighbors must be a number in \[0, 1\], got -0.1",
-        ),
-        (changed("read.precision", "bf16"), r"read.precision must be one of \('32-true', 'bf16-mixed'"),
+        (changed("model.read.extra", 1), r"model.read: unknown fields \['extra'\]"),
+        (changed("data.extra", 1), r"data: unknown fields \['extra'\]"),
+        (changed("blend.weight", 1.5), r"blend.weight must be a number in \[0, 1\], got 1.5"),
+        (changed("blend.interval_scale", 0), "blend.interval_scale must be a positive number, got 0"),
+        (changed("blend.neighbors", -0.1), r"blend.neighbors must be a number in \[0, 1\], got -0.1"),
+        (changed("trainer.precision", "bf16"), r"trainer.precision must be one of \('32-true', 'bf16-mixed'"),
     ],
 )
 def test_a_bad_recipe_is_refused_naming_the_file_and_the_field(tmp_path, data, message):
@@ -332,15 +342,18 @@ def test_a_bad_recipe_is_refused_naming_the_file_and_the_field(tmp_path, data, m
 
 def test_a_recipe_missing_any_field_is_refused_naming_it(tmp_path):
     """Every field is the adapter's contract: none is read as a default it may not have had."""
-    data = changed("read.blend_weight", KeyError)
+    data = changed("blend.weight", KeyError)
     (tmp_path / RECIPE_FILE).write_text(json.dumps(data))
-    with pytest.raises(RecipeError, match=r"pricer.json: read.blend_weight is missing"):
+    with pytest.raises(RecipeError, match=r"pricer.json: blend.weight is missing"):
         read_recipe(tmp_path)
 
 
 def test_a_recipe_reads_back_as_it_was_written(tmp_path):
     recipe = Recipe(
-        base_model="me/base", quant_type="fp4", point="mean", beam=5, precision="bf16-true"
+        base_model="me/base",
+        quantization={"type": "fp4"},
+        read={"point": "mean", "beam": 5},
+        precision="bf16-true",
     ).with_metrics({"mae": 1.5, "x": 2})
     recipe.save(tmp_path)
     assert read_recipe(tmp_path) == recipe and recipe.metrics == {"mae": 1.5}
@@ -350,48 +363,52 @@ def test_a_recipe_reads_back_as_it_was_written(tmp_path):
         read_recipe(tmp_path)
 
 
-def test_one_map_turns_a_trained_modules_options_into_a_recipe_and_back():
-    """fit writes the recipe from PriceModel's options and test, predict and validate read an
-    adapter back with them: through one map, so every option comes back as it was trained."""
+def test_a_config_round_trips_through_fits_recipe_into_pricer_under_the_same_names(tmp_path):
+    """The options a config writes (`model.quantization`, `model.read`, `data.neighbors`, ...)
+    are the recipe's sections as they are, and Pricer reads the same recipe: no option renamed on
+    the way, so a config changed anywhere shows up everywhere."""
+    import yaml
 
-    from pricer.read.recipe import MODEL_OPTIONS
-    from pricer.train.model import PriceModel
-
-    # the module's settings as it keeps them: its option groups as a config writes them
-    module = PriceModel().hparams
-    assert all(o.split(".")[1] in module[o.split(".")[0]] for o in MODEL_OPTIONS)
-    assert set(MODEL_OPTIONS.values()) <= {f.name for f in dataclasses.fields(Recipe)}
-    trained = {
-        "base_model": "me/base",
-        "quantization": {"weights": "none", "type": "fp4", "double_quant": False, "compute_dtype": "float32"},
-        "read": {"point": "mean", "interval_coverage": 0.6, "beam": 5, "min_mass": 0.002},
-    }
-
-    def option(hparams, name):
-        group, field = name.split(".")
-        return hparams[group][field]
-
-    assert all(option(module, o) != option(trained, o) for o in MODEL_OPTIONS)  # none left at its default
-    recipe = Recipe.from_model(trained, rules=None)
-    assert recipe.model_options() == {o: option(trained, o) for o in MODEL_OPTIONS}
-    assert (recipe.quantization, recipe.weights, recipe.coverage, recipe.beam) == ("none", "none", 0.6, 5)
-
-
-def test_a_recipe_gives_the_pricer_its_settings_and_the_defaults_agree():
-    """What Pricer.from_adapter passes the constructor; a recipe left at its defaults stands for
-    the constructor's own defaults, so an adapter without one is read as a default run was."""
-    import inspect
-
+    from pricer.cli.commands import build_cli
+    from pricer.data.rules import CurationRules
+    from pricer.read.blend import Blend
     from pricer.read.serving import Pricer
 
-    settings = Recipe(base_model="-").reading_settings()
-    constructor = inspect.signature(Pricer.__init__).parameters
-    assert set(settings) <= set(constructor)
-    assert {k: v for k, v in settings.items() if k != "rules"} == {
-        k: constructor[k].default for k in settings if k != "rules"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "model:\n  quantization: {type: fp4, double_quant: false}\n  read: {point: mean, beam: 5, cpu: 4bit}\n"
+        "data:\n  neighbors: 3\n  neighbor_format: both\n  rules: {max_tokens: 170}\n"
+    )
+    cli = build_cli(["--config", SMOKE, "--config", str(overlay)], run=False)
+    dm = cli.datamodule
+    prompt = {
+        name: getattr(dm, name)
+        for name in ("neighbors", "neighbor_title_tokens", "neighbor_format", "neighbor_min_similarity")
     }
-    read = Recipe(base_model="-", weights="none", beam=7, blend_weight=0.4).reading_settings()
-    assert (read["quantization"], read["beam"], read["blend_weight"]) == ("none", 7, 0.4)
+    recipe = Recipe.from_model(
+        cli.model.hparams, dm.rules, blend=Blend(0.7, 1.2, 0.5), precision="bf16-mixed", prompt=prompt
+    )
+    written = recipe.to_json()
+    config = yaml.safe_load(overlay.read_text())
+    for group in ("quantization", "read"):
+        assert written["model"][group] == {**written["model"][group], **config["model"][group]}
+        assert written["model"][group] == dict(cli.model.hparams[group])
+    assert {k: written["data"][k] for k in ("neighbors", "neighbor_format")} == {
+        "neighbors": 3,
+        "neighbor_format": "both",
+    }
+    assert written["data"]["rules"] == CurationRules(**written["data"]["rules"]).as_dict()
+    assert written["data"]["rules"]["max_tokens"] == 170
+    assert written["blend"] == {"weight": 0.7, "interval_scale": 1.2, "neighbors": 0.5}
+    assert written["trainer"] == {"precision": "bf16-mixed"}
+    # Pricer takes the recipe as it is, and a setting given to it by the same name
+    assert Recipe.from_json(written) == recipe
+    assert recipe.replaced(read={"beam": 7}).read == {**recipe.read, "beam": 7}
+    assert recipe.model_options()["read.beam"] == 5 and recipe.model_options()["quantization.type"] == "fp4"
+    with pytest.raises(TypeError, match="a recipe has no setting 'read_beam'"):
+        recipe.replaced(read_beam=7)
+    with pytest.raises(RecipeError, match=r"^Pricer: model.read.point must be one of"):
+        Pricer(recipe.replaced(read={"point": "mode"}))
 
 
 @pytest.mark.slow
@@ -480,10 +497,10 @@ def test_a_recipe_edited_by_hand_is_refused_and_its_metrics_are_not_its_contract
     assert read_recipe(stamped_adapter).metrics == {"mae": 99.0}
     for edit, message in (
         (
-            lambda d: d["prompt"].update(neighbors=5),
+            lambda d: d["data"].update(neighbors=5),
             r"pricer.json is not the recipe fit saved with these weights",
         ),
-        (lambda d: d["prompt"].pop("neighbors"), r"pricer.json: prompt.neighbors is missing"),
+        (lambda d: d["data"].pop("neighbors"), r"pricer.json: data.neighbors is missing"),
     ):
         data = json.loads(fit_wrote)
         edit(data)

@@ -20,7 +20,7 @@ def saved(tmp_path):
     prices = list(np.random.default_rng(1).uniform(1, 900, 60))
     TfidfPrice.fit(texts, prices).save(tmp_path)
     TrainItems(prices, texts).save(tmp_path)
-    recipe = Recipe(base_model="tiny", blend_weight=0.6, interval_scale=1.5, blend_neighbors=0.5)
+    recipe = Recipe(base_model="tiny", blend={"weight": 0.6, "interval_scale": 1.5, "neighbors": 0.5})
     recipe.with_files(saved_hashes(tmp_path)).save(tmp_path)
     return tmp_path, texts, prices
 
@@ -54,7 +54,7 @@ def test_a_read_file_changed_or_lost_after_fit_is_refused_naming_it(saved, name)
 
 
 def test_an_adapter_whose_blend_partner_is_missing_is_refused_naming_the_files(tmp_path):
-    Recipe(base_model="tiny", blend_weight=0.6, interval_scale=1.5).save(tmp_path)
+    Recipe(base_model="tiny", blend={"weight": 0.6, "interval_scale": 1.5}).save(tmp_path)
     with pytest.raises(BlendError) as refused:
         saved_read_out(tmp_path)
     assert str(refused.value) == (
@@ -64,7 +64,7 @@ def test_an_adapter_whose_blend_partner_is_missing_is_refused_naming_the_files(t
 
 
 def test_an_adapter_that_read_the_llm_alone_keeps_its_interval_scale_without_a_warning(tmp_path, capsys):
-    Recipe(base_model="tiny", interval_scale=1.25).save(tmp_path)
+    Recipe(base_model="tiny", blend={"interval_scale": 1.25}).save(tmp_path)
     read_out = saved_read_out(tmp_path)
     assert (read_out.blend.weight, read_out.blend.interval_scale) == (1.0, 1.25)
     assert read_out.served == f"the LLM alone, as fit chose, from {tmp_path}, interval scale 1.25"

@@ -293,10 +293,11 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
     pricer = settings.pricer(device="cpu")
     recipe = read_recipe(run / "adapter")
     assert recipe.metrics["mae"] == settings.metrics["mae"]  # fit's test report, beside the adapter
+    read = recipe.read
     assert (pricer.point, pricer.coverage, pricer.reader.price_reader.beam) == (
-        recipe.point,
-        recipe.coverage,
-        recipe.beam,
+        read["point"],
+        read["interval_coverage"],
+        read["beam"],
     )
     assert pricer.base_model == recipe.base_model  # the training machine still has it
 
@@ -304,23 +305,27 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
 @pytest.mark.parametrize(
     "setting, message",
     [
-        ({"quantization": "3bit"}, r"quantization must be one of \('4bit', '8bit', 'none'\), got '3bit'"),
-        ({"point": "average"}, r"point must be one of \('median', 'mean'\), got 'average'"),
-        ({"coverage": 80}, "coverage must be between 0 and 1, got 80"),
         (
-            {"blend_weight": "0.6"},
-            r"blend_weight and blend_neighbors must be in \[0, 1\] and interval_scale positive, got '0.6'",
+            {"quantization": {"weights": "3bit"}},
+            r"^Pricer: model.quantization.weights must be one of \('4bit', '8bit', 'none'\), got '3bit'",
         ),
-        ({"interval_scale": 0}, "interval_scale positive, got 1.0, 0.0 and 0"),
-        ({"blend_neighbors": 2}, "interval_scale positive, got 1.0, 2 and 1.0"),
+        (
+            {"read": {"point": "average"}},
+            r"model.read.point must be one of \('median', 'mean'\), got 'average'",
+        ),
+        ({"read": {"interval_coverage": 80}}, "model.read.interval_coverage must be between 0 and 1, got 80"),
+        ({"blend": {"weight": "0.6"}}, r"blend.weight must be a number in \[0, 1\], got '0.6'"),
+        ({"blend": {"interval_scale": 0}}, "blend.interval_scale must be a positive number, got 0"),
+        ({"blend": {"neighbors": 2}}, r"blend.neighbors must be a number in \[0, 1\], got 2"),
     ],
 )
 def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message):
+    from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 
     # The base model does not exist: the setting is refused before any loading is tried.
     with pytest.raises(ValueError, match=message):
-        Pricer("/nonexistent/base", None, device="cpu", **setting)
+        Pricer(Recipe(base_model="/nonexistent/base").replaced(**setting), None, device="cpu")
 
 
 @pytest.mark.slow
@@ -346,7 +351,9 @@ def test_the_space_prices_as_predict_does(trained, tiny_llama, tmp_path, quantiz
     )  # fmt: skip
     rows = list(csv.DictReader((run.parent / f"predicted-{quantization}" / "predict.csv").open()))
     # the run's recipe, with the two settings predict was told to change
-    pricer = Pricer.from_adapter(str(run / "adapter"), device="cpu", quantization=quantization, point=point)
+    pricer = Pricer.from_adapter(
+        str(run / "adapter"), device="cpu", quantization={"weights": quantization}, read={"point": point}
+    )
     for product, row in zip(products, rows, strict=True):
         details = "\n".join(f"{k}: {v}" for k, v in product["details"].items())
         quote = pricer.quote(

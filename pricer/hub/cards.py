@@ -148,7 +148,7 @@ def model_card(
         min_price=price_range[0],
         max_price=price_range[1],
         quantization_note=_quantization_note(recipe),
-        point=recipe.point if recipe else "median",
+        point=recipe.read["point"] if recipe else "median",
         neighbors=recipe.neighbors if recipe else 0,
         neighbor_title_tokens=recipe.neighbor_title_tokens if recipe else 24,
         neighbor_format=recipe.neighbor_format if recipe else "lines",
@@ -157,10 +157,13 @@ def model_card(
 
 
 def _quantization_note(recipe) -> str:
-    if recipe is None or recipe.weights == "4bit":
-        kind, double = (recipe.quant_type, recipe.double_quant) if recipe else ("nf4", True)
+    weights = recipe.quantization["weights"] if recipe else "4bit"
+    if weights == "4bit":
+        kind, double = (
+            (recipe.quantization["type"], recipe.quantization["double_quant"]) if recipe else ("nf4", True)
+        )
         return f"4-bit {kind.upper()}{' with double quantization' if double else ''}"
-    return "8-bit" if recipe.weights == "8bit" else "full precision"
+    return "8-bit" if weights == "8bit" else "full precision"
 
 
 def _read_note(metrics: dict) -> str:

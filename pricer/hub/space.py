@@ -96,13 +96,14 @@ class SpaceSettings:
     def pricer(self, device: str | None = None):
         """The model the Space serves: the adapter as its run measured it (its pricer.json), or
         the bare base model when there is no adapter."""
+        from pricer.read.recipe import Recipe
         from pricer.read.serving import Pricer
 
         if self.adapter:
             return Pricer.from_adapter(
                 self.adapter, base_model=getattr(self, "base_override", None), device=device
             )
-        return Pricer(self.base_model, None, device=device)
+        return Pricer(Recipe(base_model=self.base_model), None, device=device)
 
     def about(self) -> str:
         """A short note on what the model learnt from and how accurate it is."""

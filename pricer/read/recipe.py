@@ -1,10 +1,12 @@
 """The recipe beside an adapter (`pricer.json`): how it was trained and how its prices are read.
 
 fit writes it next to peft's files and it is pushed with them, so an adapter describes itself
-(as litgpt keeps the hyperparameters and prompt style beside every checkpoint):
-`Pricer.from_adapter` rebuilds exactly what was measured from it alone: the base model, its
-quantization, the prompt and the curation rules that shape the text, the read-out. Versioned,
-and checked when read: a field that is missing or wrong is named.
+(as litgpt keeps the hyperparameters beside every checkpoint). Its `model` and `data` sections
+hold the options that decide a price as a config writes them (`model.quantization`,
+`model.read`, `data.rules`, `data.neighbors`, ...), `trainer.precision` the precision its test
+read under, `blend` what fit chose on validation: `Pricer` is built from it, and `test` and
+`predict` take those options from it. Versioned, and checked when read: a field that is missing
+or wrong is named.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_args
 
+from pricer.base.options import QuantizationOptions
 from pricer.base.precision import ComputeDtype
 from pricer.base.quantization import Quantization
 from pricer.data.prompt import NEIGHBOR_FORMATS, PREFIX, QUESTION
 from pricer.data.rules import CurationRules
+from pricer.read.blend import Blend
+from pricer.read.dense import CpuRead
+from pricer.read.options import ReadOptions
 from pricer.read.reading import Point
 from pricer.read.stamp import StampError, check_stamp, recipe_digest, stamp_weights
 
 RECIPE_FILE = "pricer.json"
 # Lightning's trainer precisions; the mixed ones are read under the same autocast
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
-VERSION = 1
+VERSION = 2
 FORMAT = "pricer-recipe"
 # The headline numbers a card or a Space quotes; the whole report stays in metrics.json.
 HEADLINE = (
@@ -40,31 +46,8 @@ HEADLINE = (
     "blend",
     "test_reads_before",
 )
-
-
-# The PriceModel options a recipe's reading fields stand for, as a config writes them -> recipe
-# field: a trained module's recipe (Recipe.from_model) and the options an adapter is read with
-# (Recipe.model_options). The module's quantization is the form its base is loaded in, the
-# recipe's `weights`.
-MODEL_OPTIONS = {
-    "quantization.weights": "weights",
-    "quantization.type": "quant_type",
-    "quantization.double_quant": "double_quant",
-    "quantization.compute_dtype": "compute_dtype",
-    "read.point": "point",
-    "read.interval_coverage": "coverage",
-    "read.beam": "beam",
-    "read.min_mass": "min_mass",
-}
-
-
-def _option(hparams, name: str):
-    group, field_ = name.split(".")
-    return hparams[group][field_]
-
-
-# The data module's prompt settings a recipe records, with their types: the neighbours shown, as
-# the adapter trained with them.
+# The model's option groups a recipe holds, and the data module's prompt options, with their types
+MODEL_GROUPS = {"quantization": QuantizationOptions, "read": ReadOptions}
 PROMPT_OPTIONS = {
     "neighbors": int,
     "neighbor_title_tokens": int,
@@ -82,72 +65,49 @@ def max_digits(max_price: float) -> int:
     return max(1, len(str(math.floor(max_price + 0.5))))
 
 
+def _defaults(cls) -> dict:
+    return asdict(cls())
+
+
 @dataclass
 class Recipe:
-    """How an adapter was trained and read. Field groups match the JSON's sections."""
+    """How an adapter was trained and is read: the options as a config writes them.
 
-    # base
+    A group given in part (`read={"beam": 5}`) is completed with its defaults.
+    """
+
     base_model: str
-    base_model_id: str | None = None
-    # quantization
-    quantization: str = "4bit"
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "auto"
-    # prompt
-    question: str = QUESTION
-    prefix: str = PREFIX
+    base_model_id: str | None = None  # the Hub model a local base came from
+    quantization: dict = field(default_factory=lambda: _defaults(QuantizationOptions))
+    read: dict = field(default_factory=lambda: _defaults(ReadOptions))
     rules: dict = field(default_factory=lambda: CurationRules().as_dict())
     # similar training items shown in the prompt (data.neighbors; 0: none) and their titles' budget
     neighbors: int = 0
     neighbor_title_tokens: int = 24
     neighbor_format: str = "lines"
     neighbor_min_similarity: float = 0.0
-    # read
-    point: str = "median"
-    coverage: float = 0.8
-    beam: int = 32
-    min_mass: float = 1e-4
-    max_digits: int = 3
-    weights: str = "4bit"  # the weights' form when read: as loaded for training
-    # fit's choice on validation (pricer/read/blend.py): the LLM's share of the price in log price
-    # beside the TF-IDF model saved with the adapter (1: the LLM alone), the interval's scale
-    blend_weight: float = 1.0
-    interval_scale: float = 1.0
-    # the nearest neighbours' share of the partner (0: the TF-IDF ridge alone)
-    blend_neighbors: float = 0.0
     # the trainer precision test read under: a mixed one is read under the same autocast
     precision: str = "32-true"
+    # fit's choice on validation (pricer/read/blend.py): the LLM's weight, the interval's scale
+    # and the nearest neighbours' share of the partner
+    blend: dict = field(default_factory=lambda: Blend().as_dict())
+    # the prompt's fixed words, which the adapter learned
+    question: str = QUESTION
+    prefix: str = PREFIX
     # the run's headline test metrics, when measured
     metrics: dict | None = None
     # the SHA-256 of each file saved beside the adapter for reading (pricer/read/saved_read.py)
     files: dict | None = None
 
-    SECTIONS = {
-        "base": ("base_model", "base_model_id"),
-        "quantization": ("quantization", "quant_type", "double_quant", "compute_dtype"),
-        "prompt": (
-            "question",
-            "prefix",
-            "rules",
-            "neighbors",
-            "neighbor_title_tokens",
-            "neighbor_format",
-            "neighbor_min_similarity",
-        ),
-        "read": (
-            "point",
-            "coverage",
-            "beam",
-            "min_mass",
-            "max_digits",
-            "weights",
-            "blend_weight",
-            "interval_scale",
-            "blend_neighbors",
-            "precision",
-        ),
-    }
+    def __post_init__(self) -> None:
+        for name, default in (
+            ("quantization", _defaults(QuantizationOptions)),
+            ("read", _defaults(ReadOptions)),
+            ("blend", Blend().as_dict()),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, {**default, **value})
 
     @classmethod
     def from_model(
@@ -155,26 +115,21 @@ class Recipe:
         hparams,
         rules: CurationRules | None,
         base_model_id: str | None = None,
-        blend=None,
+        blend: Blend | None = None,
         precision: str = "32-true",
         prompt: dict | None = None,
     ) -> Recipe:
-        """The recipe of a PriceModel's hyperparameters, the curation rules it trained on, the
-        blend fit chose (a pricer.read.blend.Blend; None: the LLM alone), the trainer precision
-        it was measured under and the data module's prompt settings (`PROMPT_OPTIONS`; none
-        given: no neighbours)."""
-        rules = rules or CurationRules()
+        """The recipe of a PriceModel's hyperparameters (its groups as the config writes them),
+        the curation rules it trained on, the blend fit chose (None: the LLM alone), the trainer
+        precision it was measured under and the data module's prompt options (`PROMPT_OPTIONS`;
+        none given: no neighbours)."""
         return cls(
             base_model=hparams["base_model"],
             base_model_id=base_model_id,
-            quantization=hparams["quantization"]["weights"],
-            **{field: _option(hparams, option) for option, field in MODEL_OPTIONS.items()},
-            rules=rules.as_dict(),
-            max_digits=max_digits(rules.max_price),
-            blend_weight=blend.weight if blend is not None else 1.0,
-            interval_scale=blend.interval_scale if blend is not None else 1.0,
-            blend_neighbors=blend.neighbors if blend is not None else 0.0,
+            **{group: dict(hparams[group]) for group in MODEL_GROUPS},
+            rules=(rules or CurationRules()).as_dict(),
             precision=str(precision),
+            blend=(blend or Blend()).as_dict(),
             **{
                 name: kind(prompt[name]) for name, kind in PROMPT_OPTIONS.items() if prompt and name in prompt
             },
@@ -184,33 +139,27 @@ class Recipe:
     def curation_rules(self) -> CurationRules:
         return CurationRules(**self.rules)
 
-    def model_options(self) -> dict:
-        """The PriceModel options this recipe reads an adapter with (`read.beam`, ...)."""
-        return {option: getattr(self, field) for option, field in MODEL_OPTIONS.items()}
+    @property
+    def max_digits(self) -> int:
+        return max_digits(self.rules["max_price"])
 
-    def reading_settings(self) -> dict:
-        """The Pricer settings this recipe stands for: the base's form, the read-out, the blend,
-        the precision and the curation rules that shape the prompt."""
+    def model_options(self) -> dict:
+        """The model options this recipe reads an adapter with, as the command line names them
+        (`read.beam`, `quantization.type`, ...)."""
         return {
-            "quantization": self.weights,
-            "quant_type": self.quant_type,
-            "double_quant": self.double_quant,
-            "compute_dtype": self.compute_dtype,
-            "point": self.point,
-            "coverage": self.coverage,
-            "beam": self.beam,
-            "min_mass": self.min_mass,
-            "max_digits": self.max_digits,
-            "blend_weight": self.blend_weight,
-            "interval_scale": self.interval_scale,
-            "blend_neighbors": self.blend_neighbors,
-            "precision": self.precision,
-            "rules": self.curation_rules,
-            "neighbors": self.neighbors,
-            "neighbor_title_tokens": self.neighbor_title_tokens,
-            "neighbor_format": self.neighbor_format,
-            "neighbor_min_similarity": self.neighbor_min_similarity,
+            f"{group}.{name}": value for group in MODEL_GROUPS for name, value in getattr(self, group).items()
         }
+
+    def replaced(self, **changes) -> Recipe:
+        """This recipe with `changes`, each named as a field; a group given in part keeps its
+        other options (`read={"cpu": "4bit"}`)."""
+        values = asdict(self)
+        for name, value in changes.items():
+            if name not in values:
+                raise TypeError(f"a recipe has no setting {name!r} (it has: {', '.join(values)})")
+            both = isinstance(values[name], dict) and isinstance(value, dict)
+            values[name] = {**values[name], **value} if both else value
+        return Recipe(**values)
 
     def with_metrics(self, metrics: dict | None) -> Recipe:
         headline = {k: metrics[k] for k in HEADLINE if k in metrics} if metrics else None
@@ -220,13 +169,19 @@ class Recipe:
         return Recipe(**{**asdict(self), "files": files or None})
 
     def to_json(self) -> dict:
-        values = asdict(self)
-        data: dict = {"format": FORMAT, "version": VERSION}
-        for section, names in self.SECTIONS.items():
-            data[section] = {name: values[name] for name in names}
-        data["metrics"] = values["metrics"]
-        if values["files"]:
-            data["files"] = values["files"]
+        data: dict = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": {"base_model": self.base_model, **{g: dict(getattr(self, g)) for g in MODEL_GROUPS}},
+            "data": {"rules": dict(self.rules), **{name: getattr(self, name) for name in PROMPT_OPTIONS}},
+            "trainer": {"precision": self.precision},
+            "blend": dict(self.blend),
+            "prompt": {"question": self.question, "prefix": self.prefix},
+            "base_model_id": self.base_model_id,
+            "metrics": self.metrics,
+        }
+        if self.files:
+            data["files"] = self.files
         return data
 
     def save(self, folder: Path) -> Path:
@@ -241,10 +196,18 @@ class Recipe:
         if data.get("version") != VERSION:
             raise RecipeError(
                 f"{where}: version {data.get('version')!r}; this pricer reads version {VERSION} "
-                "(upgrade pricer, or pass the settings to Pricer.from_adapter)"
+                "(train the adapter again with this pricer)"
             )
-        values: dict = {"metrics": data.get("metrics"), "files": data.get("files")}
-        for section, names in cls.SECTIONS.items():
+        layout = {
+            "model": ["base_model", *MODEL_GROUPS],
+            "data": ["rules", *PROMPT_OPTIONS],
+            "trainer": ["precision"],
+            "blend": list(Blend().as_dict()),
+            "prompt": ["question", "prefix"],
+        }
+        groups = {f"model.{g}": list(_defaults(kind)) for g, kind in MODEL_GROUPS.items()}
+        values: dict = {}
+        for section, names in layout.items():
             part = data.get(section)
             if not isinstance(part, dict):
                 raise RecipeError(f"{where}: the section {section!r} is missing")
@@ -254,84 +217,98 @@ class Recipe:
             for name in names:
                 if name not in part:
                     raise RecipeError(f"{where}: {section}.{name} is missing")
-                if name in part:
-                    values[name] = part[name]
-        recipe = cls(**values)
+                value = part[name]
+                place = f"{section}.{name}"
+                if place in groups:
+                    if not isinstance(value, dict):
+                        raise RecipeError(f"{where}: {place} must be an object of its options, got {value!r}")
+                    extra, missing = set(value) - set(groups[place]), set(groups[place]) - set(value)
+                    if extra:
+                        raise RecipeError(f"{where}: {place}: unknown fields {sorted(extra)}")
+                    if missing:
+                        raise RecipeError(f"{where}: {place}.{sorted(missing)[0]} is missing")
+                if section == "blend":
+                    values.setdefault("blend", {})[name] = value
+                else:
+                    values[name] = value
+        recipe = cls(
+            **values,
+            base_model_id=data.get("base_model_id"),
+            metrics=data.get("metrics"),
+            files=data.get("files"),
+        )
         recipe.check(where)
         return recipe
 
     def check(self, where: str = RECIPE_FILE) -> None:
-        """Every field of the right kind, or a RecipeError naming it."""
-        section = {name: s for s, names in self.SECTIONS.items() for name in names}
+        """Every field of the right kind, or a RecipeError naming it as the JSON places it."""
 
-        def fail(name: str, expected: str) -> None:
-            place = f"{section[name]}.{name}" if name in section else name
-            raise RecipeError(f"{where}: {place} must be {expected}, got {getattr(self, name)!r}")
+        def fail(place: str, value, expected: str) -> None:
+            raise RecipeError(f"{where}: {place} must be {expected}, got {value!r}")
 
+        q, r, b = self.quantization, self.read, self.blend
         choices = {
-            "quantization": get_args(Quantization),
-            "weights": get_args(Quantization),
-            "quant_type": ("nf4", "fp4"),
-            "compute_dtype": get_args(ComputeDtype),
-            "point": get_args(Point),
-            "precision": PRECISIONS,
-            "neighbor_format": NEIGHBOR_FORMATS,
+            "model.quantization.weights": (q["weights"], get_args(Quantization)),
+            "model.quantization.type": (q["type"], ("nf4", "fp4")),
+            "model.quantization.compute_dtype": (q["compute_dtype"], get_args(ComputeDtype)),
+            "model.read.point": (r["point"], get_args(Point)),
+            "model.read.cpu": (r["cpu"], get_args(CpuRead)),
+            "trainer.precision": (self.precision, PRECISIONS),
+            "data.neighbor_format": (self.neighbor_format, NEIGHBOR_FORMATS),
         }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                fail(name, f"one of {allowed}")
+        for place, (value, allowed) in choices.items():
+            if value not in allowed:
+                fail(place, value, f"one of {allowed}")
         files = self.files
         if files is not None and not (
             isinstance(files, dict)
             and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items())
         ):
-            fail("files", "a mapping of file names to SHA-256 hex digests")
+            fail("files", files, "a mapping of file names to SHA-256 hex digests")
         if not isinstance(self.base_model, str) or not self.base_model:
-            fail("base_model", "a Hub id, folder or .gguf file")
+            fail("model.base_model", self.base_model, "a Hub id, folder or .gguf file")
         if self.base_model_id is not None and not isinstance(self.base_model_id, str):
-            fail("base_model_id", "a Hub id or null")
-        if not isinstance(self.double_quant, bool):
-            fail("double_quant", "true or false")
-        for name, least in (("neighbors", 0), ("beam", 1), ("max_digits", 1), ("neighbor_title_tokens", 1)):
-            value = getattr(self, name)
+            fail("base_model_id", self.base_model_id, "a Hub id or null")
+        for place, value in (
+            ("model.quantization.double_quant", q["double_quant"]),
+            ("model.read.shared_prefix", r["shared_prefix"]),
+        ):
+            if not isinstance(value, bool):
+                fail(place, value, "true or false")
+        for place, value, least in (
+            ("data.neighbors", self.neighbors, 0),
+            ("model.read.beam", r["beam"], 1),
+            ("data.neighbor_title_tokens", self.neighbor_title_tokens, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                fail(name, "a whole number, 0 or more" if least == 0 else "a positive whole number")
+                fail(place, value, "a whole number, 0 or more" if least == 0 else "a positive whole number")
         ranges = {
-            "coverage": (lambda v: 0 < v < 1, "between 0 and 1"),
-            "min_mass": (lambda v: 0 <= v < 1, "in [0, 1)"),
-            "neighbor_min_similarity": (lambda v: 0 <= v < 1, "in [0, 1)"),
-            "blend_weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-            "blend_neighbors": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-            "interval_scale": (lambda v: v > 0, "a positive number"),
+            "model.read.interval_coverage": (r["interval_coverage"], lambda v: 0 < v < 1, "between 0 and 1"),
+            "model.read.min_mass": (r["min_mass"], lambda v: 0 <= v < 1, "in [0, 1)"),
+            "data.neighbor_min_similarity": (self.neighbor_min_similarity, lambda v: 0 <= v < 1, "in [0, 1)"),
+            "blend.weight": (b["weight"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "blend.neighbors": (b["neighbors"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "blend.interval_scale": (b["interval_scale"], lambda v: v > 0, "a positive number"),
         }
-        for name, (inside, expected) in ranges.items():
-            value = getattr(self, name)
+        for place, (value, inside, expected) in ranges.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
-                fail(name, expected)
-        if not isinstance(self.question, str) or not isinstance(self.prefix, str) or not self.prefix:
-            fail("prefix", "text")
+                fail(place, value, expected)
         if (self.question, self.prefix) != (QUESTION, PREFIX):
             raise RecipeError(
                 f"{where}: prompt.question and prompt.prefix differ from this pricer's prompt "
                 f"({QUESTION!r}, {PREFIX!r}); it would not read this adapter's prices as trained"
             )
         if not isinstance(self.rules, dict):
-            fail("rules", "an object of curation rules")
-        known = {f.name for f in fields(CurationRules)}
-        unknown = set(self.rules) - known
+            fail("data.rules", self.rules, "an object of curation rules")
+        unknown = set(self.rules) - {f.name for f in fields(CurationRules)}
         if unknown:
-            raise RecipeError(f"{where}: prompt.rules: unknown rules {sorted(unknown)}")
+            raise RecipeError(f"{where}: data.rules: unknown rules {sorted(unknown)}")
         try:
-            rules = CurationRules(**self.rules)
+            CurationRules(**self.rules)
         except (TypeError, ValueError) as error:
-            raise RecipeError(f"{where}: prompt.rules: {error}") from None
-        if self.max_digits != max_digits(rules.max_price):
-            fail(
-                "max_digits",
-                f"{max_digits(rules.max_price)}, the digits of prompt.rules.max_price {rules.max_price}",
-            )
+            raise RecipeError(f"{where}: data.rules: {error}") from None
         if self.metrics is not None and not isinstance(self.metrics, dict):
-            fail("metrics", "an object or null")
+            fail("metrics", self.metrics, "an object or null")
 
 
 def stamp_recipe(folder: Path, recipe: Recipe) -> None:
@@ -379,9 +356,9 @@ def base_differences(recipe: Recipe | None, quantization: dict) -> list[str]:
     they agree or nothing is known."""
     if recipe is None:
         return []
-    trained = {"weights": recipe.quantization, "type": recipe.quant_type, "double_quant": recipe.double_quant}
-    if recipe.quantization != "4bit" or quantization["weights"] != "4bit":
-        trained = {"weights": recipe.quantization}
+    trained = {k: recipe.quantization[k] for k in ("weights", "type", "double_quant")}
+    if trained["weights"] != "4bit" or quantization["weights"] != "4bit":
+        trained = {"weights": trained["weights"]}
     return [
         f"model.quantization.{name}={quantization[name]!r} (trained: {value!r})"
         for name, value in trained.items()

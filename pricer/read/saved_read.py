@@ -117,7 +117,7 @@ def saved_read_out(folder: Path, with_items: bool = True, load: bool = True) -> 
     if recipe is None:
         return ReadOut(Blend(), served=f"the LLM alone: {folder} has no recipe (pricer.json)")
     check_hashes(folder, recipe.files)
-    blend = Blend(recipe.blend_weight, recipe.interval_scale, recipe.blend_neighbors)
+    blend = Blend(**recipe.blend)
     items = TrainItems.load(folder) if with_items else None
     missing = [name for name in (TFIDF_JSON, TFIDF_WEIGHTS) if not (folder / name).is_file()]
     if blend.uses_tfidf and missing:
