@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.matmul_peak import matmul_gflops
     from pricer.data.module import PriceDataModule
     from pricer.read.dense import dense_weights
-    from pricer.read.reading import PriceReader
+    from pricer.read.distribution import PriceReader
 
     with tempfile.TemporaryDirectory() as cache:
         datamodule = PriceDataModule(

@@ -368,7 +368,7 @@ def t4_attention(device: torch.device) -> str | None:
 
 def run(args) -> dict:
     from pricer.base.options import LoraOptions, QuantizationOptions
-    from pricer.read.reading import PriceReader
+    from pricer.read.distribution import PriceReader
     from pricer.train.batch_size import T4_BUDGET_GIB, FitBatchSize, apply_memory_budget
     from pricer.train.model import PriceModel
     from pricer.train.options import OptimizerOptions

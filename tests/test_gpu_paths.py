@@ -119,7 +119,7 @@ def test_gradient_checkpointing_really_runs_in_training_and_is_non_reentrant(
 def test_training_and_every_read_prepare_the_base_the_same_way(tiny_llama, tmp_path):
     """A 16-bit compute dtype (a GPU's) on the CPU: fit's test reads the base as peft prepared it
     for training (norms, embeddings and head in fp32); the Space must read the same model."""
-    from pricer.read.reading import PriceReader
+    from pricer.read.distribution import PriceReader
     from pricer.read.recipe import Recipe
     from pricer.read.serving import Pricer
 

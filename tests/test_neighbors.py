@@ -97,7 +97,7 @@ def test_a_product_that_shares_no_word_gets_no_neighbours_and_the_space_says_so(
     """Another script or made-up words share nothing with the training items: no first rows at
     similarity 0 in the prompt; one shared word brings only the items that have it."""
     from pricer.base.load import load_tokenizer
-    from pricer.read.reader import Quote
+    from pricer.read.quote import Quote
     from tests.conftest import space_app
 
     neighbors_text = space_app().neighbors_text

@@ -164,7 +164,7 @@ def test_under_bf16_mixed_the_spaces_quotes_equal_tests_prices_to_the_cent(
     """A run trained and tested under bf16-mixed: its recipe says so, the Space reads it under
     the same autocast, and each prompt test read in its batch is quoted alone to the cent, the
     LLM's own price and the interval too. (On the tiny model a batched read would agree as
-    well; tests/test_reader.py proves test reads each prompt alone in 16 bits, and
+    well; tests/test_quote.py proves test reads each prompt alone in 16 bits, and
     benchmarks/RESULTS.md measures what that changes on SmolLM2.)"""
     from benchmarks.space_vs_test import main
 

@@ -13,8 +13,8 @@ def serve_the_runs_read_out(subcommand: str, config, model, run_dir: Path) -> No
     """A checkpoint holds the LoRA weights only; the read-out fit chose (the blend, its
     TF-IDF model, the training items) lives in its run's adapter folder, and is served from
     there. A checkpoint outside a trained run reads the LLM alone, said in one line."""
+    from pricer.read.adapter_files import saved_read_out
     from pricer.read.recipe import read_recipe
-    from pricer.read.saved_read import saved_read_out
 
     if not config.get("ckpt_path") or config.model.get("adapter"):
         return
@@ -51,8 +51,8 @@ def retrieve_as_the_adapter_did(
     training items saved beside it (whatever the data source holds). A `data.` option typed on
     the command line (`typed`: the names after `--data.`) wins, and is said to differ."""
     from pricer.hub_calls import adapter_folder
+    from pricer.read.adapter_files import saved_retriever
     from pricer.read.recipe import read_recipe
-    from pricer.read.saved_read import saved_retriever
 
     adapter = model.hparams.adapter
     folder = adapter_folder(adapter) if adapter else run_dir / "adapter" if config.get("ckpt_path") else None

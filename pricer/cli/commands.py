@@ -38,7 +38,7 @@ from pricer.cli.trainer import (
 from pricer.data.module import PriceDataModule
 from pricer.library_internals import subcommand_parser, wandb_started
 from pricer.options import OptionError
-from pricer.read.reading import check_price_range
+from pricer.read.distribution import check_price_range
 from pricer.read.report import PriceReport
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks
@@ -51,8 +51,8 @@ def check_adapter(adapter: str, base_model: str, subcommand: str) -> None:
     (peft's files, LoRA shapes that fit the base, its recipe and the files the recipe hashes)."""
     from pricer.base.load import check_adapter_files
     from pricer.hub_calls import adapter_folder
+    from pricer.read.adapter_files import check_hashes
     from pricer.read.recipe import adapter_recipe, read_recipe
-    from pricer.read.saved_read import check_hashes
 
     check_model_name(adapter, "model.adapter")
     folder = adapter_folder(adapter)

@@ -9,7 +9,7 @@ from jsonargparse.typing import OpenUnitInterval, PositiveInt
 
 from pricer.options import Fraction
 from pricer.read.dense import CpuRead
-from pricer.read.reading import Point
+from pricer.read.distribution import Point
 
 
 @dataclass(frozen=True)

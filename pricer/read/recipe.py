@@ -24,8 +24,8 @@ from pricer.data.prompt import NEIGHBOR_FORMATS, PREFIX, QUESTION
 from pricer.data.rules import CurationRules
 from pricer.read.blend import Blend
 from pricer.read.dense import CpuRead
+from pricer.read.distribution import Point
 from pricer.read.options import ReadOptions
-from pricer.read.reading import Point
 from pricer.read.stamp import StampError, check_stamp, recipe_digest, stamp_weights
 
 RECIPE_FILE = "pricer.json"
@@ -96,7 +96,7 @@ class Recipe:
     prefix: str = PREFIX
     # the run's headline test metrics, when measured
     metrics: dict | None = None
-    # the SHA-256 of each file saved beside the adapter for reading (pricer/read/saved_read.py)
+    # the SHA-256 of each file saved beside the adapter for reading (pricer/read/adapter_files.py)
     files: dict | None = None
 
     def __post_init__(self) -> None:

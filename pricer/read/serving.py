@@ -22,12 +22,12 @@ from pricer.base.precision import (
 from pricer.data.products import MAX_CHARS, ProductError, product_prompt, product_record  # noqa: F401
 from pricer.data.prompt import make_prompt, neighbor_block, text_from_prompt, with_neighbors
 from pricer.hub_calls import adapter_folder
+from pricer.read.adapter_files import saved_read_out, saved_retriever
 from pricer.read.blend import Blend
 from pricer.read.dense import can_read_dense, to_dense
-from pricer.read.reader import Quote, Reader, reads_alone
-from pricer.read.reading import Point, PriceReader
+from pricer.read.distribution import Point, PriceReader
+from pricer.read.quote import Quote, Reader, reads_alone
 from pricer.read.recipe import Recipe, adapter_recipe, read_recipe
-from pricer.read.saved_read import saved_read_out, saved_retriever
 from pricer.read.tfidf import BlendError, TfidfPrice
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
+from pricer.read.adapter_files import TrainItems, describe
 from pricer.read.blend import Blend, blend_summary, choose_blend
-from pricer.read.saved_read import TrainItems, describe
 from pricer.read.tfidf import TfidfPrice
 from pricer.train import stopping
 

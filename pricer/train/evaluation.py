@@ -1,5 +1,5 @@
 """PriceModel's validation, test and predict steps: prices read through the same Reader as the
-Space (pricer/read/reader.py), the 4-bit layers swapped for their dense weights while a CPU
+Space (pricer/read/quote.py), the 4-bit layers swapped for their dense weights while a CPU
 reading pass runs, and a stop request honoured at each batch."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from pricer.base.load import load_tokenizer
 from pricer.base.precision import resolve_dtype
 from pricer.read.dense import can_read_dense, dense_weights
-from pricer.read.reader import Reader, reads_alone
-from pricer.read.reading import Point, PriceReader
+from pricer.read.distribution import Point, PriceReader
+from pricer.read.quote import Reader, reads_alone
 from pricer.read.recipe import max_digits
 
 
@@ -41,7 +41,7 @@ class ReadingSteps:
         return self._reader
 
     def reading(self) -> Reader:
-        """How this module's prices are read (pricer/read/reader.py, as the Space reads them):
+        """How this module's prices are read (pricer/read/quote.py, as the Space reads them):
         its read-out options, the blend fit chose and the trainer's precision."""
         read, dtype = self.group("read"), self.group("quantization").compute_dtype
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"

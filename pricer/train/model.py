@@ -18,11 +18,11 @@ from pricer.base.options import LoraOptions, QuantizationOptions
 from pricer.base.quantization import add_lora
 from pricer.files import replace_folder
 from pricer.hub_calls import adapter_folder
+from pricer.read.adapter_files import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.blend import Blend
+from pricer.read.distribution import PriceReader
 from pricer.read.options import BlendOptions, ReadOptions
-from pricer.read.reading import PriceReader
 from pricer.read.recipe import PROMPT_OPTIONS, Recipe, base_differences, read_recipe, stamp_recipe
-from pricer.read.saved_read import ReadOut, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TfidfPrice
 from pricer.train import stopping
 from pricer.train.distance import PriceDistance

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pricer.read.blend import Blend
-from pricer.read.reading import Point, PriceDistribution, PriceReader
+from pricer.read.distribution import Point, PriceDistribution, PriceReader
 
 # Lightning's mixed precisions and the autocast dtype each reads under; the others read in the
 # weights' own dtype

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pricer.data.prompt import make_completion
-from pricer.read.reading import PriceRangeError, PriceReader
+from pricer.read.distribution import PriceRangeError, PriceReader
 
 NEG = -1e9
 

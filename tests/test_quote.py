@@ -1,4 +1,4 @@
-"""One read for every price (pricer/read/reader.py): the module that trained an adapter and the
+"""One read for every price (pricer/read/quote.py): the module that trained an adapter and the
 Space that serves it price a prompt through the same Reader, blend included."""
 
 import numpy as np
@@ -7,8 +7,8 @@ import torch
 
 from pricer.data.prompt import text_from_prompt
 from pricer.read.blend import Blend
-from pricer.read.reader import Reader
-from pricer.read.reading import PriceDistribution
+from pricer.read.distribution import PriceDistribution
+from pricer.read.quote import Reader
 from pricer.read.tfidf import TfidfPrice
 from tests.conftest import PROMPTS, batch, trained_like
 
@@ -93,7 +93,7 @@ def test_in_16_bits_each_prompt_is_read_alone_as_the_space_reads_it(tiny_llama, 
     """Under bf16-mixed fit's test reads a left-padded batch through the same Reader as the
     Space, which reads each prompt alone: every distribution is the Space's exactly, so every
     price agrees to the cent. In fp32 the batch is kept (its rounding moves no cent)."""
-    from pricer.read.reader import reads_alone
+    from pricer.read.quote import reads_alone
     from pricer.read.serving import Pricer
 
     assert reads_alone("bf16-mixed", torch.float32) and reads_alone("16-mixed", torch.float32)
@@ -145,7 +145,7 @@ def test_reads_run_the_lm_head_in_its_own_dtype_outside_autocast(tiny_llama):
     """Under bf16-mixed, as in training, the head computes in its fp32 weights: no 16-bit copy of
     Llama 3's 128k-token head each read, and logits in fp32 as the loss's."""
     from pricer.base.head import head_in_its_dtype
-    from pricer.read.reader import Reader
+    from pricer.read.quote import Reader
     from tests.conftest import batch, trained_like
 
     module = trained_like(tiny_llama)

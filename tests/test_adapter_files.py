@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from pricer.read.adapter_files import TRAIN_ITEMS, TrainItems, saved_hashes, saved_read_out
 from pricer.read.metrics import coverage_below_nominal
 from pricer.read.recipe import RECIPE_FILE, Recipe
-from pricer.read.saved_read import TRAIN_ITEMS, TrainItems, saved_hashes, saved_read_out
 from pricer.read.tfidf import TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice
 from tests.conftest import corpus
 
