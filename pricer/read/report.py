@@ -101,6 +101,13 @@ def scatter(truth: np.ndarray, predicted: np.ndarray, metrics: dict, path: Path)
     return shown
 
 
+def run_folder(trainer) -> Path:
+    """The run folder a report is written in, made when it is not there yet."""
+    folder = Path(trainer.default_root_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def write_validation(rows: list[dict], folder: Path) -> Path:
     """The LLM's reads of the validation split, an item a row: what validation chose with, kept
     so that two runs can be compared item by item (benchmarks/compare_predictions.py)."""
@@ -130,32 +137,28 @@ class PriceReport(Callback):
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.predicted:
-            folder = Path(trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = run_folder(trainer)
             write_predictions(self.predicted, folder / "predict.csv", PREDICT_COLUMNS, cents=True)
             print(f"predictions for {len(self.predicted)} products: {folder / 'predict.csv'}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = getattr(pl_module, "validation_rows", None)
         if trainer.state.fn == "validate" and trainer.is_global_zero and rows:
-            folder = Path(trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            print(f"validation: {len(rows)} items read, each in {write_validation(rows, folder)}")
+            print(
+                f"validation: {len(rows)} items read, each in {write_validation(rows, run_folder(trainer))}"
+            )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # what validation chose with, whether or not fit goes on to read the test split
         rows = getattr(pl_module, "validation_rows", None)
         if trainer.is_global_zero and rows:
-            folder = Path(trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            write_validation(rows, folder)
+            write_validation(rows, run_folder(trainer))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = pl_module.test_rows
         if not trainer.is_global_zero or not rows:
             return
-        folder = Path(trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = run_folder(trainer)
         truth = np.array([r["price"] for r in rows])
         predicted = np.array([r["predicted"] for r in rows])
         metrics = price_metrics(truth, predicted)
