@@ -409,6 +409,9 @@ def test_a_config_round_trips_through_fits_recipe_into_pricer_under_the_same_nam
         recipe.replaced(read_beam=7)
     with pytest.raises(RecipeError, match=r"^Pricer: model.read.point must be one of"):
         Pricer(recipe.replaced(read={"point": "mode"}))
+    import pricer
+
+    assert (pricer.Pricer, pricer.Recipe) == (Pricer, Recipe)  # `from pricer import Pricer, Recipe`
 
 
 @pytest.mark.slow
