@@ -33,7 +33,7 @@ from pricer.read.metrics import gap_text, mae_gap, price_metrics
 from pricer.read.tfidf import partner_prices
 
 TFIDF = "tfidf_linear_log_price"
-NEIGHBORS = "tfidf_neighbors_log_price"
+KNN = "tfidf_knn_log_price"
 BLEND_TARGET = 0.85  # the target: the blend at least 15% below TF-IDF's MAE
 NEIGHBORS_TARGET = 0.75  # the target: the LLM with neighbours at least 25% below TF-IDF's MAE
 WITHOUT = "fine-tuned LLM without neighbours"
@@ -68,15 +68,15 @@ def model_rows(
     weight, scale = blend.get("weight", 1.0), blend.get("interval_scale", 1.0)
     rows = [("fine-tuned LLM alone", llm, coverage(truth, llm_low, llm_high))]
     if weight < 1:
-        mix = mix_text(weight, blend.get("neighbors"))
+        mix = mix_text(weight, blend.get("knn_share"))
         rows.append((f"blend, {mix} (chosen on validation)", frame["predicted"].to_numpy(),
                      coverage(truth, frame["low"], frame["high"])))  # fmt: skip
     else:
         best = blend.get("validation", {}).get("best_mix_weight")
         if best is not None:
-            near = blend["validation"].get("best_mix_neighbors") or 0.0
-            neighbors = frame[NEIGHBORS].to_numpy() if NEIGHBORS in frame else None
-            partner = partner_prices(frame[TFIDF].to_numpy(), neighbors, near)
+            near = blend["validation"].get("best_mix_knn_share") or 0.0
+            knn = frame[KNN].to_numpy() if KNN in frame else None
+            partner = partner_prices(frame[TFIDF].to_numpy(), knn, near)
             point, low, high = Blend(best, scale, near).apply(llm, llm_low, llm_high, partner)
             rows.append((f"blend, {mix_text(best, near)} (not chosen: validation kept the LLM alone)", point,
                          coverage(truth, low, high)))  # fmt: skip

@@ -21,7 +21,7 @@ import numpy as np
 
 from pricer.read.blend import choose_blend, mix_text
 from pricer.read.metrics import gap_text, mae_gap
-from pricer.read.tfidf import NEIGHBORS, TfidfPrice
+from pricer.read.tfidf import KNN_K, TfidfPrice
 
 K_TRIED = (3, 5, 8, 10)
 
@@ -49,14 +49,14 @@ def measure(model: TfidfPrice, texts: list[str], truth: np.ndarray, reads: dict,
         return float(np.abs(np.asarray(prices) - truth).mean())
 
     ridge = model.predict(texts)
-    near = {k: np.expm1(model.neighbors_log_price(texts, k)) for k in K_TRIED}
+    near = {k: np.expm1(model.knn_log_price(texts, k)) for k in K_TRIED}
     llm = (reads["predicted"], reads["low"], reads["high"])
     ridge_only, before = choose_blend(truth, *llm, ridge, nominal, calibrate=False)
-    both, after = choose_blend(truth, *llm, ridge, nominal, calibrate=False, neighbors=near[NEIGHBORS])
+    both, after = choose_blend(truth, *llm, ridge, nominal, calibrate=False, knn=near[KNN_K])
     blended = {}
     for name, (blend, partner) in {
         "ridge": (ridge_only, ridge),
-        "ridge_and_neighbors": (both, model.predict(texts, both.neighbors)),
+        "ridge_and_neighbors": (both, model.predict(texts, both.knn_share)),
     }.items():
         blended[name] = blend.apply(*llm, partner)[0]
     return {
@@ -67,7 +67,7 @@ def measure(model: TfidfPrice, texts: list[str], truth: np.ndarray, reads: dict,
         "blend_ridge": {"weight": ridge_only.weight, "mae": before["blend_mae"]},
         "blend_ridge_and_neighbors": {
             "weight": both.weight,
-            "neighbors": both.neighbors,
+            "knn_share": both.knn_share,
             "mae": after["blend_mae"],
         },
         # the new blend's MAE minus the old's, paired over the validation items
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{path}: LLM ${r['llm']:.2f}, ridge ${r['ridge']:.2f}, neighbours {near}")
         print(f"  blend with the ridge: ${old['mae']:.2f} at {old['weight']:g} LLM")
         print(
-            f"  with ridge and neighbours: ${new['mae']:.2f} at {mix_text(new['weight'], new['neighbors'])}"
+            f"  with ridge and neighbours: ${new['mae']:.2f} at {mix_text(new['weight'], new['knn_share'])}"
         )
         print(f"  new minus old, paired 95% CI: {gap_text(r['gain'])}")
     if args.json:

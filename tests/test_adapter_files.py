@@ -20,7 +20,7 @@ def saved(tmp_path):
     prices = list(np.random.default_rng(1).uniform(1, 900, 60))
     TfidfPrice.fit(texts, prices).save(tmp_path)
     TrainItems(prices, texts).save(tmp_path)
-    recipe = Recipe(base_model="tiny", blend={"weight": 0.6, "interval_scale": 1.5, "neighbors": 0.5})
+    recipe = Recipe(base_model="tiny", blend={"weight": 0.6, "interval_scale": 1.5, "knn_share": 0.5})
     recipe.with_files(saved_hashes(tmp_path)).save(tmp_path)
     return tmp_path, texts, prices
 
@@ -28,7 +28,7 @@ def saved(tmp_path):
 def test_the_saved_read_out_is_the_blend_its_items_and_model_as_fit_saved_them(saved):
     folder, texts, prices = saved
     read_out = saved_read_out(folder)
-    assert (read_out.blend.weight, read_out.blend.interval_scale, read_out.blend.neighbors) == (0.6, 1.5, 0.5)
+    assert (read_out.blend.weight, read_out.blend.interval_scale, read_out.blend.knn_share) == (0.6, 1.5, 0.5)
     assert read_out.train_items == TrainItems(prices, texts)
     unseen = corpus(5, 3)
     refit = TfidfPrice.fit(texts, prices)

@@ -342,9 +342,9 @@ def test_accuracy_table_pairs_every_row_with_tfidf_and_checks_the_targets(tmp_pa
 
     # with the nearest neighbours in the partner, that row mixes them as validation did
     near = truth * np.exp(rng.normal(0, 0.35, n))
-    frame.assign(tfidf_neighbors_log_price=near).to_csv(tmp_path / "tuned" / "predictions.csv", index=False)
-    metrics["baselines"]["tfidf_neighbors_log_price"] = {}
-    metrics["blend"]["validation"] = {"best_mix_weight": 0.5, "best_mix_neighbors": 0.4}
+    frame.assign(tfidf_knn_log_price=near).to_csv(tmp_path / "tuned" / "predictions.csv", index=False)
+    metrics["baselines"]["tfidf_knn_log_price"] = {}
+    metrics["blend"]["validation"] = {"best_mix_weight": 0.5, "best_mix_knn_share": 0.4}
     (tmp_path / "tuned" / "metrics.json").write_text(json.dumps(metrics))
     text = main([str(tmp_path / "tuned")])
     point = Blend(0.5, 1.0, 0.4).apply(llm, llm * 0.8, llm * 1.3, partner_prices(tfidf, near, 0.4))[0]

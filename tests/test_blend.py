@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pricer.read.blend import Blend, blend_summary, choose_blend
-from pricer.read.tfidf import NEIGHBORS, TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
+from pricer.read.tfidf import KNN_K, TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice, partner_prices
 from tests.conftest import corpus
 
 
@@ -60,24 +60,24 @@ def test_the_neighbours_are_the_k_nearest_by_cosine_weighted_by_inverse_distance
     expected = []
     for query in queries:
         distance = 1 - rows @ query / (np.linalg.norm(rows, axis=1) * np.linalg.norm(query))
-        nearest = np.argsort(distance, kind="stable")[:NEIGHBORS]
+        nearest = np.argsort(distance, kind="stable")[:KNN_K]
         weights = 1 / distance[nearest]
         expected.append((weights * np.log1p(prices)[nearest]).sum() / weights.sum())
-    assert np.allclose(model.neighbors_log_price(unseen), expected, rtol=1e-9, atol=1e-12)
-    row = baseline_predictions(prices, texts, unseen)["tfidf_neighbors_log_price"]
+    assert np.allclose(model.knn_log_price(unseen), expected, rtol=1e-9, atol=1e-12)
+    row = baseline_predictions(prices, texts, unseen)["tfidf_knn_log_price"]
     assert np.allclose(row, np.expm1(expected), rtol=1e-9)
 
 
 def test_a_train_item_is_its_own_nearest_and_an_unknown_text_gets_the_train_mean(fitted):
     model, texts, prices = fitted
-    assert model.predict_neighbors([texts[7]])[0] == pytest.approx(prices[7])
-    assert model.neighbors_log_price(["zzz qqq"])[0] == pytest.approx(np.log1p(prices).mean())
+    assert model.predict_knn([texts[7]])[0] == pytest.approx(prices[7])
+    assert model.knn_log_price(["zzz qqq"])[0] == pytest.approx(np.log1p(prices).mean())
 
 
 def test_the_partner_mixes_ridge_and_neighbours_in_log_price(fitted):
     model, _, _ = fitted
     unseen = corpus(20, 5)
-    ridge, near = model.predict(unseen), model.predict_neighbors(unseen)
+    ridge, near = model.predict(unseen), model.predict_knn(unseen)
     assert np.array_equal(model.predict(unseen, 0.0), ridge)
     assert np.array_equal(model.predict(unseen, 1.0), near)
     mixed = model.predict(unseen, 0.3)
@@ -89,7 +89,7 @@ def test_the_saved_neighbours_read_back_to_the_same_prices(fitted, tmp_path):
     model, _, _ = fitted
     model.save(tmp_path)
     header = json.loads((tmp_path / TFIDF_JSON).read_text(encoding="utf-8"))
-    assert (header["version"], header["neighbors"]) == (2, NEIGHBORS)
+    assert (header["version"], header["knn_k"]) == (3, KNN_K)
     unseen = corpus(40, 6, " café")
     loaded = TfidfPrice.load(tmp_path)
     assert np.array_equal(loaded.predict(unseen, 0.45), model.predict(unseen, 0.45))
@@ -109,13 +109,13 @@ def _edit_arrays(folder, **arrays):
         (lambda d: (d / TFIDF_JSON).write_text("{not json"), "the TF-IDF model cannot be read"),
         (
             lambda d: (d / TFIDF_JSON).write_text('{"format": "other"}'),
-            "not a version 2 pricer TF-IDF model",
+            "not a version 3 pricer TF-IDF model",
         ),
-        (lambda d: _edit(d, version=1), "not a version 2 pricer TF-IDF model"),
+        (lambda d: _edit(d, version=2), "not a version 3 pricer TF-IDF model"),
         (lambda d: _edit(d, vocabulary=["a", "a"]), "vocabulary must be a list of distinct terms"),
         (lambda d: _edit(d, vocabulary=["a", "b"]), "must both have the vocabulary's 2 entries"),
         (lambda d: _edit(d, vectorizer={"ngram_range": [1, 2]}), "vectorizer settings must be"),
-        (lambda d: _edit(d, neighbors=3), "neighbors must be 5"),
+        (lambda d: _edit(d, knn_k=3), "knn_k must be 5"),
         (lambda d: _edit_arrays(d, rows_indices=np.full(5, 10**6)), "the train rows do not fit together"),
         (lambda d: _edit_arrays(d, rows_log_price=np.zeros(3)), "the train rows do not fit together"),
     ],
@@ -182,23 +182,21 @@ def test_validation_keeps_the_llm_alone_when_tfidf_only_adds_noise():
 def test_validation_gives_the_neighbours_their_share_when_their_errors_are_their_own():
     truth = np.random.default_rng(0).uniform(5, 500, 600)
     llm, tfidf, near = noisy(truth, 0.5, 1), noisy(truth, 0.5, 2), noisy(truth, 0.5, 3)
-    blend, report = choose_blend(
-        truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False, neighbors=near
-    )
-    assert 0.2 < blend.neighbors < 0.8 and 0.1 < blend.weight < 0.7
+    blend, report = choose_blend(truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False, knn=near)
+    assert 0.2 < blend.knn_share < 0.8 and 0.1 < blend.weight < 0.7
     without, _ = choose_blend(truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False)
     ridge_only = np.abs(without.apply(llm, llm, llm, tfidf)[0] - truth).mean()
     assert report["blend_mae"] < 0.95 * ridge_only
-    point = blend.apply(llm, llm, llm, partner_prices(tfidf, near, blend.neighbors))[0]
+    point = blend.apply(llm, llm, llm, partner_prices(tfidf, near, blend.knn_share))[0]
     assert np.abs(point - truth).mean() == pytest.approx(report["blend_mae"])
     assert "the partner" in blend_summary(report, 0.8) and "for the nearest neighbours" in blend_summary(
         report, 0.8
     )
     # neighbours that only add noise get no share: ties go to the ridge
     useless, report = choose_blend(
-        truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False, neighbors=noisy(truth, 3.0, 4)
+        truth, llm, llm * 0.8, llm * 1.25, tfidf, 0.8, calibrate=False, knn=noisy(truth, 3.0, 4)
     )
-    assert useless.neighbors == 0.0 and useless.weight == without.weight
+    assert useless.knn_share == 0.0 and useless.weight == without.weight
 
 
 def test_an_interval_that_holds_too_few_prices_is_widened_on_validation():

@@ -78,7 +78,7 @@ def test_fit_ends_with_a_test_report_that_test_alone_reproduces(fit_args, tmp_pa
         "train_mean",
         "train_median",
         "tfidf_linear_log_price",
-        "tfidf_neighbors_log_price",
+        "tfidf_knn_log_price",
         "random_forest_bow_log_price",
     }
     rows = list(csv.DictReader((run / "predictions.csv").open()))

@@ -242,7 +242,7 @@ def test_the_model_card_says_what_the_price_blends(neighbors, said):
         "blend": {
             "weight": 0.6,
             "interval_scale": 1.0,
-            "neighbors": neighbors,
+            "knn_share": neighbors,
             "llm_alone": {"mae": 39.9, "interval_coverage": 0.7},
         },
     }

@@ -24,7 +24,7 @@ TRAIN = [
 
 def blended(tiny_llama):
     model = trained_like(tiny_llama)
-    model.blend = Blend(weight=0.6, interval_scale=1.4, neighbors=0.5)
+    model.blend = Blend(weight=0.6, interval_scale=1.4, knn_share=0.5)
     model.tfidf = TfidfPrice.fit([t for t, _ in TRAIN], np.array([p for _, p in TRAIN]))
     return model
 
@@ -61,7 +61,7 @@ def test_a_read_blends_the_llms_point_and_moves_its_distribution_with_it(tiny_ll
     texts = [text_from_prompt(p) for p in PROMPTS]
     reader = Reader(model.reader, "median", 0.8, model.blend, model.tfidf)
     reads = reader.price(model.model, ids, mask, texts)
-    partner = model.tfidf.predict(texts, model.blend.neighbors)
+    partner = model.tfidf.predict(texts, model.blend.knn_share)
     for read, alone in zip(reads, partner, strict=True):
         assert read.partner == pytest.approx(float(alone))
         expected = np.expm1(0.6 * np.log1p(read.llm_price) + 0.4 * np.log1p(alone))

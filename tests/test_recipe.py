@@ -107,12 +107,12 @@ def test_a_blend_with_the_nearest_neighbours_prices_tests_llm_read_with_the_save
 
     adapter = tmp_path / "adapter"
     shutil.copytree(fp4_run / "adapter", adapter)
-    edit_recipe(adapter, lambda data: data["blend"].update(neighbors=0.5))
+    edit_recipe(adapter, lambda data: data["blend"].update(knn_share=0.5))
     recipe = read_recipe(adapter)
     pricer = Pricer.from_adapter(str(adapter))
     assert (
         pricer.blend == Blend(recipe.blend["weight"], recipe.blend["interval_scale"], 0.5)
-        and pricer.blend.uses_neighbors
+        and pricer.blend.uses_knn
     )
     partner = TfidfPrice.load(adapter)
     rows = list(csv.DictReader((fp4_run / "predictions.csv").open()))
@@ -329,7 +329,7 @@ def changed(path: str, value):
         (changed("data.extra", 1), r"data: unknown fields \['extra'\]"),
         (changed("blend.weight", 1.5), r"blend.weight must be a number in \[0, 1\], got 1.5"),
         (changed("blend.interval_scale", 0), "blend.interval_scale must be a positive number, got 0"),
-        (changed("blend.neighbors", -0.1), r"blend.neighbors must be a number in \[0, 1\], got -0.1"),
+        (changed("blend.knn_share", -0.1), r"blend.knn_share must be a number in \[0, 1\], got -0.1"),
         (changed("trainer.precision", "bf16"), r"trainer.precision must be one of \('32-true', 'bf16-mixed'"),
     ],
 )
@@ -399,7 +399,7 @@ def test_a_config_round_trips_through_fits_recipe_into_pricer_under_the_same_nam
     }
     assert written["data"]["rules"] == CurationRules(**written["data"]["rules"]).as_dict()
     assert written["data"]["rules"]["max_tokens"] == 170
-    assert written["blend"] == {"weight": 0.7, "interval_scale": 1.2, "neighbors": 0.5}
+    assert written["blend"] == {"weight": 0.7, "interval_scale": 1.2, "knn_share": 0.5}
     assert written["trainer"] == {"precision": "bf16-mixed"}
     # Pricer takes the recipe as it is, and a setting given to it by the same name
     assert Recipe.from_json(written) == recipe

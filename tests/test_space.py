@@ -316,7 +316,7 @@ def test_a_local_run_brings_its_metrics_and_categories_and_the_adapter_its_recip
         ({"read": {"interval_coverage": 80}}, "model.read.interval_coverage must be between 0 and 1, got 80"),
         ({"blend": {"weight": "0.6"}}, r"blend.weight must be a number in \[0, 1\], got '0.6'"),
         ({"blend": {"interval_scale": 0}}, "blend.interval_scale must be a positive number, got 0"),
-        ({"blend": {"neighbors": 2}}, r"blend.neighbors must be a number in \[0, 1\], got 2"),
+        ({"blend": {"knn_share": 2}}, r"blend.knn_share must be a number in \[0, 1\], got 2"),
     ],
 )
 def test_a_bad_read_out_setting_is_named_before_anything_loads(setting, message):

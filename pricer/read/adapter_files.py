@@ -104,7 +104,7 @@ def describe(blend: Blend, where: str) -> str:
     """The read-out in words, as reports and the console say it."""
     scale = f", interval scale {blend.interval_scale:g}" if blend.interval_scale != 1 else ""
     if blend.uses_tfidf:
-        return f"the blend {where} ({mix_text(blend.weight, blend.neighbors)} in log price{scale})"
+        return f"the blend {where} ({mix_text(blend.weight, blend.knn_share)} in log price{scale})"
     return f"the LLM alone, as {where}{scale}"
 
 
@@ -123,7 +123,7 @@ def saved_read_out(folder: Path, with_items: bool = True, load: bool = True) -> 
     if blend.uses_tfidf and missing:
         raise BlendError(
             f"{folder} has no {' or '.join(missing)}, the TF-IDF model of the blend its run chose "
-            f"({mix_text(blend.weight, blend.neighbors)}): copy it with the adapter's other files"
+            f"({mix_text(blend.weight, blend.knn_share)}): copy it with the adapter's other files"
         )
     # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
     partner = None if missing or not load else TfidfPrice.load(folder)

@@ -14,7 +14,7 @@ BASELINE_NAMES = {
     "train_mean": "training mean",
     "train_median": "training median",
     "tfidf_linear_log_price": "TF-IDF linear model",
-    "tfidf_neighbors_log_price": "5 nearest neighbours on TF-IDF",
+    "tfidf_knn_log_price": "5 nearest neighbours on TF-IDF",
     "random_forest_bow_log_price": "random forest on bag-of-words",
     "prompt_neighbors_median": "the prompt's neighbours: their median price",
 }
@@ -44,6 +44,6 @@ def baseline_predictions(train_prices, train_texts, test_texts, tfidf=None) -> d
         "train_mean": np.full(n, prices.mean()),
         "train_median": np.full(n, float(np.median(prices))),
         "tfidf_linear_log_price": tfidf.predict(list(test_texts)),
-        "tfidf_neighbors_log_price": tfidf.predict_neighbors(list(test_texts)),
+        "tfidf_knn_log_price": tfidf.predict_knn(list(test_texts)),
         "random_forest_bow_log_price": np.clip(forested, 0.0, None),
     }

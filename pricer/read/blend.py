@@ -28,21 +28,21 @@ class Blend:
 
     weight: the LLM's share of the point in log price (1: the LLM alone).
     interval_scale: the interval's distances from the point in log price, times this.
-    neighbors: the nearest neighbours' share of the partner in log price, the rest the TF-IDF
-        ridge's (0: the ridge alone, the blend before there were neighbours).
+    knn_share: the nearest training items' share of the partner in log price, the rest the
+        TF-IDF ridge's (0: the ridge alone).
     """
 
     weight: float = 1.0
     interval_scale: float = 1.0
-    neighbors: float = 0.0
+    knn_share: float = 0.0
 
     @property
     def uses_tfidf(self) -> bool:
         return self.weight < 1.0
 
     @property
-    def uses_neighbors(self) -> bool:
-        return self.uses_tfidf and self.neighbors > 0
+    def uses_knn(self) -> bool:
+        return self.uses_tfidf and self.knn_share > 0
 
     @property
     def changes_anything(self) -> bool:
@@ -50,7 +50,7 @@ class Blend:
 
     def apply(self, point, low, high, tfidf=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(point, low, high) blended; arrays, or one item's floats. `tfidf`, the partner's
-        prices (`TfidfPrice.predict(texts, blend.neighbors)`), is needed only when the weight
+        prices (`TfidfPrice.predict(texts, blend.knn_share)`), is needed only when the weight
         is under 1."""
         point, low, high = (np.asarray(v, dtype=np.float64) for v in (point, low, high))
         if not self.changes_anything:
@@ -90,20 +90,20 @@ def choose_blend(
     nominal: float,
     blend: bool = True,
     calibrate: bool = True,
-    neighbors=None,
+    knn=None,
 ) -> tuple[Blend, dict]:
-    """The blend with the lowest validation MAE: the LLM's weight and, when `neighbors` (their
-    prices) are given, the neighbours' share of the partner (ties go to the LLM, then to the
+    """The blend with the lowest validation MAE: the LLM's weight and, when `knn` (the nearest
+    training items' prices) are given, their share of the partner (ties go to the LLM, then to the
     ridge). Then, when the interval's coverage misses `nominal` by more than 5 points, the
     scale whose coverage is nearest to it (ties: the narrowest). Returns the blend and what
     validation measured."""
     truth = np.asarray(truth, dtype=np.float64)
     tfidf = None if tfidf is None else np.asarray(tfidf, dtype=np.float64)
-    neighbors = None if neighbors is None or tfidf is None else np.asarray(neighbors, dtype=np.float64)
+    knn = None if knn is None or tfidf is None else np.asarray(knn, dtype=np.float64)
     blend = blend and tfidf is not None
     maes: dict[tuple[float, float], float] = {}
-    for share in SHARES if neighbors is not None else [0.0]:
-        partner = partner_prices(tfidf, neighbors, float(share)) if blend else None
+    for share in SHARES if knn is not None else [0.0]:
+        partner = partner_prices(tfidf, knn, float(share)) if blend else None
         for weight in WEIGHTS if blend else [1.0]:
             if weight == 1.0 and share > 0:
                 continue  # the LLM alone: the partner does not matter
@@ -115,7 +115,7 @@ def choose_blend(
     mixes = {key: order[key] for key in maes if key[0] < 1.0}
     best_mix = min(mixes, key=mixes.get) if mixes else (None, None)
     chosen = Blend(weight, 1.0, share)
-    partner = partner_prices(tfidf, neighbors, share) if chosen.uses_tfidf else None
+    partner = partner_prices(tfidf, knn, share) if chosen.uses_tfidf else None
     _, lo, hi = chosen.apply(point, low, high, partner)
     before = coverage(truth, lo, hi)
     scale = 1.0
@@ -131,12 +131,12 @@ def choose_blend(
         "n": int(len(truth)),
         "llm_mae": maes.get((1.0, 0.0), float(np.abs(np.asarray(point) - truth).mean())),
         "tfidf_mae": None if tfidf is None else float(np.abs(tfidf - truth).mean()),
-        "neighbors_mae": None if neighbors is None else float(np.abs(neighbors - truth).mean()),
+        "knn_mae": None if knn is None else float(np.abs(knn - truth).mean()),
         "blend_mae": maes[(weight, share)],
         "weight": weight,
-        "neighbors": share,
+        "knn_share": share,
         "best_mix_weight": best_mix[0],
-        "best_mix_neighbors": best_mix[1],
+        "best_mix_knn_share": best_mix[1],
         "best_mix_mae": maes.get(best_mix),
         "interval_scale": scale,
         "coverage_before": before,
@@ -145,9 +145,9 @@ def choose_blend(
     return chosen, report
 
 
-def mix_text(weight: float, neighbors: float | None) -> str:
+def mix_text(weight: float, knn_share: float | None) -> str:
     """A blend's weights in words: "0.6 LLM", or "0.6 LLM, the partner 0.4 neighbours"."""
-    return f"{weight:g} LLM" + (f", the partner {neighbors:g} neighbours" if neighbors else "")
+    return f"{weight:g} LLM" + (f", the partner {knn_share:g} neighbours" if knn_share else "")
 
 
 def blend_summary(report: dict, nominal: float) -> str:
@@ -157,15 +157,15 @@ def blend_summary(report: dict, nominal: float) -> str:
         first = f"fit: validation MAE ${llm:.2f} for the LLM; no TF-IDF blend (model.blend.enabled false or no train split)"
     else:
         chosen = (
-            f"the blend chosen: {mix_text(report['weight'], report.get('neighbors'))} in log price"
+            f"the blend chosen: {mix_text(report['weight'], report.get('knn_share'))} in log price"
             if report["weight"] < 1
             else "the LLM alone chosen"
         )
-        near = report.get("neighbors_mae")
+        near = report.get("knn_mae")
         first = (
             f"fit: validation MAE ${llm:.2f} for the LLM, ${report['tfidf_mae']:.2f} for TF-IDF, "
             + (f"${near:.2f} for the nearest neighbours, " if near is not None else "")
-            + f"${mix:.2f} blended at {mix_text(report['best_mix_weight'], report.get('best_mix_neighbors'))}: "
+            + f"${mix:.2f} blended at {mix_text(report['best_mix_weight'], report.get('best_mix_knn_share'))}: "
             f"{chosen} (n={report['n']})"
         )
     scale = report["interval_scale"]

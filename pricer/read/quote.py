@@ -133,7 +133,7 @@ class Reader:
         ).reshape(-1, 3)
         partner = None
         if self.blend.uses_tfidf:
-            partner = np.asarray(self.partner.predict(list(texts), self.blend.neighbors), dtype=np.float64)
+            partner = np.asarray(self.partner.predict(list(texts), self.blend.knn_share), dtype=np.float64)
         point, low, high = self.blend.apply(*llm.T, partner)
         return [
             Quote(

@@ -287,7 +287,7 @@ class Recipe:
             "model.read.min_mass": (r["min_mass"], lambda v: 0 <= v < 1, "in [0, 1)"),
             "data.neighbor_min_similarity": (self.neighbor_min_similarity, lambda v: 0 <= v < 1, "in [0, 1)"),
             "blend.weight": (b["weight"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-            "blend.neighbors": (b["neighbors"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "blend.knn_share": (b["knn_share"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
             "blend.interval_scale": (b["interval_scale"], lambda v: v > 0, "a positive number"),
         }
         for place, (value, inside, expected) in ranges.items():

@@ -181,7 +181,7 @@ class PriceReport(Callback):
             "interval": pl_module.hparams.read["interval_coverage"],
             "blend_weight": blend.weight,
             "interval_scale": blend.interval_scale,
-            "blend_neighbors": blend.neighbors,
+            "blend_knn_share": blend.knn_share,
         }
         # what the interval means: the share of true prices inside it, beside what it claims
         low, high = np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows])

@@ -23,12 +23,12 @@ from pricer.data.features import VECTORIZER, tfidf_vectorizer
 TFIDF_JSON = "tfidf.json"
 TFIDF_WEIGHTS = "tfidf.safetensors"
 FORMAT = "pricer-tfidf"
-VERSION = 2  # the ridge, and the train items' features and log prices for the nearest neighbours
+VERSION = 3  # the ridge, and the train items' features and log prices for the nearest neighbours
 RIDGE_ALPHA = 1.0
 # The nearest neighbours: how many, weighted by 1 / cosine distance (scikit-learn's "distance").
 # 5 was chosen on the validation split of the learning-rate lever runs (RESULTS.md): alone it
 # beat 3, 8 and 10 there, and mixed with the ridge it was within $0.20 of the best.
-NEIGHBORS = 5
+KNN_K = 5
 NEIGHBOR_ARRAYS = ("rows_data", "rows_indices", "rows_indptr", "rows_log_price")
 
 
@@ -69,7 +69,7 @@ class TfidfPrice:
         """log1p of the predicted price, as the ridge predicts it."""
         return np.asarray(self.vectorizer.transform(list(texts)) @ self.coef + self.intercept).ravel()
 
-    def neighbors_log_price(self, texts: list[str], k: int = NEIGHBORS) -> np.ndarray:
+    def knn_log_price(self, texts: list[str], k: int = KNN_K) -> np.ndarray:
         """log1p of the price as the nearest train items say it: the mean of the `k` nearest's
         log prices (cosine distance on the TF-IDF rows), weighted by 1 / distance; an
         item at distance 0 alone decides. A text with no known term is equally far from every
@@ -78,35 +78,35 @@ class TfidfPrice:
         k = min(k, self.rows.shape[0])
         # scikit-learn's own: brute force on the sparse rows, cosine distance, weighted by
         # 1 / distance (an item at distance 0 alone decides)
-        found = self._neighbors(k).predict(queries)
+        found = self._knn(k).predict(queries)
         # a text with no known term is equally far from every train item: their mean, where
         # the k that scikit-learn's partition happens to pick would be arbitrary
         found[queries.getnnz(axis=1) == 0] = self.rows_log_price.mean()
         return np.asarray(found, dtype=np.float64)
 
-    def _neighbors(self, k: int):
+    def _knn(self, k: int):
         from sklearn.neighbors import KNeighborsRegressor
 
-        cached = getattr(self, "_fitted_neighbors", None)
+        cached = getattr(self, "_fitted_knn", None)
         if cached is None or cached.n_neighbors != k:
             cached = KNeighborsRegressor(
                 n_neighbors=k, weights="distance", metric="cosine", algorithm="brute"
             )
             cached.fit(self.rows, self.rows_log_price)
-            self._fitted_neighbors = cached
+            self._fitted_knn = cached
         return cached
 
-    def predict(self, texts: list[str], neighbors: float = 0.0) -> np.ndarray:
-        """The partner's prices, the neighbours' share `neighbors` (0, the default: the ridge
-        alone, the TF-IDF baseline row's prices; 1: the neighbours alone, their row's)."""
-        if neighbors == 1:  # the ridge is not needed
-            return np.expm1(self.neighbors_log_price(texts))
+    def predict(self, texts: list[str], knn_share: float = 0.0) -> np.ndarray:
+        """The partner's prices, `knn_share` the nearest training items' (0, the default: the
+        ridge alone, the TF-IDF baseline row's prices; 1: the nearest items alone, their row's)."""
+        if knn_share == 1:  # the ridge is not needed
+            return np.expm1(self.knn_log_price(texts))
         ridge = np.clip(np.expm1(self.log_price(texts)), 0.0, None)
-        if neighbors == 0:
+        if knn_share == 0:
             return ridge
-        return partner_prices(ridge, np.expm1(self.neighbors_log_price(texts)), neighbors)
+        return partner_prices(ridge, np.expm1(self.knn_log_price(texts)), knn_share)
 
-    def predict_neighbors(self, texts: list[str]) -> np.ndarray:
+    def predict_knn(self, texts: list[str]) -> np.ndarray:
         """The nearest-neighbours baseline row's prices."""
         return self.predict(texts, 1.0)
 
@@ -121,7 +121,7 @@ class TfidfPrice:
             "version": VERSION,
             "vectorizer": VECTORIZER,
             "vocabulary": terms,
-            "neighbors": NEIGHBORS,
+            "knn_k": KNN_K,
         }
         (Path(folder) / TFIDF_JSON).write_text(
             json.dumps(header, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -170,8 +170,8 @@ class TfidfPrice:
                 f"{weights}: idf {arrays['idf'].shape} and coef {arrays['coef'].shape} must both have "
                 f"the vocabulary's {len(terms)} entries, intercept one"
             )
-        if header.get("neighbors") != NEIGHBORS:
-            raise BlendError(f"{path}: neighbors must be {NEIGHBORS}, the count this pricer reads with")
+        if header.get("knn_k") != KNN_K:
+            raise BlendError(f"{path}: knn_k must be {KNN_K}, the count this pricer reads with")
         settings = header.get("vectorizer")
         if not isinstance(settings, dict) or set(settings) != set(VECTORIZER):
             raise BlendError(f"{path}: vectorizer settings must be {sorted(VECTORIZER)}")
@@ -205,16 +205,17 @@ def _rows(arrays: dict, terms: int, where: Path):
     return csr_matrix((data, indices, indptr), shape=(n, terms))
 
 
-def partner_prices(tfidf, neighbors, share: float) -> np.ndarray:
-    """The blend's partner from the ridge's prices and the neighbours': their weighted mean in
-    log price, `share` the neighbours' (0: the ridge's prices as they are, 1: the neighbours')."""
+def partner_prices(tfidf, knn, share: float) -> np.ndarray:
+    """The blend's partner from the ridge's prices and the nearest training items': their
+    weighted mean in log price, `share` the nearest items' (0: the ridge's prices as they are,
+    1: the nearest items')."""
     if share == 0:
         return np.asarray(tfidf, dtype=np.float64)
-    if neighbors is None:
+    if knn is None:
         raise BlendError("the blend needs the nearest neighbours' prices")
     if share == 1:
-        return np.asarray(neighbors, dtype=np.float64)
+        return np.asarray(knn, dtype=np.float64)
     mixed = (1 - share) * np.log1p(np.asarray(tfidf, np.float64)) + share * np.log1p(
-        np.asarray(neighbors, np.float64)
+        np.asarray(knn, np.float64)
     )
     return np.expm1(mixed)

@@ -131,9 +131,9 @@ class ChooseBlend(EndOfFit):
             pl_module.tfidf = TfidfPrice.fit(train[1], train[0])
         texts = [r["text"] for r in rows]
         tfidf = pl_module.tfidf.predict(texts) if pl_module.tfidf is not None else None
-        neighbors = pl_module.tfidf.predict_neighbors(texts) if pl_module.tfidf is not None else None
+        knn = pl_module.tfidf.predict_knn(texts) if pl_module.tfidf is not None else None
         pl_module.blend, report = choose_blend(
-            truth, point, low, high, tfidf, coverage, blend.enabled, blend.calibrate_interval, neighbors
+            truth, point, low, high, tfidf, coverage, blend.enabled, blend.calibrate_interval, knn
         )
         pl_module.blend_report = {"validation": report, **pl_module.blend.as_dict()}
         pl_module.served = describe(pl_module.blend, "fit chose on validation")
