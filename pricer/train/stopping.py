@@ -67,7 +67,7 @@ def stop_here(trainer=None) -> None:
 class StopAtNextBatch(Callback):
     """Every loop of every command stops at its next batch once a SIGTERM came. Lightning's
     training loop stops only for a signal its own handler saw, which it installs when training
-    starts (a SIGTERM while the model loaded trained the whole run); its predict loop never stops,
+    starts (a SIGTERM while the model loads would train the whole run); its predict loop never stops,
     and its evaluation loops read their last batch whatever comes."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
