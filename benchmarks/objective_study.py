@@ -1,47 +1,53 @@
 """The objective study: which training objective `configs/sample.yaml` should default to, chosen
 on validation with two seeds on a fresh split, its test split untouched until the end.
 
-    python benchmarks/objective_study.py plan                # the runs, as commands
-    python benchmarks/objective_study.py decide runs/study   # the decision, from their validation.csv
+    python benchmarks/objective_study.py plan                     # the runs, as commands
+    python benchmarks/objective_study.py keep runs/study/<run>    # its validation prices, kept
+    python benchmarks/objective_study.py decide runs/study        # the decision
 
 The rule, fixed before any run it decides:
 
-1. Every run is `configs/sample.yaml` (five neighbours in the prompt, the base and optimizer as
-   committed) for one epoch on the sample, with the split seed `SPLIT_SEED` (not the 42 every
-   earlier run used, so no choice here has seen its validation or test items) and `--skip_test
-   true`: no selection run reads the test split. Runs differ only in `--seed_everything` and the
-   arm's options.
-2. An arm is compared with the baseline (today's recipe, cross-entropy alone) on the LLM's own
-   validation prices (each run's `validation.csv`, the weights fit kept), item by item: the
-   gaps of both seeds pooled (each item once a seed), their mean and a paired bootstrap 95%
-   interval (`pricer.read.metrics.mae_gap`).
-3. Each family's candidate is chosen first on seed 1 alone (the lowest validation MAE): the
-   distance weight among `WEIGHTS`, the neighbours' form between `summary` (their prices as
-   numbers instead of their lines) and `both` (the numbers beside the lines). Only the
-   candidate runs on seed 2.
-4. A candidate is adopted only if its pooled gap's whole interval is below zero and it is below
+1. Every run is `configs/sample.yaml` (the base and optimizer as committed) on the sample with
+   the split seed `SPLIT_SEED` (not the 42 every earlier run used, so no choice here has seen its
+   validation or test items), no neighbours in the prompt, and `--skip_test true`: no selection
+   run reads the test split. A run is `STEPS` steps, half an epoch, and validates once, at its
+   end, so that it fits a working period on this 2-core CPU (the run folder does not outlive
+   one). Runs differ only in `--seed_everything` and the arm's options.
+2. Each run's validation prices are kept in `benchmarks/objective_study/<run>.json` (the LLM's
+   predicted prices, in the split's order, with a hash of the items' titles; no item data), so
+   runs of different working periods are compared; the prices themselves come from any run's
+   `validation.csv` of the same items.
+3. An arm is compared with the baseline (today's recipe, cross-entropy alone) on the LLM's own
+   validation prices, item by item: the gaps of both seeds pooled (each item once a seed), their
+   mean and a paired bootstrap 95% interval (`pricer.read.metrics.mae_gap`).
+4. The distance-aware loss runs at one weight, `WEIGHT`, fixed beforehand: Number Token Loss's
+   0.3 on a digit distance of 0-9 (arXiv 2411.02083) is 2.7 on pricer's 0-1 scale.
+5. A candidate is adopted only if its pooled gap's whole interval is below zero and it is below
    the baseline on each seed by itself. Otherwise it stays an option, off by default, reported
-   with its gap and its cost a step. Both families adopted: their combination is one more pair
-   of runs, adopted by the same rule against the better of the two.
-5. A price head on the last hidden state, fitted after the LoRA on frozen features
+   with its gap and its cost a step.
+6. A price head on the last hidden state, fitted after the LoRA on frozen features
    (`benchmarks/hidden_head.py`), needs no run of its own: it is measured on each seed's
    baseline adapter, and adopted by the same rule, its gap the cross-fitted mix against the LLM
    alone (the weight chosen on one half of validation, scored on the other). Adopted, it is
    built into fit and every read before the test split is read.
-6. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
-   the baseline, if none is) and the baseline, each seed, and by the course's recipe
-   (`benchmarks/course_recipe.py`, one run a seed on the same split without neighbours, the
-   course's prompt): the ledger records every read.
+7. The neighbours' form (their prices as numbers instead of, or beside, their lines) needs
+   neighbours in the prompt, which doubles a step: it is a study of its own, against a baseline
+   with neighbours, after this one.
+8. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
+   the baseline, if none is) and the baseline, each seed, trained again from the same seed where
+   the run folder is gone, and by the course's recipe (`benchmarks/course_recipe.py`, one run a
+   seed on the same split, the course's prompt): the ledger records every read.
 
-Budget: about 2.6 hours a run on this 2-core CPU (11.6 s a step, 704 steps, two validations);
-nine runs and two course runs, about 27 hours, run in working periods that resume from
-`last.ckpt`.
+Budget: about 40 minutes a run on this 2-core CPU (about 5.5 s a step without neighbours, 352
+steps, one validation of 600 items); four runs, the heads in minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -55,19 +61,17 @@ from pricer.read.metrics import mae_gap  # noqa: E402
 
 SPLIT_SEED = 2026
 SEEDS = (1, 2)
-# Number Token Loss's weight of 0.3 on a digit distance of 0-9 is 2.7 on pricer's 0-1 scale:
-# one weight below it and one above.
-WEIGHTS = (1.0, 4.0)
+STEPS = 352
+WEIGHT = 2.7
+KEPT = REPO / "benchmarks" / "objective_study"
 COMMON = (
     "python -m pricer fit --config configs/sample.yaml --model.base_model $GGUF --data.source $SAMPLE "
-    f"--data.seed {SPLIT_SEED} --trainer.max_epochs 1 --skip_test true --trainer.default_root_dir runs/study"
+    f"--data.seed {SPLIT_SEED} --data.neighbors 0 --trainer.max_steps {STEPS} "
+    f"--trainer.val_check_interval {STEPS} --skip_test true --trainer.default_root_dir runs/study"
 )
 
 
-FAMILIES = {
-    "distance": {f"distance-{w:g}": f"--model.price_distance {w:g}" for w in WEIGHTS},
-    "neighbor_format": {f"format-{f}": f"--data.neighbor_format {f}" for f in ("summary", "both")},
-}
+FAMILIES = {"distance": {f"distance-{WEIGHT:g}": f"--model.price_distance {WEIGHT:g}"}}
 
 
 def arms() -> dict[str, str]:
@@ -79,76 +83,109 @@ def arms() -> dict[str, str]:
 
 
 def plan() -> list[str]:
-    lines = [
-        f"{COMMON} --seed_everything 1 --run_name {name}-s1 {options}".strip()
+    return [
+        f"{COMMON} --seed_everything {seed} --run_name {name}-s{seed} {options}".strip()
+        for seed in SEEDS
         for name, options in arms().items()
     ]
-    lines.append(f"{COMMON} --seed_everything 2 --run_name baseline-s2")
-    for family in FAMILIES:
-        lines.append(f"{COMMON} --seed_everything 2 --run_name <the chosen {family} arm>-s2 <its options>")
-    return lines
 
 
-def validation(run: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    with (run / "validation.csv").open(newline="") as handle:
+def read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str], dict[str, np.ndarray]]:
+    with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    truth = np.array([float(r["price"]) for r in rows])
-    return truth, np.array([float(r["predicted"]) for r in rows]), [r["title"] for r in rows]
+    return [r["title"] for r in rows], {k: np.array([float(r[k]) for r in rows]) for k in columns}
+
+
+def items_hash(titles: list[str]) -> str:
+    """Which validation items, in which order: a hash of their titles."""
+    return hashlib.sha256("\n".join(titles).encode()).hexdigest()[:16]
+
+
+def keep(run: Path, kept: Path = KEPT) -> Path:
+    """Rule 2: a run's validation prices (and its head's, when measured) as a small JSON file that
+    outlives the run folder. The LLM's prices only: the items' prices are not kept."""
+    from benchmarks.hidden_head import ITEMS
+
+    titles, values = read_csv(run / "validation.csv", ("predicted",))
+    record = {"run": run.name, "items": items_hash(titles), "predicted": values["predicted"].tolist()}
+    if (run / ITEMS).is_file():
+        head_titles, head = read_csv(run / ITEMS, ("llm", "mix"))
+        record["head"] = {"items": items_hash(head_titles), **{k: v.tolist() for k, v in head.items()}}
+    kept.mkdir(parents=True, exist_ok=True)
+    path = kept / f"{run.name}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def gather(root: Path, kept: Path = KEPT) -> dict[str, dict]:
+    """Each run's validation prices by name, from its folder under `root` or, where the folder is
+    gone, from its kept file; the items' own prices from any run folder that read them."""
+    from benchmarks.hidden_head import ITEMS
+
+    runs, prices = {}, {}
+    for run in sorted(root.glob("*-s[0-9]")):
+        if (run / "validation.csv").is_file():
+            titles, values = read_csv(run / "validation.csv", ("price", "predicted"))
+            prices[items_hash(titles)] = values["price"]
+            runs[run.name] = {"items": items_hash(titles), "predicted": values["predicted"]}
+            if (run / ITEMS).is_file():
+                head_titles, head = read_csv(run / ITEMS, ("price", "llm", "mix"))
+                prices[items_hash(head_titles)] = head.pop("price")
+                runs[run.name]["head"] = {"items": items_hash(head_titles), **head}
+    for path in sorted(kept.glob("*-s[0-9].json")) if kept.is_dir() else ():
+        record = json.loads(path.read_text())
+        runs.setdefault(record["run"], record)
+    for name, record in runs.items():
+        for part in (record, record.get("head")):
+            if part is not None and part["items"] not in prices:
+                raise SystemExit(
+                    f"{name}: no run folder under {root} read the same validation items "
+                    f"({part['items']}): run one of the study's runs there for their prices"
+                )
+            if part is not None:
+                part["price"] = prices[part["items"]]
+    return runs
 
 
 def mae(truth: np.ndarray, predicted: np.ndarray) -> float:
-    return float(np.abs(predicted - truth).mean())
+    return float(np.abs(np.asarray(predicted) - truth).mean())
 
 
-def decide(root: Path) -> dict:
-    """The decision by the rule above, from the runs found under `root` (`<arm>-s<seed>`)."""
-    found = {
-        run.name: validation(run)
-        for run in sorted(root.glob("*-s[0-9]"))
-        if (run / "validation.csv").exists()
+def decide(root: Path, kept: Path = KEPT) -> dict:
+    """The decision by the rule above, from the runs found under `root` (`<arm>-s<seed>`) or kept."""
+    runs = gather(root, kept)
+    first = {
+        name: mae(runs[f"{name}-s1"]["price"], runs[f"{name}-s1"]["predicted"])
+        for name in arms()
+        if f"{name}-s1" in runs
     }
-    first = {name: mae(*found[f"{name}-s1"][:2]) for name in arms() if f"{name}-s1" in found}
     if "baseline" not in first:
-        raise SystemExit(f"no baseline-s1/validation.csv under {root}")
-    chosen = {}
-    for family, members in FAMILIES.items():
-        candidates = {name: first[name] for name in members if name in first}
-        if candidates:
-            chosen[family] = min(candidates, key=candidates.get)
-    result = {"split_seed": SPLIT_SEED, "seed_1_mae": first, "chosen": chosen, "arms": {}}
-    for name in chosen.values():
+        raise SystemExit(f"no baseline-s1 under {root} or in {kept}")
+    result = {"split_seed": SPLIT_SEED, "steps": STEPS, "seed_1_mae": first, "arms": {}}
+    for name in (n for family in FAMILIES.values() for n in family):
         pairs = {}
-        for seed in (s for s in SEEDS if f"{name}-s{s}" in found and f"baseline-s{s}" in found):
-            t, a, titles = found[f"{name}-s{seed}"]
-            t_base, b, titles_base = found[f"baseline-s{seed}"]
-            if titles != titles_base or not np.array_equal(t, t_base):
+        for seed in (s for s in SEEDS if f"{name}-s{s}" in runs and f"baseline-s{s}" in runs):
+            arm, base = runs[f"{name}-s{seed}"], runs[f"baseline-s{seed}"]
+            if arm["items"] != base["items"]:
                 raise SystemExit(
                     f"{name}-s{seed} and baseline-s{seed} did not read the same validation items"
                 )
-            pairs[seed] = (t, a, b)
+            pairs[seed] = (base["price"], np.asarray(arm["predicted"]), np.asarray(base["predicted"]))
         result["arms"][name] = rule(pairs)
-    result["head"] = head_decision(root)
+    result["head"] = head_decision(runs)
     return result
 
 
-def head_decision(root: Path) -> dict | None:
-    """Rule 5: the head's cross-fitted mix against the LLM alone on each seed's baseline adapter
+def head_decision(runs: dict[str, dict]) -> dict | None:
+    """Rule 6: the head's cross-fitted mix against the LLM alone on each seed's baseline adapter
     (`benchmarks/hidden_head.py` wrote `hidden_head.csv` there), pooled as the arms are."""
-    from benchmarks.hidden_head import ITEMS
-
-    seeds = [s for s in SEEDS if (root / f"baseline-s{s}" / ITEMS).is_file()]
-    if not seeds:
-        return None
-    pairs = {}
-    for seed in seeds:
-        with (root / f"baseline-s{seed}" / ITEMS).open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        pairs[seed] = tuple(np.array([float(r[k]) for r in rows]) for k in ("price", "mix", "llm"))
-    return rule(pairs)
+    heads = {s: runs[f"baseline-s{s}"].get("head") for s in SEEDS if f"baseline-s{s}" in runs}
+    pairs = {s: (h["price"], np.asarray(h["mix"]), np.asarray(h["llm"])) for s, h in heads.items() if h}
+    return rule(pairs) if pairs else None
 
 
 def rule(pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    """Rules 2 and 4 on (truth, candidate, baseline) prices a seed: each seed's gap, the pooled
+    """Rules 3 and 5 on (truth, candidate, baseline) prices a seed: each seed's gap, the pooled
     gap with its paired interval, and whether the candidate is adopted."""
     each = {
         seed: {"mae": mae(t, a), "baseline_mae": mae(t, b), "gap": mae(t, a) - mae(t, b)}
@@ -168,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict | list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("plan", help="print the runs")
-    decision = commands.add_parser("decide", help="the decision, from the runs' validation.csv")
+    keeping = commands.add_parser("keep", help="keep a run's validation prices in benchmarks/")
+    keeping.add_argument("run", type=Path)
+    decision = commands.add_parser("decide", help="the decision, from the runs' validation prices")
     decision.add_argument("root", type=Path)
     decision.add_argument("--out", type=Path, help="write the decision as JSON here")
     args = parser.parse_args(argv)
@@ -176,6 +215,9 @@ def main(argv: list[str] | None = None) -> dict | list[str]:
         lines = plan()
         print("\n".join(lines))
         return lines
+    if args.command == "keep":
+        print(keep(args.run))
+        return None
     result = decide(args.root)
     return report(result, args.out)
 

@@ -776,43 +776,95 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     import numpy as np
     import pandas as pd
 
-    from benchmarks.objective_study import decide
+    from benchmarks.objective_study import WEIGHT, decide
 
+    arm = f"distance-{WEIGHT:g}"
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
     rng = np.random.default_rng(0)
     truth = rng.uniform(5, 500, 300)
     base = truth + rng.normal(0, 40, 300)
     closer = truth + (base - truth) * 0.8  # every item 20% nearer its price
-    write_validation_csv(tmp_path / "baseline-s1", truth, base)
-    write_validation_csv(tmp_path / "distance-1-s1", truth, base + 3)  # not chosen: worse on seed 1
-    write_validation_csv(tmp_path / "distance-4-s1", truth, closer)
-    write_validation_csv(tmp_path / "baseline-s2", truth, base)
-    write_validation_csv(tmp_path / "distance-4-s2", truth, closer)
-    result = decide(tmp_path)
-    assert result["chosen"] == {"distance": "distance-4"}  # the other family has no runs yet
+    write_validation_csv(runs / "baseline-s1", truth, base)
+    write_validation_csv(runs / f"{arm}-s1", truth, closer)
+    write_validation_csv(runs / "baseline-s2", truth, base)
+    write_validation_csv(runs / f"{arm}-s2", truth, closer)
+    result = decide(runs, kept)
+    assert result["seed_1_mae"]["baseline"] > result["seed_1_mae"][arm]
     assert result["head"] is None  # no head measured yet
     for seed in (1, 2):  # the head's mix on each baseline adapter: nearer on both seeds
         pd.DataFrame(
-            {"title": range(300), "price": truth, "llm": base, "head": closer, "mix": closer}
-        ).to_csv(tmp_path / f"baseline-s{seed}" / "hidden_head.csv", index=False)
-    head = decide(tmp_path)["head"]
+            {
+                "title": [f"item {i}" for i in range(300)],
+                "price": truth,
+                "llm": base,
+                "head": closer,
+                "mix": closer,
+            }
+        ).to_csv(runs / f"baseline-s{seed}" / "hidden_head.csv", index=False)
+    head = decide(runs, kept)["head"]
     assert head["adopted"] and head["pooled"]["mae_gap"] < 0 and set(head["seeds"]) == {1, 2}
-    (tmp_path / "baseline-s2" / "hidden_head.csv").unlink()
-    assert not decide(tmp_path)["head"]["adopted"]  # one seed alone adopts nothing
-    assert result["arms"]["distance-4"]["adopted"] and result["arms"]["distance-4"]["pooled"]["mae_gap"] < 0
+    (runs / "baseline-s2" / "hidden_head.csv").unlink()
+    assert not decide(runs, kept)["head"]["adopted"]  # one seed alone adopts nothing
+    assert result["arms"][arm]["adopted"] and result["arms"][arm]["pooled"]["mae_gap"] < 0
     # below on the pooled items, but above the baseline on seed 2 by itself: not adopted
-    (tmp_path / "distance-4-s2" / "validation.csv").unlink()
-    (tmp_path / "distance-4-s2").rmdir()
-    write_validation_csv(tmp_path / "distance-4-s2", truth, truth + (base - truth) * 1.1)
-    pooled_only = decide(tmp_path)["arms"]["distance-4"]
+    (runs / f"{arm}-s2" / "validation.csv").unlink()
+    (runs / f"{arm}-s2").rmdir()
+    write_validation_csv(runs / f"{arm}-s2", truth, truth + (base - truth) * 1.1)
+    pooled_only = decide(runs, kept)["arms"][arm]
     assert pooled_only["pooled"]["mae_gap_ci95"][1] < 0 and pooled_only["seeds"][2]["gap"] > 0
     assert not pooled_only["adopted"]
     # one seed alone adopts nothing
-    (tmp_path / "distance-4-s2" / "validation.csv").unlink()
-    assert not decide(tmp_path)["arms"]["distance-4"]["adopted"]
-    write_validation_csv(tmp_path / "other", truth, base)
-    (tmp_path / "distance-4-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
+    (runs / f"{arm}-s2" / "validation.csv").unlink()
+    assert not decide(runs, kept)["arms"][arm]["adopted"]
+    (runs / f"{arm}-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
     with pytest.raises(SystemExit, match="same validation items"):
-        decide(tmp_path)
+        decide(runs, kept)
+
+
+def test_the_objective_studys_kept_prices_outlive_the_run_folders(tmp_path) -> None:
+    """A run kept in one working period is compared with a run of the next, whose folder gives
+    the items' prices; the kept file holds the LLM's prices and no item's own."""
+    import json
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.objective_study import WEIGHT, decide, keep
+
+    arm = f"distance-{WEIGHT:g}"
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(5, 500, 200)
+    base = truth + rng.normal(0, 40, 200)
+    closer = truth + (base - truth) * 0.7
+    write_validation_csv(runs / "baseline-s1", truth, base)
+    pd.DataFrame(
+        {
+            "title": [f"item {i}" for i in range(200)],
+            "price": truth,
+            "llm": base,
+            "head": closer,
+            "mix": closer,
+        }
+    ).to_csv(runs / "baseline-s1" / "hidden_head.csv", index=False)
+    write_validation_csv(runs / f"{arm}-s1", truth, closer)
+    whole = decide(runs, kept)
+    for name in ("baseline-s1", f"{arm}-s1"):
+        record = json.loads(keep(runs / name, kept).read_text())
+        assert set(record) <= {"run", "items", "predicted", "head"}  # no item's title or price
+        assert set(record.get("head", {})) <= {"items", "llm", "mix"}
+    shutil.rmtree(runs / "baseline-s1")  # the first working period's folder is gone
+    assert decide(runs, kept) == whole
+    shutil.rmtree(runs / f"{arm}-s1")
+    with pytest.raises(SystemExit, match="no run folder .* read the same validation items"):
+        decide(runs, kept)
+    (runs / "baseline-s2").mkdir()  # the same items in another order
+    pd.DataFrame(
+        {"title": [f"item {i}" for i in range(200)][::-1], "price": truth[::-1], "predicted": base[::-1]}
+    ).to_csv(runs / "baseline-s2" / "validation.csv", index=False)
+    with pytest.raises(SystemExit, match="no run folder .* read the same validation items"):
+        decide(runs, kept)
 
 
 def test_the_objective_studys_runs_are_commands_pricer_accepts(tmp_path, capsys) -> None:
