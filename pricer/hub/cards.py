@@ -10,7 +10,6 @@ import numpy as np
 from pricer.read.metrics import metrics_table
 
 RAW_REPO = "McAuley-Lab/Amazon-Reviews-2023"
-CITATION_ARXIV = "arXiv:2403.03952"
 
 
 def template(name: str, folder: str | None = None) -> Path:

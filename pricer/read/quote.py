@@ -28,10 +28,9 @@ def reads_alone(precision: str, compute_dtype: torch.dtype) -> bool:
 
     In 16 bits the rounding of a prompt's matmuls and attention depends on the batch it is read
     in (its padding and the kernels its shape selects), so a batch of test prompts would read
-    other prices than the Space reads for each alone (83.7% to the cent on the sample run's
-    adapter under bf16-mixed, benchmarks/RESULTS.md). Read alone and unpadded, both compute the
-    same operations on the same shapes: on the smoke job every price agreed to the cent, for a
-    batch read 2.35x as long on the CPU. In fp32 a batch moves no price by a cent, and is kept.
+    other prices than the Space reads for each alone. Read alone and unpadded, both compute the
+    same operations on the same shapes, at the cost of the batch's speed (benchmarks/RESULTS.md
+    has both figures). In fp32 a batch moves no price by a cent, and is kept.
     """
     return str(precision) not in FULL_PRECISIONS or compute_dtype in (torch.float16, torch.bfloat16)
 
