@@ -201,6 +201,38 @@ def rule(pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
     return {"seeds": each, "pooled": pooled, "adopted": adopted}
 
 
+def table(report: dict) -> str:
+    """The decision as RESULTS shows it: each candidate against the baseline a seed, the pooled
+    gap and whether the rule adopts it (`python -m benchmarks.tables`)."""
+    rows = {
+        f"{name} (`--model.price_distance {WEIGHT:g}`)" if name.startswith("distance") else name: r
+        for name, r in report["arms"].items()
+    }
+    if report.get("head"):
+        rows["price head on the baseline's adapter (cross-fitted mix)"] = report["head"]
+    lines = [
+        f"| candidate, against the baseline on validation ({STEPS} steps a run) | "
+        + " | ".join(f"seed {s}: MAE, baseline's, gap" for s in SEEDS)
+        + " | both seeds: gap (95% CI) | adopted |",
+        "|---|" + "---:|" * len(SEEDS) + "---:|---|",
+    ]
+    for name, result in rows.items():
+        seeds = {int(k): v for k, v in result["seeds"].items()}
+        cells = [
+            f"${seeds[s]['mae']:.2f}, ${seeds[s]['baseline_mae']:.2f}, ${seeds[s]['gap']:+.2f}"
+            if s in seeds
+            else "not run yet"
+            for s in SEEDS
+        ]
+        pooled = result["pooled"]
+        low, high = pooled["mae_gap_ci95"]
+        gap = f"${pooled['mae_gap']:+.2f} (${low:+.2f} to ${high:+.2f})"
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {gap} | {'yes' if result['adopted'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict | list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

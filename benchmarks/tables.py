@@ -43,11 +43,18 @@ def _t4_arithmetic(report: dict) -> str:
     return "\n".join(arithmetic_table(report["estimate"], report["budget_gib"], report["seq_len"]))
 
 
+def _objective_study(report: dict) -> str:
+    from benchmarks.objective_study import table
+
+    return table(report)
+
+
 # name -> (the JSON file under benchmarks/, the function that makes its table)
 TABLES = {
     "course_texts": ("course_texts.json", _course_texts),
     "t4_arithmetic": ("t4_arithmetic.json", _t4_arithmetic),
     "prompt_lengths": ("prompt_lengths.json", _prompt_lengths),
+    "objective_study": ("objective_study.json", _objective_study),
 }
 
 

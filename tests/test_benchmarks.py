@@ -776,7 +776,8 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     import numpy as np
     import pandas as pd
 
-    from benchmarks.objective_study import WEIGHT, decide
+    from benchmarks.objective_study import WEIGHT, decide, table
+    from pricer.read.metrics import gap_text
 
     arm = f"distance-{WEIGHT:g}"
     runs, kept = tmp_path / "runs", tmp_path / "kept"
@@ -790,6 +791,9 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     write_validation_csv(runs / f"{arm}-s2", truth, closer)
     result = decide(runs, kept)
     assert result["seed_1_mae"]["baseline"] > result["seed_1_mae"][arm]
+    shown = table(json.loads(json.dumps(result)))  # as RESULTS makes it, from the written file
+    (row,) = [line for line in shown.splitlines() if line.startswith(f"| {arm} ")]
+    assert gap_text(result["arms"][arm]["pooled"]) in row and row.endswith("| yes |")
     assert result["head"] is None  # no head measured yet
     for seed in (1, 2):  # the head's mix on each baseline adapter: nearer on both seeds
         pd.DataFrame(
@@ -815,7 +819,10 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     assert not pooled_only["adopted"]
     # one seed alone adopts nothing
     (runs / f"{arm}-s2" / "validation.csv").unlink()
-    assert not decide(runs, kept)["arms"][arm]["adopted"]
+    alone = decide(runs, kept)
+    assert not alone["arms"][arm]["adopted"]
+    (row,) = [line for line in table(alone).splitlines() if line.startswith(f"| {arm} ")]
+    assert "not run yet" in row and row.endswith("| no |")
     (runs / f"{arm}-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
     with pytest.raises(SystemExit, match="same validation items"):
         decide(runs, kept)
