@@ -6,16 +6,19 @@ add to, the price it writes?
         --base-model $GGUF --out benchmarks/hidden_head.json
 
 The features are the final norm's output at the prompt's last token, the position whose logits
-give the first price token, with the prompt the adapter reads (its neighbours retrieved from
-its saved index, as `Pricer.quote_prompt` builds it), under the run's precision. The head is a
-ridge regression on log1p(price) over the standardised features of the train split, its
-strength chosen by 5-fold cross-validation on train alone. On the validation split (the run's
-`validation.csv` holds the LLM's own prices there) it reports the head alone, the LLM alone,
-and their mix in log price at each weight 0, 0.1, ..., 1: the best weight in sample, and
-cross-fitted (the weight chosen on the even items scored on the odd, and the other way round),
-with the paired 95% interval of the cross-fitted mix against the LLM alone, and writes each
-item's prices to `<run>/hidden_head.csv` (title, price, the LLM's, the head's, the cross-fitted
-mix) for `benchmarks/objective_study.py` to pool over seeds. The test split is never read.
+give the first price token (`last`), and beside it the outputs of the two layers before the last
+(`last3`: the last three layers, as the course lineage's regression head read them), from one
+forward pass of the prompt the adapter reads (its neighbours retrieved from its saved index, as
+`Pricer.quote_prompt` builds it), under the run's precision. Each head is a ridge regression on
+log1p(price) over the standardised features of the train split, its strength chosen by 5-fold
+cross-validation on train alone. On the validation split (the run's `validation.csv` holds the
+LLM's own prices there) it reports, for each head, the head alone, the LLM alone, and their mix
+in log price at each weight 0, 0.1, ..., 1: the best weight in sample, and cross-fitted (the
+weight chosen on the even items scored on the odd, and the other way round), with the paired
+95% interval of the cross-fitted mix against the LLM alone, and writes each item's prices to
+`<run>/hidden_head.csv` (title, price, the LLM's, and each head's and cross-fitted mix: `head`
+and `mix` for `last`, `head_last3` and `mix_last3`) for `benchmarks/objective_study.py` to pool
+over seeds. The test split is never read.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ from pricer.read.metrics import mae_gap
 WEIGHTS = np.round(np.linspace(0, 1, 11), 2)
 ITEMS = "hidden_head.csv"  # each validation item's prices, beside the run's validation.csv
 ALPHAS = np.logspace(-1, 5, 13)
+# each head's features: how many of the last layers' outputs at the prompt's last token
+LAYERS = {"last": 1, "last3": 3}
+
+
+def column(name: str, variant: str) -> str:
+    """A head's column in ITEMS: `head` and `mix` for `last`, `head_last3` and `mix_last3`."""
+    return name if variant == "last" else f"{name}_{variant}"
 
 
 def prompts_of(pricer, texts: list[str]) -> list[str]:
@@ -53,21 +63,31 @@ def prompts_of(pricer, texts: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def features(pricer, prompts: list[str], batch_size: int) -> np.ndarray:
-    """The final norm's output at each prompt's last token (left-padded batches; no logits)."""
+def features(pricer, prompts: list[str], batch_size: int) -> dict[str, np.ndarray]:
+    """Each head's features of each prompt (`LAYERS`): the final norm's output at its last
+    token, and beside it the two layers' outputs before the last (left-padded batches; no
+    logits)."""
     model = pricer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     tokenizer = pricer.tokenizer
     tokenizer.padding_side = "left"
-    rows = []
+    rows = {name: [] for name in LAYERS}
     autocast = pricer.reader.autocast
     for start in range(0, len(prompts), batch_size):
         encoded = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
         with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
-            hidden = decoder(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-        rows.append(hidden.last_hidden_state[:, -1].float().numpy())
-    return np.concatenate(rows)
+            out = decoder(
+                input_ids=encoded["input_ids"],
+                attention_mask=encoded["attention_mask"],
+                output_hidden_states=True,
+            )
+        # hidden_states: the embeddings, then each layer's output; [-2] and [-3] the two layers
+        # before the last
+        states = [out.last_hidden_state, out.hidden_states[-2], out.hidden_states[-3]]
+        for name, layers in LAYERS.items():
+            rows[name].append(torch.cat([h[:, -1] for h in states[:layers]], -1).float().numpy())
+    return {name: np.concatenate(parts) for name, parts in rows.items()}
 
 
 def fit_head(x: np.ndarray, prices: np.ndarray):
@@ -121,32 +141,38 @@ def run(args) -> dict:
         pricer, prompts_of(pricer, [text_from_prompt(p) for p in val["prompt"]]), args.batch_size
     )
     seconds = time.perf_counter() - started
-    head = fit_head(x_train, np.asarray(train["price"], dtype=np.float64))
     truth = np.asarray(val["price"], dtype=np.float64)
     llm = np.array([float(r["predicted"]) for r in validation])
-    from_head = np.clip(np.expm1(head.predict(x_val)), 0, None)
-    by_weight = {float(w): mae(truth, mix(llm, from_head, w)) for w in WEIGHTS}
-    crossed, chosen = cross_fitted(truth, llm, from_head)
+    heads, columns = {}, {"title": list(val["title"]), "price": truth, "llm": llm}
+    for variant in LAYERS:
+        head = fit_head(x_train[variant], np.asarray(train["price"], dtype=np.float64))
+        from_head = np.clip(np.expm1(head.predict(x_val[variant])), 0, None)
+        by_weight = {float(w): mae(truth, mix(llm, from_head, w)) for w in WEIGHTS}
+        crossed, chosen = cross_fitted(truth, llm, from_head)
+        columns[column("head", variant)], columns[column("mix", variant)] = from_head, crossed
+        heads[variant] = {
+            "feature_size": int(x_train[variant].shape[1]),
+            "ridge_alpha": float(head[-1].alpha_),
+            "head_mae": mae(truth, from_head),
+            "mix_mae_by_weight": by_weight,
+            "best_weight_in_sample": min(by_weight, key=by_weight.get),
+            "cross_fitted_weights": chosen,
+            "cross_fitted_mae": mae(truth, crossed),
+            "cross_fitted_minus_llm": mae_gap(truth, crossed, llm),
+            "head_minus_llm": mae_gap(truth, from_head, llm),
+        }
     with (args.run / ITEMS).open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["title", "price", "llm", "head", "mix"])
-        writer.writerows(zip(val["title"], truth, llm, from_head, crossed, strict=True))
+        writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values(), strict=True))
     return {
         "run": str(args.run),
         "machine": machine(),
         "train_items": len(train),
         "validation_items": len(val),
-        "feature_size": int(x_train.shape[1]),
-        "ridge_alpha": float(head[-1].alpha_),
         "seconds_for_features": round(seconds, 1),
         "llm_mae": mae(truth, llm),
-        "head_mae": mae(truth, from_head),
-        "mix_mae_by_weight": by_weight,
-        "best_weight_in_sample": min(by_weight, key=by_weight.get),
-        "cross_fitted_weights": chosen,
-        "cross_fitted_mae": mae(truth, crossed),
-        "cross_fitted_minus_llm": mae_gap(truth, crossed, llm),
-        "head_minus_llm": mae_gap(truth, from_head, llm),
+        "heads": heads,
     }
 
 

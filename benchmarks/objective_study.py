@@ -25,11 +25,13 @@ The rule, fixed before any run it decides:
 5. A candidate is adopted only if its pooled gap's whole interval is below zero and it is below
    the baseline on each seed by itself. Otherwise it stays an option, off by default, reported
    with its gap and its cost a step.
-6. A price head on the last hidden state, fitted after the LoRA on frozen features
+6. A price head on the last hidden states, fitted after the LoRA on frozen features
    (`benchmarks/hidden_head.py`), needs no run of its own: it is measured on each seed's
-   baseline adapter, and adopted by the same rule, its gap the cross-fitted mix against the LLM
-   alone (the weight chosen on one half of validation, scored on the other). Adopted, it is
-   built into fit and every read before the test split is read.
+   baseline adapter, its gap the cross-fitted mix against the LLM alone (the weight chosen on
+   one half of validation, scored on the other). Its features are chosen on seed 1 alone, the
+   lower cross-fitted MAE of two: the final norm's output at the prompt's last token (`last`),
+   or with the two layers' outputs before it (`last3`); the chosen one is adopted by the rule
+   above. Adopted, it is built into fit and every read before the test split is read.
 7. The neighbours' form (their prices as numbers instead of, or beside, their lines) needs
    neighbours in the prompt, which doubles a step: it is a study of its own, against a baseline
    with neighbours, after this one.
@@ -71,6 +73,8 @@ COMMON = (
 )
 
 
+# the head's features (`benchmarks/hidden_head.LAYERS`) -> its cross-fitted mix's column
+HEADS = {"last": "mix", "last3": "mix_last3"}
 FAMILIES = {"distance": {f"distance-{WEIGHT:g}": f"--model.price_distance {WEIGHT:g}"}}
 
 
@@ -109,7 +113,7 @@ def keep(run: Path, kept: Path = KEPT) -> Path:
     titles, values = read_csv(run / "validation.csv", ("predicted",))
     record = {"run": run.name, "items": items_hash(titles), "predicted": values["predicted"].tolist()}
     if (run / ITEMS).is_file():
-        head_titles, head = read_csv(run / ITEMS, ("llm", "mix"))
+        head_titles, head = read_csv(run / ITEMS, head_columns(run / ITEMS))
         record["head"] = {"items": items_hash(head_titles), **{k: v.tolist() for k, v in head.items()}}
     kept.mkdir(parents=True, exist_ok=True)
     path = kept / f"{run.name}.json"
@@ -129,7 +133,7 @@ def gather(root: Path, kept: Path = KEPT) -> dict[str, dict]:
             prices[items_hash(titles)] = values["price"]
             runs[run.name] = {"items": items_hash(titles), "predicted": values["predicted"]}
             if (run / ITEMS).is_file():
-                head_titles, head = read_csv(run / ITEMS, ("price", "llm", "mix"))
+                head_titles, head = read_csv(run / ITEMS, ("price", *head_columns(run / ITEMS)))
                 prices[items_hash(head_titles)] = head.pop("price")
                 runs[run.name]["head"] = {"items": items_hash(head_titles), **head}
     for path in sorted(kept.glob("*-s[0-9].json")) if kept.is_dir() else ():
@@ -176,12 +180,26 @@ def decide(root: Path, kept: Path = KEPT) -> dict:
     return result
 
 
+def head_columns(path: Path) -> tuple[str, ...]:
+    """The LLM's prices and each head's cross-fitted mix that `hidden_head.csv` holds."""
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    return ("llm", *(HEADS[name] for name in HEADS if HEADS[name] in header))
+
+
 def head_decision(runs: dict[str, dict]) -> dict | None:
-    """Rule 6: the head's cross-fitted mix against the LLM alone on each seed's baseline adapter
-    (`benchmarks/hidden_head.py` wrote `hidden_head.csv` there), pooled as the arms are."""
+    """Rule 6: the head's features chosen on seed 1, then its cross-fitted mix against the LLM
+    alone on each seed's baseline adapter (`benchmarks/hidden_head.py` wrote `hidden_head.csv`
+    there), pooled as the arms are."""
     heads = {s: runs[f"baseline-s{s}"].get("head") for s in SEEDS if f"baseline-s{s}" in runs}
-    pairs = {s: (h["price"], np.asarray(h["mix"]), np.asarray(h["llm"])) for s, h in heads.items() if h}
-    return rule(pairs) if pairs else None
+    heads = {s: h for s, h in heads.items() if h}
+    if 1 not in heads:
+        return None
+    first = {name: mae(heads[1]["price"], heads[1][col]) for name, col in HEADS.items() if col in heads[1]}
+    chosen = min(first, key=first.get)
+    col = HEADS[chosen]
+    pairs = {s: (h["price"], np.asarray(h[col]), np.asarray(h["llm"])) for s, h in heads.items() if col in h}
+    return {"chosen": chosen, "seed_1_mae": first, **rule(pairs)}
 
 
 def rule(pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
@@ -209,7 +227,8 @@ def table(report: dict) -> str:
         for name, r in report["arms"].items()
     }
     if report.get("head"):
-        rows["price head on the baseline's adapter (cross-fitted mix)"] = report["head"]
+        head = report["head"]
+        rows[f"price head (`{head['chosen']}`) on the baseline's adapter, cross-fitted mix"] = head
     lines = [
         f"| candidate, against the baseline on validation ({STEPS} steps a run) | "
         + " | ".join(f"seed {s}: MAE, baseline's, gap" for s in SEEDS)

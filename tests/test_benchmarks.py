@@ -807,6 +807,15 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
         ).to_csv(runs / f"baseline-s{seed}" / "hidden_head.csv", index=False)
     head = decide(runs, kept)["head"]
     assert head["adopted"] and head["pooled"]["mae_gap"] < 0 and set(head["seeds"]) == {1, 2}
+    assert head["chosen"] == "last"  # the only head measured
+    for seed in (1, 2):  # a second head, nearer on seed 1: chosen there, then judged on both
+        pd.DataFrame(
+            {"title": [f"item {i}" for i in range(300)], "price": truth, "llm": base, "mix": closer}
+            | {"mix_last3": truth + (base - truth) * 0.5}
+        ).to_csv(runs / f"baseline-s{seed}" / "hidden_head.csv", index=False)
+    head = decide(runs, kept)["head"]
+    assert head["chosen"] == "last3" and head["seed_1_mae"]["last3"] < head["seed_1_mae"]["last"]
+    assert head["seeds"][1]["mae"] == pytest.approx(np.abs((base - truth) * 0.5).mean())
     (runs / "baseline-s2" / "hidden_head.csv").unlink()
     assert not decide(runs, kept)["head"]["adopted"]  # one seed alone adopts nothing
     assert result["arms"][arm]["adopted"] and result["arms"][arm]["pooled"]["mae_gap"] < 0
@@ -860,7 +869,7 @@ def test_the_objective_studys_kept_prices_outlive_the_run_folders(tmp_path) -> N
     for name in ("baseline-s1", f"{arm}-s1"):
         record = json.loads(keep(runs / name, kept).read_text())
         assert set(record) <= {"run", "items", "predicted", "head"}  # no item's title or price
-        assert set(record.get("head", {})) <= {"items", "llm", "mix"}
+        assert set(record.get("head", {})) <= {"items", "llm", "mix", "mix_last3"}
     shutil.rmtree(runs / "baseline-s1")  # the first working period's folder is gone
     assert decide(runs, kept) == whole
     shutil.rmtree(runs / f"{arm}-s1")
@@ -942,18 +951,25 @@ def test_the_hidden_state_head_is_measured_on_validation_beside_the_llm(tmp_path
     (data,) = {p.parent for p in (run.parent.parent / "cache").rglob("validation-*.parquet")}
     result = main([str(run), "--splits", str(data), "--batch-size", "4", "--out", str(run / "head.json")])
     assert (result["train_items"], result["validation_items"]) == (16, 4)
-    assert result["feature_size"] == 64  # the tiny Llama's hidden size
-    assert result["mix_mae_by_weight"][0.0] == pytest.approx(result["llm_mae"], abs=1e-6)
-    assert result["mix_mae_by_weight"][1.0] == pytest.approx(result["head_mae"], abs=1e-6)
-    assert set(result["cross_fitted_weights"]) <= set(WEIGHTS.tolist())
-    assert json.loads((run / "head.json").read_text())["head_mae"] == result["head_mae"]
+    heads = result["heads"]
+    # the tiny Llama's hidden size, and three layers' outputs side by side
+    assert (heads["last"]["feature_size"], heads["last3"]["feature_size"]) == (64, 192)
+    for head in heads.values():
+        assert head["mix_mae_by_weight"][0.0] == pytest.approx(result["llm_mae"], abs=1e-6)
+        assert head["mix_mae_by_weight"][1.0] == pytest.approx(head["head_mae"], abs=1e-6)
+        assert set(head["cross_fitted_weights"]) <= set(WEIGHTS.tolist())
+    assert (
+        json.loads((run / "head.json").read_text())["heads"]["last"]["head_mae"] == heads["last"]["head_mae"]
+    )
     import csv
 
     items = list(csv.DictReader((run / "hidden_head.csv").open()))
-    assert len(items) == 4 and set(items[0]) == {"title", "price", "llm", "head", "mix"}
-    mixed = np.array([float(r["mix"]) for r in items])
+    assert len(items) == 4
+    assert set(items[0]) == {"title", "price", "llm", "head", "mix", "head_last3", "mix_last3"}
     truth = np.array([float(r["price"]) for r in items])
-    assert np.abs(mixed - truth).mean() == pytest.approx(result["cross_fitted_mae"])
+    for variant, mixed in (("last", "mix"), ("last3", "mix_last3")):
+        prices = np.array([float(r[mixed]) for r in items])
+        assert np.abs(prices - truth).mean() == pytest.approx(heads[variant]["cross_fitted_mae"])
     (run / "validation.csv").write_text("title,price,predicted\nx,1.0,1.0\n")
     with pytest.raises(SystemExit, match="not the validation items"):
         main([str(run), "--splits", str(data)])
