@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.figures import report  # noqa: E402
-from pricer.read.metrics import mae_gap  # noqa: E402
+from pricer.read.metrics import gap_text, mae_gap  # noqa: E402
 
 SPLIT_SEED = 2026
 SEEDS = (1, 2)
@@ -244,11 +244,9 @@ def table(report: dict) -> str:
             for s in SEEDS
         ]
         pooled = result["pooled"]
-        low, high = pooled["mae_gap_ci95"]
-        gap = f"${pooled['mae_gap']:+.2f} (${low:+.2f} to ${high:+.2f})"
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {gap} | {'yes' if result['adopted'] else 'no'} |"
-        )
+        gap = gap_text(pooled) if pooled else "not run yet"
+        verdict = "yes" if result["adopted"] else "no" if len(seeds) == len(SEEDS) else "not yet"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gap} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

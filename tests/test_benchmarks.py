@@ -786,6 +786,8 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     base = truth + rng.normal(0, 40, 300)
     closer = truth + (base - truth) * 0.8  # every item 20% nearer its price
     write_validation_csv(runs / "baseline-s1", truth, base)
+    (row,) = [line for line in table(decide(runs, kept)).splitlines() if line.startswith(f"| {arm} ")]
+    assert row.count("not run yet") == 3 and row.endswith("| not yet |")  # each seed, and both
     write_validation_csv(runs / f"{arm}-s1", truth, closer)
     write_validation_csv(runs / "baseline-s2", truth, base)
     write_validation_csv(runs / f"{arm}-s2", truth, closer)
@@ -826,12 +828,14 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     pooled_only = decide(runs, kept)["arms"][arm]
     assert pooled_only["pooled"]["mae_gap_ci95"][1] < 0 and pooled_only["seeds"][2]["gap"] > 0
     assert not pooled_only["adopted"]
+    (row,) = [line for line in table(decide(runs, kept)).splitlines() if line.startswith(f"| {arm} ")]
+    assert row.endswith("| no |")  # both seeds run, and not adopted
     # one seed alone adopts nothing
     (runs / f"{arm}-s2" / "validation.csv").unlink()
     alone = decide(runs, kept)
     assert not alone["arms"][arm]["adopted"]
     (row,) = [line for line in table(alone).splitlines() if line.startswith(f"| {arm} ")]
-    assert "not run yet" in row and row.endswith("| no |")
+    assert "not run yet" in row and row.endswith("| not yet |")
     (runs / f"{arm}-s2" / "validation.csv").write_text("title,price,predicted\nsomething else,1,1\n")
     with pytest.raises(SystemExit, match="same validation items"):
         decide(runs, kept)
