@@ -29,12 +29,12 @@ from pricer.train.distance import PriceDistance
 from pricer.train.evaluation import ReadingSteps
 from pricer.train.loss import completion_loss
 from pricer.train.options import GROUPS, OptimizerOptions, as_groups
-from pricer.train.passes import MicroBatchPasses
+from pricer.train.passes import Processes, StepPasses
 from pricer.train.resume import Resumable
 from pricer.train.schedule import cosine_with_warmup
 
 
-class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
+class PriceModel(ReadingSteps, Resumable, L.LightningModule):
     """A 4-bit LoRA language model that reads a product's text and writes its price.
 
     The model is built in `configure_model()`, never in `__init__`, so printing or checking a
@@ -185,6 +185,25 @@ class PriceModel(MicroBatchPasses, ReadingSteps, Resumable, L.LightningModule):
             self._distance,
             hp.price_distance,
         )
+
+    def accumulate_gradients(
+        self, batch: dict, micro_batch_size: int | None = None, recover: bool = True
+    ) -> torch.Tensor:
+        """A step's gradients, in passes of `micro_batch_size` (or the run's), retried with
+        fewer items a pass after running out of GPU memory (`pricer/train/passes.py`); the
+        smaller size is kept for the rest of the run."""
+        passes = StepPasses(
+            self.completion_loss,
+            self.manual_backward,
+            self.parameters,
+            Processes.of(self._trainer, self.target_device),
+        )
+        loss, settled = passes.accumulate(
+            batch, micro_batch_size or self.micro_batch_size, self.global_step, recover
+        )
+        if settled is not None:
+            self.micro_batch_size = settled
+        return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
