@@ -773,6 +773,8 @@ def write_validation_csv(folder: Path, truth, predicted) -> None:
 
 
 def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds(tmp_path) -> None:
+    import shutil
+
     import numpy as np
     import pandas as pd
 
@@ -788,6 +790,10 @@ def test_the_objective_study_adopts_an_arm_only_below_the_baseline_on_both_seeds
     write_validation_csv(runs / "baseline-s1", truth, base)
     (row,) = [line for line in table(decide(runs, kept)).splitlines() if line.startswith(f"| {arm} ")]
     assert row.count("not run yet") == 3 and row.endswith("| not yet |")  # each seed, and both
+    write_validation_csv(runs / f"{arm}-s1", truth, base + 3)  # above the baseline on seed 1
+    (row,) = [line for line in table(decide(runs, kept)).splitlines() if line.startswith(f"| {arm} ")]
+    assert row.endswith("| no |")  # seed 2 cannot change that
+    shutil.rmtree(runs / f"{arm}-s1")
     write_validation_csv(runs / f"{arm}-s1", truth, closer)
     write_validation_csv(runs / "baseline-s2", truth, base)
     write_validation_csv(runs / f"{arm}-s2", truth, closer)
