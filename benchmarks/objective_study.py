@@ -40,7 +40,7 @@ The rule, fixed before any run it decides:
    the run folder is gone, and by the course's recipe (`benchmarks/course_recipe.py`, one run a
    seed on the same split, the course's prompt): the ledger records every read.
 
-Budget: about 40 minutes a run on this 2-core CPU (about 5.5 s a step without neighbours, 352
+Budget: about 50 minutes a run on this 2-core CPU (about 6.7 s a step without neighbours, 352
 steps, one validation of 600 items); four runs, fewer when a candidate is above the baseline
 on seed 1 (seed 2 cannot change that), and about 25 minutes a head.
 """

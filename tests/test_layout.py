@@ -105,8 +105,9 @@ OVER_FOR_NOW: dict[str, int] = {}
 
 
 def test_price_model_trains_and_callbacks_decide():
-    """PriceModel keeps the loss, the step and the optimizer (its reading, passes, resuming and
-    loss in mixins beside it); the end-of-fit choices are callbacks (pricer/train/end_of_fit.py)."""
+    """PriceModel keeps the step and the optimizer (its reading and resuming hooks in mixins
+    beside it, its passes an object, its loss a function); the end-of-fit choices are callbacks
+    (pricer/train/end_of_fit.py)."""
     lines = len((PACKAGE / "train" / "model.py").read_text().splitlines())
     assert lines < 300, f"pricer/train/model.py: {lines} lines"
     tree = ast.parse((PACKAGE / "train" / "model.py").read_text())

@@ -186,23 +186,14 @@ class PriceModel(ReadingSteps, Resumable, L.LightningModule):
             hp.price_distance,
         )
 
-    def accumulate_gradients(
-        self, batch: dict, micro_batch_size: int | None = None, recover: bool = True
-    ) -> torch.Tensor:
-        """A step's gradients, in passes of `micro_batch_size` (or the run's), retried with
-        fewer items a pass after running out of GPU memory (`pricer/train/passes.py`); the
-        smaller size is kept for the rest of the run."""
-        passes = StepPasses(
-            self.completion_loss,
-            self.manual_backward,
-            self.parameters,
-            Processes.of(self._trainer, self.target_device),
-        )
-        loss, settled = passes.accumulate(
-            batch, micro_batch_size or self.micro_batch_size, self.global_step, recover
-        )
-        if settled is not None:
-            self.micro_batch_size = settled
+    def accumulate_gradients(self, batch: dict, micro_batch_size: int | None = None, recover: bool = True):
+        """A step's gradients in passes, retried smaller after running out of GPU memory
+        (pricer/train/passes.py); the smaller pass size is kept for the rest of the run."""
+        processes = Processes.of(self._trainer, self.target_device)
+        passes = StepPasses(self.completion_loss, self.manual_backward, self.parameters, processes)
+        micro = micro_batch_size or self.micro_batch_size
+        loss, settled = passes.accumulate(batch, micro, self.global_step, recover)
+        self.micro_batch_size = settled or self.micro_batch_size
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
