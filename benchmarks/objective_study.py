@@ -111,6 +111,8 @@ def keep(run: Path, kept: Path = KEPT) -> Path:
     outlives the run folder. The LLM's prices only: the items' prices are not kept."""
     from benchmarks.hidden_head import ITEMS
 
+    if not (run / "validation.csv").is_file():
+        raise SystemExit(f"{run}: no validation.csv; keep a study run after its fit has ended")
     titles, values = read_csv(run / "validation.csv", ("predicted",))
     record = {"run": run.name, "items": items_hash(titles), "predicted": values["predicted"].tolist()}
     if (run / ITEMS).is_file():

@@ -880,6 +880,10 @@ def test_the_objective_studys_kept_prices_outlive_the_run_folders(tmp_path) -> N
         record = json.loads(keep(runs / name, kept).read_text())
         assert set(record) <= {"run", "items", "predicted", "head"}  # no item's title or price
         assert set(record.get("head", {})) <= {"items", "llm", "mix", "mix_last3"}
+    (runs / "unfinished-s1").mkdir()
+    with pytest.raises(SystemExit, match="unfinished-s1: no validation.csv"):
+        keep(runs / "unfinished-s1", kept)
+    (runs / "unfinished-s1").rmdir()
     shutil.rmtree(runs / "baseline-s1")  # the first working period's folder is gone
     assert decide(runs, kept) == whole
     shutil.rmtree(runs / f"{arm}-s1")
