@@ -12,7 +12,11 @@ The rule, fixed before any run it decides:
    validation or test items), no neighbours in the prompt, and `--skip_test true`: no selection
    run reads the test split. A run is `STEPS` steps, half an epoch, and validates once, at its
    end, so that it fits a working period on this 2-core CPU (the run folder does not outlive
-   one). Runs differ only in `--seed_everything` and the arm's options.
+   one). Runs differ only in `--seed_everything` and the arm's options, and in precision where
+   the machine does: the config's bf16-mixed where the CPU computes bf16 natively, 32-true where
+   it emulates it (as the config says; pricer warns). Each comparison is within one seed, so a
+   seed's runs share one precision: seed 1's were bf16-mixed (an AMD EPYC with bf16),
+   baseline-s2 32-true (an Intel Xeon with AVX-512 and no bf16, where a bf16 step took 19 s).
 2. Each run's validation prices are kept in `benchmarks/objective_study/<run>.json` (the LLM's
    predicted prices, in the split's order, with a hash of the items' titles; no item data), so
    runs of different working periods are compared; the prices themselves come from any run's
