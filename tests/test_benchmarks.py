@@ -517,7 +517,8 @@ def test_the_t4_checks_stand_in_reads_prices_as_llama_3s_tokenizer_does(llama3_t
     same reading on every price 0-999 (each one token, in order) and the same refusal at 4 digits."""
     from benchmarks.t4_check import NUMBER_OFFSET, WholeNumbers
     from pricer.base.load import load_tokenizer
-    from pricer.read.distribution import PriceRangeError, PriceReader
+    from pricer.read.distribution import PriceReader
+    from pricer.read.number_tokens import PriceRangeError
 
     real, stand_in = load_tokenizer(llama3_tokenizer), WholeNumbers()
     for tokenizer in (real, stand_in):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pricer.data.prompt import make_completion
-from pricer.read.distribution import PriceRangeError, PriceReader
+from pricer.read.distribution import PriceReader
+from pricer.read.number_tokens import PriceRangeError
 
 NEG = -1e9
 

@@ -328,9 +328,9 @@ def test_under_16_bit_validation_prices_each_item_as_test_does(tiny_llama, tmp_p
     widths = []  # the batch of each price read: on the CPU rows round alike, so count the reads
     read = type(module.reader).read
 
-    def spy(self, model, input_ids, attention_mask):
+    def spy(self, model, input_ids, attention_mask, layers=0):
         widths.append(len(input_ids))
-        return read(self, model, input_ids, attention_mask)
+        return read(self, model, input_ids, attention_mask, layers)
 
     monkeypatch.setattr(type(module.reader), "read", spy)
     trainer.validate(module, datamodule=data)

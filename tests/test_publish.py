@@ -254,6 +254,29 @@ def test_the_model_card_says_what_the_price_blends(neighbors, said):
     assert said in text and "The LLM alone was off by $39.90" in text
 
 
+@pytest.mark.parametrize("head_weight", [0.0, 0.35])
+def test_the_model_card_says_when_a_price_head_is_mixed_in(head_weight):
+    from pricer.hub.cards import model_card
+
+    metrics = {
+        "n": 600,
+        "mae": 35.2,
+        "rmsle": 0.7,
+        "hit_rate": 0.78,
+        "smape": 30.0,
+        "median_ae": 15.0,
+        "mae_ci95": [30.0, 40.0],
+        "blend": {"weight": 1.0, "interval_scale": 1.0, "knn_share": 0.0, "head_weight": head_weight},
+    }
+    card = model_card(
+        "me/pricer-tiny", "me/base", None, ["Appliances"], {}, metrics, None, "1 min", "cpu", (0.5, 999.0)
+    )
+    text = str(card)
+    head = "The LLM's price mixes in its price head's at 0.35 in log price"
+    alone = "The price is the LLM's alone"
+    assert (head in text, alone in text) == ((True, False) if head_weight else (False, True))
+
+
 def test_the_model_card_shows_the_prompt_the_adapter_was_trained_with():
     """An adapter trained with neighbours expects them in its prompt: the card's prompt shows the
     block, k and the title budget from the recipe; without neighbours, the course's prompt."""

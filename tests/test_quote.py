@@ -78,9 +78,9 @@ def test_a_mixed_precision_is_read_under_its_autocast_and_a_true_one_is_not(tiny
     seen = []
 
     class Spy(type(model.reader)):
-        def read(self, model, ids, mask):
+        def read(self, model, ids, mask, layers=0):
             seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
-            return super().read(model, ids, mask)
+            return super().read(model, ids, mask, layers)
 
     spy = Spy(model.reader.tokenizer)
     ids, mask = batch(model)
@@ -117,9 +117,9 @@ def test_in_16_bits_each_prompt_is_read_alone_as_the_space_reads_it(tiny_llama, 
     shapes = []
 
     class Spy(type(model.reader)):
-        def read(self, model, ids, mask):
+        def read(self, model, ids, mask, layers=0):
             shapes.append((tuple(ids.shape), int(mask.sum())))
-            return super().read(model, ids, mask)
+            return super().read(model, ids, mask, layers)
 
     Reader(Spy(model.reader.tokenizer), precision="bf16-mixed", alone=True).price(
         model.model, ids, mask, texts

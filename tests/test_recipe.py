@@ -399,7 +399,7 @@ def test_a_config_round_trips_through_fits_recipe_into_pricer_under_the_same_nam
     }
     assert written["data"]["rules"] == CurationRules(**written["data"]["rules"]).as_dict()
     assert written["data"]["rules"]["max_tokens"] == 170
-    assert written["blend"] == {"weight": 0.7, "interval_scale": 1.2, "knn_share": 0.5}
+    assert written["blend"] == {"weight": 0.7, "interval_scale": 1.2, "knn_share": 0.5, "head_weight": 0.0}
     assert written["trainer"] == {"precision": "bf16-mixed"}
     # Pricer takes the recipe as it is, and a setting given to it by the same name
     assert Recipe.from_json(written) == recipe

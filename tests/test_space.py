@@ -437,8 +437,12 @@ def test_the_page_says_when_the_price_is_a_blend_and_what_the_llm_alone_made():
         in about
     )
     assert "the LLM alone was off by $39.90" in about
-    near = {**blended, "blend": {**blended["blend"], "neighbors": 0.25}}
+    near = {**blended, "blend": {**blended["blend"], "knn_share": 0.25}}  # as metrics.json holds it
     about = SpaceSettings(base_model="me/base", adapter="me/pricer-tiny", metrics=near).about()
     assert "(0.6 LLM, 0.4 the classical model: 0.75 of it a TF-IDF ridge, 0.25 the 5 most similar" in about
     alone = {**metrics, "blend": {"weight": 1.0, "interval_scale": 1.0, "llm_alone": {"mae": 35.2}}}
     assert "classical model's" not in SpaceSettings(base_model="me/base", metrics=alone).about()
+    assert "price head" not in SpaceSettings(base_model="me/base", metrics=alone).about()
+    head = {**metrics, "blend": {**alone["blend"], "head_weight": 0.35}}
+    about = SpaceSettings(base_model="me/base", metrics=head).about()
+    assert "mixes in, at 0.35 in log price, a price head's" in about and "classical model's" not in about

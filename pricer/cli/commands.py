@@ -38,7 +38,7 @@ from pricer.cli.trainer import (
 from pricer.data.module import PriceDataModule
 from pricer.library_internals import subcommand_parser, wandb_started
 from pricer.options import OptionError
-from pricer.read.distribution import check_price_range
+from pricer.read.number_tokens import check_price_range
 from pricer.read.report import PriceReport
 from pricer.train import stopping
 from pricer.train.end_of_fit import end_of_fit_callbacks

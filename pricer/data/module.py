@@ -327,6 +327,10 @@ class PriceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("validation", shuffle=False, batch_size=self.eval_batch_size)
 
+    def reading_dataloader(self, name: str) -> StatefulDataLoader:
+        """A split's prompts in its order, batched as validation reads them."""
+        return self._loader(name, shuffle=False, batch_size=self.eval_batch_size)
+
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
 

@@ -132,6 +132,11 @@ class SpaceSettings:
                     f" The price blends the LLM's with a classical model's ({partner_text(blend)}, chosen on "
                     f"validation); the LLM alone was off by ${blend['llm_alone']['mae']:,.2f}."
                 )
+            if blend.get("head_weight", 0) > 0:
+                lines[-1] += (
+                    f" The LLM's price mixes in, at {blend['head_weight']:g} in log price, a price head's: a "
+                    "ridge regression on its last hidden states, its weight chosen on validation."
+                )
             baselines = {
                 k: v for k, v in (m.get("baselines") or {}).items() if isinstance(v, dict) and "mae" in v
             }
@@ -144,7 +149,7 @@ class SpaceSettings:
 
 def partner_text(blend: dict) -> str:
     """The blend's weights for the Space's note, e.g. "0.6 LLM, 0.4 a TF-IDF ridge"."""
-    weight, near = blend.get("weight", 1), blend.get("neighbors", 0)
+    weight, near = blend.get("weight", 1), blend.get("knn_share", 0)
     if not near:
         return f"{weight:g} LLM, {1 - weight:g} a TF-IDF ridge"
     return (

@@ -1,7 +1,7 @@
 """What an adapter folder holds for reading besides its weights, and the read-out it serves.
 
-fit saves beside the adapter the TF-IDF model its blend reads (`tfidf.json`, `tfidf.safetensors`)
-and the training items (`train_items.parquet`: each item's text and price), with their SHA-256
+fit saves beside the adapter the TF-IDF model its blend reads (`tfidf.json`, `tfidf.safetensors`),
+its price head when it fitted one (`price_head.safetensors`) and the training items (`train_items.parquet`: each item's text and price), with their SHA-256
 in the recipe. Every read of the adapter (`test` on any data source, `predict`, the Space,
 `Pricer.from_adapter`, a copy pulled from the Hub) serves the read-out fit chose from these
 files and never refits them; the training items give a new source the same baselines as the
@@ -17,11 +17,12 @@ from pathlib import Path
 from pricer.data.neighbors import Retriever
 from pricer.options import OptionError
 from pricer.read.blend import Blend, mix_text
+from pricer.read.price_head import HEAD_FILE, PriceHead
 from pricer.read.recipe import read_recipe
 from pricer.read.tfidf import TFIDF_JSON, TFIDF_WEIGHTS, BlendError, TfidfPrice
 
 TRAIN_ITEMS = "train_items.parquet"
-SAVED = (TFIDF_JSON, TFIDF_WEIGHTS, TRAIN_ITEMS)  # the files the recipe holds the hashes of
+SAVED = (TFIDF_JSON, TFIDF_WEIGHTS, HEAD_FILE, TRAIN_ITEMS)  # the files the recipe holds the hashes of
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,12 @@ def check_hashes(folder: Path, expected: dict[str, str] | None) -> None:
 
 @dataclass(frozen=True)
 class ReadOut:
-    """The read-out a model serves: the blend, the TF-IDF model it reads when it has one, the
-    training items for the baselines, and in words what is served and why."""
+    """The read-out a model serves: the blend, the TF-IDF model and price head it reads when it
+    has them, the training items for the baselines, and in words what is served and why."""
 
     blend: Blend
     partner: TfidfPrice | None = None
+    head: PriceHead | None = None
     train_items: TrainItems | None = None
     served: str = "the LLM alone"
 
@@ -103,8 +105,9 @@ class ReadOut:
 def describe(blend: Blend, where: str) -> str:
     """The read-out in words, as reports and the console say it."""
     scale = f", interval scale {blend.interval_scale:g}" if blend.interval_scale != 1 else ""
-    if blend.uses_tfidf:
-        return f"the blend {where} ({mix_text(blend.weight, blend.knn_share)} in log price{scale})"
+    if blend.uses_tfidf or blend.uses_head:
+        mix = mix_text(blend.weight, blend.knn_share, blend.head_weight)
+        return f"the blend {where} ({mix} in log price{scale})"
     return f"the LLM alone, as {where}{scale}"
 
 
@@ -125,9 +128,15 @@ def saved_read_out(folder: Path, with_items: bool = True, load: bool = True) -> 
             f"{folder} has no {' or '.join(missing)}, the TF-IDF model of the blend its run chose "
             f"({mix_text(blend.weight, blend.knn_share)}): copy it with the adapter's other files"
         )
+    if blend.uses_head and not (folder / HEAD_FILE).is_file():
+        raise BlendError(
+            f"{folder} has no {HEAD_FILE}, the price head of the blend its run chose "
+            f"({mix_text(blend.weight, blend.knn_share, blend.head_weight)}): copy it with the adapter's other files"
+        )
     # loaded whenever saved: the baselines' TF-IDF model is the one fitted on these items
     partner = None if missing or not load else TfidfPrice.load(folder)
-    return ReadOut(blend, partner, items, describe(blend, f"fit chose, from {folder}"))
+    head = PriceHead.load(folder) if blend.uses_head and load else None
+    return ReadOut(blend, partner, head, items, describe(blend, f"fit chose, from {folder}"))
 
 
 def saved_retriever(folder: Path, tokenizer, title_tokens: int, tfidf: TfidfPrice | None = None) -> Retriever:

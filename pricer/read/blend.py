@@ -1,16 +1,16 @@
-"""The blend of the LLM's price with the classical model's (`tfidf.TfidfPrice`), chosen on
-validation.
+"""The blend of the LLM's price with its price head's (`price_head.PriceHead`) and the classical
+model's (`tfidf.TfidfPrice`), chosen on validation.
 
-`fit` chooses on the validation split the neighbours' share of the partner and how much of the
-partner to blend into the LLM's price: a weighted mean in log price, the LLM's interval shifted
-with its point. When the 80% interval's coverage on validation misses by more than 5 points,
+`fit` chooses on the validation split how much of the price head to mix into the LLM's price,
+then the neighbours' share of the partner and how much of the partner to blend in: weighted
+means in log price, the LLM's interval shifted with its point. When the 80% interval's coverage on validation misses by more than 5 points,
 its widths in log price are scaled until it holds. Weight 1 and scale 1 read the LLM alone,
 unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -30,11 +30,14 @@ class Blend:
     interval_scale: the interval's distances from the point in log price, times this.
     knn_share: the nearest training items' share of the partner in log price, the rest the
         TF-IDF ridge's (0: the ridge alone).
+    head_weight: the price head's share of the LLM's point in log price, mixed in before the
+        partner (0: no head).
     """
 
     weight: float = 1.0
     interval_scale: float = 1.0
     knn_share: float = 0.0
+    head_weight: float = 0.0
 
     @property
     def uses_tfidf(self) -> bool:
@@ -45,19 +48,23 @@ class Blend:
         return self.uses_tfidf and self.knn_share > 0
 
     @property
-    def changes_anything(self) -> bool:
-        return self.weight != 1.0 or self.interval_scale != 1.0
+    def uses_head(self) -> bool:
+        return self.head_weight > 0
 
-    def apply(self, point, low, high, tfidf=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def changes_anything(self) -> bool:
+        return self.weight != 1.0 or self.interval_scale != 1.0 or self.uses_head
+
+    def apply(self, point, low, high, tfidf=None, head=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(point, low, high) blended; arrays, or one item's floats. `tfidf`, the partner's
         prices (`TfidfPrice.predict(texts, blend.knn_share)`), is needed only when the weight
-        is under 1."""
+        is under 1; `head`, the price head's, only when its weight is over 0."""
         point, low, high = (np.asarray(v, dtype=np.float64) for v in (point, low, high))
         if not self.changes_anything:
             return point, low, high
-        return tuple(self.move(prices, point, tfidf) for prices in (point, low, high))
+        return tuple(self.move(prices, point, tfidf, head) for prices in (point, low, high))
 
-    def move(self, prices, point, tfidf=None) -> np.ndarray:
+    def move(self, prices, point, tfidf=None, head=None) -> np.ndarray:
         """Prices of the LLM's distribution where the blend puts them: shifted in log price
         with the point toward the partner's price, their distance from the point scaled. A
         monotone map, so the moved distribution's quantiles are the moved quantiles."""
@@ -66,10 +73,16 @@ class Blend:
             return prices
         llm = np.log1p(np.asarray(point, dtype=np.float64))
         mixed = llm
+        if self.uses_head:
+            if head is None:
+                raise BlendError("the blend needs the price head's prices")
+            mixed = (1 - self.head_weight) * llm + self.head_weight * np.log1p(
+                np.asarray(head, dtype=np.float64)
+            )
         if self.uses_tfidf:
             if tfidf is None:
                 raise BlendError("the blend needs the TF-IDF model's (the partner's) prices")
-            mixed = self.weight * llm + (1 - self.weight) * np.log1p(np.asarray(tfidf, dtype=np.float64))
+            mixed = self.weight * mixed + (1 - self.weight) * np.log1p(np.asarray(tfidf, dtype=np.float64))
         return np.maximum(np.expm1(mixed + self.interval_scale * (np.log1p(prices) - llm)), 0.0)
 
     def as_dict(self) -> dict:
@@ -91,13 +104,24 @@ def choose_blend(
     blend: bool = True,
     calibrate: bool = True,
     knn=None,
+    head=None,
 ) -> tuple[Blend, dict]:
-    """The blend with the lowest validation MAE: the LLM's weight and, when `knn` (the nearest
+    """The blend with the lowest validation MAE: first, when `head` (the price head's prices) is
+    given, its weight in the LLM's price; then the LLM's weight and, when `knn` (the nearest
     training items' prices) are given, their share of the partner (ties go to the LLM, then to the
     ridge). Then, when the interval's coverage misses `nominal` by more than 5 points, the
     scale whose coverage is nearest to it (ties: the narrowest). Returns the blend and what
     validation measured."""
     truth = np.asarray(truth, dtype=np.float64)
+    llm_mae = float(np.abs(np.asarray(point, dtype=np.float64) - truth).mean())
+    head_weight, head_maes = 0.0, {}
+    if head is not None:
+        for w in WEIGHTS:
+            mixed, _, _ = Blend(head_weight=float(w)).apply(point, low, high, head=head)
+            head_maes[float(w)] = float(np.abs(mixed - truth).mean())
+        head_weight = min(head_maes, key=lambda w: (head_maes[w], w))  # ties: less of the head
+        # the rest is chosen on the LLM's price with the head mixed in, as `Blend.move` reads it
+        point, low, high = Blend(head_weight=head_weight).apply(point, low, high, head=head)
     tfidf = None if tfidf is None else np.asarray(tfidf, dtype=np.float64)
     knn = None if knn is None or tfidf is None else np.asarray(knn, dtype=np.float64)
     blend = blend and tfidf is not None
@@ -129,7 +153,10 @@ def choose_blend(
     _, lo, hi = chosen.apply(point, low, high, partner)
     report = {
         "n": int(len(truth)),
-        "llm_mae": maes.get((1.0, 0.0), float(np.abs(np.asarray(point) - truth).mean())),
+        "llm_mae": llm_mae,
+        "head_mae": None if head is None else head_maes[1.0],
+        "head_weight": head_weight,
+        "head_mix_mae": None if head is None else head_maes[head_weight],
         "tfidf_mae": None if tfidf is None else float(np.abs(tfidf - truth).mean()),
         "knn_mae": None if knn is None else float(np.abs(knn - truth).mean()),
         "blend_mae": maes[(weight, share)],
@@ -142,12 +169,14 @@ def choose_blend(
         "coverage_before": before,
         "coverage_after": coverage(truth, lo, hi),
     }
-    return chosen, report
+    return replace(chosen, head_weight=head_weight), report
 
 
-def mix_text(weight: float, knn_share: float | None) -> str:
-    """A blend's weights in words: "0.6 LLM", or "0.6 LLM, the partner 0.4 neighbours"."""
-    return f"{weight:g} LLM" + (f", the partner {knn_share:g} neighbours" if knn_share else "")
+def mix_text(weight: float, knn_share: float | None, head_weight: float = 0.0) -> str:
+    """A blend's weights in words: "0.6 LLM", "0.6 LLM, the partner 0.4 neighbours", or with a
+    price head "0.6 LLM (0.3 its price head)"."""
+    head = f" ({head_weight:g} its price head)" if head_weight else ""
+    return f"{weight:g} LLM{head}" + (f", the partner {knn_share:g} neighbours" if knn_share else "")
 
 
 def blend_summary(report: dict, nominal: float) -> str:
@@ -167,6 +196,11 @@ def blend_summary(report: dict, nominal: float) -> str:
             + (f"${near:.2f} for the nearest neighbours, " if near is not None else "")
             + f"${mix:.2f} blended at {mix_text(report['best_mix_weight'], report.get('best_mix_knn_share'))}: "
             f"{chosen} (n={report['n']})"
+        )
+    if report.get("head_mae") is not None:
+        first += (
+            f"\n     the price head ${report['head_mae']:.2f} alone; mixed into the LLM's price at "
+            f"{report['head_weight']:g} in log price: ${report['head_mix_mae']:.2f}"
         )
     scale = report["interval_scale"]
     second = f"     the {nominal:.0%} interval held {report['coverage_before']:.1%} of validation prices"

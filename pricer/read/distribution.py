@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from pricer.base.head import head_in_its_dtype
+from pricer.read.number_tokens import number_tokens
+from pricer.read.price_head import last_token_states
 
 Point = Literal["median", "mean"]
 
@@ -33,6 +35,7 @@ class PriceDistribution:
     prices: np.ndarray
     probs: np.ndarray
     left_out: float
+    features: np.ndarray | None = None  # the price head's input, when a read asked for it
 
     @property
     def normalised(self) -> np.ndarray:
@@ -96,73 +99,12 @@ def _shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int
     return int(same.cumprod(0).sum())
 
 
-def _single_token(tokenizer, text: str) -> int | None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
-
-
-def _whole_number_ids(tokenizer, digits: int) -> list[int] | None:
-    """The token of each whole number with up to `digits` digits, when every one is a single
-    token of its own; None otherwise."""
-    whole = [_single_token(tokenizer, str(v)) for v in range(10**digits)]
-    if all(t is not None for t in whole) and len(set(whole)) == len(whole):
-        return whole
-    return None
-
-
-class PriceRangeError(ValueError):
-    """A tokenizer that cannot write every price of the range one number a token or one digit a
-    token; the message says how it writes them and what range it can read."""
-
-
-def number_tokens(tokenizer, max_digits: int) -> tuple[str, list[int]]:
-    """How a tokenizer writes whole-dollar prices of up to `max_digits` digits: ("whole", the
-    token of each number 0..10**max_digits - 1) or ("digits", the token of each digit 0-9).
-
-    The digit search is chosen only when a number of every length up to `max_digits` is written
-    one digit a token: a tokenizer with whole-number tokens up to 999 (Llama 3) writes 1234 as
-    "123" and "4", which a search one digit a token would misread as $1 and change.
-    """
-    whole = _whole_number_ids(tokenizer, max_digits)
-    if whole is not None:
-        return "whole", whole
-    digits = [_single_token(tokenizer, str(d)) for d in range(10)]
-    if any(t is None for t in digits):
-        raise PriceRangeError(
-            "the tokenizer writes neither whole numbers nor single digits as one token each"
-        )
-    one_a_digit = all(
-        tokenizer.encode(text, add_special_tokens=False) == [digits[int(c)] for c in text]
-        for length in range(2, max_digits + 1)
-        for text in ("1" + "0" * (length - 1), "9876543210"[:length], "1234567890"[:length])
-    )
-    if not one_a_digit:
-        example = "1" + "0" * (max_digits - 1)
-        pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(example, add_special_tokens=False))
-        readable = max((d for d in range(1, max_digits) if _whole_number_ids(tokenizer, d)), default=0)
-        within = (
-            f"; it reads whole-dollar prices up to ${10**readable - 1:,}, each one token (a price below "
-            f"{10**readable - 0.5})"
-            if readable
-            else ""
-        )
-        raise PriceRangeError(
-            f"prices of {max_digits} digits cannot be read: the tokenizer writes {example!r} as {pieces}, "
-            f"neither one token nor one digit a token{within}"
-        )
-    return "digits", digits
-
-
-def check_price_range(tokenizer, max_price: float) -> None:
-    """Every whole-dollar price up to `data.rules.max_price` is one the tokenizer's numbers can be
-    read as, or an OptionError naming the option, before any curation or load."""
-    from pricer.options import OptionError
-    from pricer.read.recipe import max_digits
-
-    try:
-        number_tokens(tokenizer, max_digits(max_price))
-    except PriceRangeError as error:
-        raise OptionError(f"data.rules.max_price {max_price}: {error}") from None
+def _with_features(read: list[PriceDistribution], out, layers: int) -> list[PriceDistribution]:
+    """The distributions, each with its prompt's price head features when `layers` asks."""
+    if layers:
+        for distribution, row in zip(read, last_token_states(out.hidden_states, -1, layers), strict=True):
+            distribution.features = row
+    return read
 
 
 class PriceReader:
@@ -198,20 +140,32 @@ class PriceReader:
             self.digit_ids = torch.tensor(ids)
 
     @torch.no_grad()
-    def read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
+    def read(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int = 0
+    ) -> list[PriceDistribution]:
         """Distributions for a batch of left-padded prompts (the LM head in its own dtype, outside
-        autocast, as training runs it)."""
+        autocast, as training runs it); with `layers`, each with the price head's features."""
         with head_in_its_dtype(model):
-            return self._read(model, input_ids, attention_mask)
+            return self._read(model, input_ids, attention_mask, layers)
 
-    def _read(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[PriceDistribution]:
+    def _read(self, model, input_ids, attention_mask, layers: int = 0) -> list[PriceDistribution]:
         # Only the last position's logits: the LM head over every prompt position would be a fifth
         # of the pass on a small model (SmolLM2's 49k vocabulary), all of it thrown away.
-        out, prompt_mask = self._prompt_pass(model, input_ids, attention_mask, keep=1)
+        out, prompt_mask = self._prompt_pass(model, input_ids, attention_mask, keep=1, layers=layers)
         probs = out.logits[:, -1].float().softmax(-1)
         if self.kind == "whole":
-            return self._whole(probs)
-        return self._digits(model, probs, _returned_cache(out), prompt_mask)
+            return _with_features(self._whole(probs), out, layers)
+        return _with_features(self._digits(model, probs, _returned_cache(out), prompt_mask), out, layers)
+
+    @torch.no_grad()
+    def features(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int
+    ) -> np.ndarray:
+        """The price head's features of a batch of left-padded prompts, from the pass `read`
+        starts with (`price_head.last_token_states`), without reading a price."""
+        with head_in_its_dtype(model):
+            out, _ = self._prompt_pass(model, input_ids, attention_mask, keep=1, layers=layers)
+        return last_token_states(out.hidden_states, -1, layers)
 
     @torch.no_grad()
     def read_and_score(
@@ -252,10 +206,20 @@ class PriceReader:
             cache.crop(-width)  # a negative count: the tokens to remove, in every transformers version
         return self._digits(model, probs, cache, prompt_mask), loss_sum, scored.sum()
 
-    def _prompt_pass(self, model, input_ids, attention_mask, after_ids=None, after_mask=None, keep: int = 1):
+    def _prompt_pass(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        after_ids=None,
+        after_mask=None,
+        keep: int = 1,
+        layers: int = 0,
+    ):
         """The forward pass over left-padded prompts (and tokens riding after them, padded on the
-        right), with the logits of the last `keep` positions; and the prompts' mask as the
-        returned cache lays them out, for the digit search.
+        right), with the logits of the last `keep` positions (and every layer's hidden states
+        when the price head reads `layers` of them); and the prompts' mask as the returned cache
+        lays them out, for the digit search.
 
         With `share_prefix`, the first tokens every prompt shares are computed once, as one row,
         and the batch goes on from their KV cache: each row is then the shared prefix, its own
@@ -269,6 +233,8 @@ class PriceReader:
         after_mask = after_mask.to(attention_mask.dtype)
         shared = _shared_prefix(input_ids, attention_mask) if self.share_prefix and batch > 1 else 0
         options = {"logits_to_keep": keep} if _takes(model, "logits_to_keep") else {}
+        if layers:
+            options["output_hidden_states"] = True
         if shared < MIN_SHARED_PREFIX:
             mask = torch.cat([attention_mask, after_mask], dim=1)
             out = model(

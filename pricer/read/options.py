@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jsonargparse.typing import OpenUnitInterval, PositiveInt
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 
 from pricer.options import Fraction
 from pricer.read.dense import CpuRead
@@ -44,10 +44,13 @@ class BlendOptions:
         enabled: Blend the LLM with a classical partner. In log price, with the TF-IDF ridge and
             its 5 nearest train items fitted on the train split, at the weights with the lowest
             validation MAE (the LLM's may be 1, the LLM alone); false: the LLM alone.
-        calibrate_interval: Widen or narrow the interval to its coverage. When its validation
+        calibrate_interval: Scale the interval to its coverage. When its validation
             coverage misses interval_coverage by more than 5 points, its width in log price is
             scaled to the coverage asked for.
+        head_layers: A price head on this many last layers. A ridge on log price, fitted on
+            the train split's states, mixed in at the weight validation chooses; 0: none.
     """
 
     enabled: bool = True
     calibrate_interval: bool = True
+    head_layers: NonNegativeInt = 0

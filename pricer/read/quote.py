@@ -16,6 +16,8 @@ import torch
 
 from pricer.read.blend import Blend
 from pricer.read.distribution import Point, PriceDistribution, PriceReader
+from pricer.read.price_head import PriceHead
+from pricer.read.tfidf import BlendError
 
 # Lightning's mixed precisions and the autocast dtype each reads under; the others read in the
 # weights' own dtype
@@ -39,8 +41,8 @@ def reads_alone(precision: str, compute_dtype: torch.dtype) -> bool:
 class Quote:
     """One product's price: the served point and interval (the blend's, when fit chose one), the
     LLM's own before it, the distribution they were read from, and the prompt it was read from
-    with the similar training items it showed (`partner`: the blend partner's price, when it
-    has one). Every read returns it: fit's test, `test`, `predict` and `Pricer.quote`."""
+    with the similar training items it showed (`partner` and `head`: the blend partner's and
+    the price head's prices, when it reads them). Every read returns it: fit's test, `test`, `predict` and `Pricer.quote`."""
 
     price: float
     low: float
@@ -51,6 +53,7 @@ class Quote:
     distribution: PriceDistribution
     blend: Blend = field(default_factory=Blend)
     partner: float | None = None
+    head: float | None = None
     prompt: str = ""
     neighbors: list[tuple[str, float]] = field(default_factory=list)  # (title, price) shown
 
@@ -72,7 +75,7 @@ class Quote:
     @property
     def prices(self) -> np.ndarray:
         """The distribution's prices where the blend moved them (its own without a blend)."""
-        return self.blend.move(self.distribution.prices, self.llm_price, self.partner)
+        return self.blend.move(self.distribution.prices, self.llm_price, self.partner, self.head)
 
 
 class Reader:
@@ -84,6 +87,7 @@ class Reader:
         coverage: Probability inside the reported interval.
         blend: The LLM's share of the price beside its partner, and the interval's scale.
         partner: The TF-IDF model saved with the adapter; needed when the blend uses it.
+        head: The price head saved with the adapter; needed when the blend mixes it in.
         precision: The trainer precision the run was tested under.
         alone: Read each prompt by itself, without padding (`reads_alone`), so its price does
             not depend on the batch it came in.
@@ -98,10 +102,14 @@ class Reader:
         partner=None,
         precision: str = "32-true",
         alone: bool = False,
+        head: PriceHead | None = None,
     ) -> None:
         self.price_reader, self.point, self.coverage = price_reader, point, coverage
         self.blend = blend or Blend()
-        self.partner = partner
+        self.partner, self.head = partner, head
+        if self.blend.uses_head and head is None:
+            raise BlendError("the blend mixes in a price head, and none was given to read it")
+        self.layers = head.layers if self.blend.uses_head else 0  # the head's features to read
         self.autocast = AUTOCAST.get(str(precision))
         self.alone = alone
 
@@ -112,12 +120,20 @@ class Reader:
             input_ids.device.type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
         ):
             if not self.alone or len(input_ids) == 1:
-                return self.price_reader.read(model, input_ids, attention_mask)
+                return self.price_reader.read(model, input_ids, attention_mask, self.layers)
             reads = []
             for ids, mask in zip(input_ids, attention_mask, strict=True):
                 real = mask.bool()  # a left-padded row's tokens, as the prompt tokenizes alone
-                reads += self.price_reader.read(model, ids[real][None], mask[real][None])
+                reads += self.price_reader.read(model, ids[real][None], mask[real][None], self.layers)
             return reads
+
+    def features(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int):
+        """The price head's features of a batch of prompts, under the run's autocast (batched:
+        fit reads the train split's so to fit the head)."""
+        with torch.autocast(
+            input_ids.device.type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
+        ):
+            return self.price_reader.features(model, input_ids, attention_mask, layers)
 
     def price(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str]
@@ -133,7 +149,10 @@ class Reader:
         partner = None
         if self.blend.uses_tfidf:
             partner = np.asarray(self.partner.predict(list(texts), self.blend.knn_share), dtype=np.float64)
-        point, low, high = self.blend.apply(*llm.T, partner)
+        head = None
+        if self.blend.uses_head:
+            head = self.head.predict(np.stack([d.features for d in distributions]))
+        point, low, high = self.blend.apply(*llm.T, partner, head)
         return [
             Quote(
                 float(point[i]),
@@ -143,6 +162,7 @@ class Reader:
                 distribution=d,
                 blend=self.blend,
                 partner=None if partner is None else float(partner[i]),
+                head=None if head is None else float(head[i]),
             )
             for i, d in enumerate(distributions)
         ]

@@ -88,8 +88,8 @@ class Recipe:
     neighbor_min_similarity: float = 0.0
     # the trainer precision test read under: a mixed one is read under the same autocast
     precision: str = "32-true"
-    # fit's choice on validation (pricer/read/blend.py): the LLM's weight, the interval's scale
-    # and the nearest neighbours' share of the partner
+    # fit's choice on validation (pricer/read/blend.py): the LLM's weight, the interval's scale,
+    # the nearest neighbours' share of the partner and the price head's share
     blend: dict = field(default_factory=lambda: Blend().as_dict())
     # the prompt's fixed words, which the adapter learned
     question: str = QUESTION
@@ -288,6 +288,7 @@ class Recipe:
             "data.neighbor_min_similarity": (self.neighbor_min_similarity, lambda v: 0 <= v < 1, "in [0, 1)"),
             "blend.weight": (b["weight"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
             "blend.knn_share": (b["knn_share"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "blend.head_weight": (b["head_weight"], lambda v: 0 <= v <= 1, "a number in [0, 1]"),
             "blend.interval_scale": (b["interval_scale"], lambda v: v > 0, "a positive number"),
         }
         for place, (value, inside, expected) in ranges.items():

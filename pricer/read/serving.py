@@ -26,6 +26,7 @@ from pricer.read.adapter_files import saved_read_out, saved_retriever
 from pricer.read.blend import Blend
 from pricer.read.dense import can_read_dense, to_dense
 from pricer.read.distribution import Point, PriceReader
+from pricer.read.price_head import PriceHead
 from pricer.read.quote import Quote, Reader, reads_alone
 from pricer.read.recipe import Recipe, adapter_recipe, read_recipe
 from pricer.read.tfidf import BlendError, TfidfPrice
@@ -58,6 +59,9 @@ class Pricer:
                     "Pricer: a blend weight under 1 needs an adapter folder holding its TF-IDF model"
                 )
             partner = TfidfPrice.load(adapter)
+        if blend.uses_head and not adapter:
+            raise BlendError("Pricer: a price head weight over 0 needs an adapter folder holding the head")
+        head = PriceHead.load(adapter) if blend.uses_head else None
         if recipe.neighbors and not adapter:
             raise BlendError("Pricer: neighbors need an adapter folder holding the training items")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -105,7 +109,7 @@ class Pricer:
         )
         alone = reads_alone(precision, self.dtype)
         self.reader = Reader(
-            digits, read["point"], read["interval_coverage"], blend, partner, precision, alone
+            digits, read["point"], read["interval_coverage"], blend, partner, precision, alone, head
         )
         if read["cpu"] == "dense" and can_read_dense(model, self.device):
             # under autocast a merged LoRA update would be rounded with the 16-bit weights

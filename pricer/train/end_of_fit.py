@@ -10,6 +10,7 @@ resuming), not the best ones loaded here.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from pricer.read.adapter_files import TrainItems, describe
 from pricer.read.blend import Blend, blend_summary, choose_blend
+from pricer.read.price_head import PriceHead
 from pricer.read.tfidf import TfidfPrice
 from pricer.train import stopping
 
@@ -86,8 +88,9 @@ def best_on_validation(trainer: L.Trainer):
 
 class ChooseBlend(EndOfFit):
     """At the end of fit, the blend and interval scale for the weights fit keeps, chosen on the
-    validation split (pricer/read/blend.py) as `model.blend.enabled` and `model.blend.calibrate_interval`
-    ask: on the reads of that step's validation, or on a pass made now (a resumed run)."""
+    validation split (pricer/read/blend.py) as `model.blend.enabled`, `model.blend.calibrate_interval`
+    and `model.blend.head_layers` ask: on the reads of that step's validation, or on a pass made
+    now (a resumed run); the price head fitted first, on a pass over the train split."""
 
     order = 2
 
@@ -99,6 +102,7 @@ class ChooseBlend(EndOfFit):
     def choose(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         blend, coverage = pl_module.group("blend"), pl_module.group("read").interval_coverage
         pl_module.blend, pl_module.tfidf, pl_module.blend_report = Blend(), None, None
+        pl_module.price_head = None
         datamodule = trainer.datamodule
         # saved with the adapter: a test on any source gets the baselines of the fit's own
         train = datamodule.train_prices_and_texts() if hasattr(datamodule, "train_prices_and_texts") else None
@@ -112,16 +116,22 @@ class ChooseBlend(EndOfFit):
         features = (index.vectorizer, index.rows) if index is not None else None
         if features is not None:
             pl_module.tfidf = TfidfPrice.fit(train[1], train[0], features)
-        pl_module.served = "the LLM alone: model.blend.enabled and model.blend.calibrate_interval are false"
-        if not (blend.enabled or blend.calibrate_interval):
+        pl_module.served = (
+            "the LLM alone: model.blend.enabled and model.blend.calibrate_interval are false, "
+            "model.blend.head_layers 0"
+        )
+        if not (blend.enabled or blend.calibrate_interval or blend.head_layers):
             return
         datasets = getattr(datamodule, "datasets", {}) if datamodule is not None else {}
         if "validation" not in datasets:
             pl_module.served = "the LLM alone: no validation split to choose a blend on"
             print("fit: no validation split: the LLM's price is read alone, its interval as it is")
             return
-        train = train if blend.enabled else None
         rows = pl_module.kept_validation_reads(step) or read_validation(trainer, pl_module)
+        head = None
+        if blend.head_layers and train is not None:
+            pl_module.price_head, head = fit_price_head(trainer, pl_module, blend.head_layers, rows)
+        train = train if blend.enabled else None
         stopping.stop_here(trainer)
         pl_module.forget_validation_reads()
         pl_module.validation_rows = rows
@@ -133,7 +143,7 @@ class ChooseBlend(EndOfFit):
         tfidf = pl_module.tfidf.predict(texts) if pl_module.tfidf is not None else None
         knn = pl_module.tfidf.predict_knn(texts) if pl_module.tfidf is not None else None
         pl_module.blend, report = choose_blend(
-            truth, point, low, high, tfidf, coverage, blend.enabled, blend.calibrate_interval, knn
+            truth, point, low, high, tfidf, coverage, blend.enabled, blend.calibrate_interval, knn, head
         )
         pl_module.blend_report = {"validation": report, **pl_module.blend.as_dict()}
         pl_module.served = describe(pl_module.blend, "fit chose on validation")
@@ -158,32 +168,64 @@ def validation_batches(trainer: L.Trainer, total: int) -> int:
     return int(total * float(limit))
 
 
-@torch.no_grad()
-def read_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
-    """The validation split read once with the current weights, as validation reads it. Under
-    DDP every process reads the whole split, not its shard, so every process chooses the same
-    blend on all of it."""
-    loader = trainer.datamodule.val_dataloader()
-    limit = validation_batches(trainer, len(loader))
-    rows: list[dict] = []
+@contextmanager
+def reading_pass(trainer: L.Trainer, pl_module: L.LightningModule):
+    """The model in eval mode, read as validation reads it (its dense CPU weights, the run's
+    precision), for a pass over a split; as it was afterwards."""
     model = pl_module.model
     training = model.training
     model.eval()
     pl_module.read_dense()
     try:
-        with trainer.precision_plugin.forward_context():
-            reading = pl_module.reading()
-            for index, batch in enumerate(loader):
-                stopping.stop_here(trainer)
-                if index >= limit:
-                    break
-                batch = pl_module.transfer_batch_to_device(batch, pl_module.target_device, 0)
-                distributions = reading.distributions(model, batch["prompt_ids"], batch["prompt_mask"])
-                rows.extend(pl_module.validation_reads(batch, distributions))
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            yield model
     finally:
         pl_module.read_4bit_again()
         model.train(training)
+
+
+def batches_of(trainer: L.Trainer, pl_module: L.LightningModule, loader, limit: int):
+    """The loader's first `limit` batches on the module's device, a stop request honoured at each."""
+    for index, batch in enumerate(loader):
+        stopping.stop_here(trainer)
+        if index >= limit:
+            break
+        yield pl_module.transfer_batch_to_device(batch, pl_module.target_device, 0)
+
+
+def read_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
+    """The validation split read once with the current weights, as validation reads it. Under
+    DDP every process reads the whole split, not its shard, so every process chooses the same
+    blend on all of it."""
+    loader = trainer.datamodule.val_dataloader()
+    rows: list[dict] = []
+    with reading_pass(trainer, pl_module) as model:
+        reading = pl_module.reading()
+        for batch in batches_of(trainer, pl_module, loader, validation_batches(trainer, len(loader))):
+            distributions = reading.distributions(model, batch["prompt_ids"], batch["prompt_mask"])
+            rows.extend(pl_module.validation_reads(batch, distributions))
     return rows
+
+
+def fit_price_head(
+    trainer: L.Trainer, pl_module: L.LightningModule, layers: int, rows: list[dict]
+) -> tuple[PriceHead, list[float]]:
+    """The price head (pricer/read/price_head.py) fitted on the train split's features with the
+    current weights, and its prices of the validation `rows`, from a pass over each split."""
+    features, prices, texts = {}, {}, {}
+    with reading_pass(trainer, pl_module) as model:
+        reading = pl_module.reading()
+        for split in ("train", "validation"):
+            loader = trainer.datamodule.reading_dataloader(split)
+            found, prices[split], texts[split] = [], [], []
+            for batch in batches_of(trainer, pl_module, loader, len(loader)):
+                found.append(reading.features(model, batch["prompt_ids"], batch["prompt_mask"], layers))
+                prices[split] += batch["price"].tolist()
+                texts[split] += batch["text"]
+            features[split] = np.concatenate(found)
+    head = PriceHead.fit(features["train"], prices["train"], layers)
+    by_text = dict(zip(texts["validation"], head.predict(features["validation"]), strict=True))
+    return head, [float(by_text[row["text"]]) for row in rows]
 
 
 class SaveAdapter(EndOfFit):

@@ -42,12 +42,20 @@ class ReadingSteps:
 
     def reading(self) -> Reader:
         """How this module's prices are read (pricer/read/quote.py, as the Space reads them):
-        its read-out options, the blend fit chose and the trainer's precision."""
+        its read-out options, the blend fit chose (with its partner and price head) and the
+        trainer's precision."""
         read, dtype = self.group("read"), self.group("quantization").compute_dtype
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
         alone = reads_alone(precision, resolve_dtype(dtype, self.target_device))
         return Reader(
-            self.reader, read.point, read.interval_coverage, self.blend, self.tfidf, precision, alone
+            self.reader,
+            read.point,
+            read.interval_coverage,
+            self.blend,
+            self.tfidf,
+            precision,
+            alone,
+            self.price_head,
         )
 
     def read_prices(self, batch: dict) -> list[dict]:

@@ -22,6 +22,7 @@ from pricer.read.adapter_files import ReadOut, TrainItems, saved_hashes, saved_r
 from pricer.read.blend import Blend
 from pricer.read.distribution import PriceReader
 from pricer.read.options import BlendOptions, ReadOptions
+from pricer.read.price_head import PriceHead
 from pricer.read.recipe import PROMPT_OPTIONS, Recipe, base_differences, read_recipe, stamp_recipe
 from pricer.read.tfidf import TfidfPrice
 from pricer.train import stopping
@@ -106,6 +107,7 @@ class PriceModel(ReadingSteps, Resumable, L.LightningModule):
         # the read-out on top of the LLM's: chosen at the end of fit, or loaded with an adapter
         self.blend = Blend()
         self.tfidf: TfidfPrice | None = None
+        self.price_head: PriceHead | None = None
         self.blend_report: dict | None = None
         # the training items saved with the adapter (baselines on any source), and the
         # read-out served, in words, as the report names it
@@ -237,7 +239,7 @@ class PriceModel(ReadingSteps, Resumable, L.LightningModule):
     def serve(self, read_out: ReadOut) -> None:
         """Read as `read_out` says: the blend and TF-IDF model an adapter's run chose, and its
         training items for the baselines."""
-        self.blend, self.tfidf = read_out.blend, read_out.partner
+        self.blend, self.tfidf, self.price_head = read_out.blend, read_out.partner, read_out.head
         self.train_items, self.served = read_out.train_items, read_out.served
 
     def cpu(self) -> PriceModel:
@@ -257,10 +259,8 @@ class PriceModel(ReadingSteps, Resumable, L.LightningModule):
         partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         self.model.save_pretrained(partial)
-        if self.tfidf is not None:
-            self.tfidf.save(partial)
-        if self.train_items is not None:
-            self.train_items.save(partial)
+        for part in (p for p in (self.tfidf, self.price_head, self.train_items) if p is not None):
+            part.save(partial)
         recipe = self.recipe().with_metrics(metrics).with_files(saved_hashes(partial))
         stamp_recipe(partial, recipe)
         recipe.save(partial)
