@@ -615,3 +615,24 @@ def predicted_cents(args: list[str], source: Path, adapter: Path, root: Path, na
     return [
         round(float(r["predicted"]), 2) for r in csv.DictReader((root / "runs" / name / "predict.csv").open())
     ]
+
+
+def quotes_as_test_wrote(pricer, run: Path) -> list:
+    """Each product of a publishing fit's test split typed into `pricer` as the Space takes it:
+    its quote, checked against the price, interval and LLM price `test` wrote to predictions.csv
+    (to the cent: the Space reads the LoRA merged, test its layers, with other float roundings)."""
+    import csv
+
+    import pytest
+
+    body = " ".join(f"word{i % 10}x" for i in range(80))  # `record`'s description
+    quotes = []
+    for row in csv.DictReader((run / "predictions.csv").open()):
+        quote = pricer.quote(row["title"], body, "Sturdy build\nEasy to clean", "Brand: Acme")
+        for got, wrote in zip(
+            (quote.price, quote.low, quote.high), ("predicted", "low", "high"), strict=True
+        ):
+            assert round(got, 2) == round(float(row[wrote]), 2), (row["title"], wrote)
+        assert quote.llm_price == pytest.approx(float(row["llm_predicted"]), rel=1e-6)
+        quotes.append(quote)
+    return quotes

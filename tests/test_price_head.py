@@ -2,8 +2,6 @@
 saved beside the adapter, mixed into the LLM's price at the weight validation chose, and read
 by every read as the blend is."""
 
-import csv
-
 import numpy as np
 import pytest
 import torch
@@ -12,9 +10,7 @@ from pricer.read.blend import Blend, choose_blend
 from pricer.read.distribution import PriceReader
 from pricer.read.price_head import HEAD_FILE, PriceHead
 from pricer.read.tfidf import BlendError
-from tests.conftest import edit_recipe, publishing_fit
-
-BODY = " ".join(f"word{i % 10}x" for i in range(80))  # conftest.record's description
+from tests.conftest import edit_recipe, publishing_fit, quotes_as_test_wrote
 
 
 def test_a_head_fits_log_price_on_its_features_and_reads_back_from_its_safetensors_file(tmp_path):
@@ -127,15 +123,9 @@ def test_fit_saves_its_price_head_and_the_space_quotes_tests_prices_with_it(head
 
     pricer = Pricer.from_adapter(str(adapter))
     assert pricer.blend == Blend(**recipe.blend)
-    rows = list(csv.DictReader((head_run / "predictions.csv").open()))
-    assert len(rows) == 6
-    for row in rows:
-        quote = pricer.quote(row["title"], BODY, "Sturdy build\nEasy to clean", "Brand: Acme")
-        for got, wrote in zip(
-            (quote.price, quote.low, quote.high), ("predicted", "low", "high"), strict=True
-        ):
-            assert round(got, 2) == round(float(row[wrote]), 2), (row["title"], wrote)
-        assert quote.llm_price == pytest.approx(float(row["llm_predicted"]), rel=1e-6)
+    quotes = quotes_as_test_wrote(pricer, head_run)
+    assert len(quotes) == 6
+    for quote in quotes:
         mixed = np.expm1((1 - weight) * np.log1p(quote.llm_price) + weight * np.log1p(quote.head))
         assert quote.price == pytest.approx(mixed)
 

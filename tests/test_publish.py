@@ -221,6 +221,26 @@ def test_the_staged_folders_name_hub_ids_and_load_by_them_elsewhere(published, t
     assert loaded.peft_config["default"].base_model_name_or_path == "me/tiny-llama"
 
 
+def card_with_blend(blend: dict) -> str:
+    """The model card of a run whose test measured these figures, served with `blend`."""
+    from pricer.hub.cards import model_card
+
+    metrics = {
+        "n": 600,
+        "mae": 35.2,
+        "rmsle": 0.7,
+        "hit_rate": 0.78,
+        "smape": 30.0,
+        "median_ae": 15.0,
+        "mae_ci95": [30.0, 40.0],
+        "blend": {"interval_scale": 1.0, **blend},
+    }
+    card = model_card(
+        "me/pricer-tiny", "me/base", None, ["Appliances"], {}, metrics, None, "1 min", "cpu", (0.5, 999.0)
+    )
+    return str(card)
+
+
 @pytest.mark.parametrize(
     "neighbors, said",
     [
@@ -229,49 +249,15 @@ def test_the_staged_folders_name_hub_ids_and_load_by_them_elsewhere(published, t
     ],
 )
 def test_the_model_card_says_what_the_price_blends(neighbors, said):
-    from pricer.hub.cards import model_card
-
-    metrics = {
-        "n": 600,
-        "mae": 35.2,
-        "rmsle": 0.7,
-        "hit_rate": 0.78,
-        "smape": 30.0,
-        "median_ae": 15.0,
-        "mae_ci95": [30.0, 40.0],
-        "blend": {
-            "weight": 0.6,
-            "interval_scale": 1.0,
-            "knn_share": neighbors,
-            "llm_alone": {"mae": 39.9, "interval_coverage": 0.7},
-        },
-    }
-    card = model_card(
-        "me/pricer-tiny", "me/base", None, ["Appliances"], {}, metrics, None, "1 min", "cpu", (0.5, 999.0)
-    )
-    text = str(card)
+    blend = {"weight": 0.6, "knn_share": neighbors, "llm_alone": {"mae": 39.9, "interval_coverage": 0.7}}
+    text = card_with_blend(blend)
     assert "The price blends the LLM's with a classical model's in log price" in text
     assert said in text and "The LLM alone was off by $39.90" in text
 
 
 @pytest.mark.parametrize("head_weight", [0.0, 0.35])
 def test_the_model_card_says_when_a_price_head_is_mixed_in(head_weight):
-    from pricer.hub.cards import model_card
-
-    metrics = {
-        "n": 600,
-        "mae": 35.2,
-        "rmsle": 0.7,
-        "hit_rate": 0.78,
-        "smape": 30.0,
-        "median_ae": 15.0,
-        "mae_ci95": [30.0, 40.0],
-        "blend": {"weight": 1.0, "interval_scale": 1.0, "knn_share": 0.0, "head_weight": head_weight},
-    }
-    card = model_card(
-        "me/pricer-tiny", "me/base", None, ["Appliances"], {}, metrics, None, "1 min", "cpu", (0.5, 999.0)
-    )
-    text = str(card)
+    text = card_with_blend({"weight": 1.0, "knn_share": 0.0, "head_weight": head_weight})
     head = "The LLM's price mixes in its price head's at 0.35 in log price"
     alone = "The price is the LLM's alone"
     assert (head in text, alone in text) == ((True, False) if head_weight else (False, True))
