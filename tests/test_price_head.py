@@ -8,7 +8,7 @@ import torch
 
 from pricer.read.blend import Blend, choose_blend
 from pricer.read.distribution import PriceReader
-from pricer.read.price_head import HEAD_FILE, PriceHead
+from pricer.read.price_head import ALPHAS, HEAD_FILE, PriceHead
 from pricer.read.tfidf import BlendError
 from tests.conftest import edit_recipe, publishing_fit, quotes_as_test_wrote
 
@@ -21,7 +21,7 @@ def test_a_head_fits_log_price_on_its_features_and_reads_back_from_its_safetenso
     assert np.abs(np.log1p(head.predict(x)) - np.log1p(prices)).max() < 0.05
     head.save(tmp_path)
     again = PriceHead.load(tmp_path)
-    assert again.layers == 2
+    assert (again.layers, again.alpha) == (2, head.alpha) and head.alpha in ALPHAS
     assert np.array_equal(again.predict(x), head.predict(x))
 
 

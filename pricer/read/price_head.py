@@ -44,6 +44,7 @@ class PriceHead:
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
+    alpha: float = 0.0  # the ridge strength cross-validation chose
 
     @classmethod
     def fit(cls, features: np.ndarray, prices, layers: int) -> PriceHead:
@@ -57,9 +58,8 @@ class PriceHead:
         ridge = RidgeCV(alphas=ALPHAS, cv=FOLDS).fit(
             (x - mean) / scale, np.log1p(np.asarray(prices, dtype=np.float64))
         )
-        return cls(
-            int(layers), mean, scale, np.asarray(ridge.coef_, dtype=np.float64), float(ridge.intercept_)
-        )
+        coef = np.asarray(ridge.coef_, dtype=np.float64)
+        return cls(int(layers), mean, scale, coef, float(ridge.intercept_), float(ridge.alpha_))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         x = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
@@ -74,7 +74,11 @@ class PriceHead:
             "coef": self.coef,
             "intercept": np.array([self.intercept]),
         }
-        save_file(tensors, str(Path(folder) / HEAD_FILE), metadata={"layers": str(self.layers)})
+        save_file(
+            tensors,
+            str(Path(folder) / HEAD_FILE),
+            metadata={"layers": str(self.layers), "alpha": repr(self.alpha)},
+        )
 
     @classmethod
     def load(cls, folder: Path) -> PriceHead:
@@ -87,8 +91,9 @@ class PriceHead:
             )
         try:
             with safe_open(str(path), framework="numpy") as file:
-                layers = int((file.metadata() or {})["layers"])
+                header = file.metadata() or {}
+                layers, alpha = int(header["layers"]), float(header["alpha"])
                 t = {name: file.get_tensor(name) for name in ("mean", "scale", "coef", "intercept")}
         except (SafetensorError, KeyError, ValueError, OSError) as error:
             raise BlendError(f"{path}: not a price head fit saved ({error})") from None
-        return cls(layers, t["mean"], t["scale"], t["coef"], float(t["intercept"][0]))
+        return cls(layers, t["mean"], t["scale"], t["coef"], float(t["intercept"][0]), alpha)
