@@ -42,7 +42,10 @@ The rule, fixed before any run it decides:
 8. After the choice, the test split is read once, by `pricer test`, for the adopted recipe (or
    the baseline, if none is) and the baseline, each seed, trained again from the same seed where
    the run folder is gone, and by the course's recipe (`benchmarks/course_recipe.py`, one run a
-   seed on the same split, the course's prompt): the ledger records every read.
+   seed on the same split, the course's prompt): the ledger records every read. An adopted head
+   changes no training: one run a seed then serves both, its test report giving the LLM alone
+   beside the head's mix on the same items (the TF-IDF blend off, as the head was chosen).
+   `python benchmarks/objective_study.py final benchmarks/objective_study.json` prints them.
 
 Budget: about 50 minutes a run on this 2-core CPU (about 6.7 s a step without neighbours, 352
 steps, one validation of 600 items); four runs, fewer when a candidate is above the baseline
@@ -97,6 +100,40 @@ def plan() -> list[str]:
         for seed in SEEDS
         for name, options in arms().items()
     ]
+
+
+def final(decision: dict) -> list[str]:
+    """Rule 8's commands, from the decision: each seed's run of the adopted recipe and, where an
+    adopted arm changes training, of the baseline, each read once by `pricer test`; then the
+    course's recipe on the same split (its curated folder found as `hidden_head` finds it)."""
+    from benchmarks.hidden_head import LAYERS
+
+    adopted = [name for name, result in decision["arms"].items() if result["adopted"]]
+    head = decision.get("head") or {}
+    reading = ""
+    if head.get("adopted"):
+        reading = f"--model.blend.enabled false --model.blend.head_layers {LAYERS[head['chosen']]}"
+    runs = {"chosen": " ".join([*(arms()[name] for name in adopted), reading]).strip()}
+    if adopted:
+        runs["baseline"] = ""
+    data = f"--model.base_model $GGUF --data.source $SAMPLE --data.seed {SPLIT_SEED} --data.neighbors 0"
+    lines = []
+    for seed in SEEDS:
+        for name, options in runs.items():
+            run = f"{name}-s{seed}"
+            fit = COMMON.replace("runs/study", "runs/final")
+            lines.append(f"{fit} --seed_everything {seed} --run_name {run} {options}".strip())
+            lines.append(
+                f"python -m pricer test --config configs/sample.yaml {data} --model.adapter "
+                f"runs/final/{run}/adapter --trainer.default_root_dir runs/final --run_name {run}-test"
+            )
+    # the same training items as a pricer run: its steps of 8 are the course's steps of 4, twice
+    steps = STEPS * 2
+    for seed in SEEDS:
+        out = f"--splits <curated folder> --gguf $GGUF --out runs/final/course-s{seed}"
+        lines.append(f"python benchmarks/course_recipe.py train {out} --seed {seed} --max-steps {steps}")
+        lines.append(f"python benchmarks/course_recipe.py read {out} --split test")
+    return lines
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -263,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict | list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("plan", help="print the runs")
+    ending = commands.add_parser("final", help="print the test read's runs, from the decision")
+    ending.add_argument("decision", type=Path, help="the decision's JSON (decide --out)")
     keeping = commands.add_parser("keep", help="keep a run's validation prices in benchmarks/")
     keeping.add_argument("run", type=Path)
     decision = commands.add_parser("decide", help="the decision, from the runs' validation prices")
@@ -271,6 +310,10 @@ def main(argv: list[str] | None = None) -> dict | list[str]:
     args = parser.parse_args(argv)
     if args.command == "plan":
         lines = plan()
+        print("\n".join(lines))
+        return lines
+    if args.command == "final":
+        lines = final(json.loads(args.decision.read_text()))
         print("\n".join(lines))
         return lines
     if args.command == "keep":

@@ -917,6 +917,36 @@ def test_the_objective_studys_runs_are_commands_pricer_accepts(tmp_path, capsys)
         assert "skip_test: true" in printed and "seed: 2026" in printed
 
 
+def test_the_objective_studys_test_read_follows_its_decision(tmp_path, capsys) -> None:
+    """Rule 8's commands: an adopted head adds its layers to one run a seed (the blend off, as it
+    was chosen), read once by `pricer test`; an adopted loss adds a baseline run beside it; every
+    pricer command parses as written, and the course's peer sees as many items."""
+    import shlex
+
+    from benchmarks.objective_study import STEPS, final
+    from pricer.cli.main import main
+
+    arms = {"distance-2.7": {"adopted": False}}
+    head = final({"arms": arms, "head": {"chosen": "last3", "adopted": True}})
+    fits = [line for line in head if " fit " in line]
+    assert len(fits) == 2
+    assert all("--model.blend.enabled false --model.blend.head_layers 3" in f for f in fits)
+    assert sum(" test " in line for line in head) == 2
+    assert sum(f"--max-steps {2 * STEPS}" in line for line in head) == 2
+    neither = final({"arms": arms, "head": {"chosen": "last3", "adopted": False}})
+    assert not any("head_layers" in line for line in neither)
+    loss = final({"arms": {"distance-2.7": {"adopted": True}}, "head": None})
+    assert [" --model.price_distance 2.7" in f for f in loss if " fit " in f] == [True, False, True, False]
+    for line in head + loss:
+        if not line.startswith("python -m pricer"):
+            continue
+        args = shlex.split(line.replace("$GGUF", str(tmp_path / "m.gguf")).replace("$SAMPLE", str(tmp_path)))
+        with pytest.raises(SystemExit) as stop:
+            main([*args[3:], "--print_config"])
+        assert stop.value.code == 0, capsys.readouterr().err
+        assert "seed: 2026" in capsys.readouterr().out
+
+
 def test_the_course_recipe_trains_reads_and_records_its_test_read(tmp_path, tiny_llama, raw_items) -> None:
     """The peer at toy scale: TRL trains the course's LoRA on the curated prompts, generate and
     the regex read them, and a test read goes into the split's ledger like pricer's."""
