@@ -5,15 +5,17 @@ add to, the price it writes?
     python -m benchmarks.hidden_head runs/study/baseline-s1 --splits <curated folder>/data \\
         --base-model $GGUF --out benchmarks/hidden_head.json
 
-The features are the final norm's output at the prompt's last token, the position whose logits
-give the first price token (`last`), and beside it the outputs of the two layers before the last
-(`last3`: the last three layers, as the course lineage's regression head read them), from one
-forward pass of the prompt the adapter reads (its neighbours retrieved from its saved index, as
-`Pricer.quote_prompt` builds it), under the run's precision. Each head is a ridge regression on
-log1p(price) over the standardised features of the train split, its strength chosen by 5-fold
-cross-validation on train alone. On the validation split (the run's `validation.csv` holds the
-LLM's own prices there) it reports, for each head, the head alone, the LLM alone, and their mix
-in log price at each weight 0, 0.1, ..., 1: the best weight in sample, and cross-fitted (the
+The head is pricer's own (`pricer.read.price_head.PriceHead`, `model.blend.head_layers`), on
+the features pricer's reader computes (`PriceReader.features`): the final norm's output at the
+prompt's last token, the position whose logits give the first price token (`last`), and beside
+it the outputs of the two layers before the last (`last3`: the last three layers, as the course
+lineage's regression head read them), from one forward pass of the prompt the adapter reads
+(its neighbours retrieved from its saved index, as `Pricer.quote_prompt` builds it), under the
+run's precision. Each head is a ridge regression on log1p(price) over the standardised features
+of the train split, its strength chosen by 5-fold cross-validation on train alone. On the
+validation split (the run's `validation.csv` holds the LLM's own prices there) it reports, for
+each head, the head alone, the LLM alone, and their mix in log price at each weight 0, 0.1,
+..., 1: the best weight in sample, and cross-fitted (the
 weight chosen on the even items scored on the odd, and the other way round), with the paired
 95% interval of the cross-fitted mix against the LLM alone, and writes each item's prices to
 `<run>/hidden_head.csv` (title, price, the LLM's, and each head's and cross-fitted mix: `head`
@@ -29,16 +31,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from benchmarks.blend_partners import split_frame
 from benchmarks.figures import report
 from benchmarks.training_speed import machine
 from pricer.read.metrics import mae_gap
+from pricer.read.price_head import PriceHead
 
 WEIGHTS = np.round(np.linspace(0, 1, 11), 2)
 ITEMS = "hidden_head.csv"  # each validation item's prices, beside the run's validation.csv
-ALPHAS = np.logspace(-1, 5, 13)
 # each head's features: how many of the last layers' outputs at the prompt's last token
 LAYERS = {"last": 1, "last3": 3}
 
@@ -62,40 +63,21 @@ def prompts_of(pricer, texts: list[str]) -> list[str]:
     return prompts
 
 
-@torch.no_grad()
 def features(pricer, prompts: list[str], batch_size: int) -> dict[str, np.ndarray]:
-    """Each head's features of each prompt (`LAYERS`): the final norm's output at its last
-    token, and beside it the two layers' outputs before the last (left-padded batches; no
-    logits)."""
-    model = pricer.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder()
+    """Each head's features of each prompt (`LAYERS`), as pricer's price head reads them, from
+    left-padded batches: the deepest head's, and the others their first blocks."""
     tokenizer = pricer.tokenizer
     tokenizer.padding_side = "left"
-    rows = {name: [] for name in LAYERS}
-    autocast = pricer.reader.autocast
+    deepest = max(LAYERS.values())
+    rows = []
     for start in range(0, len(prompts), batch_size):
         encoded = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
-            out = decoder(
-                input_ids=encoded["input_ids"],
-                attention_mask=encoded["attention_mask"],
-                output_hidden_states=True,
-            )
-        # hidden_states: the embeddings, then each layer's output; [-2] and [-3] the two layers
-        # before the last
-        states = [out.last_hidden_state, out.hidden_states[-2], out.hidden_states[-3]]
-        for name, layers in LAYERS.items():
-            rows[name].append(torch.cat([h[:, -1] for h in states[:layers]], -1).float().numpy())
-    return {name: np.concatenate(parts) for name, parts in rows.items()}
-
-
-def fit_head(x: np.ndarray, prices: np.ndarray):
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=5)).fit(x, np.log1p(prices))
+        rows.append(
+            pricer.reader.features(pricer.model, encoded["input_ids"], encoded["attention_mask"], deepest)
+        )
+    x = np.concatenate(rows)
+    width = x.shape[1] // deepest
+    return {name: x[:, : width * layers] for name, layers in LAYERS.items()}
 
 
 def mix(llm: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:
@@ -145,14 +127,14 @@ def run(args) -> dict:
     llm = np.array([float(r["predicted"]) for r in validation])
     heads, columns = {}, {"title": list(val["title"]), "price": truth, "llm": llm}
     for variant in LAYERS:
-        head = fit_head(x_train[variant], np.asarray(train["price"], dtype=np.float64))
-        from_head = np.clip(np.expm1(head.predict(x_val[variant])), 0, None)
+        head = PriceHead.fit(x_train[variant], np.asarray(train["price"], dtype=np.float64), LAYERS[variant])
+        from_head = head.predict(x_val[variant])
         by_weight = {float(w): mae(truth, mix(llm, from_head, w)) for w in WEIGHTS}
         crossed, chosen = cross_fitted(truth, llm, from_head)
         columns[column("head", variant)], columns[column("mix", variant)] = from_head, crossed
         heads[variant] = {
             "feature_size": int(x_train[variant].shape[1]),
-            "ridge_alpha": float(head[-1].alpha_),
+            "ridge_alpha": head.alpha,
             "head_mae": mae(truth, from_head),
             "mix_mae_by_weight": by_weight,
             "best_weight_in_sample": min(by_weight, key=by_weight.get),
