@@ -32,7 +32,8 @@ def reads_alone(precision: str, compute_dtype: torch.dtype) -> bool:
     in (its padding and the kernels its shape selects), so a batch of test prompts would read
     other prices than the Space reads for each alone. Read alone and unpadded, both compute the
     same operations on the same shapes, at the cost of the batch's speed (benchmarks/RESULTS.md
-    has both figures). In fp32 a batch moves no price by a cent, and is kept.
+    has both figures). In fp32 a batch is kept for its speed, though its padding can tip the
+    digit search's pruning and move a price by more than a cent (benchmarks/RESULTS.md).
     """
     return str(precision) not in FULL_PRECISIONS or compute_dtype in (torch.float16, torch.bfloat16)
 
