@@ -58,6 +58,8 @@ def test_a_read_gives_each_prompt_the_last_layers_states_at_its_last_token(tiny_
     batched = reader.features(model, encoded["input_ids"], encoded["attention_mask"], 2)
     np.testing.assert_allclose(batched, np.stack([r.features for r in reads]), atol=1e-6)
     assert reader.read(model, encoded["input_ids"], encoded["attention_mask"])[0].features is None
+    with pytest.raises(BlendError, match="head_layers 4: the model has 3 hidden states"):
+        reader.features(model, encoded["input_ids"], encoded["attention_mask"], 4)
 
 
 def test_validation_chooses_the_heads_weight_and_the_blend_reads_the_same_prices_back():

@@ -31,6 +31,11 @@ FOLDS = 5
 def last_token_states(hidden_states: tuple[torch.Tensor, ...], column: int, layers: int) -> np.ndarray:
     """Each row's features: the last `layers` hidden states at `column` (the final norm's output
     first, then the layers' outputs before it), side by side, in float64."""
+    if layers > len(hidden_states):
+        raise BlendError(
+            f"model.blend.head_layers {layers}: the model has {len(hidden_states)} hidden states "
+            f"(its embeddings and {len(hidden_states) - 1} layers' outputs)"
+        )
     states = hidden_states[len(hidden_states) - layers :][::-1]
     return torch.cat([h[:, column].float() for h in states], -1).double().cpu().numpy()
 

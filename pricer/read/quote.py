@@ -43,7 +43,8 @@ class Quote:
     """One product's price: the served point and interval (the blend's, when fit chose one), the
     LLM's own before it, the distribution they were read from, and the prompt it was read from
     with the similar training items it showed (`partner` and `head`: the blend partner's and
-    the price head's prices, when it reads them). Every read returns it: fit's test, `test`, `predict` and `Pricer.quote`."""
+    the price head's prices, when it reads them). Every read returns it: fit's test, `test`,
+    `predict` and `Pricer.quote`."""
 
     price: float
     low: float
@@ -115,11 +116,8 @@ class Reader:
         self.alone = alone
 
     def distributions(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """The LLM's price distribution for each prompt, read under the run's autocast: inside
-        Lightning's own, the same one again (uncached, as Lightning's is)."""
-        with torch.autocast(
-            input_ids.device.type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
-        ):
+        """The LLM's price distribution for each prompt, read under the run's autocast."""
+        with self.autocast_on(input_ids.device.type):
             if not self.alone or len(input_ids) == 1:
                 return self.price_reader.read(model, input_ids, attention_mask, self.layers)
             reads = []
@@ -131,10 +129,15 @@ class Reader:
     def features(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int):
         """The price head's features of a batch of prompts, under the run's autocast (batched:
         fit reads the train split's so to fit the head)."""
-        with torch.autocast(
-            input_ids.device.type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
-        ):
+        with self.autocast_on(input_ids.device.type):
             return self.price_reader.features(model, input_ids, attention_mask, layers)
+
+    def autocast_on(self, device_type: str):
+        """The run's autocast (none for a true precision): inside Lightning's own, the same one
+        again, uncached as Lightning's is."""
+        return torch.autocast(
+            device_type, dtype=self.autocast, enabled=self.autocast is not None, cache_enabled=False
+        )
 
     def price(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str]
